@@ -1,0 +1,30 @@
+"""vitools: variational inference in both KL directions on NumPyro models, compiled with JAX.
+
+Example:
+    >>> import vitools as vt
+    >>> fit = vt.fit(model, x, y=y, objective="forward_kl", family="fullrank")
+    >>> draws = fit.sample(1000, seed=1)
+"""
+
+from vitools.families import AutoGuideFamily, FullRank, LowRank, MeanField
+from vitools.fit import Fit, NonFiniteLossError, fit
+from vitools.objectives import ForwardKL, ForwardKLFromDraws, RenyiAlpha, ReverseKL, weighted_cross_entropy
+from vitools.targets import Target
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AutoGuideFamily",
+    "Fit",
+    "ForwardKL",
+    "ForwardKLFromDraws",
+    "FullRank",
+    "LowRank",
+    "MeanField",
+    "NonFiniteLossError",
+    "RenyiAlpha",
+    "ReverseKL",
+    "Target",
+    "fit",
+    "weighted_cross_entropy",
+]

@@ -1,0 +1,226 @@
+r"""The compiled optimisation loop.
+
+Low layer, every input explicit: :func:`make_step` builds one pure step, :func:`run_chunk` runs
+``chunk_size`` of them in one ``lax.scan``. Both are pure functions of a :class:`FitState`, so
+many fits vmap into one program (``jax.vmap(run_chunk, in_axes=(0, None, ...))`` over seeds or
+datasets) and the draws inside an objective are a ``vmap`` axis that ``jax.sharding`` can split
+across devices. :func:`optimize` is the host loop around compiled chunks: progress between chunks,
+early stopping, Ctrl-C, and the non-finite guard's report.
+
+Non-finite guard: a step whose loss or gradient is not finite is not applied; the state keeps the
+last finite parameters and sets ``nonfinite``, after which every step is a no-op.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import time
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from vitools.families.base import Family
+from vitools.objectives.base import Objective
+from vitools.progress import Progress
+from vitools.targets import Target
+
+__all__ = ["FitState", "make_step", "run_chunk", "optimize", "default_optimizer", "Outcome"]
+
+
+class FitState(NamedTuple):
+    params: Any
+    opt_state: Any
+    key: jax.Array
+    step: jax.Array  # steps applied so far
+    nonfinite: jax.Array  # a non-finite loss or gradient was met; params are the last finite ones
+    peak_learning_rate: jax.Array  # scheduled into the optimizer when it exposes a learning rate
+
+
+@functools.cache
+def default_optimizer() -> optax.GradientTransformation:
+    """Adam whose learning rate sits in its state, so the engine can schedule it without a
+    recompilation for each learning rate or number of steps (one cached object per process)."""
+    return optax.inject_hyperparams(optax.adam)(learning_rate=1e-2)
+
+
+def learning_rate_factor(step: jax.Array, num_steps: jax.Array) -> jax.Array:
+    """Linear warm-up over the first 5% of steps, then cosine decay to 2% of the peak."""
+    progress = step / jnp.maximum(num_steps, 1)
+    warmup = jnp.clip(progress / 0.05, 0.0, 1.0)
+    decay = 0.02 + 0.98 * 0.5 * (1.0 + jnp.cos(jnp.pi * jnp.clip((progress - 0.05) / 0.95, 0.0, 1.0)))
+    return jnp.where(progress < 0.05, jnp.maximum(warmup, 0.01), decay)
+
+
+def init_state(key, params, optimizer, peak_learning_rate) -> FitState:
+    opt_state = optimizer.init(params)
+    return FitState(
+        params,
+        opt_state,
+        key,
+        jnp.zeros((), jnp.int32),
+        jnp.zeros((), bool),
+        jnp.asarray(peak_learning_rate, jnp.result_type(float)),
+    )
+
+
+def make_step(
+    objective: Objective, family: Family, target: Target, optimizer: optax.GradientTransformation
+) -> Callable[[FitState, jax.Array], tuple[FitState, tuple[jax.Array, dict]]]:
+    """One optimisation step ``step(state, num_steps) -> (state, (loss, info))``.
+
+    Steps at or beyond ``num_steps``, and all steps after a non-finite one, leave the state as
+    it is and report NaN, so a fixed-size chunk can run past the end of the budget.
+    """
+
+    def loss_fn(params, key):
+        return objective.loss(key, params, family, target)
+
+    def update(state: FitState, num_steps):
+        key, step_key = jax.random.split(state.key)
+        (loss, info), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, step_key)
+        finite = jnp.isfinite(loss) & jnp.all(
+            jnp.array([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)])
+        )
+        opt_state = _schedule(state.opt_state, state.peak_learning_rate, state.step, num_steps)
+        updates, opt_state = optimizer.update(grads, opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+
+        def keep(new, old):
+            return jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+
+        new_state = FitState(
+            keep(params, state.params),
+            keep(opt_state, state.opt_state),
+            key,
+            state.step + finite.astype(jnp.int32),
+            ~finite,
+            state.peak_learning_rate,
+        )
+        return new_state, (loss, info)
+
+    def skip(state: FitState, num_steps):
+        shapes = jax.eval_shape(loss_fn, state.params, state.key)
+        loss, info = jax.tree.map(lambda s: jnp.full(s.shape, jnp.nan, s.dtype), shapes)
+        return state, (loss, info)
+
+    def step(state: FitState, num_steps: jax.Array):
+        active = (state.step < num_steps) & ~state.nonfinite
+        return jax.lax.cond(active, update, skip, state, num_steps)
+
+    return step
+
+
+def _schedule(opt_state, peak, step, num_steps):
+    """Set the learning rate of an ``optax.inject_hyperparams`` state to the schedule's value."""
+    if isinstance(opt_state, optax.InjectHyperparamsState) and "learning_rate" in opt_state.hyperparams:
+        rate = peak * learning_rate_factor(step, num_steps)
+        hyper = dict(
+            opt_state.hyperparams, learning_rate=rate.astype(opt_state.hyperparams["learning_rate"].dtype)
+        )
+        return opt_state._replace(hyperparams=hyper)
+    return opt_state
+
+
+def run_chunk(state, num_steps, objective, family, target, optimizer, chunk_size: int):
+    """``chunk_size`` steps in one ``lax.scan``: ``(state, (losses, infos))``, pure."""
+    step = make_step(objective, family, target, optimizer)
+    return jax.lax.scan(lambda s, _: step(s, num_steps), state, None, length=chunk_size)
+
+
+# One compiled program per (pytree structure, shapes, dtypes, optimizer, chunk size). We keep
+# the executables ourselves, rather than leaving it to jax.jit's cache, to time compilation
+# apart from running (issue: compile time is reported separately) and to count compilations.
+_COMPILED: dict[Any, Any] = {}
+
+
+def compiled_chunk(state, num_steps, objective, family, target, optimizer, chunk_size):
+    """The compiled :func:`run_chunk` for these arguments and the seconds spent compiling it."""
+    args = (state, num_steps, objective, family, target)
+    leaves, treedef = jax.tree.flatten(args)
+    signature = (treedef, tuple((jnp.shape(x), jnp.result_type(x)) for x in leaves), optimizer, chunk_size)
+    if signature in _COMPILED:
+        return _COMPILED[signature], 0.0
+    start = time.perf_counter()
+    jitted = jax.jit(run_chunk, static_argnums=(5, 6))
+    executable = jitted.lower(*args, optimizer, chunk_size).compile()
+    _COMPILED[signature] = executable
+    return executable, time.perf_counter() - start
+
+
+def num_compilations() -> int:
+    """How many chunk programs this process has compiled (for tests of compile-once)."""
+    return len(_COMPILED)
+
+
+class Outcome(NamedTuple):
+    state: FitState
+    losses: np.ndarray
+    trace: dict[str, np.ndarray]
+    status: str
+    elapsed: float
+    compile_time: float
+
+
+def optimize(
+    state: FitState,
+    num_steps: int,
+    objective: Objective,
+    family: Family,
+    target: Target,
+    optimizer: optax.GradientTransformation,
+    *,
+    chunk_size: int = 100,
+    progress: bool = True,
+    tol: float | None = None,
+    patience: int = 3,
+    desc: str = "fit",
+) -> Outcome:
+    """Run compiled chunks until ``num_steps`` steps, convergence, a non-finite step or Ctrl-C.
+
+    Early stopping (``tol`` not None): after each chunk, the chunk's mean loss is smoothed by an
+    exponential moving average (weight 0.5); the run stops once its relative change stays below
+    ``tol`` for ``patience`` chunks in a row.
+    """
+    total = jnp.asarray(num_steps, jnp.int32)
+    executable, compile_time = compiled_chunk(state, total, objective, family, target, optimizer, chunk_size)
+    bar = Progress(num_steps, desc, enabled=progress)
+    losses, infos, status = [], [], "completed"
+    smoothed, calm = None, 0
+    start = time.perf_counter()
+    try:
+        for _ in range(math.ceil(num_steps / chunk_size)):
+            before = int(state.step)
+            new_state, (loss, info) = executable(state, total, objective, family, target)
+            loss, info, done, nonfinite = jax.device_get((loss, info, new_state.step, new_state.nonfinite))
+            state = new_state
+            keep = int(done) - before + int(nonfinite)  # applied steps, then the failing one
+            losses.append(loss[:keep])
+            infos.append({k: v[:keep] for k, v in info.items()})
+            shown = {"loss": float(np.mean(loss[:keep]))}
+            shown.update({k: float(np.mean(v[:keep])) for k, v in info.items()})
+            bar.update(int(done), **shown)
+            if nonfinite:
+                status = "nonfinite"
+                break
+            if tol is not None:
+                previous = smoothed
+                smoothed = shown["loss"] if previous is None else 0.5 * previous + 0.5 * shown["loss"]
+                change = np.inf if previous is None else abs(smoothed - previous) / (abs(previous) + 1e-12)
+                calm = calm + 1 if change < tol else 0
+                if calm >= patience:
+                    status = "converged"
+                    break
+    except KeyboardInterrupt:
+        status = "interrupted"
+    elapsed = time.perf_counter() - start
+    losses_all = np.concatenate(losses) if losses else np.zeros(0)
+    trace = {"loss": losses_all}
+    for key in infos[0] if infos else ():
+        trace[key] = np.concatenate([i[key] for i in infos])
+    bar.close(status, loss=float(losses_all[-1]) if len(losses_all) else float("nan"))
+    return Outcome(state, losses_all, trace, status, elapsed, compile_time)

@@ -1,0 +1,41 @@
+"""Variational families over the flat unconstrained space."""
+
+from vitools.families.autoguide import AutoGuideFamily, GuideParams
+from vitools.families.base import Family, log_prob, sample
+from vitools.families.gaussian import FullRank, LowRank, MeanField
+
+FAMILIES = {"meanfield": MeanField, "fullrank": FullRank, "lowrank": LowRank}
+
+__all__ = [
+    "AutoGuideFamily",
+    "FAMILIES",
+    "Family",
+    "FullRank",
+    "GuideParams",
+    "LowRank",
+    "MeanField",
+    "get_family",
+    "log_prob",
+    "sample",
+]
+
+
+def get_family(family: "str | Family") -> Family:
+    """A family from its name (``"meanfield"``, ``"fullrank"``, ``"lowrank"``) or itself.
+
+    A NumPyro ``AutoContinuous`` guide is wrapped in :class:`AutoGuideFamily`.
+    """
+    from numpyro.infer.autoguide import AutoContinuous
+
+    if isinstance(family, str):
+        if family not in FAMILIES:
+            raise ValueError(f"unknown family {family!r}; choose one of {sorted(FAMILIES)}")
+        return FAMILIES[family]()
+    if isinstance(family, AutoContinuous):
+        return AutoGuideFamily(family)
+    if isinstance(family, Family):
+        return family
+    raise TypeError(
+        f"family must be a name {sorted(FAMILIES)}, a Family or a numpyro AutoContinuous guide, "
+        f"got {type(family).__name__}"
+    )

@@ -1,0 +1,41 @@
+"""The family protocol: a variational family over the flat unconstrained space of a target."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol, runtime_checkable
+
+import jax
+import numpyro.distributions as dist
+
+from vitools.targets import Target
+
+__all__ = ["Family", "sample", "log_prob"]
+
+
+@runtime_checkable
+class Family(Protocol):
+    """A variational family q_params over R^dim.
+
+    A family is a small hashable object (configuration only); its parameters are a separate
+    pytree. ``distribution(params)`` returns a NumPyro distribution with event shape ``(dim,)``
+    whose ``sample`` is reparameterized, so one method gives both the draws and ``log_prob``.
+    New families plug in by implementing these methods; nothing checks for a class.
+    """
+
+    name: str
+
+    def init(self, target: Target, loc: jax.Array, scale_tril: jax.Array) -> Any:
+        """Parameters whose distribution is (close to) N(loc, scale_tril scale_trilᵀ)."""
+        ...
+
+    def distribution(self, params: Any) -> dist.Distribution: ...
+
+
+def sample(family: Family, params: Any, key: jax.Array) -> jax.Array:
+    """One reparameterized draw of shape (dim,)."""
+    return family.distribution(params).rsample(key)
+
+
+def log_prob(family: Family, params: Any, draw: jax.Array) -> jax.Array:
+    """log q_params(draw) of one draw."""
+    return family.distribution(params).log_prob(draw)

@@ -1,0 +1,113 @@
+r"""Gaussian families over the flat unconstrained space.
+
+Positive quantities are parameterized through ``softplus`` (as NumPyro's ``AutoNormal`` does),
+so every parameter lives in R and any optax optimizer applies.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpyro.distributions as dist
+
+from vitools.targets import Target
+
+__all__ = ["MeanField", "FullRank", "LowRank"]
+
+
+def _softplus_inverse(x: jax.Array) -> jax.Array:
+    return x + jnp.log(-jnp.expm1(-x))
+
+
+class MeanFieldParams(NamedTuple):
+    loc: jax.Array
+    raw_scale: jax.Array
+
+
+class FullRankParams(NamedTuple):
+    loc: jax.Array
+    raw_tril: jax.Array  # strict lower part is the Cholesky factor; the diagonal goes through softplus
+
+
+class LowRankParams(NamedTuple):
+    loc: jax.Array
+    cov_factor: jax.Array  # (dim, rank)
+    raw_diag: jax.Array  # softplus(raw_diag) is the diagonal scale
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class MeanField:
+    """Independent Gaussians, q = N(loc, diag(scale²)): 2·dim parameters."""
+
+    name: str = dataclasses.field(default="meanfield", metadata=dict(static=True))
+
+    def init(self, target: Target, loc: jax.Array, scale_tril: jax.Array) -> MeanFieldParams:
+        scale = jnp.sqrt(jnp.sum(scale_tril**2, axis=-1))
+        return MeanFieldParams(loc, _softplus_inverse(scale))
+
+    def distribution(self, params: MeanFieldParams) -> dist.Distribution:
+        return dist.Normal(params.loc, jax.nn.softplus(params.raw_scale)).to_event(1)
+
+    def widened(self, params: MeanFieldParams, factor: float) -> dist.Distribution:
+        return dist.Normal(params.loc, factor * jax.nn.softplus(params.raw_scale)).to_event(1)
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class FullRank:
+    """q = N(loc, L Lᵀ) with a Cholesky factor L: dim + dim(dim+1)/2 parameters."""
+
+    name: str = dataclasses.field(default="fullrank", metadata=dict(static=True))
+
+    def init(self, target: Target, loc: jax.Array, scale_tril: jax.Array) -> FullRankParams:
+        diag = jnp.diagonal(scale_tril)
+        raw = jnp.tril(scale_tril, -1) + jnp.diag(_softplus_inverse(diag))
+        return FullRankParams(loc, raw)
+
+    @staticmethod
+    def scale_tril(params: FullRankParams) -> jax.Array:
+        raw = params.raw_tril
+        return jnp.tril(raw, -1) + jnp.diag(jax.nn.softplus(jnp.diagonal(raw)))
+
+    def distribution(self, params: FullRankParams) -> dist.Distribution:
+        return dist.MultivariateNormal(params.loc, scale_tril=self.scale_tril(params))
+
+    def widened(self, params: FullRankParams, factor: float) -> dist.Distribution:
+        return dist.MultivariateNormal(params.loc, scale_tril=factor * self.scale_tril(params))
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class LowRank:
+    """q = N(loc, W Wᵀ + diag(d²)), W of shape (dim, rank): dim·(rank + 2) parameters."""
+
+    rank: int = dataclasses.field(default=5, metadata=dict(static=True))
+    name: str = dataclasses.field(default="lowrank", metadata=dict(static=True))
+
+    def __post_init__(self):
+        if isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank < 1:
+            raise ValueError(f"LowRank rank must be a positive integer, got {self.rank!r}")
+
+    def init(self, target: Target, loc: jax.Array, scale_tril: jax.Array) -> LowRankParams:
+        """Top ``rank`` principal directions of the initial covariance, the rest on the diagonal."""
+        rank = min(self.rank, loc.shape[0])
+        cov = scale_tril @ scale_tril.T
+        eigvals, eigvecs = jnp.linalg.eigh(cov)  # ascending
+        factor = eigvecs[:, -rank:] * jnp.sqrt(jnp.clip(eigvals[-rank:], 0.0))
+        # Keep at least a tenth of each variance on the diagonal so no direction starts degenerate.
+        residual = jnp.diagonal(cov) - jnp.sum(factor**2, axis=-1)
+        diag_var = jnp.maximum(residual, 0.1 * jnp.diagonal(cov))
+        factor = factor * jnp.sqrt(0.9)
+        return LowRankParams(loc, factor, _softplus_inverse(jnp.sqrt(diag_var)))
+
+    def distribution(self, params: LowRankParams) -> dist.Distribution:
+        diag = jax.nn.softplus(params.raw_diag) ** 2
+        return dist.LowRankMultivariateNormal(params.loc, params.cov_factor, diag)
+
+    def widened(self, params: LowRankParams, factor: float) -> dist.Distribution:
+        diag = (factor * jax.nn.softplus(params.raw_diag)) ** 2
+        return dist.LowRankMultivariateNormal(params.loc, factor * params.cov_factor, diag)

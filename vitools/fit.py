@@ -1,0 +1,265 @@
+"""The high layer: ``vt.fit(model, ...)`` and the :class:`Fit` it returns."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from vitools.engine import default_optimizer, init_state, optimize
+from vitools.families import Family, get_family
+from vitools.init import initial_gaussian
+from vitools.objectives import Objective, get_objective
+from vitools.targets import Target
+
+__all__ = ["Fit", "NonFiniteLossError", "fit"]
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss or its gradient became NaN/inf. ``err.fit`` holds the fit with the last finite
+    parameters, so nothing is lost."""
+
+    def __init__(self, message: str, fit: Fit):
+        super().__init__(message)
+        self.fit = fit
+
+
+@dataclasses.dataclass(frozen=True)
+class Fit:
+    """A finished (or stopped) fit: the variational parameters and how they were reached.
+
+    Attributes:
+        target, family, objective: what was fitted, and how.
+        params: the variational parameters (last finite ones).
+        losses: per-step loss; ``trace`` adds per-step ``ess`` and ``log_evidence`` where the
+            objective reports them.
+        num_steps: steps applied. num_grad_evals: target log-density evaluations spent (with
+            their gradients for reparameterized objectives; ForwardKL needs values only).
+        elapsed: optimisation wall time in seconds, compile_time: compilation seconds (0 when
+            reused). status: "completed", "converged", "nonfinite" or "interrupted".
+    """
+
+    target: Target
+    family: Family
+    objective: Objective
+    params: Any
+    losses: np.ndarray
+    trace: dict[str, np.ndarray]
+    num_steps: int
+    num_grad_evals: int
+    elapsed: float
+    compile_time: float
+    status: str
+    seed: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.objective.name}/{self.family.name}"
+
+    @property
+    def distribution(self):
+        """q over the flat unconstrained space (a NumPyro distribution)."""
+        return self.family.distribution(self.params)
+
+    def sample_flat(self, num_draws: int, seed: int = 0) -> jax.Array:
+        """``(num_draws, dim)`` draws of q in the flat unconstrained space."""
+        _check_count(num_draws, "num_draws")
+        return _sample_flat(self.family, self.params, jax.random.PRNGKey(seed), num_draws)
+
+    def sample(self, num_draws: int, seed: int = 0) -> dict[str, np.ndarray]:
+        """Constrained draws: site name → array ``(num_draws, *site shape)`` (plus deterministic sites)."""
+        flat = self.sample_flat(num_draws, seed)
+        return jax.device_get(_constrain_all(self.target, flat))
+
+    def log_prob(self, draws: dict[str, Any]) -> np.ndarray:
+        """log q at constrained draws (leading draw axis), Jacobian of the transform included."""
+        values = {n: jnp.asarray(draws[n]) for n in self.target.site_names if n in draws}
+        return np.asarray(_log_prob_constrained(self.family, self.params, self.target, values))
+
+    def sample_with_log_densities(self, num_draws: int, seed: int = 0):
+        """``(draws, log_p, log_q)``: constrained draws, the unnormalized log joint and log q at
+        them, both in the constrained space, so ``log_p - log_q`` is the importance log weight."""
+        flat = self.sample_flat(num_draws, seed)
+        draws, log_p, log_q = _densities(self.family, self.params, self.target, flat)
+        return jax.device_get(draws), np.asarray(log_p), np.asarray(log_q)
+
+    def to_datatree(self, num_draws: int = 1000, seed: int = 0):
+        """ArviZ DataTree of ``num_draws`` draws (see :mod:`vitools.convert`)."""
+        from vitools.convert import fit_to_datatree
+
+        return fit_to_datatree(self, num_draws=num_draws, seed=seed)
+
+    def __repr__(self) -> str:
+        return (
+            f"Fit({self.name}, dim={self.target.dim}, steps={self.num_steps}, "
+            f"grad_evals={self.num_grad_evals}, loss={self.losses[-1] if len(self.losses) else float('nan'):.4g}, "
+            f"status={self.status!r}, {self.elapsed:.2f}s + {self.compile_time:.2f}s compile)"
+        )
+
+
+def fit(
+    model: Callable | Target,
+    *model_args: Any,
+    objective: str | Objective = "reverse_kl",
+    family: str | Family = "fullrank",
+    num_steps: int = 2000,
+    seed: int = 0,
+    learning_rate: float = 1e-2,
+    optimizer: optax.GradientTransformation | None = None,
+    init: str | tuple[jax.Array, jax.Array] = "laplace",
+    tol: float | None = None,
+    on_nonfinite: str = "raise",
+    progress: bool = True,
+    chunk_size: int = 100,
+    **model_kwargs: Any,
+) -> Fit:
+    """Fit q to the posterior of a NumPyro model (or a :class:`Target`).
+
+    Args:
+        model: a NumPyro model, or a Target (e.g. ``Target.from_log_density(fn, dim)``).
+        *model_args, **model_kwargs: the model's arguments.
+        objective: ``"reverse_kl"``, ``"forward_kl"``, ``"renyi"`` or an Objective object.
+        family: ``"meanfield"``, ``"fullrank"``, ``"lowrank"``, a Family, or a NumPyro
+            ``AutoContinuous`` guide.
+        num_steps: optimisation steps.
+        seed: the one seed of the run (initialisation and every step): same seed, same result.
+        learning_rate: peak learning rate of the default Adam, with 5% linear warm-up and cosine
+            decay; also scheduled into any ``optax.inject_hyperparams`` optimizer.
+        optimizer: an optax optimizer (default: Adam as above).
+        init: ``"laplace"`` (path-selected Laplace approximation, see :mod:`vitools.init`),
+            ``"median"`` (NumPyro's init point, scale 0.1) or ``(loc, scale_tril)``.
+        tol: early stopping on the relative change of the smoothed loss (None: off).
+        on_nonfinite: ``"raise"`` (:class:`NonFiniteLossError`, carrying the fit) or ``"warn"``.
+        progress: show progress (a bar on a terminal, periodic lines otherwise).
+        chunk_size: steps per compiled chunk (progress is reported between chunks).
+
+    Example:
+        >>> fit = vt.fit(model, x, y=y, objective="forward_kl", family="fullrank", num_steps=2000)
+        >>> draws = fit.sample(1000, seed=1)
+    """
+    _check_count(num_steps, "num_steps")
+    _check_count(chunk_size, "chunk_size")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise TypeError(f"seed must be an integer, got {type(seed).__name__}")
+    if on_nonfinite not in ("raise", "warn"):
+        raise ValueError(f"on_nonfinite must be 'raise' or 'warn', got {on_nonfinite!r}")
+    if not (isinstance(learning_rate, (int, float)) and learning_rate > 0):
+        raise ValueError(f"learning_rate must be a positive number, got {learning_rate!r}")
+    family = get_family(family)
+    objective = get_objective(objective)
+    target = model if isinstance(model, Target) else Target.from_model(model, *model_args, **model_kwargs)
+    if hasattr(objective, "prepare"):
+        objective = objective.prepare(target)
+
+    init_key, run_key = jax.random.split(jax.random.PRNGKey(seed))
+    if isinstance(init, str):
+        loc, scale_tril = initial_gaussian(target, init_key, init)
+    else:
+        loc, scale_tril = (jnp.asarray(a) for a in init)
+        if loc.shape != (target.dim,) or scale_tril.shape != (target.dim, target.dim):
+            raise ValueError(
+                f"init=(loc, scale_tril) must have shapes ({target.dim},) and ({target.dim}, {target.dim})"
+            )
+    params = family.init(target, loc, scale_tril)
+    optimizer = optimizer or default_optimizer()
+    state = init_state(run_key, params, optimizer, learning_rate)
+    outcome = optimize(
+        state,
+        num_steps,
+        objective,
+        family,
+        target,
+        optimizer,
+        chunk_size=chunk_size,
+        progress=progress,
+        tol=tol,
+        desc=f"{objective.name}/{family.name}",
+    )
+    steps = int(outcome.state.step)
+    result = Fit(
+        target=target,
+        family=family,
+        objective=objective,
+        params=outcome.state.params,
+        losses=outcome.losses,
+        trace=outcome.trace,
+        num_steps=steps,
+        num_grad_evals=steps * objective.num_density_evals,
+        elapsed=outcome.elapsed,
+        compile_time=outcome.compile_time,
+        status=outcome.status,
+        seed=int(seed),
+    )
+    if outcome.status == "nonfinite":
+        message = (
+            f"the {objective.name} loss or its gradient became non-finite at step {steps + 1}; "
+            f"the fit keeps the parameters of step {steps}. Try a smaller learning_rate, "
+            "another init, or check the model for regions of NaN density"
+        )
+        if on_nonfinite == "raise":
+            raise NonFiniteLossError(message, result)
+        warnings.warn(message, RuntimeWarning, stacklevel=2)
+    _warn_low_ess(result)
+    return result
+
+
+def _warn_low_ess(result: Fit) -> None:
+    """Forward KL by SNIS is only as good as its weights: say so when the ESS collapsed."""
+    if result.objective.name != "forward_kl" or "ess" not in result.trace or result.num_steps == 0:
+        return
+    tail = result.trace["ess"][-max(1, len(result.trace["ess"]) // 10) :]
+    fraction = float(np.nanmean(tail)) / result.objective.num_draws
+    if fraction < 0.05:
+        warnings.warn(
+            f"forward KL's importance ESS averaged {fraction:.1%} of the draws over the last "
+            "10% of steps: the weights collapsed, so the gradient rests on a few draws; raise "
+            "num_draws or start from a wider init",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+
+
+def _check_count(value: Any, name: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+@functools.partial(jax.jit, static_argnums=(3,))
+def _sample_flat(family, params, key, num_draws):
+    return family.distribution(params).sample(key, (num_draws,))
+
+
+@jax.jit
+def _constrain_all(target, flat):
+    return jax.vmap(lambda u: target.constrain(u, deterministic=True))(flat)
+
+
+@jax.jit
+def _log_prob_constrained(family, params, target, values):
+    def one(value):
+        flat = target.unconstrain(value)
+        return family.distribution(params).log_prob(flat) - target.log_abs_det_jacobian(flat)
+
+    return jax.vmap(one)(values)
+
+
+@jax.jit
+def _densities(family, params, target, flat):
+    q = family.distribution(params)
+
+    def one(u):
+        log_jac = target.log_abs_det_jacobian(u)
+        return (
+            target.constrain(u, deterministic=True),
+            target.log_density(u) - log_jac,
+            q.log_prob(u) - log_jac,
+        )
+
+    return jax.vmap(one)(flat)

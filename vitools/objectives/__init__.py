@@ -1,0 +1,33 @@
+"""Objectives: divergence estimators between the posterior and q."""
+
+from vitools.objectives.base import Objective, importance_info, weighted_cross_entropy
+from vitools.objectives.forward_kl import ForwardKL, ForwardKLFromDraws, draws_to_flat
+from vitools.objectives.reverse_kl import RenyiAlpha, ReverseKL
+
+OBJECTIVES = {"reverse_kl": ReverseKL, "forward_kl": ForwardKL, "renyi": RenyiAlpha}
+
+__all__ = [
+    "OBJECTIVES",
+    "ForwardKL",
+    "ForwardKLFromDraws",
+    "Objective",
+    "RenyiAlpha",
+    "ReverseKL",
+    "draws_to_flat",
+    "get_objective",
+    "importance_info",
+    "weighted_cross_entropy",
+]
+
+
+def get_objective(objective: "str | Objective") -> Objective:
+    """An objective from its name (``"reverse_kl"``, ``"forward_kl"``, ``"renyi"``) or itself."""
+    if isinstance(objective, str):
+        if objective not in OBJECTIVES:
+            raise ValueError(f"unknown objective {objective!r}; choose one of {sorted(OBJECTIVES)}")
+        return OBJECTIVES[objective]()
+    if isinstance(objective, Objective):
+        return objective
+    raise TypeError(
+        f"objective must be a name {sorted(OBJECTIVES)} or an Objective, got {type(objective).__name__}"
+    )

@@ -1,0 +1,63 @@
+r"""The objective protocol and the one primitive both forward-KL estimators share."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol, runtime_checkable
+
+import jax
+import jax.numpy as jnp
+
+from vitools.families.base import Family
+from vitools.targets import Target
+
+__all__ = ["Objective", "weighted_cross_entropy", "importance_info"]
+
+
+@runtime_checkable
+class Objective(Protocol):
+    """A divergence estimator: ``loss(key, params, family, target) -> (loss, info)``.
+
+    ``loss`` is a scalar whose gradient in ``params`` is the objective's gradient estimate;
+    ``info`` is a dict of scalars traced per step (the same keys on every call).
+    ``num_density_evals`` is the number of target log-density evaluations one step spends.
+    Objectives are small hashable (frozen dataclass) objects: hyperparameters are static.
+    """
+
+    name: str
+
+    @property
+    def num_density_evals(self) -> int: ...
+
+    def loss(
+        self, key: jax.Array, params: Any, family: Family, target: Target
+    ) -> tuple[jax.Array, dict[str, jax.Array]]: ...
+
+
+def weighted_cross_entropy(log_q: jax.Array, log_weights: jax.Array) -> jax.Array:
+    r"""Weighted cross-entropy :math:`-\sum_i \bar w_i \log q(z_i)`, :math:`\bar w = \mathrm{softmax}(\log w)`.
+
+    No gradient flows through the weights. This is the single primitive behind both forward-KL
+    estimators: with ``log_weights = log p(x, z) - log q(z)`` on draws from q it is the
+    self-normalized importance-sampling estimate of the cross-entropy :math:`H(p, q)`, whose
+    gradient is that of KL(p‖q) since H(p) does not depend on q; with uniform (e.g. zero)
+    ``log_weights`` on posterior draws it is the average negative log-likelihood of q on those
+    draws (maximum likelihood). The caller stops the gradient on the draws themselves.
+
+    Args:
+        log_q: ``(num_draws,)`` log q at each draw, differentiable in q's parameters.
+        log_weights: ``(num_draws,)`` unnormalized log weights.
+    """
+    weights = jax.nn.softmax(jax.lax.stop_gradient(log_weights))
+    return -jnp.sum(weights * log_q)
+
+
+def importance_info(log_weights: jax.Array) -> dict[str, jax.Array]:
+    r"""Per-step diagnostics of log weights: importance ESS :math:`1/\sum \bar w_i^2` and
+    the log-evidence estimate :math:`\log \frac1S \sum_i w_i`."""
+    log_weights = jax.lax.stop_gradient(log_weights)
+    weights = jax.nn.softmax(log_weights)
+    num_draws = log_weights.shape[0]
+    return {
+        "ess": 1.0 / jnp.sum(weights**2),
+        "log_evidence": jax.nn.logsumexp(log_weights) - jnp.log(num_draws),
+    }
