@@ -1,0 +1,175 @@
+"""Conversion of fits, MCMC runs and trees to the vitools DataTree layout."""
+
+from __future__ import annotations
+
+import math
+
+import arviz as az
+import jax
+import numpy as np
+import numpyro
+import numpyro.distributions as dist
+import pytest
+import scipy.stats
+import xarray as xr
+
+from vitools.convert import as_single_chain, fit_to_datatree, flatten_draws, to_datatree
+from vitools.targets import Target
+
+
+def plated_model():
+    mu = numpyro.sample("mu", dist.Normal(0.0, 1.0))
+    with numpyro.plate("group", 3):
+        numpyro.sample("theta", dist.Normal(mu, 1.0))
+
+
+class GaussianFit:
+    """A stand-in ``Fit``: independent Normal(loc, scale) on (mu, theta) of ``plated_model``."""
+
+    def __init__(self, loc: float = 0.0, scale: float = 1.0, num_steps: int = 7):
+        self.target = Target.from_model(plated_model)
+        self.loc, self.scale = loc, scale
+        self.objective, self.family, self.name = "reverse_kl", "meanfield", "reverse_kl/meanfield"
+        self.num_steps, self.num_grad_evals, self.elapsed, self.status, self.seed = (
+            num_steps,
+            70,
+            0.5,
+            "completed",
+            3,
+        )
+        self.losses = np.linspace(2.0, 1.0, num_steps)
+        self.trace = {"loss": self.losses}
+
+    def sample_with_log_densities(self, num_draws, seed=0):
+        z = np.random.default_rng(seed).normal(self.loc, self.scale, size=(num_draws, 4))
+        draws = {"mu": z[:, 0], "theta": z[:, 1:]}
+        log_q = scipy.stats.norm(self.loc, self.scale).logpdf(z).sum(axis=1)
+        log_p = jax.vmap(self.target.log_joint)({k: np.asarray(v, np.float32) for k, v in draws.items()})
+        return draws, np.asarray(log_p, dtype=float), log_q
+
+
+@pytest.fixture(scope="module")
+def tree():
+    return fit_to_datatree(GaussianFit(), num_draws=50, seed=1)
+
+
+def test_groups_dims_and_site_names_match_the_model(tree):
+    assert set(tree.children) == {"posterior", "sample_stats", "optimization"}
+    post = tree["posterior"]
+    assert set(post.data_vars) == {"mu", "theta"}
+    assert post["mu"].dims == ("chain", "draw")
+    assert post["theta"].dims == ("chain", "draw", "group")  # the plate names the axis
+    assert dict(post.sizes) == {"chain": 1, "draw": 50, "group": 3}
+    stats = tree["sample_stats"]
+    assert set(stats.data_vars) == {"log_p", "log_q", "log_weight"}
+    np.testing.assert_array_equal(stats["log_weight"], stats["log_p"] - stats["log_q"])
+    assert tree["optimization"]["loss"].dims == ("step",) and tree["optimization"].sizes["step"] == 7
+
+
+def test_root_attrs_are_netcdf_scalars(tree):
+    attrs = tree.attrs
+    assert attrs["vitools_objective"] == "reverse_kl" and attrs["vitools_family"] == "meanfield"
+    assert (attrs["num_steps"], attrs["num_grad_evals"], attrs["status"]) == (7, 70, "completed")
+    assert attrs["elapsed_s"] == 0.5
+    assert all(isinstance(v, str | int | float) for v in attrs.values())
+
+
+def test_netcdf_round_trip_is_lossless(tree, tmp_path):
+    path = tmp_path / "fit.nc"
+    tree.to_netcdf(path, engine="h5netcdf")
+    with xr.open_datatree(path, engine="h5netcdf") as back:
+        xr.testing.assert_identical(back.load(), tree)
+        assert back.attrs == tree.attrs
+
+
+def test_log_p_is_the_models_log_joint():
+    fit = GaussianFit()
+    tree = fit_to_datatree(fit, num_draws=30)
+    mu = tree["posterior"]["mu"].values[0]
+    theta = tree["posterior"]["theta"].values[0]
+    expected = scipy.stats.norm.logpdf(mu) + scipy.stats.norm.logpdf(theta, mu[:, None]).sum(1)
+    np.testing.assert_allclose(tree["sample_stats"]["log_p"].values[0], expected, rtol=1e-5)
+
+
+def test_plain_log_density_target_gets_default_dim_names():
+    fit = GaussianFit()
+    fit.target = Target.from_log_density(lambda x: -0.5 * (x**2).sum(), dim=2)
+    fit.sample_with_log_densities = lambda num_draws, seed=0: (
+        {"x": np.zeros((num_draws, 2))},
+        np.zeros(num_draws),
+        np.zeros(num_draws),
+    )
+    tree = fit_to_datatree(fit, num_draws=10)
+    assert tree["posterior"]["x"].dims == ("chain", "draw", "x_dim_0")
+
+
+def test_bad_num_draws_and_bad_log_density_shapes_raise():
+    with pytest.raises(ValueError, match="num_draws must be a positive integer"):
+        fit_to_datatree(GaussianFit(), num_draws=0)
+    fit = GaussianFit()
+    fit.sample_with_log_densities = lambda num_draws, seed=0: (
+        {"mu": np.zeros(num_draws)},
+        np.zeros(3),
+        np.zeros(3),
+    )
+    with pytest.raises(ValueError, match="expected \\(10,\\) each"):
+        fit_to_datatree(fit, num_draws=10)
+
+
+def test_to_datatree_dispatch(tree):
+    assert to_datatree(tree) is tree
+    assert to_datatree(GaussianFit(), num_draws=20)["posterior"].sizes["draw"] == 20
+    with pytest.raises(TypeError, match="cannot convert dict to a DataTree"):
+        to_datatree({"mu": np.zeros(3)})
+
+
+def test_to_datatree_of_mcmc_keeps_its_shape_and_names_the_sampler():
+    mcmc = numpyro.infer.MCMC(
+        numpyro.infer.NUTS(plated_model),
+        num_warmup=20,
+        num_samples=15,
+        num_chains=2,
+        progress_bar=False,
+        chain_method="sequential",
+    )
+    mcmc.run(jax.random.PRNGKey(0), extra_fields=("num_steps",))
+    tree = to_datatree(mcmc)
+    assert dict(tree["posterior"].sizes) == {"chain": 2, "draw": 15, "group": 3}
+    assert tree.attrs["vitools_kind"] == "mcmc" and tree.attrs["vitools_family"] == "NUTS"
+    assert tree.attrs["num_grad_evals"] >= 30
+
+
+def two_chain_tree():
+    mu = np.arange(10.0).reshape(2, 5)
+    return az.from_dict(
+        {"posterior": {"mu": mu, "theta": np.stack([mu, -mu], -1)}, "observed_data": {"y": np.ones(4)}}
+    )
+
+
+def test_as_single_chain_stacks_in_order_and_leaves_other_groups():
+    original = two_chain_tree()
+    single = as_single_chain(original)
+    assert dict(single["posterior"].sizes) == {"chain": 1, "draw": 10, "theta_dim_0": 2}
+    np.testing.assert_array_equal(single["posterior"]["mu"].values[0], np.arange(10.0))
+    np.testing.assert_array_equal(single["posterior"]["theta"].values[0, :, 1], -np.arange(10.0))
+    xr.testing.assert_identical(single["observed_data"], original["observed_data"])
+
+
+def test_as_single_chain_thins_evenly_to_equal_sizes():
+    thinned = as_single_chain(two_chain_tree(), num_draws=4)
+    np.testing.assert_array_equal(thinned["posterior"]["mu"].values[0], [0.0, 3.0, 6.0, 9.0])
+    np.testing.assert_array_equal(thinned["posterior"]["draw"], np.arange(4))
+    with pytest.raises(ValueError, match="has 10 draws; cannot keep num_draws=11"):
+        as_single_chain(two_chain_tree(), num_draws=11)
+
+
+def test_flatten_draws_labels_and_errors(tree):
+    labels, values = flatten_draws(tree)
+    assert labels == ["mu", "theta[0]", "theta[1]", "theta[2]"]
+    assert values.shape == (50, 4)
+    np.testing.assert_array_equal(values[:, 2], tree["posterior"]["theta"].values[0, :, 1])
+    with pytest.raises(ValueError, match="no 'prior' group"):
+        flatten_draws(tree, group="prior")
+    with pytest.raises(ValueError, match="lacks the sample dims"):
+        flatten_draws(tree, group="optimization")
+    assert math.isclose(float(values[:, 0].mean()), float(tree["posterior"]["mu"].mean()))
