@@ -15,6 +15,7 @@ import optax
 
 from vitools.engine import default_optimizer, init_state, optimize
 from vitools.families import Family, get_family
+from vitools.families.base import draw_many
 from vitools.init import initial_gaussian
 from vitools.objectives import Objective, get_objective
 from vitools.targets import Target
@@ -233,7 +234,7 @@ def _check_count(value: Any, name: str) -> None:
 
 @functools.partial(jax.jit, static_argnums=(3,))
 def _sample_flat(family, params, key, num_draws):
-    return family.distribution(params).sample(key, (num_draws,))
+    return draw_many(family.distribution(params), key, num_draws)
 
 
 @jax.jit

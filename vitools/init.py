@@ -87,11 +87,11 @@ def _gaussian_at(target: Target, centre: jax.Array, key: jax.Array):
     eigvals, eigvecs = jnp.linalg.eigh(precision)
     eigvals = jnp.clip(jnp.abs(eigvals), _MIN_PRECISION, _MAX_PRECISION)
     # Square root of the covariance, then a Cholesky factor via QR (stable for any conditioning).
-    root = eigvecs * (1.0 / jnp.sqrt(eigvals))  # cov = root @ root.T
+    root = eigvecs * (1.0 / jnp.sqrt(eigvals))[None, :]  # cov = root @ root.T
     _, r = jnp.linalg.qr(root.T)
-    scale_tril = r.T * jnp.sign(jnp.diagonal(r))
+    scale_tril = r.T * jnp.sign(jnp.diagonal(r))[None, :]
     eps = jax.random.normal(key, (_NUM_DRAWS, target.dim), centre.dtype)
-    draws = centre + eps @ scale_tril.T
+    draws = centre[None, :] + eps @ scale_tril.T
     log_q = jnp.sum(jax.scipy.stats.norm.logpdf(eps), -1) - jnp.sum(
         jnp.log(jnp.abs(jnp.diagonal(scale_tril)))
     )

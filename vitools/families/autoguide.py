@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+
 import jax
 import numpyro.distributions as dist
 from numpyro import handlers

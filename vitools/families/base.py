@@ -9,7 +9,7 @@ import numpyro.distributions as dist
 
 from vitools.targets import Target
 
-__all__ = ["Family", "sample", "log_prob"]
+__all__ = ["Family", "sample", "log_prob", "draw_many"]
 
 
 @runtime_checkable
@@ -39,3 +39,12 @@ def sample(family: Family, params: Any, key: jax.Array) -> jax.Array:
 def log_prob(family: Family, params: Any, draw: jax.Array) -> jax.Array:
     """log q_params(draw) of one draw."""
     return family.distribution(params).log_prob(draw)
+
+
+def draw_many(distribution: dist.Distribution, key: jax.Array, num_draws: int) -> jax.Array:
+    """``(num_draws, dim)`` reparameterized draws: one draw per key, then ``vmap``.
+
+    NumPyro's batched ``sample(key, (n,))`` relies on implicit rank promotion; one draw per key
+    keeps every shape explicit (our tests run with ``jax_numpy_rank_promotion="raise"``).
+    """
+    return jax.vmap(distribution.rsample)(jax.random.split(key, num_draws))

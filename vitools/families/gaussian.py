@@ -97,7 +97,7 @@ class LowRank:
         rank = min(self.rank, loc.shape[0])
         cov = scale_tril @ scale_tril.T
         eigvals, eigvecs = jnp.linalg.eigh(cov)  # ascending
-        factor = eigvecs[:, -rank:] * jnp.sqrt(jnp.clip(eigvals[-rank:], 0.0))
+        factor = eigvecs[:, -rank:] * jnp.sqrt(jnp.clip(eigvals[-rank:], 0.0))[None, :]
         # Keep at least a tenth of each variance on the diagonal so no direction starts degenerate.
         residual = jnp.diagonal(cov) - jnp.sum(factor**2, axis=-1)
         diag_var = jnp.maximum(residual, 0.1 * jnp.diagonal(cov))

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vitools.families.base import draw_many
 from vitools.objectives.base import importance_info, weighted_cross_entropy
 from vitools.objectives.reverse_kl import _check_num_draws
 from vitools.targets import Target
@@ -73,12 +74,12 @@ class ForwardKL:
         widened = getattr(family, "widened", None)
         num_wide = int(round(self.defensive * self.num_draws)) if widened is not None else 0
         if num_wide == 0:
-            draws = q.sample(key, (self.num_draws,))
+            draws = draw_many(q, key, self.num_draws)
             return draws, jax.vmap(q.log_prob)(draws)
         wide = widened(params, self.widen)
         key_q, key_wide = jax.random.split(key)
         draws = jnp.concatenate(
-            [q.sample(key_q, (self.num_draws - num_wide,)), wide.sample(key_wide, (num_wide,))]
+            [draw_many(q, key_q, self.num_draws - num_wide), draw_many(wide, key_wide, num_wide)]
         )
         share = num_wide / self.num_draws
         log_r = jnp.logaddexp(
@@ -102,7 +103,7 @@ class ForwardKLFromDraws:
 
     Estimator: :math:`L(\phi) = -\frac1B\sum_{i \in \text{batch}} \log q_\phi(u_i)`, the
     :func:`weighted_cross_entropy` with uniform weights on a minibatch of B draws picked at
-    random each step. The draws are data (no gradient) mapped into the unconstrained space; the
+    random each step (all of them when there are at most B). The draws are data (no gradient) mapped into the unconstrained space; the
     target's density is never evaluated (0 density evaluations per step).
 
     Args:
@@ -131,10 +132,13 @@ class ForwardKLFromDraws:
         draws = self.draws
         if not isinstance(draws, jax.Array) or draws.ndim != 2:
             raise TypeError("ForwardKLFromDraws.prepare(target) must run before loss")
-        index = jax.random.randint(key, (self.batch_size,), 0, draws.shape[0])
-        batch = jax.lax.stop_gradient(draws[index])
+        if self.batch_size >= draws.shape[0]:  # the whole set: the exact maximum-likelihood loss
+            batch = jax.lax.stop_gradient(draws)
+        else:
+            index = jax.random.randint(key, (self.batch_size,), 0, draws.shape[0])
+            batch = jax.lax.stop_gradient(draws[index])
         log_q = jax.vmap(family.distribution(params).log_prob)(batch)
-        return weighted_cross_entropy(log_q, jnp.zeros(self.batch_size)), {}
+        return weighted_cross_entropy(log_q, jnp.zeros(batch.shape[0])), {}
 
 
 def draws_to_flat(draws: Any, target: Target) -> jax.Array:

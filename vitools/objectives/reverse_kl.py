@@ -8,7 +8,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from vitools.families.base import Family
+from vitools.families.base import Family, draw_many
 from vitools.objectives.base import importance_info
 from vitools.targets import Target
 
@@ -30,7 +30,7 @@ def _log_weights(
     """
     q = family.distribution(params)
     q_score = family.distribution(jax.lax.stop_gradient(params)) if stl else q
-    draws = q.rsample(key, (num_draws,))
+    draws = draw_many(q, key, num_draws)
     return jax.vmap(target.log_density)(draws) - jax.vmap(q_score.log_prob)(draws)
 
 
