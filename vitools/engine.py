@@ -117,7 +117,8 @@ def make_step(
 
 def _schedule(opt_state, peak, step, num_steps):
     """Set the learning rate of an ``optax.inject_hyperparams`` state to the schedule's value."""
-    if isinstance(opt_state, optax.InjectHyperparamsState) and "learning_rate" in opt_state.hyperparams:
+    hyperparams = getattr(opt_state, "hyperparams", None)  # optax.inject_hyperparams states
+    if isinstance(hyperparams, dict) and "learning_rate" in hyperparams:
         rate = peak * learning_rate_factor(step, num_steps)
         hyper = dict(
             opt_state.hyperparams, learning_rate=rate.astype(opt_state.hyperparams["learning_rate"].dtype)
