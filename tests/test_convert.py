@@ -13,6 +13,7 @@ import pytest
 import scipy.stats
 import xarray as xr
 
+import vitools as vt
 from vitools.convert import as_single_chain, fit_to_datatree, flatten_draws, to_datatree
 from vitools.targets import Target
 
@@ -49,29 +50,47 @@ class GaussianFit:
 
 
 @pytest.fixture(scope="module")
-def tree():
-    return fit_to_datatree(GaussianFit(), num_draws=50, seed=1)
+def real_fit():
+    # forward KL traces ess and log_evidence too; init="median" skips the (slower) Laplace search
+    return vt.fit(
+        plated_model, objective="forward_kl", family="meanfield", num_steps=100, init="median", progress=False
+    )
 
 
-def test_groups_dims_and_site_names_match_the_model(tree):
+@pytest.fixture(scope="module")
+def tree(real_fit):
+    return real_fit.to_datatree(num_draws=50, seed=1)
+
+
+def test_groups_dims_and_site_names_match_the_model(tree, real_fit):
     assert set(tree.children) == {"posterior", "sample_stats", "optimization"}
     post = tree["posterior"]
-    assert set(post.data_vars) == {"mu", "theta"}
+    assert set(post.data_vars) == set(real_fit.target.site_names) == {"mu", "theta"}
     assert post["mu"].dims == ("chain", "draw")
     assert post["theta"].dims == ("chain", "draw", "group")  # the plate names the axis
     assert dict(post.sizes) == {"chain": 1, "draw": 50, "group": 3}
     stats = tree["sample_stats"]
     assert set(stats.data_vars) == {"log_p", "log_q", "log_weight"}
+    assert stats["log_p"].dims == ("chain", "draw")
     np.testing.assert_array_equal(stats["log_weight"], stats["log_p"] - stats["log_q"])
-    assert tree["optimization"]["loss"].dims == ("step",) and tree["optimization"].sizes["step"] == 7
+    optimization = tree["optimization"]
+    assert set(optimization.data_vars) == {"loss", "ess", "log_evidence"}
+    assert optimization["loss"].dims == ("step",) and optimization.sizes["step"] == 100
+    np.testing.assert_array_equal(optimization["loss"], real_fit.losses)
 
 
-def test_root_attrs_are_netcdf_scalars(tree):
+def test_root_attrs_are_netcdf_scalars(tree, real_fit):
     attrs = tree.attrs
-    assert attrs["vitools_objective"] == "reverse_kl" and attrs["vitools_family"] == "meanfield"
-    assert (attrs["num_steps"], attrs["num_grad_evals"], attrs["status"]) == (7, 70, "completed")
-    assert attrs["elapsed_s"] == 0.5
+    assert attrs["vitools_objective"] == "forward_kl" and attrs["vitools_family"] == "meanfield"
+    assert (attrs["num_steps"], attrs["status"]) == (100, "completed")
+    assert attrs["num_grad_evals"] == real_fit.num_grad_evals and attrs["elapsed_s"] == real_fit.elapsed
     assert all(isinstance(v, str | int | float) for v in attrs.values())
+
+
+def test_fake_fit_metadata_goes_to_attrs():
+    tree = fit_to_datatree(GaussianFit(), num_draws=30)
+    assert (tree.attrs["num_steps"], tree.attrs["num_grad_evals"], tree.attrs["elapsed_s"]) == (7, 70, 0.5)
+    assert tree["optimization"].sizes["step"] == 7
 
 
 def test_netcdf_round_trip_is_lossless(tree, tmp_path):
@@ -116,8 +135,9 @@ def test_bad_num_draws_and_bad_log_density_shapes_raise():
         fit_to_datatree(fit, num_draws=10)
 
 
-def test_to_datatree_dispatch(tree):
+def test_to_datatree_dispatch(tree, real_fit):
     assert to_datatree(tree) is tree
+    assert to_datatree(real_fit, num_draws=20)["posterior"].sizes["draw"] == 20
     assert to_datatree(GaussianFit(), num_draws=20)["posterior"].sizes["draw"] == 20
     with pytest.raises(TypeError, match="cannot convert dict to a DataTree"):
         to_datatree({"mu": np.zeros(3)})

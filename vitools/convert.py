@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol, runtime_checkable
 
-import arviz as az
+import arviz_base as azb  # not `arviz`: that also imports arviz-plots and matplotlib (~1.2 s)
 import numpy as np
 import xarray as xr
 from numpyro.infer import MCMC
@@ -99,7 +99,7 @@ def fit_to_datatree(fit: FitLike, num_draws: int = 1000, seed: int = 0) -> xr.Da
             f"expected ({num_draws},) each"
         )
     stats = {"log_p": log_p, "log_q": log_q, "log_weight": log_p - log_q}
-    tree = az.from_dict(
+    tree = azb.from_dict(
         {
             "posterior": {k: v[None] for k, v in draws.items()},
             "sample_stats": {k: v[None] for k, v in stats.items()},
@@ -148,7 +148,7 @@ def _fit_attrs(fit: Any, num_draws: int, seed: int) -> dict[str, str | int | flo
 
 
 def _mcmc_to_datatree(mcmc: MCMC) -> xr.DataTree:
-    tree = az.from_numpyro(mcmc)
+    tree = azb.from_numpyro(mcmc)
     attrs: dict[str, str | int | float] = {
         "vitools_kind": "mcmc",
         "vitools_objective": "mcmc",
