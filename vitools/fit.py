@@ -112,7 +112,7 @@ def fit(
     family: str | Family = "fullrank",
     num_steps: int = 2000,
     seed: int = 0,
-    learning_rate: float = 1e-2,
+    learning_rate: float = 0.05,
     optimizer: optax.GradientTransformation | None = None,
     init: str | tuple[jax.Array, jax.Array] = "laplace",
     tol: float | None = None,
