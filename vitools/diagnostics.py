@@ -41,10 +41,10 @@ MIN_PSIS_DRAWS = 25  # arviz-stats fits the tail to min(S/5, 3 sqrt(S)) draws an
 # from float32 log densities of magnitude ~1e3 carry rounding noise ~1e-4.
 FLAT_TAIL_TOL = 1e-3
 
-_MEANINGS = {
+_MEANINGS = {  # {t}: the threshold at this S
     "good": "k̂ < 0.5: importance weights have finite variance; q is a reliable proposal for p",
-    "ok": "0.5 ≤ k̂ ≤ threshold: weights have infinite variance but PSIS-corrected estimates are usable",
-    "bad": "k̂ > threshold: q misses part of the posterior's mass; do not trust its draws or IS estimates",
+    "ok": "0.5 ≤ k̂ ≤ {t}: weights have infinite variance but PSIS-corrected estimates are usable",
+    "bad": "k̂ > {t}: q misses part of the posterior's mass; do not trust its draws or IS estimates",
     "undefined": "k̂ undefined (tied tail weights): PSIS could not fit the tail; treat the fit as bad",
 }
 
@@ -121,12 +121,12 @@ def verdict(khat: float, num_draws: int) -> tuple[str, str]:
     """``("good" | "ok" | "bad", one-line meaning)`` for a k̂ at S draws; NaN k̂ reads "bad"."""
     threshold = khat_threshold(num_draws)
     if math.isnan(khat):
-        return "bad", _MEANINGS["undefined"]
-    if khat > threshold:
-        return "bad", _MEANINGS["bad"].replace("threshold", f"{threshold:.2f}")
-    if khat < 0.5:
-        return "good", _MEANINGS["good"]
-    return "ok", _MEANINGS["ok"].replace("threshold", f"{threshold:.2f}")
+        key = "undefined"
+    elif khat > threshold:
+        key = "bad"
+    else:
+        key = "good" if khat < 0.5 else "ok"
+    return ("bad" if key == "undefined" else key), _MEANINGS[key].format(t=f"{threshold:.2f}")
 
 
 def importance_ess(log_weights: Any) -> float:
