@@ -6,6 +6,9 @@ Example:
     >>> draws = fit.sample(1000, seed=1)
 """
 
+from vitools.compare import compare, format_table
+from vitools.convert import as_single_chain, to_datatree
+from vitools.diagnostics import Diagnostics, diagnose
 from vitools.families import AutoGuideFamily, FullRank, LowRank, MeanField
 from vitools.fit import Fit, NonFiniteLossError, fit
 from vitools.objectives import ForwardKL, ForwardKLFromDraws, RenyiAlpha, ReverseKL, weighted_cross_entropy
@@ -15,6 +18,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AutoGuideFamily",
+    "Diagnostics",
     "Fit",
     "ForwardKL",
     "ForwardKLFromDraws",
@@ -25,6 +29,11 @@ __all__ = [
     "RenyiAlpha",
     "ReverseKL",
     "Target",
+    "as_single_chain",
+    "compare",
+    "diagnose",
     "fit",
+    "format_table",
+    "to_datatree",
     "weighted_cross_entropy",
 ]

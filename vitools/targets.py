@@ -131,13 +131,16 @@ class Target:
                 "the model has no latent sample sites; if it is a log-density function, use "
                 "Target.from_log_density(fn, dim)"
             )
-        (init, _, _), ok = find_valid_initial_params(
-            jax.random.PRNGKey(seed),
-            model,
-            init_strategy=init_to_median(num_samples=15),
-            model_args=args,
-            model_kwargs=kwargs,
-        )
+        # init_to_median draws a batch from each prior, which relies on NumPyro's implicit rank
+        # promotion; allow it here whatever the caller's jax_numpy_rank_promotion setting.
+        with jax.numpy_rank_promotion("allow"):
+            (init, _, _), ok = find_valid_initial_params(
+                jax.random.PRNGKey(seed),
+                model,
+                init_strategy=init_to_median(num_samples=15),
+                model_args=args,
+                model_kwargs=kwargs,
+            )
         if not bool(ok):
             raise ValueError(
                 "no initial point with a finite log density was found (NumPyro's init_to_median, "
