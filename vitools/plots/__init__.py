@@ -1,0 +1,15 @@
+"""Plots that compare approximations of one posterior: marginals, a pair plot, k̂ bars, traces.
+
+Every function returns the ``matplotlib.figure.Figure`` and never calls ``show``, so it runs under
+the Agg backend (CI, the CLI) as well as in a notebook. Fits may be vitools ``Fit`` objects, NumPyro
+``MCMC`` runs or DataTrees (convert once with :func:`vitools.convert.to_datatree` and pass the
+trees when several plots share them).
+
+- :mod:`vitools.plots.marginals`: :func:`plot_marginals`, :func:`plot_pair` (where the draws are);
+- :mod:`vitools.plots.diagnostics`: :func:`plot_khat`, :func:`plot_traces` (how far to trust each fit).
+"""
+
+from vitools.plots.diagnostics import plot_khat, plot_traces
+from vitools.plots.marginals import plot_marginals, plot_pair
+
+__all__ = ["plot_khat", "plot_marginals", "plot_pair", "plot_traces"]

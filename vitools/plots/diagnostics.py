@@ -1,0 +1,166 @@
+"""How far to trust each fit: PSIS k̂ bars against the threshold, and the loss and ESS traces.
+
+Plain matplotlib: arviz-plots has no bar chart of one number per model, and the optimisation trace
+is not an ArviZ sample group.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import xarray as xr
+from matplotlib.figure import Figure
+
+from vitools.diagnostics import Diagnostics, khat_threshold
+from vitools.plots.marginals import limits
+
+__all__ = ["KHAT_FLOOR", "VERDICT_COLORS", "plot_khat", "plot_traces"]
+
+KHAT_FLOOR = -0.3  # bars of k̂ below this are drawn down to it, labelled with their value
+VERDICT_COLORS = {"good": "#2e8b57", "ok": "#e69f00", "bad": "#c0392b"}
+
+
+def _khat_rows(source: Any, num_draws: int) -> tuple[list[tuple[str, float, str]], float, int]:
+    if isinstance(source, Diagnostics):
+        source = {"fit": source}
+    if isinstance(source, pd.DataFrame):
+        if "khat" not in source:
+            raise ValueError("the table has no 'khat' column: pass a vitools.compare.compare table")
+        num_draws = int(source.attrs.get("num_draws", num_draws))
+        verdicts = source["verdict"] if "verdict" in source else pd.Series("", index=source.index)
+        rows = [
+            (str(name), float(k), str(v))
+            for name, k, v in zip(source.index, source["khat"], verdicts, strict=True)
+            if isinstance(v, str) and v  # MCMC rows have no q, hence no k̂ and no verdict
+        ]
+        return rows, khat_threshold(num_draws), num_draws
+    if isinstance(source, Mapping) and all(isinstance(d, Diagnostics) for d in source.values()):
+        rows = [(str(n), d.khat, d.verdict) for n, d in source.items()]
+        sizes = {d.num_draws for d in source.values()}
+        size = min(sizes) if sizes else num_draws
+        return rows, min(d.khat_threshold for d in source.values()) if source else khat_threshold(size), size
+    raise TypeError(
+        "plot_khat takes a compare() table, a Diagnostics, or {name: Diagnostics}; "
+        f"got {type(source).__name__}"
+    )
+
+
+def plot_khat(diagnostics_or_table: Any, num_draws: int = 2000) -> Figure:
+    """Pareto k̂ of each fit as a bar, coloured by verdict, against the threshold min(1 - 1/log10 S, 0.7).
+
+    Args:
+        diagnostics_or_table: a :func:`vitools.compare.compare` table (rows without a verdict, e.g.
+            MCMC, are skipped), a :class:`~vitools.diagnostics.Diagnostics`, or ``{name: Diagnostics}``.
+        num_draws: S behind a table's k̂ (compare's ``num_draws``; a table's ``attrs["num_draws"]``
+            wins), which sets the threshold. Diagnostics carry their own.
+
+    Returns:
+        The figure: one bar per fit, labelled with k̂ (bars below ``KHAT_FLOOR``, including k̂ = -inf
+        for a flat tail, stop there; an undefined k̂ is drawn hatched up to the threshold), a dashed
+        line at the threshold, a dotted one at 0.5.
+    """
+    rows, threshold, size = _khat_rows(diagnostics_or_table, num_draws)
+    if not rows:
+        raise ValueError("no fit with a k̂ to plot (MCMC rows have none)")
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.2 * len(rows) + 2.0), 3.6), layout="constrained")
+    names = [r[0] for r in rows]
+    # A negative k̂ (bounded weights) is as good as 0 for the reader: clip its bar at KHAT_FLOOR.
+    heights = [threshold if math.isnan(k) else max(k, KHAT_FLOOR) for _, k, _ in rows]
+    colors = [VERDICT_COLORS.get(v, "0.5") for _, _, v in rows]
+    bars = ax.bar(names, heights, color=colors, width=0.6)
+    for bar, (_, k, _) in zip(bars, rows, strict=True):
+        text = "−∞ (flat tail)" if k == -math.inf else ("undefined" if math.isnan(k) else f"{k:.2f}")
+        if math.isnan(k):
+            bar.set_hatch("//")
+            bar.set_alpha(0.5)
+        ax.text(bar.get_x() + bar.get_width() / 2, max(bar.get_height(), 0.0) + 0.02, text,
+                ha="center", va="bottom", fontsize=9)  # fmt: skip
+    ax.axhline(threshold, color="k", ls="--", lw=1.2, label=f"threshold {threshold:.2f} (S={size})")
+    ax.axhline(0.5, color="0.4", ls=":", lw=1.0, label="0.5 (good below)")
+    ax.axhline(0.0, color="0.2", lw=0.6)
+    ax.set_ylim(KHAT_FLOOR - 0.05, max(1.0, *heights) + 0.15)
+    ax.set_ylabel("Pareto k̂ of log p − log q")
+    ax.set_title("PSIS k̂ per fit (lower is better)", fontsize=10)
+    fig.legend(loc="outside lower center", ncols=2, fontsize=8, frameon=False)
+    ax.tick_params(axis="x", labelrotation=15 if len(rows) > 3 else 0)
+    return fig
+
+
+def _trace(obj: Any) -> tuple[dict[str, np.ndarray], int | None]:
+    """A fit's per-step trace and its draws per step (None where unknown: the ESS stays absolute)."""
+    if isinstance(obj, xr.DataTree):
+        node = obj.children.get("optimization")
+        if node is None:
+            return {}, None
+        per_step = node.attrs.get("num_draws_per_step", obj.attrs.get("num_draws_per_step"))
+        trace = {k: np.asarray(v) for k, v in node.to_dataset().data_vars.items()}
+        return trace, None if per_step is None else int(per_step)
+    trace = getattr(obj, "trace", None)
+    if not isinstance(trace, Mapping):
+        return {}, None
+    objective = getattr(obj, "objective", None)
+    per_step = getattr(objective, "num_draws", getattr(objective, "batch_size", None))
+    return {k: np.asarray(v) for k, v in trace.items()}, None if per_step is None else int(per_step)
+
+
+def _smooth(values: np.ndarray) -> np.ndarray:
+    width = max(1, len(values) // 50)
+    kernel = np.ones(width) / width
+    padded = np.concatenate([np.full(width - 1, values[0]), values])
+    return np.convolve(padded, kernel, mode="valid")
+
+
+def plot_traces(fits: Mapping[str, Any]) -> Figure:
+    """Loss (left) and importance ESS (right) per optimisation step of each fit.
+
+    Each fit gets a faint raw line and a solid moving average (window: 2% of its steps). The loss
+    axis is fitted to the smoothed losses after the first 10% of steps, so an initial transient does
+    not flatten the rest. The ESS of each step's draws is shown as a fraction of them when every fit
+    says how many it drew (Fits do; trees may carry ``num_draws_per_step``), else as a count. Fits
+    without a trace (MCMC) are skipped.
+
+    Args:
+        fits: ``{name: Fit | DataTree}`` (a tree's ``optimization`` group); others are skipped.
+    """
+    fig, (ax_loss, ax_ess) = plt.subplots(1, 2, figsize=(11.0, 3.8), layout="constrained")
+    traces = {name: _trace(obj) for name, obj in fits.items()}
+    relative = all(n is not None for t, n in traces.values() if "ess" in t)
+    tails, without_ess = [], []
+    for i, (name, (trace, per_step)) in enumerate(traces.items()):
+        for ax, key in ((ax_loss, "loss"), (ax_ess, "ess")):
+            values = trace.get(key)
+            if values is None or not values.size:
+                if key == "ess" and "loss" in trace:
+                    without_ess.append(name)
+                continue
+            if key == "ess" and relative:
+                values = values / per_step
+            steps = np.arange(1, values.size + 1)
+            smooth = _smooth(values)
+            ax.plot(steps, values, color=f"C{i}", alpha=0.25, lw=0.8)
+            ax.plot(steps, smooth, color=f"C{i}", lw=1.6, label=name)
+            if key == "loss":
+                tails.append(smooth[values.size // 10 :])
+    if tails:
+        ax_loss.set_ylim(*limits([t[np.isfinite(t)] for t in tails], 0.0, 1.0))
+        ax_loss.legend(fontsize=8, frameon=False)
+    else:
+        ax_loss.text(0.5, 0.5, "no optimisation trace", ha="center", va="center", transform=ax_loss.transAxes)
+    if ax_ess.lines:
+        ax_ess.set_ylim(0, 1.05 if relative else None)
+    if without_ess:
+        note = "no ESS trace:\n" + "\n".join(without_ess)
+        ax_ess.text(
+            0.98, 0.04, note, ha="right", va="bottom", fontsize=8, color="0.35", transform=ax_ess.transAxes
+        )
+    ylabel = "ESS / draws of the step" if relative else "importance ESS of the step's draws"
+    ax_loss.set(xlabel="step", ylabel="loss", title="loss per step (objectives differ in scale)")
+    ax_ess.set(xlabel="step", ylabel=ylabel, title="importance ESS per step (1 = equal weights on q's draws)")
+    for ax in (ax_loss, ax_ess):
+        ax.title.set_fontsize(10)
+    return fig
