@@ -1,0 +1,130 @@
+"""The ``vitools`` command line: an end-to-end run that writes a report, and every bad input → exit 2."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+
+import pytest
+
+from vitools.cli import main
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+FIGURES = ("marginals", "pair", "khat", "traces")
+FIT_NAMES = ("reverse_kl/fullrank", "forward_kl/fullrank")
+
+
+@pytest.fixture(scope="module")
+def compare_run(tmp_path_factory):
+    """One ``vitools compare bimodal`` run (zoo reference, exact), shared by the end-to-end tests."""
+    out = tmp_path_factory.mktemp("cli") / "report"
+    stdout, stderr = io.StringIO(), io.StringIO()
+    argv = ["compare", "bimodal", "--num-steps", "300", "--num-draws", "500", "--quiet", "--out", str(out)]
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        code = main(argv)
+    return code, stdout.getvalue(), out
+
+
+def test_compare_prints_the_table_and_where_the_report_is(compare_run):
+    code, stdout, out = compare_run
+    assert code == 0
+    assert "khat" in stdout and "verdict" in stdout and "w1" in stdout
+    assert all(name in stdout for name in FIT_NAMES)
+    assert f"report written: {out / 'report.md'} and {out / 'report.html'}" in stdout
+
+
+def test_compare_writes_markdown_with_table_and_linked_images(compare_run):
+    _, _, out = compare_run
+    text = (out / "report.md").read_text(encoding="utf-8")
+    assert "| objective " in text and "|---" in text  # the markdown table
+    for name in FIT_NAMES:
+        assert f"| {name} " in text
+    for figure in FIGURES:
+        assert f"]({figure}.png)" in text
+        assert (out / f"{figure}.png").read_bytes()[:8] == PNG_MAGIC
+    assert "How to read this" in text and "Closest to the reference" in text
+
+
+def test_compare_writes_self_contained_html(compare_run):
+    _, _, out = compare_run
+    text = (out / "report.html").read_text(encoding="utf-8")
+    assert "<table>" in text and "<th>khat</th>" in text
+    assert all(f"<td>{name}</td>" in text for name in FIT_NAMES)
+    assert text.count('src="data:image/png;base64,') == len(FIGURES)
+    assert ".png" not in text  # embedded, not linked
+
+
+def test_fit_prints_the_fit_diagnostics_and_distances(capsys):
+    assert main(["fit", "bimodal", "--num-steps", "300", "--num-draws", "500", "--quiet"]) == 0
+    stdout = capsys.readouterr().out
+    assert "Fit(reverse_kl/fullrank" in stdout
+    assert "k̂" in stdout and "ESS" in stdout and "w1" in stdout
+
+
+def test_help_and_models(capsys):
+    assert main(["--help"]) == 0
+    text = capsys.readouterr().out
+    assert "examples:" in text and "vitools compare" in text and "demo" in text
+    assert main(["models"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("bimodal") and any(
+        line.startswith("eight_schools_noncentered") for line in lines
+    )
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["compare", "nope"], "unknown model 'nope'; known models: bimodal, banana"),
+        (
+            ["compare", "bimodal", "--objectives", "reverse_kl,bogus"],
+            "unknown objective 'bogus'; choose from",
+        ),
+        (["compare", "bimodal", "--objectives", ","], "--objectives is empty"),
+        (["compare", "bimodal", "--family", "diagonal"], "unknown family 'diagonal'; choose from: meanfield"),
+        (["compare", "bimodal", "--num-steps", "0"], "--num-steps must be a positive integer, got 0"),
+        (["fit", "bimodal", "--num-steps", "-5"], "--num-steps must be a positive integer, got -5"),
+        (["compare", "bimodal", "--num-steps", "many"], "invalid int value: 'many'"),
+        (["compare", "bimodal", "--num-draws", "10"], "--num-draws must be at least 25"),
+        (
+            ["compare", "bimodal", "--reference", "mcmc"],
+            "unknown reference 'mcmc'; choose from: zoo, nuts, none",
+        ),
+        (["fit", "bimodal", "--objective", "kl"], "unknown objective 'kl'"),
+        (["frobnicate"], "invalid choice: 'frobnicate'"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(argv, message, capsys, tmp_path):
+    if argv[0] == "compare":
+        argv = [*argv, "--out", str(tmp_path / "out")]
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith("vitools: error: ") and captured.err.count("\n") == 1
+    assert message in captured.err
+    assert not (tmp_path / "out").exists()  # nothing is created before the input is known to be good
+
+
+def test_out_under_a_file_exits_2(capsys, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    assert main(["compare", "bimodal", "--out", str(blocker / "report")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("vitools: error: cannot write the report to") and "Not a directory" in err
+
+
+def test_out_under_a_read_only_folder_exits_2(capsys, tmp_path):
+    if os.geteuid() == 0:  # root writes into chmod-read-only folders; sysfs refuses even root
+        if not os.path.isdir("/sys/kernel"):
+            pytest.skip("running as root without a read-only /sys")
+        assert main(["compare", "bimodal", "--out", "/sys/kernel/vitools-report"]) == 2
+    else:
+        locked = tmp_path / "locked"
+        locked.mkdir()
+        locked.chmod(0o500)
+        try:
+            assert main(["compare", "bimodal", "--out", str(locked / "report")]) == 2
+        finally:
+            locked.chmod(0o700)
+    assert "cannot write the report to" in capsys.readouterr().err

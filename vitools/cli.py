@@ -1,0 +1,235 @@
+"""The ``vitools`` command: fit zoo models in both KL directions, compare them, write a report.
+
+Bad input (an unknown model, objective or family, a non-positive count, an unwritable ``--out``)
+is reported on one stderr line and exits with status 2 before anything is fitted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NoReturn
+
+from vitools import commands
+
+__all__ = ["main"]
+
+DEFAULT_MODEL = "bimodal"
+DEFAULT_OBJECTIVES = "reverse_kl,forward_kl"
+MIN_DRAWS = 25  # PSIS needs at least this many draws (vitools.diagnostics.MIN_PSIS_DRAWS)
+
+DESCRIPTION = """\
+Variational inference in both KL directions on NumPyro models, compared with ArviZ diagnostics.
+
+Each objective is fitted to a built-in model; the fits are compared side by side (PSIS k-hat and
+verdict, importance ESS, log-evidence bounds, and distances to a reference posterior), and a
+report (markdown + HTML with plots) is written."""
+
+EPILOG = """\
+examples:
+  vitools models                                   list the built-in models
+  vitools demo                                     compare both KL directions on 'bimodal'
+  vitools compare eight_schools_noncentered --reference nuts --out report-8s
+  vitools compare funnel --objectives reverse_kl,forward_kl,renyi --family meanfield
+  vitools fit banana --objective forward_kl --num-steps 3000
+
+Run 'vitools COMMAND --help' for the options of a command."""
+
+
+class UsageError(Exception):
+    """Bad command-line input: printed as one line, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (``vitools: error: ...``) instead of a usage dump."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"vitools: error: {message} (see '{self.prog} --help')\n")
+
+
+def _formatter(prog: str) -> argparse.HelpFormatter:
+    return argparse.RawDescriptionHelpFormatter(prog, max_help_position=32)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``vitools`` argument parser (subcommands ``compare``, ``fit``, ``models``, ``demo``)."""
+    parser = _Parser(prog="vitools", description=DESCRIPTION, epilog=EPILOG, formatter_class=_formatter)
+    from vitools import __version__
+
+    parser.add_argument("--version", action="version", version=f"vitools {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    compare = sub.add_parser(
+        "compare",
+        help="fit several objectives to a model, compare them, write a report",
+        description="Fit each objective to a built-in model, compare the fits against a reference\n"
+        "posterior, print the table and write DIR/report.md and DIR/report.html (with plots).",
+        formatter_class=_formatter,
+    )
+    compare.add_argument("model", metavar="MODEL", help="a built-in model (see 'vitools models')")
+    _add_compare_options(compare)
+    compare.set_defaults(run=commands.run_compare)
+
+    fit = sub.add_parser(
+        "fit",
+        help="fit one objective to a model and print its diagnostics",
+        description="Fit one objective to a built-in model; print the fit, its PSIS diagnostics\n"
+        "and its distance to the model's stored reference.",
+        formatter_class=_formatter,
+    )
+    fit.add_argument("model", metavar="MODEL", help="a built-in model (see 'vitools models')")
+    fit.add_argument(
+        "--objective", default="reverse_kl", help="reverse_kl, forward_kl or renyi (default: %(default)s)"
+    )
+    _add_fit_options(fit)
+    fit.set_defaults(run=commands.run_fit)
+
+    models = sub.add_parser("models", help="list the built-in models", formatter_class=_formatter)
+    models.set_defaults(run=commands.run_models)
+
+    demo = sub.add_parser(
+        "demo",
+        help=f"'compare {DEFAULT_MODEL}' with its exact reference",
+        description=f"Compare reverse and forward KL on the '{DEFAULT_MODEL}' model (two separated modes:\n"
+        "reverse KL locks onto one, forward KL covers both) against its exact reference,\n"
+        f"and write the report to vitools-report/{DEFAULT_MODEL} unless --out says otherwise.",
+        formatter_class=_formatter,
+    )
+    _add_compare_options(demo)
+    demo.set_defaults(run=commands.run_compare, model=DEFAULT_MODEL)
+    return parser
+
+
+def _add_fit_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--family", default="fullrank", help="meanfield, fullrank or lowrank (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--num-steps", type=int, default=2000, metavar="N", help="optimisation steps (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--num-draws",
+        type=int,
+        default=2000,
+        metavar="S",
+        help="draws per fit for diagnostics and plots (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, metavar="K", help="seed of fits and draws (default: %(default)s)"
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _add_compare_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--objectives",
+        default=DEFAULT_OBJECTIVES,
+        metavar="LIST",
+        help="comma-separated objectives (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--reference",
+        default=None,
+        metavar="{zoo,nuts,none}",
+        help="zoo: the model's stored reference (default); nuts: run NUTS now (2 chains); none",
+    )
+    parser.add_argument(
+        "--out", default=None, metavar="DIR", help="report folder (default: vitools-report/MODEL)"
+    )
+    _add_fit_options(parser)
+
+
+def _model(name: str):
+    from vitools.models import get_model
+
+    try:
+        return get_model(name)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+
+
+def _choice(value: str, valid: Sequence[str], what: str) -> str:
+    if value not in valid:
+        raise UsageError(f"unknown {what} {value!r}; choose from: {', '.join(valid)}")
+    return value
+
+
+def _checked(args: argparse.Namespace) -> argparse.Namespace:
+    """Validate everything before fitting anything; raises UsageError with one readable line.
+
+    Adds ``args.zoo`` (the model) and, for ``compare``/``demo``, ``args.stored_reference`` (the zoo's
+    reference, or None); the output folder is created last, once the rest is known to be valid.
+    """
+    from vitools.families import FAMILIES
+    from vitools.objectives import OBJECTIVES
+
+    args.zoo = _model(args.model)
+    _choice(args.family, list(FAMILIES), "family")
+    if args.num_steps < 1:
+        raise UsageError(f"--num-steps must be a positive integer, got {args.num_steps}")
+    if args.num_draws < MIN_DRAWS:
+        raise UsageError(f"--num-draws must be at least {MIN_DRAWS} (PSIS needs them), got {args.num_draws}")
+    if not hasattr(args, "objectives"):  # vitools fit
+        _choice(args.objective, list(OBJECTIVES), "objective")
+        return args
+    names = [o.strip() for o in args.objectives.split(",") if o.strip()]
+    if not names:
+        raise UsageError("--objectives is empty; give a comma-separated list, e.g. reverse_kl,forward_kl")
+    args.objectives = [_choice(o, list(OBJECTIVES), "objective") for o in dict.fromkeys(names)]
+    explicit = args.reference is not None
+    args.reference = _choice(args.reference or "zoo", ["zoo", "nuts", "none"], "reference")
+    args.stored_reference = None
+    if args.reference == "zoo":
+        try:
+            args.stored_reference = args.zoo.reference()
+        except (FileNotFoundError, ValueError) as err:
+            if explicit:
+                raise UsageError(f"--reference zoo: {err}") from None
+            print(
+                f"vitools: no stored reference for {args.model} ({err}); comparing without one",
+                file=sys.stderr,
+            )
+            args.reference = "none"
+    args.out = _writable(Path(args.out or Path("vitools-report") / args.model))
+    return args
+
+
+def _writable(path: Path) -> Path:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".vitools-write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise UsageError(f"cannot write the report to {str(path)!r}: {err.strerror or err}") from None
+    return path
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``vitools`` command line; returns the exit status (0 ok, 2 bad input).
+
+    Example:
+        >>> main(["compare", "bimodal", "--num-steps", "500", "--out", "/tmp/report"])
+        0
+    """
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as stop:  # --help, --version, or a parse error (already printed)
+        return stop.code if isinstance(stop.code, int) else 0
+    try:
+        if args.command != "models":
+            args = _checked(args)
+        return args.run(args)
+    except UsageError as err:
+        print(f"vitools: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("vitools: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

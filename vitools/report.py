@@ -1,0 +1,233 @@
+"""A comparison report on disk: ``report.md`` (images linked) and ``report.html`` (images embedded).
+
+Both hold the :func:`vitools.compare.compare` table, the four plots of :mod:`vitools.plots` and a short
+"how to read this" section written from the table (which fits PSIS flags, which one is closest to the
+reference). The PNGs are written next to the two files, so the markdown renders anywhere the folder
+is copied, and the HTML is one self-contained file to attach or open in a browser.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import matplotlib.pyplot as plt
+import pandas as pd
+
+from vitools.compare import format_table
+from vitools.diagnostics import khat_threshold
+from vitools.plots import plot_khat, plot_marginals, plot_pair, plot_traces
+
+__all__ = ["ReportPaths", "how_to_read", "write_report"]
+
+FIGURES = {  # file stem -> (heading, caption)
+    "marginals": (
+        "Marginal densities",
+        "Each fit's marginal density per parameter (lines) over the reference (shaded).",
+    ),
+    "pair": (
+        "Pair plot",
+        "The two most correlated parameters: reference draws (grey points) and each fit's 50% (solid) "
+        "and 90% (dashed) highest-density contours.",
+    ),
+    "khat": (
+        "Pareto k̂",
+        "PSIS k̂ of each fit's importance weights against the sample-size threshold (dashed).",
+    ),
+    "traces": (
+        "Optimisation traces",
+        "Loss and importance ESS per step (faint: raw, solid: moving average).",
+    ),
+}
+
+
+class ReportPaths(NamedTuple):
+    """Where :func:`write_report` wrote: the two documents and the PNGs by plot name."""
+
+    markdown: Path
+    html: Path
+    images: dict[str, Path]
+
+
+def how_to_read(table: pd.DataFrame, num_draws: int = 2000) -> list[str]:
+    """The "how to read this" paragraphs (markdown, one string each), specific to ``table``.
+
+    Args:
+        table: a :func:`vitools.compare.compare` table.
+        num_draws: S, the draws per fit behind the table's k̂ (sets the threshold).
+    """
+    num_draws = int(table.attrs.get("num_draws", num_draws))
+    threshold = khat_threshold(num_draws)
+    paragraphs = [
+        f"**k̂ and verdict.** k̂ is the Pareto shape of the importance weights w = p/q at S = {num_draws} "
+        f"draws from each fit (PSIS). Below 0.5 (*good*) the weights have finite variance and q is a "
+        f"reliable proposal; up to {threshold:.2f} = min(1 − 1/log10 S, 0.7) (*ok*) PSIS-corrected "
+        "estimates are still usable; above it (*bad*) q misses posterior mass that p has. k̂ only sees "
+        "where q puts draws: a fit locked onto one of two separated modes can read *good*, so check the "
+        "reference columns too.",
+        "**ESS.** The importance effective sample size 1/Σw̄² of those S draws: how many independent "
+        "posterior draws they are worth after weighting (S when q equals p up to a constant).",
+        "**Log evidence.** `log_evidence` is the importance-sampling estimate of log p(x) ± its Monte "
+        "Carlo error; `elbo` is the mean log weight. ELBO ≤ log p(x), and the gap between the two "
+        "columns estimates KL(q‖p). Trust the log-evidence estimate only where k̂ is below threshold.",
+    ]
+    if "w1" in table and table["w1"].notna().any():
+        shown = table[table["w1"].notna()]
+        ranked = shown.sort_values("w1")
+        best = ranked.index[0]
+        text = (
+            "**Against the reference.** `mean_error` is |mean − reference mean| and `w1` the 1-D "
+            "Wasserstein distance, both in reference sds and averaged over parameters; `sd_ratio` < 1 "
+            f"means too narrow. Closest to the reference: **{best}** (w1 {ranked['w1'].iloc[0]:.3g}"
+        )
+        text += f", sd_ratio {ranked['sd_ratio'].iloc[0]:.3g})" if "sd_ratio" in ranked else ")"
+        if len(ranked) > 1:
+            text += f"; furthest: **{ranked.index[-1]}** (w1 {ranked['w1'].iloc[-1]:.3g})"
+        paragraphs.append(text + ".")
+    if "verdict" in table:
+        bad = [str(name) for name, v in table["verdict"].items() if v == "bad"]
+        if bad:
+            paragraphs.append(f"**Flagged by PSIS:** {', '.join(bad)} (k̂ above {threshold:.2f}).")
+    return paragraphs
+
+
+def _figures(
+    fits: Mapping[str, Any], table: pd.DataFrame, reference: Any, num_draws: int, seed: int
+) -> dict[str, Any]:
+    """Make each plot; a plot that cannot be drawn for these fits becomes the reason (a string)."""
+    makers = {
+        "marginals": lambda: plot_marginals(fits, reference=reference, num_draws=num_draws, seed=seed),
+        "pair": lambda: plot_pair(fits, reference=reference, num_draws=num_draws, seed=seed),
+        "khat": lambda: plot_khat(table, num_draws=num_draws),
+        "traces": lambda: plot_traces(fits),
+    }
+    out: dict[str, Any] = {}
+    for name, make in makers.items():
+        try:
+            out[name] = make()
+        except ValueError as err:  # e.g. a 1-parameter model has no pair plot, MCMC-only tables no k̂
+            out[name] = str(err)
+    return out
+
+
+def write_report(
+    fits: Mapping[str, Any],
+    table: pd.DataFrame,
+    out_dir: str | Path,
+    reference: Any = None,
+    title: str = "vitools comparison",
+    notes: Sequence[str] = (),
+    num_draws: int = 2000,
+    seed: int = 0,
+    dpi: int = 110,
+) -> ReportPaths:
+    """Write ``out_dir/report.md``, ``out_dir/report.html`` and the plots as PNGs in ``out_dir``.
+
+    Args:
+        fits: ``{name: Fit | MCMC | DataTree}``, the fits in the table (not the reference).
+        table: their :func:`vitools.compare.compare` table.
+        out_dir: created if needed; existing report files in it are overwritten.
+        reference: what the fits are plotted against (see :func:`vitools.plots.plot_marginals`).
+        title: the report's heading.
+        notes: lines under the heading (model, reference source, settings), markdown allowed.
+        num_draws: draws per fit behind the table and the plots (compare's ``num_draws``).
+        seed: base seed of the plots' draws (compare's ``seed``, so plots and table see the same draws).
+        dpi: resolution of the PNGs.
+
+    Returns:
+        The paths written.
+
+    Raises:
+        OSError: ``out_dir`` cannot be created or written.
+
+    Example:
+        >>> table = vt.compare(fits, reference=zoo.reference().draws)
+        >>> paths = write_report(fits, table, "report/", reference=zoo.reference().draws)
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    figures = _figures(fits, table, reference, num_draws, seed)
+    images: dict[str, Path] = {}
+    for name, fig in figures.items():
+        if isinstance(fig, str):
+            continue
+        images[name] = out / f"{name}.png"
+        fig.savefig(images[name], dpi=dpi)
+        plt.close(fig)
+    markdown_table = format_table(table, "markdown")
+    paragraphs = how_to_read(table, num_draws)
+    md_path, html_path = out / "report.md", out / "report.html"
+    md_path.write_text(_markdown(title, notes, markdown_table, paragraphs, figures, images), encoding="utf-8")
+    html_path.write_text(_html(title, notes, markdown_table, paragraphs, figures, images), encoding="utf-8")
+    return ReportPaths(md_path, html_path, images)
+
+
+def _markdown(title, notes, markdown_table, paragraphs, figures, images) -> str:
+    lines = [f"# {title}", ""]
+    lines += [f"- {note}" for note in notes] + ([""] if notes else [])
+    lines += ["## Comparison", "", markdown_table, "", "## How to read this", ""]
+    for paragraph in paragraphs:
+        lines += [paragraph, ""]
+    for name, (heading, caption) in FIGURES.items():
+        lines += [f"## {heading}", ""]
+        if name in images:
+            lines += [f"![{heading}]({images[name].name})", "", f"*{caption}*", ""]
+        else:
+            lines += [f"*Not drawn: {figures[name]}*", ""]
+    return "\n".join(lines)
+
+
+def _inline(text: str) -> str:
+    """The inline markdown used here (``**bold**``, ``*em*``, backticks) as HTML, escaped first."""
+    text = html.escape(text, quote=False)
+    text = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", text)
+    text = re.sub(r"\*(.+?)\*", r"<em>\1</em>", text)
+    return re.sub(r"`(.+?)`", r"<code>\1</code>", text)
+
+
+def _table_html(markdown_table: str) -> str:
+    """A GitHub pipe table (from ``format_table``) as an HTML table with the same cells."""
+    rows = [line.strip().strip("|").split("|") for line in markdown_table.splitlines() if line.strip()]
+    header, body = rows[0], rows[2:]  # rows[1] is the |---| rule
+
+    def cells(row: list[str], tag: str) -> str:
+        return "".join(f"<{tag}>{html.escape(c.strip())}</{tag}>" for c in row)
+
+    body_html = "".join(f"<tr>{cells(r, 'td')}</tr>" for r in body)
+    return f"<table><thead><tr>{cells(header, 'th')}</tr></thead><tbody>{body_html}</tbody></table>"
+
+
+_CSS = (
+    "body{font-family:system-ui,sans-serif;max-width:1150px;margin:2em auto;padding:0 1em;color:#222}"
+    "table{border-collapse:collapse;font-size:0.85em;margin:1em 0}"
+    "th,td{border:1px solid #ccc;padding:3px 7px;text-align:right}"
+    "th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}"
+    "img{max-width:100%}figcaption{color:#555;font-size:0.9em}code{background:#f3f3f3;padding:0 3px}"
+)
+
+
+def _html(title, notes, markdown_table, paragraphs, figures, images) -> str:
+    parts = [
+        f'<!DOCTYPE html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>',
+        f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>",
+    ]
+    if notes:
+        parts.append("<ul>" + "".join(f"<li>{_inline(n)}</li>" for n in notes) + "</ul>")
+    parts += ["<h2>Comparison</h2>", _table_html(markdown_table), "<h2>How to read this</h2>"]
+    parts += [f"<p>{_inline(p)}</p>" for p in paragraphs]
+    for name, (heading, caption) in FIGURES.items():
+        parts.append(f"<h2>{html.escape(heading)}</h2>")
+        if name in images:
+            data = base64.b64encode(images[name].read_bytes()).decode("ascii")
+            parts.append(
+                f'<figure><img alt="{html.escape(heading)}" src="data:image/png;base64,{data}">'
+                f"<figcaption>{_inline(caption)}</figcaption></figure>"
+            )
+        else:
+            parts.append(f"<p><em>Not drawn: {html.escape(figures[name])}</em></p>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
