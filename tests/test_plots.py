@@ -104,7 +104,7 @@ def test_marginals_var_names_max_params_and_reference_key(trees):
     assert [ax.get_title() for ax in panels] == ["theta[0]"]
     assert len(panels[0].lines) == 2  # the reference key is shaded, not drawn as a line
     assert legend_labels(fig.legends[0]) == ["narrow", "shifted", "reference"]
-    assert "first 1 of 2" in fig.get_suptitle()
+    assert "first 1 of 2" in fig.get_supxlabel()
     with pytest.raises(ValueError, match="match no parameter"):
         plot_marginals(trees, var_names=["nope"])
     with pytest.raises(KeyError, match="not one of the fits"):
@@ -174,7 +174,8 @@ def test_khat_from_diagnostics_and_bad_input(trees):
 def test_traces_two_panels_from_trees(trees):
     fig = plot_traces(trees)
     ax_loss, ax_ess = fig.axes
-    assert len(ax_loss.lines) == 2 * 3  # raw and smoothed per fit
+    assert len(ax_loss.lines) == 2 * 3 + 1  # raw and smoothed per fit, and the zero line
+    assert ax_loss.lines[1].get_ydata()[-1] == pytest.approx(0.0)  # smoothed loss minus its final value
     assert legend_labels(ax_loss.get_legend()) == ["good", "narrow", "shifted"]
     assert len(ax_ess.lines) == 2 * 2  # "narrow" traced no ESS ...
     assert any("narrow" in t.get_text() for t in ax_ess.texts)  # ... and the panel says so
@@ -185,6 +186,6 @@ def test_traces_of_real_fits(bimodal_fits):
     fig = plot_traces({**bimodal_fits, "mcmc-like": az.from_dict({"posterior": {"x": np.zeros((1, 10))}})})
     ax_loss, ax_ess = fig.axes
     assert legend_labels(ax_loss.get_legend()) == ["reverse_kl", "forward_kl"]
-    for line in ax_loss.lines:
+    for line in ax_loss.lines[:-1]:  # the last one is the zero line
         assert len(line.get_xdata()) == NUM_STEPS
     assert ax_ess.get_ylim()[1] == pytest.approx(1.05)

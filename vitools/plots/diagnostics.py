@@ -118,11 +118,13 @@ def _smooth(values: np.ndarray) -> np.ndarray:
 def plot_traces(fits: Mapping[str, Any]) -> Figure:
     """Loss (left) and importance ESS (right) per optimisation step of each fit.
 
-    Each fit gets a faint raw line and a solid moving average (window: 2% of its steps). The loss
-    axis is fitted to the smoothed losses after the first 10% of steps, so an initial transient does
-    not flatten the rest. The ESS of each step's draws is shown as a fraction of them when every fit
-    says how many it drew (Fits do; trees may carry ``num_draws_per_step``), else as a count. Fits
-    without a trace (MCMC) are skipped.
+    Each fit gets a faint raw line and a solid moving average (window: 2% of its steps). Losses of
+    different objectives live on different scales (a negative ELBO, a cross-entropy), so each is drawn
+    minus its own final smoothed value (listed in the panel): every curve settles at 0 when its fit
+    converged. The loss axis is fitted to the smoothed curves after the first 5% of steps, so an
+    initial transient does not flatten the rest. The ESS of each step's draws is shown as a fraction
+    of them when every fit says how many it drew (Fits do; trees may carry ``num_draws_per_step``),
+    else as a count. Fits without a trace (MCMC) are skipped.
 
     Args:
         fits: ``{name: Fit | DataTree}`` (a tree's ``optimization`` group); others are skipped.
@@ -130,7 +132,7 @@ def plot_traces(fits: Mapping[str, Any]) -> Figure:
     fig, (ax_loss, ax_ess) = plt.subplots(1, 2, figsize=(11.0, 3.8), layout="constrained")
     traces = {name: _trace(obj) for name, obj in fits.items()}
     relative = all(n is not None for t, n in traces.values() if "ess" in t)
-    tails, without_ess = [], []
+    tails, finals, without_ess = [], [], []
     for i, (name, (trace, per_step)) in enumerate(traces.items()):
         for ax, key in ((ax_loss, "loss"), (ax_ess, "ess")):
             values = trace.get(key)
@@ -142,13 +144,18 @@ def plot_traces(fits: Mapping[str, Any]) -> Figure:
                 values = values / per_step
             steps = np.arange(1, values.size + 1)
             smooth = _smooth(values)
+            if key == "loss":
+                finals.append(f"{name}: {smooth[-1]:.4g}")
+                values, smooth = values - smooth[-1], smooth - smooth[-1]
+                tails.append(smooth[values.size // 20 :])
             ax.plot(steps, values, color=f"C{i}", alpha=0.25, lw=0.8)
             ax.plot(steps, smooth, color=f"C{i}", lw=1.6, label=name)
-            if key == "loss":
-                tails.append(smooth[values.size // 10 :])
     if tails:
-        ax_loss.set_ylim(*limits([t[np.isfinite(t)] for t in tails], 0.0, 1.0))
-        ax_loss.legend(fontsize=8, frameon=False)
+        ax_loss.set_ylim(*limits([t[np.isfinite(t)] for t in tails] + [np.zeros(1)], 0.0, 1.0))
+        ax_loss.axhline(0.0, color="0.3", lw=0.6)
+        ax_loss.legend(fontsize=8, frameon=False, loc="upper right")
+        ax_loss.text(0.98, 0.04, "final loss\n" + "\n".join(finals), ha="right", va="bottom", fontsize=8,
+                     color="0.35", transform=ax_loss.transAxes)  # fmt: skip
     else:
         ax_loss.text(0.5, 0.5, "no optimisation trace", ha="center", va="center", transform=ax_loss.transAxes)
     if ax_ess.lines:
@@ -159,7 +166,7 @@ def plot_traces(fits: Mapping[str, Any]) -> Figure:
             0.98, 0.04, note, ha="right", va="bottom", fontsize=8, color="0.35", transform=ax_ess.transAxes
         )
     ylabel = "ESS / draws of the step" if relative else "importance ESS of the step's draws"
-    ax_loss.set(xlabel="step", ylabel="loss", title="loss per step (objectives differ in scale)")
+    ax_loss.set(xlabel="step", ylabel="loss − final loss", title="loss per step, relative to its final value")
     ax_ess.set(xlabel="step", ylabel=ylabel, title="importance ESS per step (1 = equal weights on q's draws)")
     for ax in (ax_loss, ax_ess):
         ax.title.set_fontsize(10)

@@ -51,11 +51,27 @@ def _reference(reference: Any, draws: dict[str, Labelled]) -> Labelled | None:
     return reference_draws(reference)
 
 
+def _latent_sites(fits: Mapping[str, Any]) -> list[str]:
+    """The model's latent sites in model order, from the first vitools Fit among ``fits`` (trees and
+    MCMC runs do not say which of their variables are deterministic)."""
+    for obj in fits.values():
+        names = getattr(getattr(obj, "target", None), "site_names", None)
+        if names:
+            return list(names)
+    return []
+
+
 def _parameters(
-    draws: dict[str, Labelled], ref: Labelled | None, var_names: Sequence[str] | None
+    draws: dict[str, Labelled],
+    ref: Labelled | None,
+    var_names: Sequence[str] | None,
+    latent: Sequence[str] = (),
 ) -> list[str]:
-    """Scalar labels in first-seen order; with a reference, only those it has (when it shares any)."""
+    """Scalar labels: latent sites first (model order), then the rest in first-seen order; with a
+    reference, only those it has (when it shares any)."""
     labels = list(dict.fromkeys(label for names, _ in draws.values() for label in names))
+    rank = {site: i for i, site in enumerate(latent)}
+    labels.sort(key=lambda label: rank.get(label.split("[")[0], len(rank)))  # stable: keeps the rest
     if ref is not None and set(ref[0]) & set(labels):
         labels = [label for label in labels if label in set(ref[0])]
     if var_names is not None:
@@ -73,7 +89,7 @@ def _column(labelled: Labelled | None, label: str) -> np.ndarray | None:
     return values[np.isfinite(values)]
 
 
-def limits(columns: list[np.ndarray], lower: float = 0.005, upper: float = 0.995) -> tuple[float, float]:
+def limits(columns: list[np.ndarray], lower: float = 0.01, upper: float = 0.99) -> tuple[float, float]:
     """A padded axis range showing the bulk of every sample; one long tail cannot flatten the rest."""
     lows = [np.quantile(c, lower) for c in columns if c.size]
     highs = [np.quantile(c, upper) for c in columns if c.size]
@@ -107,7 +123,7 @@ def plot_marginals(
         reference: ``None``, a key of ``fits`` (then shaded, not drawn as a line), a DataTree, a dict
             of constrained draws ``name -> (S, ...)``, or a zoo ``Reference``.
         var_names: site names (all their elements) or labels such as ``"theta[3]"`` to show.
-        max_params: show at most this many panels (the first ones); the title says how many were left out.
+        max_params: show at most this many panels (the first ones); a note below says how many are left out.
         num_draws: draws from each Fit (trees and MCMC keep their own).
         seed: base seed of those draws (fit ``i`` uses ``seed + i``).
 
@@ -122,7 +138,7 @@ def plot_marginals(
         raise ValueError(f"max_params must be at least 1, got {max_params}")
     draws = _draws(fits, num_draws, seed)
     ref = _reference(reference, draws)
-    labels = _parameters(draws, ref, var_names)
+    labels = _parameters(draws, ref, var_names, _latent_sites(fits))
     shown = labels[:max_params]
     ncols = min(4, len(shown))
     nrows = math.ceil(len(shown) / ncols)
@@ -157,7 +173,7 @@ def plot_marginals(
         [handles[n] for n in order], order, loc="outside upper center", ncols=len(order), frameon=False
     )
     if len(labels) > len(shown):
-        fig.suptitle(f"first {len(shown)} of {len(labels)} parameters (choose with var_names)", fontsize=9)
+        fig.supxlabel(f"first {len(shown)} of {len(labels)} parameters (choose with var_names)", fontsize=9)
     return fig
 
 
@@ -189,7 +205,8 @@ def plot_pair(
         fits: ``{name: Fit | MCMC | DataTree}``.
         reference: as in :func:`plot_marginals`.
         params: two scalar labels (e.g. ``("mu", "tau")``); default: the pair with the largest
-            absolute correlation in the reference's draws (the first fit's without a reference).
+            absolute correlation in the reference's draws (the first fit's without a reference),
+            among the latent sites when a Fit says which they are.
         num_draws, seed: draws from each Fit, as in :func:`plot_marginals`.
         hdi_probs: contour levels, as highest-density-region probabilities (solid to dotted).
 
@@ -198,12 +215,16 @@ def plot_pair(
     """
     draws = _draws(fits, num_draws, seed)
     ref = _reference(reference, draws)
-    labels = _parameters(draws, ref, None)
+    latent = _latent_sites(fits)
+    labels = _parameters(draws, ref, None, latent)
     if params is None:
         if len(labels) < 2:
             raise ValueError(f"a pair plot needs two scalar parameters; the fits have {labels}")
         basis = ref if ref is not None and set(labels) <= set(ref[0]) else next(iter(draws.values()))
-        params = _most_correlated(basis, [lab for lab in labels if lab in basis[0]])
+        candidates = [lab for lab in labels if lab in basis[0]]
+        sampled = [lab for lab in candidates if lab.split("[")[0] in latent]
+        # A deterministic site is correlated with its parents by construction: prefer latent pairs.
+        params = _most_correlated(basis, sampled if len(sampled) >= 2 else candidates)
     missing = [p for p in params if p not in labels]
     if len(params) != 2 or missing:
         raise ValueError(f"params must be two of the fits' parameters {labels[:8]}...; unknown: {missing}")
