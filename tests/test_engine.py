@@ -67,7 +67,9 @@ def test_same_seed_same_result_and_counts():
 
 def exploding_target():
     """Pulls q to the right; the density is NaN past x = 3, so a NaN loss is bound to happen."""
-    return vt.Target.from_log_density(lambda x: jnp.where(x[0] > 3.0, jnp.nan, 4.0 * x[0] - 0.1 * x[0] ** 2), 1)
+    return vt.Target.from_log_density(
+        lambda x: jnp.where(x[0] > 3.0, jnp.nan, 4.0 * x[0] - 0.1 * x[0] ** 2), 1
+    )
 
 
 def test_nonfinite_loss_raises_and_keeps_last_finite_params():
@@ -86,7 +88,9 @@ def test_nonfinite_loss_raises_and_keeps_last_finite_params():
 
 def test_nonfinite_can_warn_instead():
     with pytest.warns(RuntimeWarning, match="non-finite"):
-        fit = quiet_fit(exploding_target(), num_steps=2000, init="median", learning_rate=0.05, on_nonfinite="warn")
+        fit = quiet_fit(
+            exploding_target(), num_steps=2000, init="median", learning_rate=0.05, on_nonfinite="warn"
+        )
     assert fit.status == "nonfinite"
 
 
@@ -112,7 +116,9 @@ def test_learning_rate_is_scheduled():
 
     target = vt.Target.from_log_density(lambda x: -0.5 * jnp.sum(x**2), 2)
     family, optimizer = vt.MeanField(), engine.default_optimizer()
-    state = engine.init_state(jax.random.PRNGKey(0), family.init(target, jnp.zeros(2), jnp.eye(2)), optimizer, 0.5)
+    state = engine.init_state(
+        jax.random.PRNGKey(0), family.init(target, jnp.zeros(2), jnp.eye(2)), optimizer, 0.5
+    )
     final, _ = engine.run_chunk(state, 200, vt.ReverseKL(2), family, target, optimizer, 200)
     rate = final.opt_state.hyperparams["learning_rate"]  # the rate used by the last step (199)
     assert rate == pytest.approx(0.5 * float(engine.learning_rate_factor(199, 200)), rel=1e-6)
@@ -145,7 +151,9 @@ def test_many_fits_vmap_into_one_program():
     keys = jax.random.split(jax.random.PRNGKey(0), 3)
     states = jax.vmap(start)(keys)
     run = jax.vmap(engine.run_chunk, in_axes=(0, None, None, None, None, None, None))
-    final, (losses, _) = jax.jit(run, static_argnums=(5, 6))(states, 300, objective, family, target, optimizer, 300)
+    final, (losses, _) = jax.jit(run, static_argnums=(5, 6))(
+        states, 300, objective, family, target, optimizer, 300
+    )
     assert losses.shape == (3, 300)
     one, (one_losses, _) = engine.run_chunk(start(keys[1]), 300, objective, family, target, optimizer, 300)
     np.testing.assert_allclose(losses[1], one_losses, rtol=1e-6)

@@ -17,12 +17,19 @@ A NumPyro ``MCMC`` goes through ``az.from_numpyro`` and keeps its own ``(chain, 
 
 from __future__ import annotations
 
+import sys
 from typing import Any, Protocol, runtime_checkable
 
 import arviz_base as azb  # not `arviz`: that also imports arviz-plots and matplotlib (~1.2 s)
 import numpy as np
 import xarray as xr
+import numpyro.infer
+import numpyro.infer.initialization
 from numpyro.infer import MCMC
+
+# arviz_base's from_numpyro reads the attribute numpyro.infer.initialization, which Python sets
+# only when that submodule is imported after numpyro.infer's own import completed; make sure it is.
+numpyro.infer.initialization = sys.modules["numpyro.infer.initialization"]
 
 __all__ = ["FitLike", "as_single_chain", "fit_to_datatree", "flatten_draws", "to_datatree"]
 

@@ -11,6 +11,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+import numpyro.distributions as dist
 import optax
 
 from vitools.engine import default_optimizer, init_state, optimize
@@ -65,19 +66,36 @@ class Fit:
         return f"{self.objective.name}/{self.family.name}"
 
     @property
-    def distribution(self):
-        """q over the flat unconstrained space (a NumPyro distribution)."""
-        return self.family.distribution(self.params)
+    def distribution(self) -> dist.Distribution:
+        """q over the model's flat unconstrained space (a NumPyro distribution)."""
+        transforms = dist.transforms
+        frame = transforms.IndependentTransform(
+            transforms.AffineTransform(self.target.shift, self.target.scale), 1
+        )
+        return dist.TransformedDistribution(self.family.distribution(self.params), frame)
+
+    def mean_and_covariance(self) -> tuple[np.ndarray, np.ndarray]:
+        """Exact mean and covariance of q in the model's flat unconstrained space (Gaussian
+        families, or any q whose distribution has ``mean`` and a covariance or variance)."""
+        q = self.family.distribution(self.params)
+        cov = q.covariance_matrix if hasattr(q, "covariance_matrix") else jnp.diag(q.variance)
+        scale = self.target.scale
+        return np.asarray(self.target.to_unconstrained(q.mean)), np.asarray(
+            scale[:, None] * cov * scale[None, :]
+        )
 
     def sample_flat(self, num_draws: int, seed: int = 0) -> jax.Array:
-        """``(num_draws, dim)`` draws of q in the flat unconstrained space."""
+        """``(num_draws, dim)`` draws of q in the model's flat unconstrained space."""
+        return jax.vmap(self.target.to_unconstrained)(self._sample_frame(num_draws, seed))
+
+    def _sample_frame(self, num_draws: int, seed: int) -> jax.Array:
+        """Draws in the frame the fit was optimised in (see ``Target.whitened``)."""
         _check_count(num_draws, "num_draws")
         return _sample_flat(self.family, self.params, jax.random.PRNGKey(seed), num_draws)
 
     def sample(self, num_draws: int, seed: int = 0) -> dict[str, np.ndarray]:
         """Constrained draws: site name → array ``(num_draws, *site shape)`` (plus deterministic sites)."""
-        flat = self.sample_flat(num_draws, seed)
-        return jax.device_get(_constrain_all(self.target, flat))
+        return jax.device_get(_constrain_all(self.target, self._sample_frame(num_draws, seed)))
 
     def log_prob(self, draws: dict[str, Any]) -> np.ndarray:
         """log q at constrained draws (leading draw axis), Jacobian of the transform included."""
@@ -87,7 +105,7 @@ class Fit:
     def sample_with_log_densities(self, num_draws: int, seed: int = 0):
         """``(draws, log_p, log_q)``: constrained draws, the unnormalized log joint and log q at
         them, both in the constrained space, so ``log_p - log_q`` is the importance log weight."""
-        flat = self.sample_flat(num_draws, seed)
+        flat = self._sample_frame(num_draws, seed)
         draws, log_p, log_q = _densities(self.family, self.params, self.target, flat)
         return jax.device_get(draws), np.asarray(log_p), np.asarray(log_q)
 
@@ -112,7 +130,7 @@ def fit(
     family: str | Family = "fullrank",
     num_steps: int = 2000,
     seed: int = 0,
-    learning_rate: float = 0.05,
+    learning_rate: float = 0.1,
     optimizer: optax.GradientTransformation | None = None,
     init: str | tuple[jax.Array, jax.Array] = "laplace",
     tol: float | None = None,
@@ -135,7 +153,9 @@ def fit(
             decay; also scheduled into any ``optax.inject_hyperparams`` optimizer.
         optimizer: an optax optimizer (default: Adam as above).
         init: ``"laplace"`` (path-selected Laplace approximation, see :mod:`vitools.init`),
-            ``"median"`` (NumPyro's init point, scale 0.1) or ``(loc, scale_tril)``.
+            ``"median"`` (NumPyro's init point, scale 0.1) or ``(loc, scale_tril)`` in the
+            model's flat unconstrained space. Except with ``"median"``, the fit runs in the frame
+            of the initial scales (``Target.whitened``), so badly scaled models need no tuning.
         tol: early stopping on the relative change of the smoothed loss (None: off).
         on_nonfinite: ``"raise"`` (:class:`NonFiniteLossError`, carrying the fit) or ``"warn"``.
         progress: show progress (a bar on a terminal, periodic lines otherwise).
@@ -156,8 +176,6 @@ def fit(
     family = get_family(family)
     objective = get_objective(objective)
     target = model if isinstance(model, Target) else Target.from_model(model, *model_args, **model_kwargs)
-    if hasattr(objective, "prepare"):
-        objective = objective.prepare(target)
 
     init_key, run_key = jax.random.split(jax.random.PRNGKey(seed))
     if isinstance(init, str):
@@ -168,6 +186,15 @@ def fit(
             raise ValueError(
                 f"init=(loc, scale_tril) must have shapes ({target.dim},) and ({target.dim}, {target.dim})"
             )
+    if getattr(family, "whiten", True) and not (isinstance(init, str) and init == "median"):
+        # Fit in the frame of the initial Gaussian's scales (see Target.whitened): q starts at
+        # N(0, correlation-like L) there, and Adam's steps are in units of posterior sds. The
+        # "median" init's scale 0.1 says nothing of the posterior, so that frame stays as it is.
+        scale = jnp.sqrt(jnp.sum(scale_tril**2, axis=-1))
+        target = target.whitened(target.to_unconstrained(loc), target.scale * scale)
+        loc, scale_tril = jnp.zeros_like(loc), scale_tril / scale[:, None]
+    if hasattr(objective, "prepare"):
+        objective = objective.prepare(target)
     params = family.init(target, loc, scale_tril)
     optimizer = optimizer or default_optimizer()
     state = init_state(run_key, params, optimizer, learning_rate)

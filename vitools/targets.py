@@ -9,6 +9,13 @@ computed by NumPyro's own ``potential_energy`` (so transforms, including support
 other sites, are NumPyro's, not ours). ``constrain`` maps a flat draw back to named sites through
 ``numpyro.infer.util.constrain_fn``, which re-runs the model at that draw: a support such as
 ``0 < b < 1 - a`` is evaluated with each draw's own ``a``, never frozen at the initial point.
+
+Preconditioning: a target can be expressed in a rescaled frame, ``u = shift + scale * v``
+(:meth:`Target.whitened`). Every method then works on ``v``: ``log_density(v)`` includes
+``sum(log scale)`` and ``log_abs_det_jacobian(v)`` is that of ``v → constrained``, so densities
+in the constrained space are unchanged. ``vt.fit`` fits in the frame of its initial Gaussian's
+scales: Adam's per-coordinate steps then mean the same on every coordinate, whether a posterior
+sd is 1e-3 (a slope on calendar years) or 1e3.
 """
 
 from __future__ import annotations
@@ -98,6 +105,8 @@ class Target:
 
     init_flat: jax.Array
     data: tuple
+    shift: jax.Array
+    scale: jax.Array
     model: Callable | None = dataclasses.field(metadata=dict(static=True))
     static_data: tuple = dataclasses.field(metadata=dict(static=True))
     sites: tuple[Site, ...] = dataclasses.field(metadata=dict(static=True))
@@ -152,7 +161,7 @@ class Target:
         )
         arrays, static = _split_data(args, kwargs)
         flat = jnp.concatenate([jnp.ravel(init[s.name]) for s in sites])
-        target = cls(flat, arrays, model, static, sites)
+        target = cls(flat, arrays, jnp.zeros_like(flat), jnp.ones_like(flat), model, static, sites)
         if not jnp.isfinite(target.log_density(flat)):
             raise ValueError("the initial point's log density is not finite")
         return target
@@ -179,7 +188,8 @@ class Target:
             raise ValueError(f"log_density_fn must return a scalar, got shape {jnp.shape(value)}")
         if not jnp.isfinite(value):
             raise ValueError("log_density_fn is not finite at the initial point (zeros)")
-        return cls(init, (), None, (), (Site(name, (dim,), dim),), log_density_fn)
+        ones = jnp.ones_like(init)
+        return cls(init, (), jnp.zeros_like(init), ones, None, (), (Site(name, (dim,), dim),), log_density_fn)
 
     # ----------------------------------------------------------------------------------------
     # the flat vector
@@ -191,8 +201,24 @@ class Target:
     def site_names(self) -> tuple[str, ...]:
         return tuple(s.name for s in self.sites)
 
+    def whitened(self, shift: jax.Array, scale: jax.Array) -> Target:
+        """The same target in the frame ``u = shift + scale * v`` (``shift``, ``scale`` in the
+        original unconstrained space, ``scale > 0`` elementwise)."""
+        shift, scale = jnp.asarray(shift), jnp.asarray(scale)
+        if shift.shape != (self.dim,) or scale.shape != (self.dim,):
+            raise ValueError(f"shift and scale must have shape ({self.dim},)")
+        init = (self.to_unconstrained(self.init_flat) - shift) / scale
+        return dataclasses.replace(self, init_flat=init, shift=shift, scale=scale)
+
+    def to_unconstrained(self, flat: jax.Array) -> jax.Array:
+        """A flat draw of this target's frame → the model's flat unconstrained space."""
+        return self.shift + self.scale * flat
+
+    def from_unconstrained(self, u: jax.Array) -> jax.Array:
+        return (u - self.shift) / self.scale
+
     def unravel(self, flat: jax.Array) -> dict[str, jax.Array]:
-        """Flat vector → dict of unconstrained site values, in model order.
+        """Flat vector (of the model's unconstrained space) → dict of site values, in model order.
 
         Our own ravel (not ``ravel_pytree``, which sorts keys) keeps the model's site order, the
         order NumPyro's ``AutoContinuous`` guides use for their flat latent.
@@ -212,19 +238,24 @@ class Target:
     def _args(self) -> tuple[tuple, dict]:
         return _join_data(self.data, self.static_data)
 
+    def _log_scale(self) -> jax.Array:
+        return jnp.sum(jnp.log(self.scale))
+
     def log_density(self, flat: jax.Array) -> jax.Array:
-        """Unnormalized log density of one flat unconstrained draw (Jacobian included)."""
+        """Unnormalized log density of one flat draw (Jacobians included)."""
+        u = self.to_unconstrained(flat)
         if self.model is None:
-            return self.log_density_fn(flat)
+            return self.log_density_fn(u) + self._log_scale()
         args, kwargs = self._args
-        return -potential_energy(self.model, args, kwargs, self.unravel(flat))
+        return -potential_energy(self.model, args, kwargs, self.unravel(u)) + self._log_scale()
 
     def constrain(self, flat: jax.Array, deterministic: bool = False) -> dict[str, jax.Array]:
         """Constrained site values of one flat draw (supports re-evaluated at this draw)."""
+        u = self.to_unconstrained(flat)
         if self.model is None:
-            return {self.sites[0].name: flat}
+            return {self.sites[0].name: u}
         args, kwargs = self._args
-        return constrain_fn(self.model, args, kwargs, self.unravel(flat), deterministic)
+        return constrain_fn(self.model, args, kwargs, self.unravel(u), deterministic)
 
     def unconstrain(self, values: dict[str, jax.Array]) -> jax.Array:
         """Flat unconstrained vector of one draw given constrained latent values."""
@@ -232,10 +263,10 @@ class Target:
         if missing:
             raise ValueError(f"draws lack latent site(s) {missing}; expected {list(self.site_names)}")
         if self.model is None:
-            return jnp.ravel(values[self.sites[0].name])
+            return self.from_unconstrained(jnp.ravel(values[self.sites[0].name]))
         args, kwargs = self._args
         latent = {n: values[n] for n in self.site_names}
-        return self.ravel(unconstrain_fn(self.model, args, kwargs, latent))
+        return self.from_unconstrained(self.ravel(unconstrain_fn(self.model, args, kwargs, latent)))
 
     def log_joint(self, values: dict[str, jax.Array]) -> jax.Array:
         """Unnormalized log joint at constrained values (no Jacobian)."""
@@ -245,13 +276,13 @@ class Target:
         return log_density(self.model, args, kwargs, values)[0]
 
     def log_abs_det_jacobian(self, flat: jax.Array) -> jax.Array:
-        """log |det dT/du| of the map u → constrained values, for one draw.
+        """log |det| of the Jacobian of the map flat draw → constrained values, for one draw.
 
         It is the difference of NumPyro's unconstrained and constrained log densities, so it is
         right for any transform NumPyro applies, dependent supports included.
         """
         if self.model is None:
-            return jnp.zeros((), flat.dtype)
+            return self._log_scale() + jnp.zeros((), flat.dtype)
         return self.log_density(flat) - self.log_joint(self.constrain(flat))
 
 

@@ -31,7 +31,7 @@ class AutoGuideFamily:
 
     The guide's flat latent uses the model's site order, the same order as ``Target``'s flat
     vector, and lives in the same unconstrained space, so ``guide.get_posterior(params)`` is a
-    distribution over our flat draws. Parameters are the guide's ``numpyro.param`` values mapped
+    distribution over our flat draws (vt.fit does not rescale the frame for guides). Parameters are the guide's ``numpyro.param`` values mapped
     to the unconstrained space through their constraints.
 
     ``init`` traces the guide once with the target's model arguments (NumPyro sets the guide up
@@ -44,6 +44,9 @@ class AutoGuideFamily:
 
     guide: AutoContinuous = dataclasses.field(metadata=dict(static=True))
     name: str = dataclasses.field(default="autoguide", metadata=dict(static=True))
+    # Fit in the model's own unconstrained space, so the parameters stay the guide's: they work
+    # with ``guide.sample_posterior`` and the rest of NumPyro.
+    whiten: bool = dataclasses.field(default=False, metadata=dict(static=True))
 
     def __post_init__(self):
         if not isinstance(self.guide, AutoContinuous):

@@ -20,6 +20,10 @@ class Family(Protocol):
     pytree. ``distribution(params)`` returns a NumPyro distribution with event shape ``(dim,)``
     whose ``sample`` is reparameterized, so one method gives both the draws and ``log_prob``.
     New families plug in by implementing these methods; nothing checks for a class.
+
+    Optional: ``widened(params, factor)`` (the same distribution with its scale times
+    ``factor``; ForwardKL's defensive component uses it) and ``whiten`` (default True: vt.fit
+    optimises in the frame of the initial Gaussian's scales, see ``Target.whitened``).
     """
 
     name: str

@@ -142,12 +142,16 @@ class ForwardKLFromDraws:
 
 
 def draws_to_flat(draws: Any, target: Target) -> jax.Array:
-    """Posterior draws in any accepted form → ``(num_draws, dim)`` flat unconstrained array."""
+    """Posterior draws in any accepted form → ``(num_draws, dim)`` flat draws in the target's frame.
+
+    Arrays are taken as draws in the model's flat unconstrained space; dicts, MCMC runs and
+    DataTrees hold constrained values and go through ``target.unconstrain``.
+    """
     if isinstance(draws, (jax.Array, np.ndarray)):
         flat = jnp.asarray(draws)
         if flat.ndim != 2 or flat.shape[1] != target.dim:
             raise ValueError(f"flat draws must have shape (num_draws, {target.dim}), got {flat.shape}")
-        return flat
+        return jax.vmap(target.from_unconstrained)(flat)
     values = _as_dict(draws)
     missing = [n for n in target.site_names if n not in values]
     if missing:
