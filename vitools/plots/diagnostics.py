@@ -151,10 +151,12 @@ def plot_traces(fits: Mapping[str, Any]) -> Figure:
             ax.plot(steps, values, color=f"C{i}", alpha=0.25, lw=0.8)
             ax.plot(steps, smooth, color=f"C{i}", lw=1.6, label=name)
     if tails:
-        ax_loss.set_ylim(*limits([t[np.isfinite(t)] for t in tails] + [np.zeros(1)], 0.0, 1.0))
+        lo, hi = limits([t[np.isfinite(t)] for t in tails] + [np.zeros(1)], 0.0, 1.0)
+        ax_loss.set_ylim(lo, hi + 0.6 * (hi - lo))  # headroom for the legend and the final losses
         ax_loss.axhline(0.0, color="0.3", lw=0.6)
         ax_loss.legend(fontsize=8, frameon=False, loc="upper right")
-        ax_loss.text(0.98, 0.04, "final loss\n" + "\n".join(finals), ha="right", va="bottom", fontsize=8,
+        below_legend = 0.97 - 0.075 * (len(finals) + 0.3)
+        ax_loss.text(0.98, below_legend, "final loss\n" + "\n".join(finals), ha="right", va="top", fontsize=8,
                      color="0.35", transform=ax_loss.transAxes)  # fmt: skip
     else:
         ax_loss.text(0.5, 0.5, "no optimisation trace", ha="center", va="center", transform=ax_loss.transAxes)
