@@ -175,7 +175,8 @@ def test_traces_two_panels_from_trees(trees):
     fig = plot_traces(trees)
     ax_loss, ax_ess = fig.axes
     assert len(ax_loss.lines) == 2 * 3 + 1  # raw and smoothed per fit, and the zero line
-    assert ax_loss.lines[1].get_ydata()[-1] == pytest.approx(0.0)  # smoothed loss minus its final value
+    raw = ax_loss.lines[0].get_ydata()
+    assert np.median(raw[-NUM_STEPS // 10 :]) == pytest.approx(0.0)  # loss minus its final value
     assert legend_labels(ax_loss.get_legend()) == ["good", "narrow", "shifted"]
     assert len(ax_ess.lines) == 2 * 2  # "narrow" traced no ESS ...
     assert any("narrow" in t.get_text() for t in ax_ess.texts)  # ... and the panel says so

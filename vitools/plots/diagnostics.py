@@ -119,12 +119,12 @@ def plot_traces(fits: Mapping[str, Any]) -> Figure:
     """Loss (left) and importance ESS (right) per optimisation step of each fit.
 
     Each fit gets a faint raw line and a solid moving average (window: 2% of its steps). Losses of
-    different objectives live on different scales (a negative ELBO, a cross-entropy), so each is drawn
-    minus its own final smoothed value (listed in the panel): every curve settles at 0 when its fit
-    converged. The loss axis is fitted to the smoothed curves after the first 5% of steps, so an
-    initial transient does not flatten the rest. The ESS of each step's draws is shown as a fraction
-    of them when every fit says how many it drew (Fits do; trees may carry ``num_draws_per_step``),
-    else as a count. Fits without a trace (MCMC) are skipped.
+    different objectives live on different scales (a negative ELBO, a cross-entropy), so each is
+    drawn minus its own final value (the median over the last 10% of steps, listed in the panel):
+    every curve settles at 0 when its fit converged. The loss axis is fitted to the smoothed curves
+    after the first 5% of steps, so an initial transient does not flatten the rest. The ESS of each
+    step's draws is shown as a fraction of them when every fit says how many it drew (Fits do;
+    trees may carry ``num_draws_per_step``), else as a count. Fits without a trace (MCMC) are skipped.
 
     Args:
         fits: ``{name: Fit | DataTree}`` (a tree's ``optimization`` group); others are skipped.
@@ -145,8 +145,11 @@ def plot_traces(fits: Mapping[str, Any]) -> Figure:
             steps = np.arange(1, values.size + 1)
             smooth = _smooth(values)
             if key == "loss":
-                finals.append(f"{name}: {smooth[-1]:.4g}")
-                values, smooth = values - smooth[-1], smooth - smooth[-1]
+                final = float(
+                    np.median(values[-max(1, values.size // 10) :])
+                )  # robust to the last steps' noise
+                finals.append(f"{name}: {final:.4g}")
+                values, smooth = values - final, smooth - final
                 tails.append(smooth[values.size // 20 :])
             ax.plot(steps, values, color=f"C{i}", alpha=0.25, lw=0.8)
             ax.plot(steps, smooth, color=f"C{i}", lw=1.6, label=name)
