@@ -6,9 +6,14 @@ import contextlib
 import io
 import os
 
+import arviz as az
+import numpy as np
+import pandas as pd
 import pytest
 
 from vitools.cli import main
+from vitools.compare import compare
+from vitools.report import how_to_read, write_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 FIGURES = ("marginals", "pair", "khat", "traces")
@@ -128,3 +133,28 @@ def test_out_under_a_read_only_folder_exits_2(capsys, tmp_path):
         finally:
             locked.chmod(0o700)
     assert "cannot write the report to" in capsys.readouterr().err
+
+
+def test_how_to_read_names_the_closest_fit_but_not_the_reference_row():
+    table = pd.DataFrame(
+        {"verdict": ["good", "bad", None], "w1": [0.3, 0.1, 0.0], "sd_ratio": [1.1, 0.5, 1.0]},
+        index=["wide", "narrow", "NUTS"],
+    )
+    text = " ".join(how_to_read(table, num_draws=1000, candidates=["wide", "narrow"]))
+    assert "Closest to the reference: **narrow** (w1 0.1, sd_ratio 0.5)" in text
+    assert "furthest: **wide**" in text and "NUTS" not in text
+    assert "**Flagged by PSIS:** narrow (k̂ above 0.67)" in text
+
+
+def test_report_says_which_plot_could_not_be_drawn(tmp_path):
+    rng = np.random.default_rng(0)
+    fits = {  # one parameter: no pair plot; trees without an optimisation trace
+        name: az.from_dict({"posterior": {"x": rng.normal(loc, 1.0, size=(1, 200))}})
+        for name, loc in (("a", 0.0), ("b", 0.5))
+    }
+    table = compare(fits, reference={"x": rng.normal(size=500)})
+    paths = write_report(fits, table, tmp_path / "r", reference={"x": rng.normal(size=500)})
+    text = paths.markdown.read_text(encoding="utf-8")
+    assert "*Not drawn: a pair plot needs two scalar parameters" in text
+    assert sorted(paths.images) == ["marginals", "traces"]  # no k̂ without q: not drawn either
+    assert "<em>Not drawn:" in paths.html.read_text(encoding="utf-8")

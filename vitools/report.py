@@ -53,12 +53,16 @@ class ReportPaths(NamedTuple):
     images: dict[str, Path]
 
 
-def how_to_read(table: pd.DataFrame, num_draws: int = 2000) -> list[str]:
+def how_to_read(
+    table: pd.DataFrame, num_draws: int = 2000, candidates: Sequence[str] | None = None
+) -> list[str]:
     """The "how to read this" paragraphs (markdown, one string each), specific to ``table``.
 
     Args:
         table: a :func:`vitools.compare.compare` table.
         num_draws: S, the draws per fit behind the table's k̂ (sets the threshold).
+        candidates: the rows that may be named closest to/furthest from the reference (default: all;
+            leave out the reference's own row, e.g. "NUTS", which reads w1 = 0).
     """
     num_draws = int(table.attrs.get("num_draws", num_draws))
     threshold = khat_threshold(num_draws)
@@ -75,8 +79,10 @@ def how_to_read(table: pd.DataFrame, num_draws: int = 2000) -> list[str]:
         "Carlo error; `elbo` is the mean log weight. ELBO ≤ log p(x), and the gap between the two "
         "columns estimates KL(q‖p). Trust the log-evidence estimate only where k̂ is below threshold.",
     ]
-    if "w1" in table and table["w1"].notna().any():
-        shown = table[table["w1"].notna()]
+    shown = table[table["w1"].notna()] if "w1" in table else table.iloc[:0]
+    if candidates is not None:
+        shown = shown[shown.index.isin(list(candidates))]
+    if not shown.empty:
         ranked = shown.sort_values("w1")
         best = ranked.index[0]
         text = (
@@ -159,7 +165,7 @@ def write_report(
         fig.savefig(images[name], dpi=dpi)
         plt.close(fig)
     markdown_table = format_table(table, "markdown")
-    paragraphs = how_to_read(table, num_draws)
+    paragraphs = how_to_read(table, num_draws, candidates=list(fits))
     md_path, html_path = out / "report.md", out / "report.html"
     md_path.write_text(_markdown(title, notes, markdown_table, paragraphs, figures, images), encoding="utf-8")
     html_path.write_text(_html(title, notes, markdown_table, paragraphs, figures, images), encoding="utf-8")
