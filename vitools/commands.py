@@ -8,7 +8,6 @@ the exit status. Heavy imports (JAX, NumPyro, ArviZ, matplotlib) happen here, on
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from typing import Any
 
@@ -46,16 +45,10 @@ def run_nuts(
         compilation included) in the root attrs.
     """
     import jax
-    import numpyro.infer
-    import numpyro.infer.initialization
     from numpyro.handlers import reparam
     from numpyro.infer import MCMC, NUTS
 
     from vitools.convert import to_datatree
-
-    # arviz_base lazy-loads numpyro; when it is imported first (vitools.convert), the submodule
-    # attribute numpyro.infer.initialization is never set and az.from_numpyro raises AttributeError.
-    numpyro.infer.initialization = sys.modules["numpyro.infer.initialization"]
 
     settings = zoo.nuts
     model = zoo.model
