@@ -153,7 +153,9 @@ def compare(
             row |= _distances(*flatten_draws(tree), *ref)
         rows.append(pd.Series(row, name=name))
     columns = COLUMNS + (REFERENCE_COLUMNS if ref is not None else [])
-    return pd.DataFrame(rows).reindex(columns=columns)
+    table = pd.DataFrame(rows).reindex(columns=columns)
+    table.attrs["num_draws"] = num_draws  # the k̂ threshold depends on it (plots, report)
+    return table
 
 
 def _metadata(tree: xr.DataTree) -> dict[str, Any]:

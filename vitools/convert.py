@@ -126,7 +126,11 @@ def _optimization_dataset(fit: Any) -> xr.Dataset:
     arrays = {k: v for k, v in arrays.items() if v.ndim == 1}  # per-step scalars only
     num_steps = max((v.shape[0] for v in arrays.values()), default=0)
     arrays = {k: v for k, v in arrays.items() if v.shape[0] == num_steps}
-    return xr.Dataset({k: ("step", v) for k, v in arrays.items()}, coords={"step": np.arange(num_steps)})
+    dataset = xr.Dataset({k: ("step", v) for k, v in arrays.items()}, coords={"step": np.arange(num_steps)})
+    per_step = getattr(getattr(fit, "objective", None), "num_draws", None)
+    if isinstance(per_step, int):  # so ESS traces read as a fraction of each step's draws
+        dataset.attrs["num_draws_per_step"] = per_step
+    return dataset
 
 
 def _fit_attrs(fit: Any, num_draws: int, seed: int) -> dict[str, str | int | float]:

@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from numpyro import handlers
-from numpyro.infer import init_to_median
+from numpyro.infer import init_to_median, init_to_uniform
 from numpyro.infer.util import (
     constrain_fn,
     find_valid_initial_params,
@@ -287,7 +287,18 @@ class Target:
 
 
 def _trace_model(model: Callable, args: tuple, kwargs: dict, seed: int) -> dict:
+    """One trace of the model. Values come from NumPyro's ``init_to_uniform`` where it applies,
+    so improper priors (``ImproperUniform``, which cannot be sampled) trace too."""
+    seeded = handlers.seed(model, seed)
     try:
-        return handlers.trace(handlers.seed(model, seed)).get_trace(*args, **kwargs)
+        with jax.numpy_rank_promotion("allow"):
+            return handlers.trace(handlers.substitute(seeded, substitute_fn=init_to_uniform)).get_trace(
+                *args, **kwargs
+            )
     except TypeError as err:
         raise TypeError(f"calling the model with the given arguments failed: {err}") from err
+    except Exception:  # e.g. a discrete site, which init_to_uniform cannot place: plain draws
+        try:
+            return handlers.trace(seeded).get_trace(*args, **kwargs)
+        except TypeError as err:
+            raise TypeError(f"calling the model with the given arguments failed: {err}") from err

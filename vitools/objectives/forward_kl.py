@@ -10,6 +10,7 @@ that carry no gradient: draws of q weighted by self-normalized importance weight
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 import jax
@@ -45,43 +46,75 @@ class ForwardKL:
     q is too narrow. Families without a ``widened`` method use q alone. Each step reports the
     importance ESS and the log-evidence estimate :math:`\log\frac1S\sum_i w_i`.
 
+    Defaults that depend on the dimension d (resolved by :meth:`prepare`, or at trace time):
+    ``num_draws = max(64, 2 d)``: each step's gradient is a weighted maximum-likelihood fit of q
+    on the draws, and a d x d covariance fitted on fewer than d draws is singular (in 100-D, 64
+    draws walked a perfect initial fit off to k̂ = 19; measured). ``widen = 1 + sqrt(2 / d)``:
+    the two components' densities differ by about d (widen - 1)² nats at typical draws, so a
+    fixed factor 2 would put the defensive draws where q has no mass in high dimension.
+
     Args:
-        num_draws: draws per step (S).
+        num_draws: draws per step (S); None: max(64, 2 d).
         defensive: fraction of the draws from the widened component (0 disables it).
-        widen: scale factor of the widened component.
+        widen: scale factor of the widened component; None: 1 + sqrt(2 / d).
     """
 
-    num_draws: int = dataclasses.field(default=64, metadata=dict(static=True))
+    num_draws: int | None = dataclasses.field(default=None, metadata=dict(static=True))
     defensive: float = dataclasses.field(default=0.25, metadata=dict(static=True))
-    widen: float = dataclasses.field(default=2.0, metadata=dict(static=True))
+    widen: float | None = dataclasses.field(default=None, metadata=dict(static=True))
     name: str = dataclasses.field(default="forward_kl", metadata=dict(static=True))
 
     def __post_init__(self):
-        _check_num_draws(self.num_draws, "ForwardKL")
+        if self.num_draws is not None:
+            _check_num_draws(self.num_draws, "ForwardKL")
         if not 0.0 <= self.defensive < 1.0:
             raise ValueError(f"ForwardKL defensive must be in [0, 1), got {self.defensive!r}")
-        if self.widen < 1.0:
+        if self.widen is not None and self.widen < 1.0:
             raise ValueError(f"ForwardKL widen must be >= 1, got {self.widen!r}")
+
+    def prepare(self, target: Target) -> ForwardKL:
+        """The same objective with the dimension-dependent defaults filled in."""
+        return dataclasses.replace(self, num_draws=self._num_draws(target.dim), widen=self._widen(target.dim))
+
+    def _num_draws(self, dim: int) -> int:
+        return self.num_draws if self.num_draws is not None else max(64, 2 * dim)
+
+    def _widen(self, dim: int) -> float:
+        return self.widen if self.widen is not None else 1.0 + math.sqrt(2.0 / dim)
+
+    @staticmethod
+    def default_learning_rate(dim: int) -> float:
+        """``0.5 / dim`` clipped to [0.005, 0.1]: SNIS gradients stay noisy at the optimum (the
+        score term does not vanish there, unlike sticking-the-landing reverse KL), and Adam turns
+        that noise into steps of about the rate on every coordinate. On the 100-D Gaussian
+        starting from the exact answer, a rate of 0.02 drifted to w1 = 0.63 (k̂ = 19) while 0.005
+        stayed at w1 = 0.08 (k̂ = 0.17); in 2-D a rate of 0.1 is needed to grow q 4x over a
+        mixture in a few thousand steps (measured)."""
+        return min(0.1, max(0.005, 0.5 / dim))
 
     @property
     def num_density_evals(self) -> int:
+        if self.num_draws is None:
+            raise ValueError("ForwardKL(num_draws=None) depends on the dimension: call prepare(target)")
         return self.num_draws
 
     def proposal_draws(self, key, params, family):
         """Stratified draws of the proposal r and log r at each; no gradient flows."""
         params = jax.lax.stop_gradient(params)
         q = family.distribution(params)
+        dim = q.event_shape[-1]
+        num_draws = self._num_draws(dim)
         widened = getattr(family, "widened", None)
-        num_wide = int(round(self.defensive * self.num_draws)) if widened is not None else 0
+        num_wide = int(round(self.defensive * num_draws)) if widened is not None else 0
         if num_wide == 0:
-            draws = draw_many(q, key, self.num_draws)
+            draws = draw_many(q, key, num_draws)
             return draws, jax.vmap(q.log_prob)(draws)
-        wide = widened(params, self.widen)
+        wide = widened(params, self._widen(dim))
         key_q, key_wide = jax.random.split(key)
         draws = jnp.concatenate(
-            [draw_many(q, key_q, self.num_draws - num_wide), draw_many(wide, key_wide, num_wide)]
+            [draw_many(q, key_q, num_draws - num_wide), draw_many(wide, key_wide, num_wide)]
         )
-        share = num_wide / self.num_draws
+        share = num_wide / num_draws
         log_r = jnp.logaddexp(
             jnp.log1p(-share) + jax.vmap(q.log_prob)(draws),
             jnp.log(share) + jax.vmap(wide.log_prob)(draws),
