@@ -23,6 +23,7 @@ __all__ = ["initial_gaussian"]
 _PATH_POINTS = (0, 1, 2, 4, 8, 16, 32, 64, 99)  # iterations along the path tried as centres
 _MAX_ITERS = 100
 _NUM_DRAWS = 32
+_JITTER = 0.1
 _MIN_PRECISION, _MAX_PRECISION = 1e-4, 1e10  # eigenvalue clip of -Hessian: sd in [1e-5, 100]
 
 
@@ -45,7 +46,8 @@ def initial_gaussian(target: Target, key: jax.Array, method: str = "laplace") ->
 
 @jax.jit
 def _path_laplace(target: Target, key: jax.Array) -> tuple[jax.Array, jax.Array]:
-    path = _lbfgs_path(target)
+    path_key, key = jax.random.split(key)
+    path = _lbfgs_path(target, path_key)
     centres = path[jnp.array(_PATH_POINTS)]
     locs, trils, elbos = jax.vmap(_gaussian_at, in_axes=(None, 0, None))(target, centres, key)
     best = jnp.argmax(jnp.where(jnp.isfinite(elbos), elbos, -jnp.inf))
@@ -55,8 +57,13 @@ def _path_laplace(target: Target, key: jax.Array) -> tuple[jax.Array, jax.Array]
     return loc, jnp.where(fallback, eye, trils[best])
 
 
-def _lbfgs_path(target: Target) -> jax.Array:
-    """Iterates of L-BFGS on -log π, ``(_MAX_ITERS, dim)``; a non-finite step ends the path."""
+def _lbfgs_path(target: Target, key: jax.Array) -> jax.Array:
+    """Iterates of L-BFGS on -log π, ``(_MAX_ITERS, dim)``; a non-finite step ends the path.
+
+    The path starts a little off NumPyro's init point (``_JITTER`` sds of noise in the
+    unconstrained space): a symmetric target's init point can be a stationary point (the
+    saddle between two modes at 0), where L-BFGS would never move.
+    """
 
     def objective(u):
         return -target.log_density(u)
@@ -74,7 +81,7 @@ def _lbfgs_path(target: Target) -> jax.Array:
         state = jax.tree.map(lambda new, old: jnp.where(stuck, old, new), new_state, state)
         return (u, state, stuck), u
 
-    u0 = target.init_flat
+    u0 = target.init_flat + _JITTER * jax.random.normal(key, target.init_flat.shape, target.init_flat.dtype)
     carry = (u0, optimizer.init(u0), jnp.array(False))
     _, path = jax.lax.scan(body, carry, None, length=_MAX_ITERS - 1)
     return jnp.concatenate([u0[None], path])

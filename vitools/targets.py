@@ -10,12 +10,13 @@ other sites, are NumPyro's, not ours). ``constrain`` maps a flat draw back to na
 ``numpyro.infer.util.constrain_fn``, which re-runs the model at that draw: a support such as
 ``0 < b < 1 - a`` is evaluated with each draw's own ``a``, never frozen at the initial point.
 
-Preconditioning: a target can be expressed in a rescaled frame, ``u = shift + scale * v``
-(:meth:`Target.whitened`). Every method then works on ``v``: ``log_density(v)`` includes
-``sum(log scale)`` and ``log_abs_det_jacobian(v)`` is that of ``v → constrained``, so densities
-in the constrained space are unchanged. ``vt.fit`` fits in the frame of its initial Gaussian's
-scales: Adam's per-coordinate steps then mean the same on every coordinate, whether a posterior
-sd is 1e-3 (a slope on calendar years) or 1e3.
+Preconditioning: a target can be expressed in an affine frame, ``u = shift + scale v`` with
+``scale`` a vector (elementwise) or a lower-triangular matrix (:meth:`Target.whitened`). Every
+method then works on ``v``: ``log_density(v)`` includes ``log |det scale|`` and
+``log_abs_det_jacobian(v)`` is that of ``v → constrained``, so densities in the constrained
+space are unchanged. ``vt.fit`` fits in the frame of its initial Gaussian: Adam's
+per-coordinate steps then mean the same on every coordinate, whether a posterior sd is 1e-3 (a
+slope on calendar years) or 1e3, and, with the full matrix, whatever the correlations.
 """
 
 from __future__ import annotations
@@ -202,19 +203,27 @@ class Target:
         return tuple(s.name for s in self.sites)
 
     def whitened(self, shift: jax.Array, scale: jax.Array) -> Target:
-        """The same target in the frame ``u = shift + scale * v`` (``shift``, ``scale`` in the
-        original unconstrained space, ``scale > 0`` elementwise)."""
+        """The same target in the frame ``u = shift + scale v``, in the model's unconstrained
+        space: ``scale`` is ``(dim,)`` (positive) or ``(dim, dim)`` lower-triangular with a
+        positive diagonal."""
         shift, scale = jnp.asarray(shift), jnp.asarray(scale)
-        if shift.shape != (self.dim,) or scale.shape != (self.dim,):
-            raise ValueError(f"shift and scale must have shape ({self.dim},)")
-        init = (self.to_unconstrained(self.init_flat) - shift) / scale
-        return dataclasses.replace(self, init_flat=init, shift=shift, scale=scale)
+        if shift.shape != (self.dim,) or scale.shape not in ((self.dim,), (self.dim, self.dim)):
+            raise ValueError(
+                f"shift must have shape ({self.dim},), scale ({self.dim},) or ({self.dim}, {self.dim})"
+            )
+        frame = dataclasses.replace(self, shift=shift, scale=scale)
+        init = frame.from_unconstrained(self.to_unconstrained(self.init_flat))
+        return dataclasses.replace(frame, init_flat=init)
 
     def to_unconstrained(self, flat: jax.Array) -> jax.Array:
         """A flat draw of this target's frame → the model's flat unconstrained space."""
+        if self.scale.ndim == 2:
+            return self.shift + self.scale @ flat
         return self.shift + self.scale * flat
 
     def from_unconstrained(self, u: jax.Array) -> jax.Array:
+        if self.scale.ndim == 2:
+            return jax.scipy.linalg.solve_triangular(self.scale, u - self.shift, lower=True)
         return (u - self.shift) / self.scale
 
     def unravel(self, flat: jax.Array) -> dict[str, jax.Array]:
@@ -239,7 +248,8 @@ class Target:
         return _join_data(self.data, self.static_data)
 
     def _log_scale(self) -> jax.Array:
-        return jnp.sum(jnp.log(self.scale))
+        diagonal = jnp.diagonal(self.scale) if self.scale.ndim == 2 else self.scale
+        return jnp.sum(jnp.log(diagonal))
 
     def log_density(self, flat: jax.Array) -> jax.Array:
         """Unnormalized log density of one flat draw (Jacobians included)."""

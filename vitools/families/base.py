@@ -22,8 +22,9 @@ class Family(Protocol):
     New families plug in by implementing these methods; nothing checks for a class.
 
     Optional: ``widened(params, factor)`` (the same distribution with its scale times
-    ``factor``; ForwardKL's defensive component uses it) and ``whiten`` (default True: vt.fit
-    optimises in the frame of the initial Gaussian's scales, see ``Target.whitened``).
+    ``factor``; ForwardKL's defensive component uses it) and ``whiten``: the frame vt.fit
+    optimises in (see ``Target.whitened``): ``"diagonal"`` (the default: the initial Gaussian's
+    scales), ``"full"`` (its Cholesky factor; for families closed under affine maps) or False.
     """
 
     name: str
