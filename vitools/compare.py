@@ -12,6 +12,12 @@ averaged over the P parameters:
     \text{w1} = \frac1P \sum_j W_1\!\left(\frac{z_j - m_j}{s_j}, \frac{z^{\rm ref}_j - m_j}{s_j}\right).
 
 All three use the fit's raw draws (what a user of q gets), not PSIS-reweighted ones.
+
+``missed_mass`` compares the fits with each other, no reference needed: the importance estimate
+of the evidence from q has expectation :math:`Z \cdot P_p(\text{where q puts draws})`, so a fit
+whose estimate falls short of the best fit's by a gap g misses about :math:`1 - e^{-g}` of the
+posterior mass (k̂ cannot see mass where q never draws; this can). It is NaN for MCMC rows and 0
+for the fit with the highest estimate; read it next to ``log_evidence_se``.
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ __all__ = ["compare", "format_table", "reference_draws"]
 
 COLUMNS = [
     "objective", "family", "steps", "grad_evals", "time_s", "khat", "verdict", "ess",
-    "log_evidence", "log_evidence_se", "elbo",
+    "log_evidence", "log_evidence_se", "elbo", "missed_mass",
 ]  # fmt: skip
 REFERENCE_COLUMNS = ["mean_error", "sd_ratio", "w1"]
 
@@ -154,6 +160,7 @@ def compare(
         rows.append(pd.Series(row, name=name))
     columns = COLUMNS + (REFERENCE_COLUMNS if ref is not None else [])
     table = pd.DataFrame(rows).reindex(columns=columns)
+    table["missed_mass"] = -np.expm1(table["log_evidence"] - table["log_evidence"].max())
     table.attrs["num_draws"] = num_draws  # the k̂ threshold depends on it (plots, report)
     return table
 

@@ -37,9 +37,11 @@ __all__ = [
 ]
 
 MIN_PSIS_DRAWS = 25  # arviz-stats fits the tail to min(S/5, 3 sqrt(S)) draws and needs at least 5
-# Tail weights within a factor exp(1e-3) of each other are equal for every purpose here; log weights
+# Tail weights within 1% of each other (a factor exp(1e-2)) are equal for every purpose here: the
+# weights are then bounded and PSIS has no tail to fit, yet its k̂ on such noise swung from 0.3 to
+# 1.25 between runs of one reverse-KL fit sitting on one mode of a mixture (measured). Log weights
 # from float32 log densities of magnitude ~1e3 carry rounding noise ~1e-4.
-FLAT_TAIL_TOL = 1e-3
+FLAT_TAIL_TOL = 1e-2
 
 _MEANINGS = {  # {t}: the threshold at this S
     "good": "k̂ < 0.5: importance weights have finite variance; q is a reliable proposal for p",

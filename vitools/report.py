@@ -78,6 +78,10 @@ def how_to_read(
         "**Log evidence.** `log_evidence` is the importance-sampling estimate of log p(x) ± its Monte "
         "Carlo error; `elbo` is the mean log weight. ELBO ≤ log p(x), and the gap between the two "
         "columns estimates KL(q‖p). Trust the log-evidence estimate only where k̂ is below threshold.",
+        "**Missed mass.** An importance estimate of the evidence from q only counts the posterior mass "
+        "where q puts draws, so a fit whose estimate falls short of the best fit's by g misses about "
+        "1 − e^(−g) of the mass (`missed_mass`). Unlike k̂ it sees modes a fit never visits; read it "
+        "against the log-evidence errors.",
     ]
     shown = table[table["w1"].notna()] if "w1" in table else table.iloc[:0]
     if candidates is not None:
