@@ -16,6 +16,7 @@ demo: $(STAMP)
 	$(VENV)/bin/vitools demo
 
 test: $(STAMP)
+	$(VENV)/bin/ruff check vitools tests examples
 	$(PY) -m pytest -q -ra
 
 test-fast: $(STAMP)

@@ -21,8 +21,8 @@ def gaussian_target(constant=0.0):
     )
 
 
-def exact_params(family=FullRank()):
-    return family.init(None, MEAN, CHOL)
+def exact_params(family=None):
+    return (family or FullRank()).init(None, MEAN, CHOL)
 
 
 def off_params():

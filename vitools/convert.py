@@ -22,9 +22,9 @@ from typing import Any, Protocol, runtime_checkable
 
 import arviz_base as azb  # not `arviz`: that also imports arviz-plots and matplotlib (~1.2 s)
 import numpy as np
-import xarray as xr
 import numpyro.infer
 import numpyro.infer.initialization
+import xarray as xr
 from numpyro.infer import MCMC
 
 # arviz_base's from_numpyro reads the attribute numpyro.infer.initialization, which Python sets

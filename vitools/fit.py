@@ -136,9 +136,10 @@ class Fit:
         return fit_to_datatree(self, num_draws=num_draws, seed=seed)
 
     def __repr__(self) -> str:
+        loss = self.losses[-1] if len(self.losses) else float("nan")
         return (
             f"Fit({self.name}, dim={self.target.dim}, steps={self.num_steps}, "
-            f"grad_evals={self.num_grad_evals}, loss={self.losses[-1] if len(self.losses) else float('nan'):.4g}, "
+            f"grad_evals={self.num_grad_evals}, loss={loss:.4g}, "
             f"status={self.status!r}, {self.elapsed:.2f}s + {self.compile_time:.2f}s compile)"
         )
 

@@ -31,8 +31,9 @@ class AutoGuideFamily:
 
     The guide's flat latent uses the model's site order, the same order as ``Target``'s flat
     vector, and lives in the same unconstrained space, so ``guide.get_posterior(params)`` is a
-    distribution over our flat draws (vt.fit does not rescale the frame for guides). Parameters are the guide's ``numpyro.param`` values mapped
-    to the unconstrained space through their constraints.
+    distribution over our flat draws (vt.fit does not rescale the frame for guides). Parameters
+    are the guide's ``numpyro.param`` values mapped to the unconstrained space through their
+    constraints.
 
     ``init`` traces the guide once with the target's model arguments (NumPyro sets the guide up
     then), starting from the guide's own init strategy; when the guide has a ``{prefix}_loc``

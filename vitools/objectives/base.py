@@ -34,7 +34,7 @@ class Objective(Protocol):
 
 
 def weighted_cross_entropy(log_q: jax.Array, log_weights: jax.Array) -> jax.Array:
-    r"""Weighted cross-entropy :math:`-\sum_i \bar w_i \log q(z_i)`, :math:`\bar w = \mathrm{softmax}(\log w)`.
+    r"""Weighted cross-entropy :math:`-\sum_i \bar w_i \log q(z_i)` with softmax weights :math:`\bar w`.
 
     No gradient flows through the weights. This is the single primitive behind both forward-KL
     estimators: with ``log_weights = log p(x, z) - log q(z)`` on draws from q it is the

@@ -136,8 +136,9 @@ class ForwardKLFromDraws:
 
     Estimator: :math:`L(\phi) = -\frac1B\sum_{i \in \text{batch}} \log q_\phi(u_i)`, the
     :func:`weighted_cross_entropy` with uniform weights on a minibatch of B draws picked at
-    random each step (all of them when there are at most B). The draws are data (no gradient) mapped into the unconstrained space; the
-    target's density is never evaluated (0 density evaluations per step).
+    random each step (all of them when there are at most B). The draws are data (no gradient)
+    mapped into the target's frame; the target's density is never evaluated (0 density
+    evaluations per step).
 
     Args:
         draws: a NumPyro ``MCMC`` (after ``run``), an ArviZ DataTree with a ``posterior`` group,
