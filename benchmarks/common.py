@@ -65,8 +65,25 @@ def versions() -> dict[str, str]:
         "numpyro": numpyro.__version__,
         "optax": optax.__version__,
         "arviz": arviz.__version__,
-        "vitools": vitools.__version__,
+        "vitools": f"{vitools.__version__} ({vitools_commit()})",
     }
+
+
+def vitools_commit() -> str:
+    """The checkout's commit, and whether ``vitools/`` has uncommitted changes (results depend on them)."""
+    import subprocess
+
+    root = Path(__file__).parent.parent
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "vitools"], cwd=root, capture_output=True, text=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + (" + uncommitted changes in vitools/" if dirty else "")
 
 
 def now() -> str:
