@@ -50,11 +50,11 @@ def _path_laplace(target: Target, key: jax.Array) -> tuple[jax.Array, jax.Array]
     path = _lbfgs_path(target, path_key)
     centres = path[jnp.array(_PATH_POINTS)]
     locs, trils, elbos = jax.vmap(_gaussian_at, in_axes=(None, 0, None))(target, centres, key)
-    best = jnp.argmax(jnp.where(jnp.isfinite(elbos), elbos, -jnp.inf))
+    best = jnp.argmax(elbos.ravel())
     fallback = jnp.all(~jnp.isfinite(elbos))
     eye = 0.1 * jnp.eye(target.dim, dtype=locs.dtype)
-    loc = jnp.where(fallback, target.init_flat, locs[best])
-    return loc, jnp.where(fallback, eye, trils[best])
+    loc = jnp.where(fallback, target.init_flat, locs.reshape(-1, target.dim)[best])
+    return loc, jnp.where(fallback, eye, trils[best // 2])
 
 
 def _lbfgs_path(target: Target, key: jax.Array) -> jax.Array:
@@ -87,9 +87,17 @@ def _lbfgs_path(target: Target, key: jax.Array) -> jax.Array:
     return jnp.concatenate([u0[None], path])
 
 
-def _gaussian_at(target: Target, centre: jax.Array, key: jax.Array):
-    """Laplace Gaussian at ``centre`` (|eigenvalues| of -Hessian, clipped) and its ELBO estimate."""
-    precision = -jax.hessian(target.log_density)(centre)
+def _gaussian_at(target: Target, point: jax.Array, key: jax.Array):
+    """Laplace Gaussians at a path point: ``(centres, scale_tril, elbos)`` for two centres.
+
+    The covariance is the inverse of -Hessian at ``point`` (|eigenvalues|, clipped). The centres
+    are the point itself and the point after one Newton step with that covariance, which lands on
+    the mode of a Gaussian target whatever the conditioning: in float32, L-BFGS on a posterior with
+    correlation -0.9999 stopped 27 sds from the mode along the ridge (measured on ``bad_scaling``).
+    The ELBO picks between them, so a Newton step that overshoots on a non-Gaussian target loses.
+    """
+    log_density_and_grad = jax.value_and_grad(target.log_density)
+    precision = -jax.hessian(target.log_density)(point)
     precision = 0.5 * (precision + precision.T)
     eigvals, eigvecs = jnp.linalg.eigh(precision)
     eigvals = jnp.clip(jnp.abs(eigvals), _MIN_PRECISION, _MAX_PRECISION)
@@ -97,10 +105,16 @@ def _gaussian_at(target: Target, centre: jax.Array, key: jax.Array):
     root = eigvecs * (1.0 / jnp.sqrt(eigvals))[None, :]  # cov = root @ root.T
     _, r = jnp.linalg.qr(root.T)
     scale_tril = r.T * jnp.sign(jnp.diagonal(r))[None, :]
-    eps = jax.random.normal(key, (_NUM_DRAWS, target.dim), centre.dtype)
-    draws = centre[None, :] + eps @ scale_tril.T
+    newton = point + root @ (root.T @ log_density_and_grad(point)[1])
+    centres = jnp.stack([point, newton])
+    eps = jax.random.normal(key, (_NUM_DRAWS, target.dim), point.dtype)
     log_q = jnp.sum(jax.scipy.stats.norm.logpdf(eps), -1) - jnp.sum(
         jnp.log(jnp.abs(jnp.diagonal(scale_tril)))
     )
-    elbo = jnp.mean(jax.vmap(target.log_density)(draws) - log_q)
-    return centre, scale_tril, jnp.where(jnp.all(jnp.isfinite(centre)), elbo, -jnp.inf)
+
+    def elbo(centre):
+        draws = centre[None, :] + eps @ scale_tril.T
+        value = jnp.mean(jax.vmap(target.log_density)(draws) - log_q)
+        return jnp.where(jnp.all(jnp.isfinite(centre)) & jnp.isfinite(value), value, -jnp.inf)
+
+    return centres, scale_tril, jax.vmap(elbo)(centres)
