@@ -68,7 +68,8 @@ class FullRank:
     """
 
     name: str = dataclasses.field(default="fullrank", metadata=dict(static=True))
-    # The family is closed under affine maps, so vt.fit may undo the initial correlations too.
+    # The family is closed under affine maps, so vt.fit may undo the initial correlations too
+    # (when its initial Gaussian sits at a mode; see vitools.fit._starting_point).
     whiten: str = dataclasses.field(default="full", metadata=dict(static=True))
 
     def init(self, target: Target, loc: jax.Array, scale_tril: jax.Array) -> FullRankParams:
