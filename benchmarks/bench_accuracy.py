@@ -609,7 +609,7 @@ def plot(df: pd.DataFrame, path: Path) -> None:
         "dash-dot: w1 = 0.25)",
         fontsize=11,
     )
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.97))
     fig.savefig(path, dpi=90)
     plt.close(fig)
 
