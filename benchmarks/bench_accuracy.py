@@ -457,7 +457,7 @@ def summarise(df: pd.DataFrame) -> tuple[str, list[str], str, pd.DataFrame]:
                 name,
                 int(group["dim"].iloc[0]) if pd.notna(group["dim"].iloc[0]) else "",
                 _w1_cell(d),
-                _svi_cell(svi_full),
+                _svi_cell(group[(group["method"] == "svi") & (group["family"] == "fullrank")]),
                 ok_text,
                 ok_mf_text,
                 f"{best['config']}" if best is not None else "",
@@ -531,7 +531,15 @@ def strictly_better(a, b) -> tuple[bool, str]:
 
 
 def _svi_cell(svi_rows: pd.DataFrame) -> str:
-    return " / ".join(f"{_number(r.w1)}" for r in svi_rows.sort_values("config").itertuples())
+    """w1 of each SVI learning rate; "diverged" where its loss went non-finite, "failed" where
+    scoring failed (e.g. non-finite log densities at q's draws)."""
+    cells = []
+    for r in svi_rows.sort_values("config").itertuples():
+        if pd.notna(r.w1):
+            cells.append(_number(r.w1))
+        else:
+            cells.append("diverged" if r.status == "nonfinite" else "failed")
+    return " / ".join(cells)
 
 
 def _w1_cell(row) -> str:
@@ -622,10 +630,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", default="", help="comma-separated zoo models (default: all)")
     parser.add_argument("--svi-lr", default=",".join(map(str, SVI_LEARNING_RATES)))
     parser.add_argument("--out", default=str(RESULTS_DIR))
-    parser.add_argument("--plot-only", action="store_true", help="redraw the plot from accuracy.csv")
+    parser.add_argument(
+        "--report-only", action="store_true", help="rewrite accuracy.md and the plot from accuracy.csv"
+    )
     args = parser.parse_args(argv)
-    if args.plot_only:
-        plot(pd.read_csv(Path(args.out) / "accuracy.csv"), Path(args.out) / "accuracy_vs_evals.png")
+    if args.report_only:  # keeps the header (date, load, versions) of the run that made the CSV
+        out = Path(args.out)
+        df = pd.read_csv(out / "accuracy.csv")
+        header = "\n".join((out / "accuracy.md").read_text().splitlines()[:4]) + "\n"
+        budgets = sorted(df.loc[df["method"] == "vitools", "budget"].unique().astype(int))
+        rates = sorted({float(c.rsplit("lr=", 1)[1]) for c in df["config"] if "lr=" in c})
+        write_report(df, out, header, budgets, rates)
         return 0
     models = args.models.split(",") if args.models else (list(QUICK_MODELS) if args.quick else list_models())
     budgets = QUICK_BUDGETS if args.quick else BUDGETS
@@ -641,14 +656,22 @@ def main(argv: list[str] | None = None) -> int:
     df = pd.DataFrame(rows)
     out.mkdir(parents=True, exist_ok=True)
     df.to_csv(out / "accuracy.csv", index=False, float_format="%.5g")
-    plot(df, out / "accuracy_vs_evals.png")
-    summary, silent, full, verdicts = summarise(df)
-    rates = ", ".join(f"{r:g}" for r in svi_rates)
-    text = f"""# Accuracy per compute on the model zoo
+    header = f"""# Accuracy per compute on the model zoo
 
 {now()}; {cpu_model()}, {load["nproc"]} cores; {format_load(load)}; total runtime {total / 60:.1f} min.
 Versions: {", ".join(f"{k} {v}" for k, v in versions().items())}.
+"""
+    write_report(df, out, header, budgets, svi_rates)
+    print(f"# done in {total / 60:.1f} min -> {out / 'accuracy.md'}", flush=True)
+    return 0
 
+
+def write_report(df: pd.DataFrame, out: Path, header: str, budgets, svi_rates) -> None:
+    """accuracy.md, accuracy_verdicts.csv and the plot from the table of all fits."""
+    plot(df, out / "accuracy_vs_evals.png")
+    summary, silent, full, verdicts = summarise(df)
+    rates = ", ".join(f"{r:g}" for r in svi_rates)
+    text = f"""{header}
 Budgets: {", ".join(map(str, budgets))} steps; the tables below are at vt.fit's default {DEFAULT_STEPS}
 steps (reverse KL: 16 draws/step = {16 * DEFAULT_STEPS} gradient evaluations; forward KL: its default
 max(64, 2 dim) draws/step, density evaluations without gradients).
@@ -686,8 +709,6 @@ Plot: `accuracy_vs_evals.png` (w1 against gradient evaluations at each budget). 
 """
     (out / "accuracy.md").write_text(text)
     verdicts.to_csv(out / "accuracy_verdicts.csv", index=False)
-    print(f"# done in {total / 60:.1f} min -> {out / 'accuracy.md'}", flush=True)
-    return 0
 
 
 if __name__ == "__main__":
