@@ -8,6 +8,7 @@ import warnings
 
 import arviz as az
 import jax
+import jax.numpy as jnp
 import numpy as np
 import numpyro
 import numpyro.distributions as dist
@@ -153,3 +154,17 @@ def test_missed_mass_sees_the_mode_that_reverse_kl_skips():
     table = compare(fits, num_draws=2000)
     assert table.loc["forward_kl", "missed_mass"] == 0.0
     assert table.loc["reverse_kl", "missed_mass"] == pytest.approx(0.5, abs=0.1)
+
+
+def test_a_fit_with_nan_log_densities_fails_its_row_not_the_table():
+    target = vt.Target.from_log_density(lambda x: jnp.where(x[0] > 2.0, jnp.nan, -0.5 * jnp.sum(x**2)), dim=1)
+    broken = vt.fit(
+        target, family="meanfield", init="median", num_steps=200, progress=False, on_nonfinite="warn"
+    )
+    fine = vt.fit(
+        vt.Target.from_log_density(lambda x: -0.5 * jnp.sum(x**2), dim=1), num_steps=200, progress=False
+    )
+    with pytest.warns(RuntimeWarning, match="broken: no importance diagnostics"):
+        table = compare({"broken": broken, "fine": fine}, num_draws=500)
+    assert table.loc["broken", "verdict"] == "failed" and np.isnan(table.loc["broken", "khat"])
+    assert table.loc["fine", "verdict"] in ("good", "ok")

@@ -23,6 +23,7 @@ for the fit with the highest estimate; read it next to ``log_evidence_se``.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -146,7 +147,12 @@ def compare(
     for name, tree in trees.items():
         row = _metadata(tree)
         if has_log_weights(tree):
-            diag = diagnose(tree, warn=False)
+            try:
+                diag = diagnose(tree, warn=False)
+            except ValueError as err:  # e.g. NaN log densities at some draws: one row fails, not all
+                warnings.warn(f"{name}: no importance diagnostics ({err})", RuntimeWarning, stacklevel=2)
+                rows.append(pd.Series(row | {"verdict": "failed"}, name=name))
+                continue
             row |= {
                 "khat": diag.khat,
                 "verdict": diag.verdict,
