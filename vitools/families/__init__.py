@@ -1,7 +1,7 @@
 """Variational families over the flat unconstrained space."""
 
 from vitools.families.autoguide import AutoGuideFamily, GuideParams
-from vitools.families.base import Family, log_prob, sample
+from vitools.families.base import Family, draw_many
 from vitools.families.gaussian import FullRank, LowRank, MeanField
 
 FAMILIES = {"meanfield": MeanField, "fullrank": FullRank, "lowrank": LowRank}
@@ -14,9 +14,8 @@ __all__ = [
     "GuideParams",
     "LowRank",
     "MeanField",
+    "draw_many",
     "get_family",
-    "log_prob",
-    "sample",
 ]
 
 

@@ -9,7 +9,7 @@ import numpyro.distributions as dist
 
 from vitools.targets import Target
 
-__all__ = ["Family", "sample", "log_prob", "draw_many"]
+__all__ = ["Family", "draw_many"]
 
 
 @runtime_checkable
@@ -34,16 +34,6 @@ class Family(Protocol):
         ...
 
     def distribution(self, params: Any) -> dist.Distribution: ...
-
-
-def sample(family: Family, params: Any, key: jax.Array) -> jax.Array:
-    """One reparameterized draw of shape (dim,)."""
-    return family.distribution(params).rsample(key)
-
-
-def log_prob(family: Family, params: Any, draw: jax.Array) -> jax.Array:
-    """log q_params(draw) of one draw."""
-    return family.distribution(params).log_prob(draw)
 
 
 def draw_many(distribution: dist.Distribution, key: jax.Array, num_draws: int) -> jax.Array:
