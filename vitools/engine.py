@@ -193,18 +193,19 @@ def optimize(
     losses, infos, status = [], [], "completed"
     smoothed, calm = None, 0
     start = time.perf_counter()
+    done = int(state.step)  # the host keeps the count: one device sync per chunk, not two
     try:
         for _ in range(math.ceil(num_steps / chunk_size)):
-            before = int(state.step)
             new_state, (loss, info) = executable(state, total, objective, family, target)
-            loss, info, done, nonfinite = jax.device_get((loss, info, new_state.step, new_state.nonfinite))
+            loss, info, now, nonfinite = jax.device_get((loss, info, new_state.step, new_state.nonfinite))
             state = new_state
-            keep = int(done) - before + int(nonfinite)  # applied steps, then the failing one
+            keep = int(now) - done + int(nonfinite)  # applied steps, then the failing one
+            done = int(now)
             losses.append(loss[:keep])
             infos.append({k: v[:keep] for k, v in info.items()})
             shown = {"loss": float(np.mean(loss[:keep]))}
             shown.update({k: float(np.mean(v[:keep])) for k, v in info.items()})
-            bar.update(int(done), **shown)
+            bar.update(done, **shown)
             if nonfinite:
                 status = "nonfinite"
                 break
