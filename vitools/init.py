@@ -12,6 +12,8 @@ strongly correlated targets start with the right scales and correlations, which 
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -27,7 +29,9 @@ _JITTER = 0.1
 _MIN_PRECISION, _MAX_PRECISION = 1e-4, 1e10  # eigenvalue clip of -Hessian: sd in [1e-5, 100]
 
 
-def initial_gaussian(target: Target, key: jax.Array, method: str = "laplace") -> tuple[jax.Array, jax.Array]:
+def initial_gaussian(
+    target: Target, key: jax.Array, method: str = "laplace", structure: str = "full"
+) -> tuple[jax.Array, jax.Array]:
     """``(loc, scale_tril)`` of the initial Gaussian over the flat unconstrained space.
 
     Args:
@@ -35,21 +39,28 @@ def initial_gaussian(target: Target, key: jax.Array, method: str = "laplace") ->
         key: PRNG key for the ELBO estimates.
         method: ``"laplace"`` (path-selected Laplace approximation) or ``"median"``
             (NumPyro's init point, scale 0.1).
+        structure: the covariance the family can represent: ``"full"`` or ``"diagonal"``. With
+            ``"diagonal"`` each candidate is the diagonal Gaussian with the conditional sds
+            ``1 / sqrt(-∇²log π)_ii`` (the reverse-KL-optimal diagonal Gaussian of a Gaussian
+            target), and the ELBO scores that, not the full Gaussian the family cannot reach.
     """
     dim = target.dim
     if method == "median":
         return target.init_flat, 0.1 * jnp.eye(dim, dtype=target.init_flat.dtype)
     if method != "laplace":
         raise ValueError(f"unknown init {method!r}; choose 'laplace' or 'median', or pass (loc, scale_tril)")
-    return _path_laplace(target, key)
+    if structure not in ("full", "diagonal"):
+        raise ValueError(f"unknown structure {structure!r}; choose 'full' or 'diagonal'")
+    return _path_laplace(target, key, structure == "diagonal")
 
 
-@jax.jit
-def _path_laplace(target: Target, key: jax.Array) -> tuple[jax.Array, jax.Array]:
+@functools.partial(jax.jit, static_argnums=(2,))
+def _path_laplace(target: Target, key: jax.Array, diagonal: bool) -> tuple[jax.Array, jax.Array]:
     path_key, key = jax.random.split(key)
     path = _lbfgs_path(target, path_key)
     centres = path[jnp.array(_PATH_POINTS)]
-    locs, trils, elbos = jax.vmap(_gaussian_at, in_axes=(None, 0, None))(target, centres, key)
+    at = functools.partial(_gaussian_at, diagonal=diagonal)
+    locs, trils, elbos = jax.vmap(at, in_axes=(None, 0, None))(target, centres, key)
     best = jnp.argmax(elbos.ravel())
     fallback = jnp.all(~jnp.isfinite(elbos))
     eye = 0.1 * jnp.eye(target.dim, dtype=locs.dtype)
@@ -87,7 +98,7 @@ def _lbfgs_path(target: Target, key: jax.Array) -> jax.Array:
     return jnp.concatenate([u0[None], path])
 
 
-def _gaussian_at(target: Target, point: jax.Array, key: jax.Array):
+def _gaussian_at(target: Target, point: jax.Array, key: jax.Array, diagonal: bool = False):
     """Laplace Gaussians at a path point: ``(centres, scale_tril, elbos)`` for two centres.
 
     The covariance is the inverse of -Hessian at ``point`` (|eigenvalues|, clipped). The centres
@@ -105,6 +116,12 @@ def _gaussian_at(target: Target, point: jax.Array, key: jax.Array):
     root = eigvecs * (1.0 / jnp.sqrt(eigvals))[None, :]  # cov = root @ root.T
     _, r = jnp.linalg.qr(root.T)
     scale_tril = r.T * jnp.sign(jnp.diagonal(r))[None, :]
+    if diagonal:
+        # Conditional sds from the clipped precision. The marginal sds (row norms of the factor)
+        # are the forward-KL projection: in radon's funnel neck they put the mean-field start
+        # at ELBO -1035 against -136 (measured), and the fit stayed in the neck (w1 0.77).
+        clipped_diag = jnp.sum(eigvecs**2 * eigvals[None, :], axis=-1)
+        scale_tril = jnp.diag(1.0 / jnp.sqrt(clipped_diag))
     newton = point + root @ (root.T @ log_density_and_grad(point)[1])
     centres = jnp.stack([point, newton])
     eps = jax.random.normal(key, (_NUM_DRAWS, target.dim), point.dtype)

@@ -44,6 +44,8 @@ class MeanField:
     """Independent Gaussians, q = N(loc, diag(scale²)): 2·dim parameters."""
 
     name: str = dataclasses.field(default="meanfield", metadata=dict(static=True))
+    # vt.fit's Laplace init scores its candidates as diagonal Gaussians (see vitools.init).
+    structure: str = dataclasses.field(default="diagonal", metadata=dict(static=True))
 
     def init(self, target: Target, loc: jax.Array, scale_tril: jax.Array) -> MeanFieldParams:
         scale = jnp.sqrt(jnp.sum(scale_tril**2, axis=-1))

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -63,6 +63,7 @@ class ForwardKL:
     defensive: float = dataclasses.field(default=0.25, metadata=dict(static=True))
     widen: float | None = dataclasses.field(default=None, metadata=dict(static=True))
     name: str = dataclasses.field(default="forward_kl", metadata=dict(static=True))
+    mass_covering: ClassVar[bool] = True  # read by vt.fit's choice of initial Gaussian
 
     def __post_init__(self):
         if self.num_draws is not None:
@@ -150,6 +151,7 @@ class ForwardKLFromDraws:
     draws: Any
     batch_size: int = dataclasses.field(default=256, metadata=dict(static=True))
     name: str = dataclasses.field(default="forward_kl_draws", metadata=dict(static=True))
+    mass_covering: ClassVar[bool] = True
 
     def __post_init__(self):
         _check_num_draws(self.batch_size, "ForwardKLFromDraws batch_size")
