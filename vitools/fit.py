@@ -293,17 +293,18 @@ def _starting_point(
     posterior, so its frame stays the model's.
     """
     if isinstance(init, str):
-        loc, scale_tril = initial_gaussian(target, key, init, structure)
+        loc, scale_tril, at_mode = initial_gaussian(target, key, init, structure)
     else:
         loc, scale_tril = (jnp.asarray(a) for a in init)
         if loc.shape != (target.dim,) or scale_tril.shape != (target.dim, target.dim):
             raise ValueError(
                 f"init=(loc, scale_tril) must have shapes ({target.dim},) and ({target.dim}, {target.dim})"
             )
+        at_mode = is_mode(target, loc, scale_tril)
     whiten = getattr(family, "whiten", "diagonal")
     if not whiten or (isinstance(init, str) and init == "median"):
         return target, loc, scale_tril
-    if whiten == "full" and bool(is_mode(target, loc, scale_tril)):
+    if whiten == "full" and bool(at_mode):
         frame, scale_tril = scale_tril, jnp.eye(target.dim, dtype=scale_tril.dtype)
     else:
         frame = jnp.sqrt(jnp.sum(scale_tril**2, axis=-1))

