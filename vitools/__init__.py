@@ -9,7 +9,7 @@ Example:
 from vitools.compare import compare, format_table
 from vitools.convert import as_single_chain, to_datatree
 from vitools.diagnostics import Diagnostics, diagnose
-from vitools.families import AutoGuideFamily, FullRank, LowRank, MeanField
+from vitools.families import IAF, AutoGuideFamily, FullRank, LowRank, MeanField
 from vitools.fit import Fit, NonFiniteLossError, fit
 from vitools.objectives import ForwardKL, ForwardKLFromDraws, RenyiAlpha, ReverseKL, weighted_cross_entropy
 from vitools.targets import Target
@@ -23,6 +23,7 @@ __all__ = [
     "ForwardKL",
     "ForwardKLFromDraws",
     "FullRank",
+    "IAF",
     "LowRank",
     "MeanField",
     "NonFiniteLossError",

@@ -2,9 +2,10 @@
 
 from vitools.families.autoguide import AutoGuideFamily, GuideParams
 from vitools.families.base import Family, draw_many
+from vitools.families.flow import IAF, IAFParams
 from vitools.families.gaussian import FullRank, LowRank, MeanField
 
-FAMILIES = {"meanfield": MeanField, "fullrank": FullRank, "lowrank": LowRank}
+FAMILIES = {"meanfield": MeanField, "fullrank": FullRank, "lowrank": LowRank, "iaf": IAF}
 
 __all__ = [
     "AutoGuideFamily",
@@ -12,6 +13,8 @@ __all__ = [
     "Family",
     "FullRank",
     "GuideParams",
+    "IAF",
+    "IAFParams",
     "LowRank",
     "MeanField",
     "draw_many",
@@ -20,7 +23,7 @@ __all__ = [
 
 
 def get_family(family: "str | Family") -> Family:
-    """A family from its name (``"meanfield"``, ``"fullrank"``, ``"lowrank"``) or itself.
+    """A family from its name (``"meanfield"``, ``"fullrank"``, ``"lowrank"``, ``"iaf"``) or itself.
 
     A NumPyro ``AutoContinuous`` guide is wrapped in :class:`AutoGuideFamily`.
     """
