@@ -1,8 +1,11 @@
 """Test set-up: float64, strict rank promotion, a non-interactive matplotlib backend."""
 
 import os
+import tempfile
 
 os.environ.setdefault("MPLBACKEND", "Agg")
+# The command line keeps compiled programs on disk (vitools.cache): in a throw-away folder here.
+os.environ["VITOOLS_CACHE_DIR"] = tempfile.mkdtemp(prefix="vitools-test-cache-")
 
 import jax  # noqa: E402
 

@@ -7,6 +7,7 @@ import io
 import os
 
 import arviz as az
+import jax
 import numpy as np
 import pandas as pd
 import pytest
@@ -158,3 +159,24 @@ def test_report_says_which_plot_could_not_be_drawn(tmp_path):
     assert "*Not drawn: a pair plot needs two scalar parameters" in text
     assert sorted(paths.images) == ["marginals", "traces"]  # no k̂ without q: not drawn either
     assert "<em>Not drawn:" in paths.html.read_text(encoding="utf-8")
+
+
+def test_fitting_commands_keep_compiled_programs_on_disk(capsys, monkeypatch):
+    calls = []
+    monkeypatch.setattr("vitools.cli._enable_cache", lambda: calls.append(1))
+    assert main(["fit", "bimodal", "--num-steps", "10", "--num-draws", "100", "--quiet"]) == 0
+    assert (
+        main(
+            ["fit", "bimodal", "--num-steps", "10", "--num-draws", "100", "--quiet", "--no-compilation-cache"]
+        )
+        == 0
+    )
+    assert main(["models"]) == 0
+    assert calls == [1]
+
+
+def test_the_cache_goes_where_vitools_cache_dir_says(capsys):
+    # conftest points VITOOLS_CACHE_DIR at a throw-away folder; the earlier `fit` tests already
+    # enabled the cache in this process if they ran, and a second call keeps the same setting.
+    assert main(["fit", "bimodal", "--num-steps", "10", "--num-draws", "100", "--quiet"]) == 0
+    assert jax.config.jax_compilation_cache_dir == os.environ["VITOOLS_CACHE_DIR"]

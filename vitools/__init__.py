@@ -6,6 +6,7 @@ Example:
     >>> draws = fit.sample(1000, seed=1)
 """
 
+from vitools.cache import enable_compilation_cache
 from vitools.compare import compare, format_table
 from vitools.convert import as_single_chain, to_datatree
 from vitools.diagnostics import Diagnostics, diagnose
@@ -33,6 +34,7 @@ __all__ = [
     "as_single_chain",
     "compare",
     "diagnose",
+    "enable_compilation_cache",
     "fit",
     "format_table",
     "to_datatree",

@@ -103,9 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_fit_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--family", default="fullrank", help="meanfield, fullrank or lowrank (default: %(default)s)"
-    )
+    from vitools.families import FAMILIES
+
+    parser.add_argument("--family", default="fullrank", help=f"{', '.join(FAMILIES)} (default: %(default)s)")
     parser.add_argument(
         "--num-steps", type=int, default=2000, metavar="N", help="optimisation steps (default: %(default)s)"
     )
@@ -120,6 +120,12 @@ def _add_fit_options(parser: argparse.ArgumentParser) -> None:
         "--seed", type=int, default=0, metavar="K", help="seed of fits and draws (default: %(default)s)"
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument(
+        "--no-compilation-cache",
+        action="store_true",
+        help="do not keep compiled programs on disk (default: keep them in $VITOOLS_CACHE_DIR or "
+        "~/.cache/vitools/jax, so a second run skips compiling)",
+    )
 
 
 def _add_compare_options(parser: argparse.ArgumentParser) -> None:
@@ -207,6 +213,17 @@ def _writable(path: Path) -> Path:
     return path
 
 
+def _enable_cache() -> None:
+    """JAX's persistent compilation cache (:mod:`vitools.cache`); a cache that cannot be created
+    costs time, not the run, so it is a warning."""
+    from vitools.cache import enable_compilation_cache
+
+    try:
+        enable_compilation_cache()
+    except OSError as err:
+        print(f"vitools: warning: {err}; running without the compilation cache", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``vitools`` command line; returns the exit status (0 ok, 2 bad input).
 
@@ -222,6 +239,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command != "models":
             args = _checked(args)
+            if not args.no_compilation_cache:
+                _enable_cache()
         return args.run(args)
     except UsageError as err:
         print(f"vitools: error: {err}", file=sys.stderr)
