@@ -21,6 +21,10 @@ every call, is the best of min(3, repeats) calls. SVI's cost per step is that of
 own loop replayed with its step compiled beforehand (``svi_loop``); its fixed cost per call
 (tracing, init, compilation) is the rest of an ``SVI.run`` call.
 
+New process: a user's first call, each in a fresh subprocess, for ``SVI.run`` (bar) and the
+default ``vt.fit`` (Laplace init), without and with JAX's persistent compilation cache (on for
+both; filled by an earlier process). Fullrank rows only.
+
 Memory: the peak resident set size of one cold fit in a fresh subprocess, after imports and
 data: the peak (``VmHWM``) is reset to the current RSS through ``/proc/self/clear_refs`` before
 the fit, and the extra peak over that RSS is reported (Linux; elsewhere ``ru_maxrss`` deltas,
@@ -37,6 +41,7 @@ import json
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -55,6 +60,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import RESULTS_DIR, cpu_model, format_load, load_note, markdown_table, now, versions  # noqa: E402
 
 import vitools as vt  # noqa: E402
+from vitools.cache import enable_compilation_cache  # noqa: E402
 from vitools.init import initial_gaussian  # noqa: E402
 
 # (rows, features, steps): steps keep one fit at about a second or two on a laptop core
@@ -277,16 +283,51 @@ def memory_child(rows: int, features: int, steps: int, family: str, method: str)
 
 def memory(rows: int, features: int, steps: int, family: str, method: str) -> float:
     """Extra peak RSS (MiB) of one cold fit, from a fresh subprocess."""
-    spec = f"{rows},{features},{steps},{family},{method}"
+    data = _child("--memory-child", f"{rows},{features},{steps},{family},{method}")
+    return (data["peak_kib"] - data["baseline_kib"]) / 1024 if data else float("nan")
+
+
+# --------------------------------------------------------------------------------------------
+# A user's first call in a new process, with and without JAX's persistent compilation cache
+def process_child(rows: int, features: int, steps: int, family: str, method: str, cache: str) -> dict:
+    """Seconds of one call in this fresh process: ``SVI.run`` with its bar, or the default
+    ``vt.fit`` (Laplace init, tracing the model included). With ``cache`` a directory, JAX's
+    persistent compilation cache is on for both (``vt.enable_compilation_cache``)."""
+    if cache != "none":
+        enable_compilation_cache(cache)
+    X, y = make_data(rows, features)
+    jax.block_until_ready(jnp.sum(X))  # the backend is up before the clock starts
+    if method == "svi_bar":
+        return {"seconds": _once(svi_runner(family, X, y, steps, True))}
+    return {"seconds": _once(lambda: vt_runner(family, X, y, steps, "laplace")().losses)}
+
+
+def _child(flag: str, spec: str) -> dict:
     result = subprocess.run(
-        [sys.executable, __file__, "--memory-child", spec], capture_output=True, text=True, check=False
+        [sys.executable, __file__, flag, spec], capture_output=True, text=True, check=False
     )
     for line in result.stdout.splitlines()[::-1]:
         if line.startswith("{"):
-            data = json.loads(line)
-            return (data["peak_kib"] - data["baseline_kib"]) / 1024
+            return json.loads(line)
     print(result.stderr[-2000:], file=sys.stderr)
-    return float("nan")
+    return {}
+
+
+def new_process(rows: int, features: int, steps: int, family: str) -> dict:
+    """First-call seconds in a fresh process for SVI.run (bar) and the default vt.fit: without a
+    disk cache, and with a warm one (a first process filled it; the second is timed)."""
+    out = {}
+    for method in ("svi_bar", "vt_default"):
+        spec = f"{rows},{features},{steps},{family},{method}"
+        out[f"proc_{method}_s"] = _child("--process-child", f"{spec},none").get("seconds", np.nan)
+        with tempfile.TemporaryDirectory(prefix="vitools-bench-cache-") as cache:
+            _child("--process-child", f"{spec},{cache}")
+            out[f"proc_cached_{method}_s"] = _child("--process-child", f"{spec},{cache}").get(
+                "seconds", np.nan
+            )
+    out["proc_svi_over_vt"] = out["proc_svi_bar_s"] / out["proc_vt_default_s"]
+    out["proc_cached_svi_over_vt"] = out["proc_cached_svi_bar_s"] / out["proc_cached_vt_default_s"]
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -323,6 +364,14 @@ def report(df: pd.DataFrame, load: dict, total_s: float) -> str:
         ["rows", "params", "SVI.run bar (MiB)", "vt.fit median (MiB)", "vt.fit laplace (MiB)", "bare (MiB)"],
         [[r.rows, r.params, r.mem_svi_bar, r.mem_vt, r.mem_vt_laplace, r.mem_bare] for r in mem.itertuples()],
     )
+    proc = df[df["family"] == "fullrank"]
+    process_table = markdown_table(
+        ["rows", "params", "SVI.run bar (s)", "vt.fit default (s)", "SVI / vt", "disk cache: SVI.run bar (s)",
+         "disk cache: vt.fit default (s)", "SVI / vt (disk cache)"],
+        [[r.rows, r.params, r.proc_svi_bar_s, r.proc_vt_default_s,
+          f"{r.proc_svi_over_vt:.1f}x", r.proc_cached_svi_bar_s, r.proc_cached_vt_default_s,
+          f"{r.proc_cached_svi_over_vt:.1f}x"] for r in proc.itertuples()],
+    )  # fmt: skip
     svi_ok = df["svi_bar_over_vt_warm"] >= TARGET_SVI_RATIO
     cold_ok = df["svi_bar_over_vt_cold"] >= TARGET_SVI_RATIO
     laplace_ok = df["svi_bar_over_vt_laplace"] >= TARGET_SVI_RATIO
@@ -366,6 +415,15 @@ compilation; `vt.fit` keeps its compiled loop across calls of the same shapes ("
 (*) the Laplace init compiles once per data shape, so the fullrank row after the meanfield row of
 the same data reuses it. "fixed" = an `SVI.run` call minus its loop (tracing, init, compilation).
 
+## A user's first call in a new process (fullrank)
+
+Each number is one call in a fresh process (data made and the backend up first): `SVI.run` with its
+bar, and the default `vt.fit` (Laplace init; tracing the model, the init and the loop compiled).
+"Disk cache": JAX's persistent compilation cache on for both (`vt.enable_compilation_cache()`; the
+`vitools` command line turns it on by default), filled by an earlier process.
+
+{process_table}
+
 ## Memory peak of one cold fit (fullrank; extra peak RSS over the RSS after imports and data)
 
 {memory_table}
@@ -380,11 +438,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--no-memory", action="store_true")
     parser.add_argument("--memory-child", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--process-child", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--no-process", action="store_true", help="skip the new-process timings")
     parser.add_argument("--out", default=str(RESULTS_DIR))
     args = parser.parse_args(argv)
     if args.memory_child:
         rows, features, steps, family, method = args.memory_child.split(",")
         print(json.dumps(memory_child(int(rows), int(features), int(steps), family, method)))
+        return 0
+    if args.process_child:
+        rows, features, steps, family, method, cache = args.process_child.split(",")
+        print(json.dumps(process_child(int(rows), int(features), int(steps), family, method, cache)))
         return 0
     grid = QUICK_GRID if args.quick else GRID
     load = load_note()
@@ -398,6 +462,8 @@ def main(argv: list[str] | None = None) -> int:
             if family == "fullrank" and not args.no_memory:
                 for method in ("svi_bar", "vt", "vt_laplace", "bare"):
                     result[f"mem_{method}"] = memory(rows, features, steps, family, method)
+            if family == "fullrank" and not args.no_process:
+                result |= new_process(rows, features, steps, family)
             print(
                 "  " + ", ".join(f"{k}={v:.3g}" for k, v in result.items() if isinstance(v, float)),
                 flush=True,
@@ -405,7 +471,13 @@ def main(argv: list[str] | None = None) -> int:
             results.append(result)
     total = time.perf_counter() - start
     df = pd.DataFrame(results)
-    for column in ("mem_svi_bar", "mem_vt", "mem_vt_laplace", "mem_bare"):
+    process_columns = (
+        "proc_svi_bar_s",
+        "proc_vt_default_s",
+        "proc_cached_svi_bar_s",
+        "proc_cached_vt_default_s",
+    )
+    for column in ("mem_svi_bar", "mem_vt", "mem_vt_laplace", "mem_bare", *process_columns):
         if column not in df:
             df[column] = np.nan
     out = Path(args.out)
