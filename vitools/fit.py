@@ -167,8 +167,8 @@ def fit(
         model: a NumPyro model, or a Target (e.g. ``Target.from_log_density(fn, dim)``).
         *model_args, **model_kwargs: the model's arguments.
         objective: ``"reverse_kl"``, ``"forward_kl"``, ``"renyi"`` or an Objective object.
-        family: ``"meanfield"``, ``"fullrank"``, ``"lowrank"``, a Family, or a NumPyro
-            ``AutoContinuous`` guide.
+        family: ``"meanfield"``, ``"fullrank"``, ``"lowrank"``, ``"iaf"`` (a normalizing flow,
+            for curved posteriors such as funnels), a Family, or a NumPyro ``AutoContinuous`` guide.
         num_steps: optimisation steps.
         seed: the one seed of the run (initialisation and every step): same seed, same result.
         learning_rate: peak learning rate of the default Adam, with 5% linear warm-up and cosine
