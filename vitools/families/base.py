@@ -21,7 +21,9 @@ class Family(Protocol):
     whose ``sample`` is reparameterized, so one method gives both the draws and ``log_prob``.
     New families plug in by implementing these methods; nothing checks for a class.
 
-    Optional: ``widened(params, factor)`` (the same distribution with its scale times
+    Optional: ``sample_with_log_prob(params, key)`` (one draw and its log q from one forward
+    pass; reverse KL and Rényi use it instead of ``log_prob`` at the draw, for flows whose inverse
+    is costly), ``widened(params, factor)`` (the same distribution with its scale times
     ``factor``; ForwardKL's defensive component uses it) and ``whiten``: the frame vt.fit
     optimises in (see ``Target.whitened``): ``"diagonal"`` (the default: the initial Gaussian's
     scales), ``"full"`` (its Cholesky factor; for families closed under affine maps) or False.

@@ -211,6 +211,15 @@ class IAF:
     def distribution(self, params: IAFParams) -> dist.Distribution:
         return _FlowDistribution(self._base(params, 1.0), self._transforms(params))
 
+    def sample_with_log_prob(self, params: IAFParams, key: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """One reparameterized draw and its log q from the same forward pass (NumPyro's
+        intermediates), with no inverse: reverse KL uses this. ``log_prob`` at the draw would
+        invert every layer, d sequential network passes each: on stochastic_volatility (d = 103)
+        a reverse-KL step took 25 ms that way (measured)."""
+        q = self.distribution(params)
+        draw, intermediates = q.sample_with_intermediates(key)
+        return draw, q.log_prob(draw, intermediates)
+
     def widened(self, params: IAFParams, factor: float) -> dist.Distribution:
         """The same flow and affine map applied to N(0, factor² I)."""
         return _FlowDistribution(self._base(params, factor), self._transforms(params))

@@ -27,7 +27,16 @@ def _log_weights(
 
     With ``stl`` the parameters of the log q term are stop-gradiented ("sticking the landing"):
     the score-function term, whose expectation is zero, is dropped from the gradient.
+
+    A family with ``sample_with_log_prob(params, key)`` (flows) gives each draw's log q from its
+    own forward pass: no inverse, but no STL either (dropping the score term needs log q at a
+    fixed draw, i.e. the inverse), so such families get the plain reparameterized gradient.
     """
+    sample_with_log_prob = getattr(family, "sample_with_log_prob", None)
+    if sample_with_log_prob is not None:
+        keys = jax.random.split(key, num_draws)
+        draws, log_q = jax.vmap(sample_with_log_prob, in_axes=(None, 0))(params, keys)
+        return jax.vmap(target.log_density)(draws) - log_q
     q = family.distribution(params)
     q_score = family.distribution(jax.lax.stop_gradient(params)) if stl else q
     draws = draw_many(q, key, num_draws)
@@ -47,7 +56,8 @@ class ReverseKL:
 
     Args:
         num_draws: draws per step (S).
-        stick_the_landing: drop the zero-mean score term from the gradient.
+        stick_the_landing: drop the zero-mean score term from the gradient (ignored by families
+            with ``sample_with_log_prob``, e.g. IAF, whose log q comes from the forward pass).
     """
 
     num_draws: int = dataclasses.field(default=16, metadata=dict(static=True))
