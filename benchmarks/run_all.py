@@ -121,11 +121,30 @@ def engine_findings(out: Path) -> tuple[list[str], str]:
         + f" Same, cold `vt.fit` (first call for the shapes, pays its compilation, as `SVI.run` does on "
         f"every call): {int(cold.sum())} of {n} ({df['svi_bar_over_vt_cold'].min():.1f}x to "
         f"{df['svi_bar_over_vt_cold'].max():.1f}x).",
+        *_process_findings(df),
         _status(bare.all())
         + f" vitools' loop within 1.3x of the bare compiled loop: {int(bare.sum())} of {n} "
         f"({df['vt_loop_over_bare'].min():.2f}x to {df['vt_loop_over_bare'].max():.2f}x, median "
         f"{df['vt_loop_over_bare'].median():.2f}x).",
     ], text
+
+
+def _process_findings(df: pd.DataFrame) -> list[str]:
+    """The first call in a new process (fullrank rows; columns absent in older engine.csv)."""
+    if "proc_svi_over_vt" not in df or df["proc_svi_over_vt"].isna().all():
+        return []
+    rows = df.dropna(subset=["proc_svi_over_vt"])
+    plain, cached = rows["proc_svi_over_vt"], rows["proc_cached_svi_over_vt"]
+    n = len(rows)
+    return [
+        _status(bool((plain >= 2).all()))
+        + " Same, a user's first call in a new process, default `vt.fit` (Laplace init) vs `SVI.run`: "
+        f"{int((plain >= 2).sum())} of {n} fullrank configurations "
+        f"({plain.min():.1f}x to {plain.max():.1f}x); "
+        f"with JAX's persistent compilation cache on for both (`vt.enable_compilation_cache()`, on by "
+        f"default in the `vitools` command): {int((cached >= 2).sum())} of {n} "
+        f"({cached.min():.1f}x to {cached.max():.1f}x)."
+    ]
 
 
 def scaling_findings(out: Path) -> tuple[list[str], str]:
@@ -262,6 +281,10 @@ w1) is in `results/accuracy.md`.
 {section(eng, "Per fit") if eng else ""}
 
 {section(eng, "Per step") if eng else ""}
+
+### A user's first call in a new process
+
+{section(eng, "A user's first call") if eng else ""}
 
 ### Memory peak of one cold fit (MiB)
 
