@@ -306,7 +306,7 @@ def score(obj: Any, name: str, ref_draws: dict, seeds: int = 1) -> dict:
         except Exception as err:
             return {"verdict": f"compare failed: {type(err).__name__}: {err}"[:120]}
         rows.append(table.iloc[0].to_dict())
-    keys = ("khat", "verdict", "ess", "log_evidence")
+    keys = ("khat", "verdict", "ess", "log_evidence", "elbo")
     out = {k: rows[0].get(k) for k in keys}
     for key in ("mean_error", "sd_ratio", "w1"):
         out[key] = float(np.mean([r[key] for r in rows]))
@@ -519,7 +519,7 @@ def summarise(df: pd.DataFrame) -> tuple[str, list[str], str, pd.DataFrame]:
     ]  # fmt: skip
     full_cols = [
         "model", "dim", "config", "steps", "grad_evals", "wall_s", "elapsed_s", "compile_s", "init_s",
-        "khat", "verdict", "ess", "missed_mass", "mean_error", "sd_ratio", "w1", "w1_se", "fit_seeds",
+        "khat", "verdict", "ess", "elbo", "missed_mass", "mean_error", "sd_ratio", "w1", "w1_se", "fit_seeds",
         "w1_seed0", "w1_psis", "status", "warnings",
     ]  # fmt: skip
     full = at.reindex(columns=full_cols)
