@@ -321,7 +321,8 @@ def over_fit_seeds(first: dict, others: list[dict]) -> dict:
     """Reference distances averaged over fit seeds: ``first`` (seed 0, itself averaged over
     NOISE_SEEDS sets of draws) and ``others`` (seeds 1.., one set each; {} for a failed fit,
     which makes the mean NaN: a configuration that fails at some seed does not pass)."""
-    out = {"w1_seed0": first.get("w1"), "fit_seeds": 1 + len(others)}
+    out = {f"{key}_seed0": first.get(key) for key in ("w1", "sd_ratio", "mean_error")}
+    out["fit_seeds"] = 1 + len(others)
     for key in ("mean_error", "sd_ratio", "w1"):
         values = [first.get(key, math.nan)] + [o.get(key, math.nan) for o in others]
         out[key] = float(np.mean(values))
@@ -423,6 +424,16 @@ def _echo(row: dict) -> None:
 
 # --------------------------------------------------------------------------------------------
 # Reporting
+def _seed0(row: pd.Series) -> pd.Series:
+    """The row with its seed-0 distances where it was averaged over fit seeds."""
+    row = row.copy()
+    for key in ("w1", "sd_ratio", "mean_error"):
+        seed0 = row.get(f"{key}_seed0")
+        if seed0 is not None and pd.notna(seed0):
+            row[key] = seed0
+    return row
+
+
 def silent_reason(row: pd.Series, tags: tuple[str, ...]) -> str:
     """Why k̂ did not flag a fit whose draws are far from the reference (w1 > FAILURE_W1)."""
     sd_ratio, mean_error = row["sd_ratio"], row["mean_error"]
@@ -505,6 +516,8 @@ def summarise(df: pd.DataFrame) -> tuple[str, list[str], str, pd.DataFrame]:
         )
         tags = get_model(name).tags
         for _, row in group[group["method"] != "nuts"].iterrows():
+            # k̂ is that of the seed-0 fit, so a seeded row is judged on its seed-0 distances.
+            row = _seed0(row)
             if row["w1"] > FAILURE_W1 and row["verdict"] in ("good", "ok"):
                 silent.append(
                     f"- **{name}**, {row['config']} (w1 {row['w1']:.2f}, "
