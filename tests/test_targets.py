@@ -133,3 +133,16 @@ def test_unconstrain_names_missing_sites():
     target = Target.from_model(dependent_support_model)
     with pytest.raises(ValueError, match=r"lack latent site\(s\) \['b'\]"):
         target.unconstrain({"a": 0.5})
+
+
+def test_an_unhashable_callable_model_works():
+    """jit keys its cache on static arguments; an unhashable model object is keyed by identity."""
+
+    class Model:
+        __hash__ = None
+
+        def __call__(self):
+            numpyro.sample("x", dist.Normal(0.0, 1.0))
+
+    target = Target.from_model(Model())
+    assert target.dim == 1 and np.isfinite(float(target.log_density(target.init_flat)))

@@ -144,7 +144,8 @@ class Target:
                 "Target.from_log_density(fn, dim)"
             )
         arrays, static = _split_data(args, kwargs)
-        init, ok = _initial_point(model, static, seed, arrays)
+        # jit keys its cache on the static arguments; an unhashable callable is keyed by identity.
+        init, ok = _initial_point(model if _try_hash(model) else _Hashable(model), static, seed, arrays)
         if not bool(ok):
             raise ValueError(
                 "no initial point with a finite log density was found (NumPyro's init_to_median, "
@@ -296,6 +297,7 @@ def _initial_point(model: Callable, static: tuple, seed: int, arrays: tuple) -> 
     (measured). ``jax.jit`` keeps the program for the next call with the same model, static
     arguments, seed and data shapes.
     """
+    model = model.value if isinstance(model, _Hashable) else model
     model_args, model_kwargs = _join_data(arrays, static)
     # Under jit NumPyro needs the unconstrained parameters' structure up front.
     trace = _trace_once(model, model_args, model_kwargs, seed)
