@@ -26,7 +26,8 @@ class Family(Protocol):
     is costly), ``widened(params, factor)`` (the same distribution with its scale times
     ``factor``; ForwardKL's defensive component uses it) and ``whiten``: the frame vt.fit
     optimises in (see ``Target.whitened``): ``"diagonal"`` (the default: the initial Gaussian's
-    scales), ``"full"`` (its Cholesky factor; for families closed under affine maps) or False.
+    scales), ``"full"`` (its Cholesky factor; for families closed under affine maps) or False;
+    ``structure = "diagonal"`` makes vt.fit's Laplace init score diagonal candidates (MeanField).
     """
 
     name: str
