@@ -1,5 +1,7 @@
 """The initial Gaussian (vitools.init) and how vt.fit chooses its projection."""
 
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -83,3 +85,22 @@ def test_meanfield_reverse_kl_leaves_the_neck_of_a_centred_hierarchy():
     fit = vt.fit(zoo.model, *zoo.args, family="meanfield", progress=False, **zoo.kwargs)
     table = vt.compare({"meanfield": fit}, reference=dict(zoo.reference().draws))
     assert table["w1"].iloc[0] < 0.3
+
+
+def test_the_mode_check_runs_only_for_families_that_could_use_it(monkeypatch):
+    """is_mode costs a Hessian and a compile; with a given (loc, scale_tril) vt.fit evaluates it
+    only for a family that may whiten with the full factor (FullRank), not for mean-field."""
+    calls = []
+    fit_module = sys.modules["vitools.fit"]  # `vitools.fit` the attribute is the function
+    monkeypatch.setattr(fit_module, "is_mode", lambda *args: calls.append(1) or jnp.array(True))
+    init = (MEAN, jnp.linalg.cholesky(COV))
+    vt.fit(gaussian_target(), family="meanfield", init=init, num_steps=10, progress=False)
+    assert calls == []
+    vt.fit(gaussian_target(), family="fullrank", init=init, num_steps=10, progress=False)
+    assert calls == [1]
+
+
+def test_diagonal_candidates_report_no_mode():
+    """Diagonal families never whiten with the full factor, so the Laplace program skips the
+    mode check for them (one Hessian less) and says False."""
+    assert not bool(initial_gaussian(gaussian_target(), jax.random.PRNGKey(0), structure="diagonal").at_mode)

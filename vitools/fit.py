@@ -300,10 +300,12 @@ def _starting_point(
             raise ValueError(
                 f"init=(loc, scale_tril) must have shapes ({target.dim},) and ({target.dim}, {target.dim})"
             )
-        at_mode = is_mode(target, loc, scale_tril)
+        at_mode = None  # checked below only if the frame could use it (a Hessian and a compile)
     whiten = getattr(family, "whiten", "diagonal")
     if not whiten or (isinstance(init, str) and init == "median"):
         return target, loc, scale_tril
+    if whiten == "full" and at_mode is None:
+        at_mode = is_mode(target, loc, scale_tril)
     if whiten == "full" and bool(at_mode):
         frame, scale_tril = scale_tril, jnp.eye(target.dim, dtype=scale_tril.dtype)
     else:

@@ -130,7 +130,8 @@ class Target:
             return model
         if not callable(model):
             raise TypeError(f"model must be a callable NumPyro model, got {type(model).__name__}")
-        trace = _trace_model(model, args, kwargs, seed)
+        arrays, static = _split_data(args, kwargs)
+        trace = _trace_model(model, arrays, static, seed)
         latent = [s for s in trace.values() if s["type"] == "sample" and not s["is_observed"]]
         discrete = [s["name"] for s in latent if s["fn"].support.is_discrete]
         if discrete:
@@ -143,7 +144,6 @@ class Target:
                 "the model has no latent sample sites; if it is a log-density function, use "
                 "Target.from_log_density(fn, dim)"
             )
-        arrays, static = _split_data(args, kwargs)
         # jit keys its cache on the static arguments; an unhashable callable is keyed by identity.
         init, ok = _initial_point(model if _try_hash(model) else _Hashable(model), static, seed, arrays)
         if not bool(ok):
@@ -320,7 +320,7 @@ def _initial_point(model: Callable, static: tuple, seed: int, arrays: tuple) -> 
     return init, ok
 
 
-def _trace_model(model: Callable, args: tuple, kwargs: dict, seed: int) -> dict:
+def _trace_model(model: Callable, arrays: tuple, static: tuple, seed: int) -> dict:
     """One abstract trace of the model, for its sites' names, kinds and distributions.
 
     Values come from NumPyro's ``init_to_uniform`` where it applies, so improper priors
@@ -329,7 +329,6 @@ def _trace_model(model: Callable, args: tuple, kwargs: dict, seed: int) -> dict:
     loop: no op is dispatched or compiled (eagerly, each new op compiles). The values in the
     returned trace are therefore abstract; only the sites' static parts are meant to be read.
     """
-    arrays, static = _split_data(args, kwargs)
     captured = {}
 
     def run(arrays):
