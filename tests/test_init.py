@@ -33,6 +33,38 @@ def test_laplace_init_is_exact_on_a_gaussian():
     np.testing.assert_allclose(scale_tril @ scale_tril.T, COV, atol=1e-8)
 
 
+def _counted_gaussian_target():
+    calls = []
+
+    def log_density(u):
+        jax.debug.callback(lambda: calls.append(1))  # runs once per evaluation the program makes
+        return jax.scipy.stats.multivariate_normal.logpdf(u, MEAN, COV)
+
+    return vt.Target.from_log_density(log_density, 3), calls
+
+
+def _count_evaluations(monkeypatch, max_iters, path_points):
+    init_module = sys.modules["vitools.init"]
+    monkeypatch.setattr(init_module, "_MAX_ITERS", max_iters)
+    monkeypatch.setattr(init_module, "_PATH_POINTS", path_points)
+    target, calls = _counted_gaussian_target()  # a new target: the program is traced afresh
+    jax.block_until_ready(initial_gaussian(target, jax.random.PRNGKey(0)))
+    return len(calls), init_module._lbfgs_path(target, jax.random.PRNGKey(0))
+
+
+def test_a_converged_path_costs_no_further_evaluations(monkeypatch):
+    points = (0, 1, 2, 4, 8, 16, 32, 64, 99)
+    base, path = _count_evaluations(monkeypatch, 100, points)
+    # L-BFGS on a 3-D Gaussian converges in about ten iterations; the path then repeats its point.
+    assert np.all(np.asarray(path[30:]) == np.asarray(path[30])), "the path kept moving"
+    np.testing.assert_allclose(path[-1], MEAN, atol=1e-4)
+    # Twice the iterations and two more (repeated) path points: no more evaluations.
+    longer, _ = _count_evaluations(monkeypatch, 200, points + (150, 199))
+    assert longer == base
+    # The counter does see candidate work: a fresh path point (iteration 5) adds evaluations.
+    assert _count_evaluations(monkeypatch, 100, points + (5,))[0] > base
+
+
 def test_diagonal_structure_gives_the_conditional_sds():
     loc, scale_tril, _ = initial_gaussian(gaussian_target(), jax.random.PRNGKey(0), structure="diagonal")
     precision = np.linalg.inv(np.asarray(COV))

@@ -25,9 +25,21 @@ __all__ = ["InitialGaussian", "initial_gaussian", "is_mode"]
 
 _PATH_POINTS = (0, 1, 2, 4, 8, 16, 32, 64, 99)  # iterations along the path tried as centres
 _MAX_ITERS = 100
+# The path stops where L-BFGS no longer makes progress: scipy's L-BFGS-B tests (relative decrease
+# of -log π below ftol = 2.2e-9, largest gradient entry below gtol = 1e-5), with ftol raised to a
+# few ulps of the dtype, below which a float32 decrease is rounding. On a 10^5-row regression the
+# path converged in ~10 iterations and the other 90 cost 0.28 s of a 1.0 s init (measured).
+_GTOL = 1e-5
 _NUM_DRAWS = 32
 _JITTER = 0.1
 _MIN_PRECISION, _MAX_PRECISION = 1e-4, 1e10  # eigenvalue clip of -Hessian: sd in [1e-5, 100]
+
+
+def _hessian(fn):
+    """Reverse-over-reverse Hessian. ``jax.hessian`` (forward over reverse) took 34 ms against
+    17 ms on a 10^5-row, 51-parameter regression, and the two are within 0.1 ms on the zoo
+    models (measured); compile times are equal."""
+    return jax.jacrev(jax.grad(fn))
 
 
 class InitialGaussian(NamedTuple):
@@ -70,8 +82,19 @@ def _path_laplace(target: Target, key: jax.Array, diagonal: bool) -> InitialGaus
     path_key, key = jax.random.split(key)
     path = _lbfgs_path(target, path_key)
     centres = path[jnp.array(_PATH_POINTS)]
-    at = functools.partial(_gaussian_at, diagonal=diagonal)
-    locs, trils, elbos = jax.vmap(at, in_axes=(None, 0, None))(target, centres, key)
+    # A stopped path repeats its last point; a repeat's candidates equal the earlier ones, so they
+    # are skipped (ELBO -inf). On a 10^5-row regression that saves 3 of 9 Hessians (measured).
+    fresh = jnp.concatenate([jnp.array([True]), jnp.any(centres[1:] != centres[:-1], axis=-1)])
+
+    def candidates(args):
+        centre, is_fresh = args
+        eye = jnp.eye(target.dim, dtype=centre.dtype)
+        skipped = (jnp.stack([centre, centre]), eye, jnp.full(2, -jnp.inf, centre.dtype))
+        return jax.lax.cond(is_fresh, lambda: _gaussian_at(target, centre, key, diagonal), lambda: skipped)
+
+    # One path point at a time: the cond skips a repeat's work (a vmap would compute it), and
+    # nine Hessians in sequence took 165 ms against 195 ms vmapped (10^5 rows, measured).
+    locs, trils, elbos = jax.lax.map(candidates, (centres, fresh))
     best = jnp.argmax(elbos.ravel())
     fallback = jnp.all(~jnp.isfinite(elbos))
     eye = 0.1 * jnp.eye(target.dim, dtype=locs.dtype)
@@ -83,7 +106,8 @@ def _path_laplace(target: Target, key: jax.Array, diagonal: bool) -> InitialGaus
 
 
 def _lbfgs_path(target: Target, key: jax.Array) -> jax.Array:
-    """Iterates of L-BFGS on -log π, ``(_MAX_ITERS, dim)``; a non-finite step ends the path.
+    """Iterates of L-BFGS on -log π, ``(_MAX_ITERS, dim)``; once it has converged or met a
+    non-finite value, the path repeats its last point, and those iterations cost nothing.
 
     The path starts a little off NumPyro's init point (``_JITTER`` sds of noise in the
     unconstrained space): a symmetric target's init point can be a stationary point (the
@@ -95,16 +119,27 @@ def _lbfgs_path(target: Target, key: jax.Array) -> jax.Array:
 
     optimizer = optax.lbfgs()
     value_and_grad = optax.value_and_grad_from_state(objective)
+    ftol = max(2.2e-9, 4 * float(jnp.finfo(target.init_flat.dtype).eps))
 
-    def body(carry, _):
-        u, state, stuck = carry
+    def advance(u, state):
         value, grad = value_and_grad(u, state=state)
         updates, new_state = optimizer.update(grad, state, u, value=value, grad=grad, value_fn=objective)
         new_u = optax.apply_updates(u, updates)
-        stuck = stuck | ~jnp.all(jnp.isfinite(new_u)) | ~jnp.isfinite(objective(new_u))
-        u = jnp.where(stuck, u, new_u)
-        state = jax.tree.map(lambda new, old: jnp.where(stuck, old, new), new_state, state)
-        return (u, state, stuck), u
+        # The line search leaves the value and gradient at new_u in its state.
+        new_value = optax.tree_utils.tree_get(new_state, "value")
+        new_grad = optax.tree_utils.tree_get(new_state, "grad")
+        failed = ~jnp.all(jnp.isfinite(new_u)) | ~jnp.isfinite(new_value)
+        scale = jnp.maximum(jnp.maximum(jnp.abs(value), jnp.abs(new_value)), 1.0)
+        converged = (value - new_value <= ftol * scale) | (jnp.max(jnp.abs(new_grad)) <= _GTOL)
+        new_u, new_state = jax.tree.map(
+            lambda new, old: jnp.where(failed, old, new), (new_u, new_state), (u, state)
+        )
+        return new_u, new_state, failed | converged
+
+    def body(carry, _):
+        u, state, stopped = carry
+        u, state, stopped = jax.lax.cond(stopped, lambda: (u, state, stopped), lambda: advance(u, state))
+        return (u, state, stopped), u
 
     u0 = target.init_flat + _JITTER * jax.random.normal(key, target.init_flat.shape, target.init_flat.dtype)
     carry = (u0, optimizer.init(u0), jnp.array(False))
@@ -121,7 +156,7 @@ def _gaussian_at(target: Target, point: jax.Array, key: jax.Array, diagonal: boo
     correlation -0.9999 stopped 27 sds from the mode along the ridge (measured on ``bad_scaling``).
     The ELBO picks between them, so a Newton step that overshoots on a non-Gaussian target loses.
     """
-    precision = -jax.hessian(target.log_density)(point)
+    precision = -_hessian(target.log_density)(point)
     precision = 0.5 * (precision + precision.T)
     eigvals, eigvecs = jnp.linalg.eigh(precision)
     eigvals = jnp.clip(jnp.abs(eigvals), _MIN_PRECISION, _MAX_PRECISION)
@@ -141,13 +176,13 @@ def _gaussian_at(target: Target, point: jax.Array, key: jax.Array, diagonal: boo
     log_q = jnp.sum(jax.scipy.stats.norm.logpdf(eps), -1) - jnp.sum(
         jnp.log(jnp.abs(jnp.diagonal(scale_tril)))
     )
-
-    def elbo(centre):
-        draws = centre[None, :] + eps @ scale_tril.T
-        value = jnp.mean(jax.vmap(target.log_density)(draws) - log_q)
-        return jnp.where(jnp.all(jnp.isfinite(centre)) & jnp.isfinite(value), value, -jnp.inf)
-
-    return centres, scale_tril, jax.vmap(elbo)(centres)
+    # Both centres' draws in one batch: a vmap of the ELBO over the centres let XLA recompute the
+    # draws inside the pass over the data (104 ms against 55 ms per point at 10^5 rows, measured).
+    draws = (centres[:, None, :] + (eps @ scale_tril.T)[None]).reshape(2 * _NUM_DRAWS, target.dim)
+    log_p = jax.vmap(target.log_density)(draws).reshape(2, _NUM_DRAWS)
+    elbos = jnp.mean(log_p, axis=-1) - jnp.mean(log_q)
+    finite = jnp.all(jnp.isfinite(centres), axis=-1) & jnp.isfinite(elbos)
+    return centres, scale_tril, jnp.where(finite, elbos, -jnp.inf)
 
 
 @jax.jit
@@ -161,6 +196,6 @@ def is_mode(target: Target, loc: jax.Array, scale_tril: jax.Array) -> jax.Array:
     with negative curvature (measured).
     """
     gradient = jax.grad(target.log_density)(loc)
-    precision = -jax.hessian(target.log_density)(loc)
+    precision = -_hessian(target.log_density)(loc)
     smallest = jnp.linalg.eigvalsh(0.5 * (precision + precision.T))[0]
     return (smallest > 0) & (jnp.linalg.norm(scale_tril.T @ gradient) < 1.0)
