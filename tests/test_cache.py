@@ -61,4 +61,4 @@ def test_a_second_process_loads_the_compiled_fit(tmp_path):
     assert run() == []
     assert any((tmp_path / "cache").iterdir())  # programs were stored
     hits = run()
-    assert any("_path_laplace" in line for line in hits) and any("run_chunk" in line for line in hits)
+    assert any("_path_laplace" in line for line in hits) and any("run_chunks" in line for line in hits)

@@ -103,8 +103,33 @@ def test_ctrl_c_returns_the_fit_so_far(monkeypatch):
             raise KeyboardInterrupt
 
     monkeypatch.setattr(Progress, "update", interrupt_on_third)
+    monkeypatch.setattr(engine, "CALL_SECONDS", 0.0)  # one chunk per call
     fit = quiet_fit(normal_model, Y, num_steps=1000, chunk_size=100)
     assert fit.status == "interrupted" and fit.num_steps == 300 and len(fit.losses) == 300
+    # Several chunks per call: the fit so far is still whole (steps, losses and trace agree).
+    calls.clear()
+    monkeypatch.setattr(engine, "CALL_SECONDS", 1e9)  # as many chunks per call as allowed
+    fit = quiet_fit(normal_model, Y, num_steps=5000, chunk_size=100)
+    assert fit.status == "interrupted" and fit.num_steps == len(fit.losses) == len(fit.trace["ess"])
+    assert fit.num_steps == 100 + 2 * engine.MAX_CHUNKS_PER_CALL * 100
+
+
+@pytest.mark.parametrize("num_steps", [1000, 950])
+def test_chunks_per_call_change_nothing_but_the_calls(monkeypatch, num_steps):
+    updates = []
+    monkeypatch.setattr(Progress, "update", lambda self, done, **numbers: updates.append(done))
+    runs, calls = {}, {}
+    for call_seconds in (0.0, 1e9):  # one chunk per call; all the remaining chunks in one call
+        monkeypatch.setattr(engine, "CALL_SECONDS", call_seconds)
+        updates.clear()
+        runs[call_seconds] = quiet_fit(normal_model, Y, num_steps=num_steps, chunk_size=100, seed=5)
+        calls[call_seconds] = list(updates)
+    one, many = runs[0.0], runs[1e9]
+    assert len(calls[0.0]) == 10 and calls[1e9] == [100, num_steps]  # the first call times a chunk
+    assert one.num_steps == many.num_steps == len(many.losses) == num_steps
+    np.testing.assert_array_equal(one.losses, many.losses)
+    np.testing.assert_array_equal(one.trace["ess"], many.trace["ess"])
+    np.testing.assert_array_equal(one.params.loc, many.params.loc)
 
 
 def test_learning_rate_is_scheduled():
