@@ -2,6 +2,10 @@ r"""Gaussian families over the flat unconstrained space.
 
 Positive quantities are parameterized through ``softplus`` (as NumPyro's ``AutoNormal`` does),
 so every parameter lives in R and any optax optimizer applies.
+
+The distributions are built with ``validate_args=False``: their parameters are valid by
+construction, and NumPyro's default validation evaluates its constraint masks eagerly while the
+loop is traced, 21 small XLA compilations (~0.4 s) in a process's first fit (measured).
 """
 
 from __future__ import annotations
@@ -38,6 +42,21 @@ class LowRankParams(NamedTuple):
     raw_diag: jax.Array  # softplus(raw_diag) is the diagonal scale
 
 
+# The two inits below are jitted: one program each, not 5-8 op-by-op compilations (~15 ms each)
+# in a process's first fit.
+@jax.jit
+def _mean_field_params(loc: jax.Array, scale_tril: jax.Array) -> MeanFieldParams:
+    scale = jnp.sqrt(jnp.sum(scale_tril**2, axis=-1))
+    return MeanFieldParams(loc, _softplus_inverse(scale))
+
+
+@jax.jit
+def _full_rank_params(loc: jax.Array, scale_tril: jax.Array) -> FullRankParams:
+    diag = jnp.diagonal(scale_tril)
+    raw = jnp.sqrt(loc.shape[0]) * jnp.tril(scale_tril, -1) + jnp.diag(_softplus_inverse(diag))
+    return FullRankParams(loc, raw)
+
+
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class MeanField:
@@ -48,14 +67,15 @@ class MeanField:
     structure: str = dataclasses.field(default="diagonal", metadata=dict(static=True))
 
     def init(self, target: Target, loc: jax.Array, scale_tril: jax.Array) -> MeanFieldParams:
-        scale = jnp.sqrt(jnp.sum(scale_tril**2, axis=-1))
-        return MeanFieldParams(loc, _softplus_inverse(scale))
+        return _mean_field_params(loc, scale_tril)
 
     def distribution(self, params: MeanFieldParams) -> dist.Distribution:
-        return dist.Normal(params.loc, jax.nn.softplus(params.raw_scale)).to_event(1)
+        return dist.Normal(params.loc, jax.nn.softplus(params.raw_scale), validate_args=False).to_event(1)
 
     def widened(self, params: MeanFieldParams, factor: float) -> dist.Distribution:
-        return dist.Normal(params.loc, factor * jax.nn.softplus(params.raw_scale)).to_event(1)
+        return dist.Normal(
+            params.loc, factor * jax.nn.softplus(params.raw_scale), validate_args=False
+        ).to_event(1)
 
 
 @jax.tree_util.register_dataclass
@@ -75,9 +95,7 @@ class FullRank:
     whiten: str = dataclasses.field(default="full", metadata=dict(static=True))
 
     def init(self, target: Target, loc: jax.Array, scale_tril: jax.Array) -> FullRankParams:
-        diag = jnp.diagonal(scale_tril)
-        raw = jnp.sqrt(loc.shape[0]) * jnp.tril(scale_tril, -1) + jnp.diag(_softplus_inverse(diag))
-        return FullRankParams(loc, raw)
+        return _full_rank_params(loc, scale_tril)
 
     @staticmethod
     def scale_tril(params: FullRankParams) -> jax.Array:
@@ -86,10 +104,12 @@ class FullRank:
         return offdiag + jnp.diag(jax.nn.softplus(jnp.diagonal(raw)))
 
     def distribution(self, params: FullRankParams) -> dist.Distribution:
-        return dist.MultivariateNormal(params.loc, scale_tril=self.scale_tril(params))
+        return dist.MultivariateNormal(params.loc, scale_tril=self.scale_tril(params), validate_args=False)
 
     def widened(self, params: FullRankParams, factor: float) -> dist.Distribution:
-        return dist.MultivariateNormal(params.loc, scale_tril=factor * self.scale_tril(params))
+        return dist.MultivariateNormal(
+            params.loc, scale_tril=factor * self.scale_tril(params), validate_args=False
+        )
 
 
 @jax.tree_util.register_dataclass
@@ -123,8 +143,10 @@ class LowRank:
 
     def distribution(self, params: LowRankParams) -> dist.Distribution:
         diag = jax.nn.softplus(params.raw_diag) ** 2
-        return dist.LowRankMultivariateNormal(params.loc, self.cov_factor(params), diag)
+        return dist.LowRankMultivariateNormal(params.loc, self.cov_factor(params), diag, validate_args=False)
 
     def widened(self, params: LowRankParams, factor: float) -> dist.Distribution:
         diag = (factor * jax.nn.softplus(params.raw_diag)) ** 2
-        return dist.LowRankMultivariateNormal(params.loc, factor * self.cov_factor(params), diag)
+        return dist.LowRankMultivariateNormal(
+            params.loc, factor * self.cov_factor(params), diag, validate_args=False
+        )
