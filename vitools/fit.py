@@ -182,7 +182,9 @@ def fit(
         tol: early stopping on the relative change of the smoothed loss (None: off).
         on_nonfinite: ``"raise"`` (:class:`NonFiniteLossError`, carrying the fit) or ``"warn"``.
         progress: show progress (a bar on a terminal, periodic lines otherwise).
-        chunk_size: steps per compiled chunk (progress is reported between chunks).
+        chunk_size: steps per compiled chunk. Once a chunk is timed, a call runs as many chunks
+            as fit in ``engine.CALL_SECONDS`` (progress and Ctrl-C between calls); early
+            stopping checks after every chunk, one chunk per call.
 
     Example:
         >>> fit = vt.fit(model, x, y=y, objective="forward_kl", family="fullrank", num_steps=2000)

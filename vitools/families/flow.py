@@ -206,9 +206,8 @@ class IAF:
     def _base(self, params: IAFParams, scale: float) -> dist.Distribution:
         dim = params.loc.shape[0]
         zeros = jnp.zeros(dim, dtype=params.loc.dtype)
-        return dist.Normal(zeros, jnp.full(dim, scale, dtype=params.loc.dtype), validate_args=False).to_event(
-            1
-        )
+        scales = jnp.full(dim, scale, dtype=params.loc.dtype)
+        return dist.Normal(zeros, scales, validate_args=False).to_event(1)  # valid by construction
 
     def distribution(self, params: IAFParams) -> dist.Distribution:
         return _FlowDistribution(self._base(params, 1.0), self._transforms(params))
