@@ -358,6 +358,8 @@ def psis_w1(fit: Any, ref_draws: dict) -> float:
     except ValueError:
         return math.nan
     weights = np.exp(smoothed - smoothed.max())
+    if not np.all(np.isfinite(weights)):  # a diverged fit (NaN log densities): no PSIS answer
+        return math.nan
     labels, values = reference_draws(draws)
     ref_labels, ref = reference_draws(ref_draws)
     index = {label: j for j, label in enumerate(ref_labels)}
