@@ -101,9 +101,11 @@ def accuracy_findings(out: Path) -> tuple[list[str], str]:
     return lines, text
 
 
-def _ratio_line(what: str, ratios: pd.Series, met: pd.Series, digits: int = 1, status: bool = True) -> str:
-    """What + "k of n (min to max)" for one engine target, after ``**MET**``/``**NOT MET**``."""
-    spread = f"{ratios.min():.{digits}f}x to {ratios.max():.{digits}f}x"
+def _ratio_line(
+    what: str, ratios: pd.Series, met: pd.Series, digits: int = 1, status: bool = True, extra: str = ""
+) -> str:
+    """What + "k of n (min to max[, extra])" for one engine target, after ``**MET**``/``**NOT MET**``."""
+    spread = f"{ratios.min():.{digits}f}x to {ratios.max():.{digits}f}x{extra}"
     text = f"{what}: {int(met.sum())} of {len(ratios)} ({spread})"
     return f"{_status(bool(met.all()))} {text}" if status else text
 
@@ -155,8 +157,14 @@ def engine_findings(out: Path) -> tuple[list[str], str]:
             + "."
         )
     lines.append(
-        _ratio_line("vitools' loop within 1.3x of the bare compiled loop", bare, bare <= 1.3, digits=2)[:-1]
-        + f", median {bare.median():.2f}x)."
+        _ratio_line(
+            "vitools' loop within 1.3x of the bare compiled loop",
+            bare,
+            bare <= 1.3,
+            digits=2,
+            extra=f", median {bare.median():.2f}x",
+        )
+        + "."
     )
     return lines, text
 
