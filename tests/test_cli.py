@@ -1,10 +1,11 @@
-"""The ``vitools`` command line: an end-to-end run that writes a report, and every bad input → exit 2."""
+"""The ``vitools`` command line: an end-to-end report run; bad input exits 2, Ctrl-C exits 130."""
 
 from __future__ import annotations
 
 import contextlib
 import io
 import os
+from types import SimpleNamespace
 
 import arviz as az
 import jax
@@ -12,6 +13,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+import vitools
+from vitools import validate
 from vitools.cli import main
 from vitools.compare import compare
 from vitools.report import how_to_read, write_report
@@ -19,6 +22,16 @@ from vitools.report import how_to_read, write_report
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 FIGURES = ("marginals", "pair", "khat", "traces")
 FIT_NAMES = ("reverse_kl/fullrank", "forward_kl/fullrank")
+
+
+@pytest.fixture
+def no_fit(monkeypatch):
+    """``vt.fit`` (what the commands call) fails the test if anything is fitted."""
+
+    def fail(*args, **kwargs):
+        raise AssertionError("fitted despite bad input")
+
+    monkeypatch.setattr(vitools, "fit", fail)
 
 
 @pytest.fixture(scope="module")
@@ -85,23 +98,26 @@ def test_help_and_models(capsys):
         (["compare", "nope"], "unknown model 'nope'; known models: bimodal, banana"),
         (
             ["compare", "bimodal", "--objectives", "reverse_kl,bogus"],
-            "unknown objective 'bogus'; choose from",
+            "--objectives must be one of 'reverse_kl', 'forward_kl', 'renyi'; got 'bogus'",
         ),
         (["compare", "bimodal", "--objectives", ","], "--objectives is empty"),
-        (["compare", "bimodal", "--family", "diagonal"], "unknown family 'diagonal'; choose from: meanfield"),
+        (["compare", "bimodal", "--family", "diagonal"], "--family must be one of 'meanfield', "),
         (["compare", "bimodal", "--num-steps", "0"], "--num-steps must be a positive integer, got 0"),
         (["fit", "bimodal", "--num-steps", "-5"], "--num-steps must be a positive integer, got -5"),
+        (["fit", "bimodal", "--num-steps", str(2**40)], "--num-steps must be at most 2147483647"),
+        (["compare", "bimodal", "--num-steps", str(2**40)], "--num-steps must be at most 2147483647"),
         (["compare", "bimodal", "--num-steps", "many"], "invalid int value: 'many'"),
-        (["compare", "bimodal", "--num-draws", "10"], "--num-draws must be at least 25"),
-        (
-            ["compare", "bimodal", "--reference", "mcmc"],
-            "unknown reference 'mcmc'; choose from: zoo, nuts, none",
-        ),
-        (["fit", "bimodal", "--objective", "kl"], "unknown objective 'kl'"),
+        (["compare", "bimodal", "--num-draws", "10"], "--num-draws must be an integer >= 25, got 10"),
+        (["fit", "bimodal", "--num-draws", str(2**40)], "--num-draws must be at most 2147483647"),
+        (["fit", "bimodal", "--seed", str(2**32)], "--seed must be an integer in [0, 2**32), got 4294967296"),
+        (["compare", "bimodal", "--seed", "-1"], "--seed must be an integer in [0, 2**32), got -1"),
+        (["fit", "bimodal", "--seed", "0.5"], "invalid int value: '0.5'"),
+        (["compare", "bimodal", "--reference", "mcmc"], "--reference must be one of 'zoo', 'nuts', 'none'"),
+        (["fit", "bimodal", "--objective", "kl"], "--objective must be one of 'reverse_kl', "),
         (["frobnicate"], "invalid choice: 'frobnicate'"),
     ],
 )
-def test_bad_input_exits_2_with_one_line(argv, message, capsys, tmp_path):
+def test_bad_input_exits_2_with_one_line_before_any_fit(argv, message, capsys, tmp_path, no_fit):
     if argv[0] == "compare":
         argv = [*argv, "--out", str(tmp_path / "out")]
     assert main(argv) == 2
@@ -110,6 +126,55 @@ def test_bad_input_exits_2_with_one_line(argv, message, capsys, tmp_path):
     assert captured.err.startswith("vitools: error: ") and captured.err.count("\n") == 1
     assert message in captured.err
     assert not (tmp_path / "out").exists()  # nothing is created before the input is known to be good
+
+
+@pytest.mark.parametrize("command", ["fit", "compare"])
+def test_an_argument_error_from_the_library_exits_2_with_one_line(command, capsys, monkeypatch, tmp_path):
+    def refuse(*args, **kwargs):
+        raise validate.ArgumentValueError(
+            "learning_rate must be a finite positive number, got 0", "learning_rate"
+        )
+
+    monkeypatch.setattr(vitools, "fit", refuse)
+    argv = [command, "bimodal", "--quiet"] + (["--out", str(tmp_path)] if command == "compare" else [])
+    assert main(argv) == 2
+    assert (
+        capsys.readouterr().err == "vitools: error: learning_rate must be a finite positive number, got 0\n"
+    )
+
+
+def _interrupted(calls: list[str], how: str):
+    """A ``vt.fit`` stand-in for Ctrl-C during a fit: the engine catches it and returns the fit so far
+    (status "interrupted"), or, outside the engine's loop (tracing, compiling), it propagates."""
+
+    def fit(model, *args, objective, family, **kwargs):
+        calls.append(objective)
+        if how == "raised":
+            raise KeyboardInterrupt
+        return SimpleNamespace(name=f"{objective}/{family}", status="interrupted")
+
+    return fit
+
+
+@pytest.mark.parametrize("how", ["returned", "raised"])
+def test_ctrl_c_in_the_first_fit_stops_compare_with_status_130(how, capsys, monkeypatch, tmp_path):
+    calls = []
+    monkeypatch.setattr(vitools, "fit", _interrupted(calls, how))
+    out = tmp_path / "report"
+    assert main(["compare", "bimodal", "--reference", "none", "--quiet", "--out", str(out)]) == 130
+    assert calls == ["reverse_kl"]  # forward_kl is not started
+    assert capsys.readouterr().err == "vitools: interrupted\n"
+    assert list(out.iterdir()) == []  # no report from part of the fits
+
+
+@pytest.mark.parametrize("how", ["returned", "raised"])
+def test_ctrl_c_in_vitools_fit_exits_130(how, capsys, monkeypatch):
+    calls = []
+    monkeypatch.setattr(vitools, "fit", _interrupted(calls, how))
+    assert main(["fit", "bimodal", "--quiet"]) == 130
+    assert calls == ["reverse_kl"]
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err == "vitools: interrupted\n"
 
 
 def test_out_under_a_file_exits_2(capsys, tmp_path):

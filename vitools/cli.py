@@ -1,7 +1,9 @@
 """The ``vitools`` command: fit zoo models in both KL directions, compare them, write a report.
 
-Bad input (an unknown model, objective or family, a non-positive count, an unwritable ``--out``)
-is reported on one stderr line and exits with status 2 before anything is fitted.
+Exit status: 0 done; 2 bad input (``vitools: error: ...`` on one stderr line): every option is
+checked with :mod:`vitools.validate` before anything is fitted, and an
+:class:`~vitools.validate.ArgumentError` the library raises during the run is reported the same way;
+130 Ctrl-C (``vitools: interrupted``): the first interrupted fit ends the command.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from vitools import commands
+from vitools import commands, validate
 
 __all__ = ["main"]
 
@@ -36,10 +38,6 @@ examples:
   vitools fit banana --objective forward_kl --num-steps 3000
 
 Run 'vitools COMMAND --help' for the options of a command."""
-
-
-class UsageError(Exception):
-    """Bad command-line input: printed as one line, exit status 2."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -114,7 +112,7 @@ def _add_fit_options(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=2000,
         metavar="S",
-        help="draws per fit for diagnostics and plots (default: %(default)s)",
+        help=f"draws per fit for diagnostics and plots, at least {MIN_DRAWS} for PSIS (default: %(default)s)",
     )
     parser.add_argument(
         "--seed", type=int, default=0, metavar="K", help="seed of fits and draws (default: %(default)s)"
@@ -147,52 +145,40 @@ def _add_compare_options(parser: argparse.ArgumentParser) -> None:
     _add_fit_options(parser)
 
 
-def _model(name: str):
-    from vitools.models import get_model
-
-    try:
-        return get_model(name)
-    except ValueError as err:
-        raise UsageError(str(err)) from None
-
-
-def _choice(value: str, valid: Sequence[str], what: str) -> str:
-    if value not in valid:
-        raise UsageError(f"unknown {what} {value!r}; choose from: {', '.join(valid)}")
-    return value
-
-
 def _checked(args: argparse.Namespace) -> argparse.Namespace:
-    """Validate everything before fitting anything; raises UsageError with one readable line.
+    """Validate every option before fitting anything; raises :class:`validate.ArgumentError`
+    naming the option.
 
     Adds ``args.zoo`` (the model) and, for ``compare``/``demo``, ``args.stored_reference`` (the zoo's
     reference, or None); the output folder is created last, once the rest is known to be valid.
     """
     from vitools.families import FAMILIES
+    from vitools.models import get_model
     from vitools.objectives import OBJECTIVES
 
-    args.zoo = _model(args.model)
-    _choice(args.family, list(FAMILIES), "family")
-    if args.num_steps < 1:
-        raise UsageError(f"--num-steps must be a positive integer, got {args.num_steps}")
-    if args.num_draws < MIN_DRAWS:
-        raise UsageError(f"--num-draws must be at least {MIN_DRAWS} (PSIS needs them), got {args.num_draws}")
+    args.zoo = validate.option(get_model, args.model, "MODEL")
+    validate.choice(args.family, "--family", list(FAMILIES))
+    validate.count(args.num_steps, "--num-steps")
+    validate.count(args.num_draws, "--num-draws", minimum=MIN_DRAWS)
+    validate.seed(args.seed, "--seed")
     if not hasattr(args, "objectives"):  # vitools fit
-        _choice(args.objective, list(OBJECTIVES), "objective")
+        validate.choice(args.objective, "--objective", list(OBJECTIVES))
         return args
     names = [o.strip() for o in args.objectives.split(",") if o.strip()]
     if not names:
-        raise UsageError("--objectives is empty; give a comma-separated list, e.g. reverse_kl,forward_kl")
-    args.objectives = [_choice(o, list(OBJECTIVES), "objective") for o in dict.fromkeys(names)]
+        raise validate.ArgumentValueError(
+            "--objectives is empty; give a comma-separated list, e.g. reverse_kl,forward_kl", "--objectives"
+        )
+    args.objectives = [validate.choice(o, "--objectives", list(OBJECTIVES)) for o in dict.fromkeys(names)]
     explicit = args.reference is not None
-    args.reference = _choice(args.reference or "zoo", ["zoo", "nuts", "none"], "reference")
+    args.reference = validate.choice(args.reference or "zoo", "--reference", ["zoo", "nuts", "none"])
     args.stored_reference = None
     if args.reference == "zoo":
         try:
             args.stored_reference = args.zoo.reference()
         except (FileNotFoundError, ValueError) as err:
             if explicit:
-                raise UsageError(f"--reference zoo: {err}") from None
+                raise validate.ArgumentValueError(f"--reference zoo: {err}", "--reference") from None
             print(
                 f"vitools: no stored reference for {args.model} ({err}); comparing without one",
                 file=sys.stderr,
@@ -209,7 +195,8 @@ def _writable(path: Path) -> Path:
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as err:
-        raise UsageError(f"cannot write the report to {str(path)!r}: {err.strerror or err}") from None
+        message = f"cannot write the report to {str(path)!r}: {err.strerror or err}"
+        raise validate.ArgumentValueError(message, "--out") from None
     return path
 
 
@@ -225,7 +212,9 @@ def _enable_cache() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the ``vitools`` command line; returns the exit status (0 ok, 2 bad input).
+    """Run the ``vitools`` command line; returns the exit status: 0 ok, 2 bad input (any
+    :class:`validate.ArgumentError`, from the checks here or from the library during the run),
+    130 Ctrl-C (a fit that came back interrupted, or a KeyboardInterrupt anywhere in the command).
 
     Example:
         >>> main(["compare", "bimodal", "--num-steps", "500", "--out", "/tmp/report"])
@@ -242,8 +231,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             if not args.no_compilation_cache:
                 _enable_cache()
         return args.run(args)
-    except UsageError as err:
-        print(f"vitools: error: {err}", file=sys.stderr)
+    except validate.ArgumentError as err:
+        print("vitools: error:", " ".join(str(err).splitlines()), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("vitools: interrupted", file=sys.stderr)

@@ -17,11 +17,17 @@ NUTS_WARMUP, NUTS_DRAWS, NUTS_CHAINS = 500, 1000, 2  # < 1 min on the small zoo 
 
 
 def fit_one(args: argparse.Namespace, objective: str) -> Any:
-    """``vt.fit`` of ``args.zoo`` with the command's settings; a non-finite loss warns, not raises."""
+    """``vt.fit`` of ``args.zoo`` with the command's settings; a non-finite loss warns, not raises.
+
+    Raises:
+        KeyboardInterrupt: Ctrl-C stopped the fit (the engine catches it and returns the fit so far,
+            status "interrupted"): the command stops here, no further fit starts, and
+            :func:`vitools.cli.main` exits 130.
+    """
     import vitools as vt
 
     zoo = args.zoo
-    return vt.fit(
+    fit = vt.fit(
         zoo.model,
         *zoo.args,
         objective=objective,
@@ -32,6 +38,9 @@ def fit_one(args: argparse.Namespace, objective: str) -> Any:
         progress=not args.quiet,
         **zoo.kwargs,
     )
+    if fit.status == "interrupted":
+        raise KeyboardInterrupt
+    return fit
 
 
 def run_nuts(
@@ -75,7 +84,11 @@ def run_nuts(
 
 
 def run_compare(args: argparse.Namespace) -> int:
-    """``vitools compare``/``demo``: fit each objective, compare against the reference, write the report."""
+    """``vitools compare``/``demo``: fit each objective, compare against the reference, write the report.
+
+    Ctrl-C in a fit ends the command there (:func:`fit_one` raises KeyboardInterrupt): no later
+    objective is fitted and no report is written from the fits done so far.
+    """
     from vitools.compare import compare, format_table
     from vitools.report import write_report
 
