@@ -1,0 +1,177 @@
+"""One set of validators for public arguments, run before anything is traced or compiled.
+
+Each validator takes the value and the argument's name, returns the value as a plain Python (or
+NumPy) value, and raises :class:`ArgumentValueError` or :class:`ArgumentTypeError` (a
+``ValueError``/``TypeError``) whose message names the argument and what it accepts. The command
+line reports any :class:`ArgumentError` as a usage error (one line, exit status 2).
+
+Example:
+    >>> num_steps = validate.count(num_steps, "num_steps")
+    >>> seed = validate.seed(seed)
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "INT32_MAX",
+    "SEED_LIMIT",
+    "ArgumentError",
+    "ArgumentTypeError",
+    "ArgumentValueError",
+    "at_least",
+    "choice",
+    "count",
+    "finite",
+    "gaussian",
+    "in_range",
+    "option",
+    "positive",
+    "seed",
+]
+
+INT32_MAX = 2**31 - 1  # step and draw counts are int32 in the compiled loop and in array shapes
+# jax.random.PRNGKey keeps 32 bits of the seed without x64 (2**32 gives seed 0's key, -1 that of
+# 2**32 - 1) and another 32 with it; accepting [0, 2**32) only gives every seed its own key either way.
+SEED_LIMIT = 2**32
+
+
+class ArgumentError(Exception):
+    """A public argument is invalid; ``argument`` is its name."""
+
+    def __init__(self, message: str, argument: str | None = None):
+        super().__init__(message)
+        self.argument = argument
+
+
+class ArgumentValueError(ArgumentError, ValueError):
+    """An argument has the right kind but a value outside the allowed ones."""
+
+
+class ArgumentTypeError(ArgumentError, TypeError):
+    """An argument is of a kind that cannot be used (a string for a number, ...)."""
+
+
+def count(value: Any, name: str, minimum: int = 1, maximum: int = INT32_MAX) -> int:
+    """An integer count (NumPy integers included, bools not) in ``[minimum, maximum]``.
+
+    Raises:
+        ArgumentValueError: not an integer, or outside the range (a non-integer count is a bad
+            value of the count, not a type error, as elsewhere in vitools).
+    """
+    wanted = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ArgumentValueError(f"{name} must be {wanted}, got {value!r}", name)
+    if value > maximum:
+        raise ArgumentValueError(
+            f"{name} must be at most {maximum} (the largest int32, the compiled loop's counter), got {value}",
+            name,
+        )
+    return int(value)
+
+
+def finite(value: Any, name: str) -> float:
+    """A finite real number (NumPy scalars included, bools not).
+
+    Raises:
+        ArgumentTypeError: not a real number. ArgumentValueError: NaN or infinite.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ArgumentTypeError(f"{name} must be a number, got {type(value).__name__} {value!r}", name)
+    if not math.isfinite(value):
+        raise ArgumentValueError(f"{name} must be a finite number, got {value!r}", name)
+    return float(value)
+
+
+def positive(value: Any, name: str) -> float:
+    """A finite number > 0. Raises as :func:`finite`, and ArgumentValueError if not > 0."""
+    if finite(value, name) <= 0:
+        raise ArgumentValueError(f"{name} must be a finite positive number, got {value!r}", name)
+    return float(value)
+
+
+def at_least(value: Any, name: str, minimum: float) -> float:
+    """A finite number >= ``minimum``. Raises as :func:`finite`, and ArgumentValueError below it."""
+    if finite(value, name) < minimum:
+        raise ArgumentValueError(f"{name} must be a finite number >= {minimum}, got {value!r}", name)
+    return float(value)
+
+
+def in_range(value: Any, name: str, low: float, high: float) -> float:
+    """A number in ``[low, high)`` (a probability that must leave some mass, say).
+
+    Raises as :func:`finite`, and ArgumentValueError outside the range.
+    """
+    if not low <= finite(value, name) < high:
+        raise ArgumentValueError(f"{name} must be in [{low}, {high}), got {value!r}", name)
+    return float(value)
+
+
+def seed(value: Any, name: str = "seed") -> int:
+    """An integer seed in ``[0, 2**32)``: distinct seeds give distinct keys, nothing wraps.
+
+    Raises:
+        ArgumentTypeError: not an integer. ArgumentValueError: outside ``[0, 2**32)``.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ArgumentTypeError(f"{name} must be an integer, got {type(value).__name__} {value!r}", name)
+    if not 0 <= value < SEED_LIMIT:
+        raise ArgumentValueError(f"{name} must be an integer in [0, 2**32), got {value}", name)
+    return int(value)
+
+
+def choice(value: Any, name: str, choices: Sequence[str]) -> str:
+    """One of the strings ``choices``. Raises ArgumentValueError for anything else."""
+    if not isinstance(value, str) or value not in choices:
+        allowed = ", ".join(repr(c) for c in choices)
+        raise ArgumentValueError(f"{name} must be one of {allowed}; got {value!r}", name)
+    return value
+
+
+def gaussian(value: Any, name: str = "init") -> tuple[np.ndarray, np.ndarray]:
+    """A Gaussian given as ``(loc, scale_tril)``: shapes ``(d,)`` and ``(d, d)``, finite, the
+    factor lower-triangular with a positive diagonal (a Cholesky factor, not a covariance).
+
+    Returns:
+        ``(loc, scale_tril)`` as host arrays.
+
+    Raises:
+        ArgumentTypeError: not a pair. ArgumentValueError: shapes, NaN/inf, or the factor.
+    """
+    if not isinstance(value, (tuple, list)) or len(value) != 2:
+        raise ArgumentTypeError(f"{name} must be a pair (loc, scale_tril), got {type(value).__name__}", name)
+    loc, scale_tril = (np.asarray(a) for a in value)
+    dim = loc.shape[0] if loc.ndim == 1 else -1
+    if dim < 1 or scale_tril.shape != (dim, dim):
+        raise ArgumentValueError(
+            f"{name}=(loc, scale_tril) must have shapes (d,) and (d, d), got {loc.shape} and {scale_tril.shape}",
+            name,
+        )
+    if not (np.all(np.isfinite(loc)) and np.all(np.isfinite(scale_tril))):
+        raise ArgumentValueError(f"{name}=(loc, scale_tril) has NaN or infinite entries", name)
+    if np.any(np.triu(scale_tril, 1) != 0) or not np.all(np.diagonal(scale_tril) > 0):
+        raise ArgumentValueError(
+            f"{name}'s scale_tril must be lower-triangular with a positive diagonal (a Cholesky factor, "
+            "e.g. np.linalg.cholesky(cov))",
+            name,
+        )
+    return loc, scale_tril
+
+
+def option(parse: Callable[[Any], Any], value: Any, name: str) -> Any:
+    """``parse(value)``, its ValueError/TypeError raised again as this module's, naming ``name``:
+    for options parsed elsewhere (``get_family``, ``get_objective``) that should read as bad input."""
+    try:
+        return parse(value)
+    except ArgumentError:
+        raise
+    except ValueError as err:
+        raise ArgumentValueError(str(err), name) from None
+    except TypeError as err:
+        raise ArgumentTypeError(str(err), name) from None
