@@ -16,10 +16,11 @@ from typing import Any, ClassVar
 import jax
 import jax.numpy as jnp
 import numpy as np
+from numpyro.infer import MCMC
 
+from vitools import validate
 from vitools.families.base import draw_many
 from vitools.objectives.base import importance_info, weighted_cross_entropy
-from vitools.objectives.reverse_kl import _check_num_draws
 from vitools.targets import Target
 
 __all__ = ["ForwardKL", "ForwardKLFromDraws", "draws_to_flat"]
@@ -54,9 +55,14 @@ class ForwardKL:
     fixed factor 2 would put the defensive draws where q has no mass in high dimension.
 
     Args:
-        num_draws: draws per step (S); None: max(64, 2 d).
-        defensive: fraction of the draws from the widened component (0 disables it).
-        widen: scale factor of the widened component; None: 1 + sqrt(2 / d).
+        num_draws: draws per step (S), an integer >= 2 (NumPy integers too); None: max(64, 2 d).
+        defensive: fraction of the draws from the widened component, in [0, 1) (0 disables it).
+        widen: scale factor of the widened component, a finite number >= 1; None: 1 + sqrt(2 / d).
+
+    Raises:
+        TypeError: ``defensive`` or ``widen`` is not a number.
+        ValueError: ``num_draws`` is not an integer >= 2 (one draw's self-normalized weight is
+            always 1), ``defensive`` is outside [0, 1), or ``widen`` is NaN, infinite or below 1.
     """
 
     num_draws: int | None = dataclasses.field(default=None, metadata=dict(static=True))
@@ -67,11 +73,17 @@ class ForwardKL:
 
     def __post_init__(self):
         if self.num_draws is not None:
-            _check_num_draws(self.num_draws, "ForwardKL")
-        if not 0.0 <= self.defensive < 1.0:
-            raise ValueError(f"ForwardKL defensive must be in [0, 1), got {self.defensive!r}")
-        if self.widen is not None and self.widen < 1.0:
-            raise ValueError(f"ForwardKL widen must be >= 1, got {self.widen!r}")
+            num_draws = validate.count(self.num_draws, "ForwardKL num_draws")
+            if num_draws < 2:
+                raise validate.ArgumentValueError(
+                    "ForwardKL num_draws must be at least 2: the self-normalized weight of a single "
+                    "draw is always 1, so the fit would learn nothing from the target",
+                    "ForwardKL num_draws",
+                )
+            object.__setattr__(self, "num_draws", num_draws)
+        object.__setattr__(self, "defensive", validate.in_range(self.defensive, "ForwardKL defensive", 0, 1))
+        if self.widen is not None:
+            object.__setattr__(self, "widen", validate.at_least(self.widen, "ForwardKL widen", 1))
 
     def prepare(self, target: Target) -> ForwardKL:
         """The same objective with the dimension-dependent defaults filled in."""
@@ -144,8 +156,14 @@ class ForwardKLFromDraws:
     Args:
         draws: a NumPyro ``MCMC`` (after ``run``), an ArviZ DataTree with a ``posterior`` group,
             a dict of constrained draws (site → array with a leading draw axis), or an array
-            ``(num_draws, dim)`` already in the flat unconstrained space.
-        batch_size: draws per step.
+            ``(num_draws, dim)`` already in the flat unconstrained space; checked by
+            :meth:`prepare`, which knows the target (a pytree leaf is not checked at
+            construction: JAX rebuilds the object with placeholder leaves).
+        batch_size: draws per step, a positive integer (NumPy integers too).
+
+    Raises:
+        ValueError: ``batch_size`` is not a positive integer; from :meth:`prepare`, the draws
+            do not fit the target (see :func:`draws_to_flat`) or number at most its dimension.
     """
 
     draws: Any
@@ -154,15 +172,33 @@ class ForwardKLFromDraws:
     mass_covering: ClassVar[bool] = True
 
     def __post_init__(self):
-        _check_num_draws(self.batch_size, "ForwardKLFromDraws batch_size")
+        object.__setattr__(
+            self, "batch_size", validate.count(self.batch_size, "ForwardKLFromDraws batch_size")
+        )
 
     @property
     def num_density_evals(self) -> int:
         return 0
 
     def prepare(self, target: Target) -> ForwardKLFromDraws:
-        """The same objective with its draws mapped to the target's flat unconstrained space."""
-        return dataclasses.replace(self, draws=draws_to_flat(self.draws, target))
+        """The same objective with its draws mapped to the target's flat unconstrained space.
+
+        Raises:
+            ValueError: as :func:`draws_to_flat`, or there are at most ``target.dim`` draws.
+            TypeError: as :func:`draws_to_flat`.
+        """
+        flat = draws_to_flat(self.draws, target)
+        # The maximum-likelihood covariance of N draws, (1/N) sum (u_i - mean)(u_i - mean)^T, has
+        # rank at most N - 1 (centring removes one direction): a full-rank d x d covariance needs
+        # N >= d + 1, so N = d draws already let q collapse onto their affine hull.
+        if flat.shape[0] <= target.dim:
+            raise ValueError(
+                f"ForwardKLFromDraws got {flat.shape[0]} draws of a {target.dim}-dimensional target: "
+                f"a Gaussian fitted by maximum likelihood to at most {target.dim} draws has a singular "
+                f"covariance and collapses onto them; pass at least {target.dim + 1} draws (more for a "
+                "useful fit, e.g. a longer MCMC run)"
+            )
+        return dataclasses.replace(self, draws=flat)
 
     def loss(self, key, params, family, target):
         draws = self.draws
@@ -181,7 +217,14 @@ def draws_to_flat(draws: Any, target: Target) -> jax.Array:
     """Posterior draws in any accepted form → ``(num_draws, dim)`` flat draws in the target's frame.
 
     Arrays are taken as draws in the model's flat unconstrained space; dicts, MCMC runs and
-    DataTrees hold constrained values and go through ``target.unconstrain``.
+    DataTrees hold constrained values (a Dirichlet(4) site's draws have shape ``(4,)``, an
+    ``LKJCholesky(3)`` site's ``(3, 3)``: :meth:`Target.constrained_shapes`) and go through
+    ``target.unconstrain``.
+
+    Raises:
+        TypeError: ``draws`` is none of the accepted kinds.
+        ValueError: a site is missing or has the wrong shape per draw, a flat array is not
+            ``(num_draws, dim)``, an MCMC has not run, or a draw lies outside the support.
     """
     if isinstance(draws, (jax.Array, np.ndarray)):
         flat = jnp.asarray(draws)
@@ -193,11 +236,11 @@ def draws_to_flat(draws: Any, target: Target) -> jax.Array:
     if missing:
         raise ValueError(f"draws lack latent site(s) {missing}; expected {list(target.site_names)}")
     values = {n: jnp.asarray(values[n]) for n in target.site_names}
-    for site in target.sites:
-        if values[site.name].shape[1:] != site.shape:
+    for name, shape in target.constrained_shapes().items():
+        if values[name].shape[1:] != shape:
             raise ValueError(
-                f"draws of site {site.name!r} have shape {values[site.name].shape[1:]} per draw, "
-                f"the model's is {site.shape}"
+                f"draws of site {name!r} have shape {values[name].shape[1:]} per draw, "
+                f"the model's (constrained) shape is {shape}"
             )
     flat = jax.jit(jax.vmap(target.unconstrain))(values)
     if not bool(jnp.all(jnp.isfinite(flat))):
@@ -208,7 +251,9 @@ def draws_to_flat(draws: Any, target: Target) -> jax.Array:
 def _as_dict(draws: Any) -> dict[str, Any]:
     if isinstance(draws, dict):
         return draws
-    if hasattr(draws, "get_samples"):  # numpyro MCMC
+    if isinstance(draws, MCMC):
+        if draws.last_state is None:
+            raise ValueError("the MCMC has no draws: call mcmc.run(key, *model_args) before fitting to it")
         return draws.get_samples()
     if hasattr(draws, "children") and "posterior" in getattr(draws, "children", {}):
         posterior = draws["posterior"].to_dataset()

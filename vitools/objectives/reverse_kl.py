@@ -7,17 +7,14 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
+from vitools import validate
 from vitools.families.base import Family, draw_many
 from vitools.objectives.base import importance_info
 from vitools.targets import Target
 
 __all__ = ["ReverseKL", "RenyiAlpha"]
-
-
-def _check_num_draws(num_draws: Any, who: str) -> None:
-    if isinstance(num_draws, bool) or not isinstance(num_draws, int) or num_draws < 1:
-        raise ValueError(f"{who} num_draws must be a positive integer, got {num_draws!r}")
 
 
 def _log_weights(
@@ -55,9 +52,13 @@ class ReverseKL:
     :math:`\log q_\phi` are stop-gradiented; the gradient is then exactly zero when q = p.
 
     Args:
-        num_draws: draws per step (S).
+        num_draws: draws per step (S), a positive integer (NumPy integers too).
         stick_the_landing: drop the zero-mean score term from the gradient (ignored by families
             with ``sample_with_log_prob``, e.g. IAF, whose log q comes from the forward pass).
+
+    Raises:
+        ValueError: ``num_draws`` is not a positive integer.
+        TypeError: ``stick_the_landing`` is not a bool.
     """
 
     num_draws: int = dataclasses.field(default=16, metadata=dict(static=True))
@@ -65,7 +66,13 @@ class ReverseKL:
     name: str = dataclasses.field(default="reverse_kl", metadata=dict(static=True))
 
     def __post_init__(self):
-        _check_num_draws(self.num_draws, "ReverseKL")
+        object.__setattr__(self, "num_draws", validate.count(self.num_draws, "ReverseKL num_draws"))
+        if not isinstance(self.stick_the_landing, (bool, np.bool_)):  # "no" would read as True
+            raise validate.ArgumentTypeError(
+                f"ReverseKL stick_the_landing must be True or False, got {self.stick_the_landing!r}",
+                "ReverseKL stick_the_landing",
+            )
+        object.__setattr__(self, "stick_the_landing", bool(self.stick_the_landing))
 
     @property
     def num_density_evals(self) -> int:
@@ -85,6 +92,14 @@ class RenyiAlpha:
     \log p(x,z_i) - \log q_\phi(z_i)`. α → 1 is the negative ELBO (reverse KL); α = 0 is the
     importance-weighted bound (IWAE, Burda et al. 2016); α < 0 leans towards mass-covering.
     Gradients flow through the reparameterized draws and through log q (no stop-gradient).
+
+    Args:
+        alpha: the order α, a finite number other than 1.
+        num_draws: draws per step (S), a positive integer (S = 1 gives the ELBO's estimate).
+
+    Raises:
+        TypeError: ``alpha`` is not a number.
+        ValueError: ``alpha`` is NaN, infinite or 1, or ``num_draws`` is not a positive integer.
     """
 
     alpha: float = dataclasses.field(default=0.5, metadata=dict(static=True))
@@ -92,9 +107,12 @@ class RenyiAlpha:
     name: str = dataclasses.field(default="renyi", metadata=dict(static=True))
 
     def __post_init__(self):
-        _check_num_draws(self.num_draws, "RenyiAlpha")
+        object.__setattr__(self, "num_draws", validate.count(self.num_draws, "RenyiAlpha num_draws"))
+        object.__setattr__(self, "alpha", validate.finite(self.alpha, "RenyiAlpha alpha"))
         if self.alpha == 1.0:
-            raise ValueError("RenyiAlpha alpha=1 is the ELBO: use ReverseKL")
+            raise validate.ArgumentValueError(
+                "RenyiAlpha alpha=1 is the ELBO: use ReverseKL", "RenyiAlpha alpha"
+            )
 
     @property
     def num_density_evals(self) -> int:
