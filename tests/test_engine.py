@@ -239,14 +239,29 @@ def test_sample_and_log_prob_agree_on_constrained_draws():
         (dict(num_steps=10.5), ValueError, "num_steps must be a positive integer"),
         (dict(seed="0"), TypeError, "seed must be an integer"),
         (dict(on_nonfinite="ignore"), ValueError, "on_nonfinite must be"),
-        (dict(learning_rate=-1.0), ValueError, "learning_rate must be a positive"),
-        (dict(init="map"), ValueError, "unknown init 'map'"),
-        (dict(init=(jnp.zeros(3), jnp.eye(3))), ValueError, r"must have shapes \(2,\)"),
+        (dict(learning_rate=-1.0), ValueError, "learning_rate must be a finite positive"),
+        (dict(learning_rate=np.inf), ValueError, "learning_rate must be a finite number"),
+        (dict(num_steps=2**40), ValueError, "num_steps must be at most 2147483647"),
+        (dict(tol="x"), TypeError, "tol must be a number"),
+        (dict(seed=2**32), ValueError, r"seed must be an integer in \[0, 2\*\*32\)"),
+        (dict(seed=-1), ValueError, r"seed must be an integer in \[0, 2\*\*32\)"),
+        (dict(init="map"), ValueError, "init must be one of 'laplace', 'median'; got 'map'"),
+        (dict(init=(jnp.zeros(2), jnp.eye(3))), ValueError, r"must have shapes \(d,\) and \(d, d\)"),
+        (dict(init=(jnp.array([0.0, np.nan]), jnp.eye(2))), ValueError, "init.*NaN or infinite"),
+        (dict(init=(jnp.zeros(2), -jnp.eye(2))), ValueError, "lower-triangular with a positive diagonal"),
+        (dict(optimizer="adam"), TypeError, "optimizer must be an optax.GradientTransformation"),
     ],
 )
-def test_bad_fit_arguments(kwargs, error, match):
+def test_bad_fit_arguments_are_refused_before_anything_compiles(kwargs, error, match):
+    compiled = engine.num_compilations()
     with pytest.raises(error, match=match):
         quiet_fit(normal_model, Y, num_steps=kwargs.pop("num_steps", 10), **kwargs)
+    assert engine.num_compilations() == compiled
+
+
+def test_an_init_of_the_wrong_dimension_names_the_model_dimension():
+    with pytest.raises(ValueError, match=r"must have shapes \(2,\)"):
+        quiet_fit(normal_model, Y, num_steps=10, init=(jnp.zeros(3), jnp.eye(3)))
 
 
 def test_lowrank_rank_is_checked():

@@ -44,12 +44,13 @@ MAX_CHUNKS_PER_CALL = 20
 
 
 class FitState(NamedTuple):
-    params: Any
-    opt_state: Any
+    params: Any  # the family's parameters
+    opt_state: Any  # the optimizer's state of (params, model_params)
     key: jax.Array
     step: jax.Array  # steps applied so far
     nonfinite: jax.Array  # a non-finite loss or gradient was met; params are the last finite ones
     peak_learning_rate: jax.Array  # scheduled into the optimizer when it exposes a learning rate
+    model_params: dict  # the target's numpyro.param sites (unconstrained), optimised with q
 
 
 @functools.cache
@@ -68,8 +69,11 @@ def learning_rate_factor(step: jax.Array, num_steps: jax.Array) -> jax.Array:
 
 
 @functools.partial(jax.jit, static_argnums=(2,))  # one program, not a few op-by-op compilations
-def init_state(key, params, optimizer, peak_learning_rate) -> FitState:
-    opt_state = optimizer.init(params)
+def init_state(key, params, optimizer, peak_learning_rate, model_params=None) -> FitState:
+    """The state before the first step; ``model_params`` are the target's ``numpyro.param``
+    values (unconstrained, ``Target.model_params``), optimised alongside ``params``."""
+    model_params = {} if model_params is None else model_params
+    opt_state = optimizer.init((params, model_params))
     return FitState(
         params,
         opt_state,
@@ -77,6 +81,7 @@ def init_state(key, params, optimizer, peak_learning_rate) -> FitState:
         jnp.zeros((), jnp.int32),
         jnp.zeros((), bool),
         jnp.asarray(peak_learning_rate, jnp.result_type(float)),
+        model_params,
     )
 
 
@@ -93,20 +98,22 @@ def make_step(
     ``chunk_size - 1`` discarded steps in a last partial chunk.
     """
 
-    def loss_fn(params, key):
-        return objective.loss(key, params, family, target)
+    def loss_fn(trainable, key):
+        params, model_params = trainable
+        return objective.loss(key, params, family, target.with_model_params(model_params))
 
     def step(state: FitState, num_steps: jax.Array):
         key, step_key = jax.random.split(state.key)
-        (loss, info), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, step_key)
+        trainable = (state.params, state.model_params)
+        (loss, info), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable, step_key)
         finite = jnp.isfinite(loss) & jnp.all(
             jnp.array([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)])
         )
         active = (state.step < num_steps) & ~state.nonfinite
         apply = active & finite
         opt_state = _schedule(state.opt_state, state.peak_learning_rate, state.step, num_steps)
-        updates, opt_state = optimizer.update(grads, opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
+        updates, opt_state = optimizer.update(grads, opt_state, trainable)
+        params, model_params = optax.apply_updates(trainable, updates)
 
         def keep(new, old):
             return jax.tree.map(lambda a, b: jnp.where(apply, a, b), new, old)
@@ -118,6 +125,7 @@ def make_step(
             state.step + apply.astype(jnp.int32),
             state.nonfinite | (active & ~finite),
             state.peak_learning_rate,
+            keep(model_params, state.model_params),
         )
         report = jax.tree.map(lambda x: jnp.where(active, x, jnp.nan), (loss, info))
         return new_state, report

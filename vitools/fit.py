@@ -15,6 +15,7 @@ import numpyro.distributions as dist
 import optax
 from threadpoolctl import threadpool_limits
 
+from vitools import validate
 from vitools.engine import default_optimizer, init_state, optimize
 from vitools.families import Family, get_family
 from vitools.families.base import draw_many
@@ -54,7 +55,9 @@ class Fit:
 
     Attributes:
         target, family, objective: what was fitted, and how.
-        params: the variational parameters (last finite ones).
+        params: the variational parameters (last finite ones), in the frame of the initial
+            Gaussian (``target.shift``/``target.scale``): use ``sample``, ``mean_and_covariance``
+            or ``distribution`` for the model's space.
         losses: per-step loss; ``trace`` adds per-step ``ess`` and ``log_evidence`` where the
             objective reports them.
         num_steps: steps applied. num_grad_evals: target log-density evaluations spent (with
@@ -79,6 +82,13 @@ class Fit:
     @property
     def name(self) -> str:
         return f"{self.objective.name}/{self.family.name}"
+
+    @property
+    def point_estimates(self) -> dict[str, np.ndarray]:
+        """The model's ``numpyro.param`` sites, fitted as point estimates alongside q (type-II
+        maximum likelihood: they maximise the objective's bound on log p(x; θ), as in NumPyro's
+        SVI); empty for a model without them."""
+        return jax.device_get(self.target.point_estimates())
 
     @property
     def distribution(self) -> dist.Distribution:
@@ -107,7 +117,7 @@ class Fit:
 
     def _sample_frame(self, num_draws: int, seed: int) -> jax.Array:
         """Draws in the frame the fit was optimised in (see ``Target.whitened``)."""
-        _check_count(num_draws, "num_draws")
+        num_draws, seed = validate.count(num_draws, "num_draws"), validate.seed(seed)
         return _sample_flat(self.family, self.params, jax.random.PRNGKey(seed), num_draws)
 
     @_one_blas_thread
@@ -159,13 +169,17 @@ def fit(
     on_nonfinite: str = "raise",
     progress: bool = True,
     chunk_size: int = 100,
-    **model_kwargs: Any,
+    model_kwargs: dict[str, Any] | None = None,
+    **kwargs: Any,
 ) -> Fit:
     """Fit q to the posterior of a NumPyro model (or a :class:`Target`).
 
     Args:
         model: a NumPyro model, or a Target (e.g. ``Target.from_log_density(fn, dim)``).
-        *model_args, **model_kwargs: the model's arguments.
+        *model_args, **kwargs: the model's arguments, as NumPyro's NUTS takes them: arrays,
+            NumPy or pandas values, dicts of data, Python numbers (see :meth:`Target.from_model`).
+        model_kwargs: the model's keyword arguments as a dict, for those whose names are also
+            options of ``vt.fit`` (``init``, ``family``, ``seed``...); merged with ``**kwargs``.
         objective: ``"reverse_kl"``, ``"forward_kl"``, ``"renyi"`` or an Objective object.
         family: ``"meanfield"``, ``"fullrank"``, ``"lowrank"``, ``"iaf"`` (a normalizing flow,
             for curved posteriors such as funnels), a Family, or a NumPyro ``AutoContinuous`` guide.
@@ -190,17 +204,22 @@ def fit(
         >>> fit = vt.fit(model, x, y=y, objective="forward_kl", family="fullrank", num_steps=2000)
         >>> draws = fit.sample(1000, seed=1)
     """
-    _check_count(num_steps, "num_steps")
-    _check_count(chunk_size, "chunk_size")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        raise TypeError(f"seed must be an integer, got {type(seed).__name__}")
-    if on_nonfinite not in ("raise", "warn"):
-        raise ValueError(f"on_nonfinite must be 'raise' or 'warn', got {on_nonfinite!r}")
-    if learning_rate is not None and not (isinstance(learning_rate, (int, float)) and learning_rate > 0):
-        raise ValueError(f"learning_rate must be a positive number, got {learning_rate!r}")
-    family = get_family(family)
-    objective = get_objective(objective)
-    target = model if isinstance(model, Target) else Target.from_model(model, *model_args, **model_kwargs)
+    options = _checked_options(
+        num_steps=num_steps, chunk_size=chunk_size, seed=seed, learning_rate=learning_rate,
+        tol=tol, on_nonfinite=on_nonfinite, init=init, family=family, objective=objective,
+        optimizer=optimizer, progress=progress,
+    )  # fmt: skip
+    num_steps, chunk_size, seed, learning_rate, tol, init, family, objective = (
+        options[k]
+        for k in ("num_steps", "chunk_size", "seed", "learning_rate", "tol", "init", "family", "objective")
+    )
+    if model_kwargs is not None and not isinstance(model_kwargs, dict):
+        raise validate.ArgumentTypeError(f"model_kwargs must be a dict, got {type(model_kwargs).__name__}")
+    both = sorted(set(model_kwargs or {}) & set(kwargs))
+    if both:
+        raise validate.ArgumentValueError(f"model argument(s) {both} given in model_kwargs and by name")
+    kwargs = {**(model_kwargs or {}), **kwargs}
+    target = model if isinstance(model, Target) else Target.from_model(model, *model_args, **kwargs)
 
     init_key, run_key = jax.random.split(jax.random.PRNGKey(seed))
     target, loc, scale_tril = _starting_point(target, family, init, init_key, _structure(family, objective))
@@ -211,7 +230,7 @@ def fit(
         rule = getattr(objective, "default_learning_rate", default_learning_rate)
         learning_rate = rule(target.dim)
     optimizer = optimizer or default_optimizer()
-    state = init_state(run_key, params, optimizer, learning_rate)
+    state = init_state(run_key, params, optimizer, learning_rate, target.model_params)
     outcome = optimize(
         state,
         num_steps,
@@ -226,7 +245,7 @@ def fit(
     )
     steps = int(outcome.state.step)
     result = Fit(
-        target=target,
+        target=target.with_model_params(outcome.state.model_params),
         family=family,
         objective=objective,
         params=outcome.state.params,
@@ -349,9 +368,48 @@ def _compose(outer: jax.Array, inner: jax.Array) -> jax.Array:
     return outer @ inner
 
 
-def _check_count(value: Any, name: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+def _checked_options(**options: Any) -> dict[str, Any]:
+    """``vt.fit``'s options, validated before anything is traced or compiled (``vitools.validate``).
+
+    A model keyword argument that shares an option's name (``init=``, ``family=``) is taken by
+    ``vt.fit``; when its value cannot be the option's, the error says how to pass it to the model.
+    """
+    checks = {
+        "num_steps": lambda v, n: validate.count(v, n),
+        "chunk_size": lambda v, n: validate.count(v, n),
+        "seed": lambda v, n: validate.seed(v, n),
+        "learning_rate": lambda v, n: None if v is None else validate.positive(v, n),
+        "tol": lambda v, n: None if v is None else validate.positive(v, n),
+        "on_nonfinite": lambda v, n: validate.choice(v, n, ("raise", "warn")),
+        "init": lambda v, n: validate.choice(v, n, ("laplace", "median")) if isinstance(v, str) else v,
+        "family": lambda v, n: validate.option(get_family, v, n),
+        "objective": lambda v, n: validate.option(get_objective, v, n),
+        "optimizer": lambda v, n: _optimizer(v, n),
+        "progress": lambda v, n: v,
+    }
+    out = {}
+    for name, value in options.items():
+        try:
+            if name == "init" and not isinstance(value, str):
+                value = validate.gaussian(value, name)
+            out[name] = checks[name](value, name)
+        except validate.ArgumentError as err:
+            if name in ("init", "family", "objective", "optimizer", "tol", "seed", "progress"):
+                message = (
+                    f"{err} (if {name!r} is an argument of your model, pass it as "
+                    f"vt.fit(model, ..., model_kwargs={{{name!r}: ...}}))"
+                )
+                raise type(err)(message, name) from None
+            raise
+    return out
+
+
+def _optimizer(value: Any, name: str) -> Any:
+    if value is not None and not isinstance(value, optax.GradientTransformation):
+        raise validate.ArgumentTypeError(
+            f"{name} must be an optax.GradientTransformation, got {type(value).__name__}", name
+        )
+    return value
 
 
 @functools.partial(jax.jit, static_argnums=(3,))
