@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import math
 import warnings
 
@@ -92,12 +93,69 @@ def test_bad_arguments_raise(reference):
         compare({"a": normal_tree(0.0, 1.0)}, reference="NUTS")
     with pytest.raises(TypeError, match="reference must be a DataTree, a dict of draws or a key"):
         compare({"a": normal_tree(0.0, 1.0)}, reference=np.zeros(3))
-    with pytest.raises(ValueError, match="share no parameter"):
+    with pytest.raises(ValueError, match="mu: shape \\(\\) in fit 'a', absent in the reference"):
         compare({"a": normal_tree(0.0, 1.0)}, reference={"sigma": np.ones(10)})
     with pytest.raises(ValueError, match="one common leading draw axis"):
         reference_draws({"mu": np.zeros(10), "theta": np.zeros((9, 2))})
     with pytest.raises(TypeError, match="cannot convert str"):
         compare({"a": "not a fit"})
+
+
+def test_a_reference_that_lacks_a_latent_site_is_refused_naming_it(reference):
+    # it used to average w1 over mu alone, silently
+    with pytest.raises(ValueError, match="theta: shape \\(2,\\) in fit 'a', absent in the reference"):
+        compare({"a": normal_tree(0.0, 1.0)}, reference={"mu": reference["mu"]})
+
+
+def test_a_reference_without_the_deterministic_sites_is_compared_on_the_latent_ones(reference):
+    """A zoo reference holds latent sites only, a fit's tree deterministic sites too: compared on the
+    sites both hold (here theta is marked deterministic, as vitools' trees mark it)."""
+    fit = normal_tree(0.5, 1.0, seed=4, vitools_latent_sites=json.dumps(["mu"]))
+    table = compare({"fit": fit}, reference={"mu": reference["mu"]})
+    mu = fit["posterior"]["mu"].values.ravel()
+    expected = scipy.stats.wasserstein_distance(
+        (mu - reference["mu"].mean()) / reference["mu"].std(ddof=1),
+        (reference["mu"] - reference["mu"].mean()) / reference["mu"].std(ddof=1),
+    )
+    assert table.loc["fit", "w1"] == pytest.approx(expected)
+
+
+def test_a_reference_with_another_site_shape_is_refused_naming_the_site(reference):
+    wrong = {"mu": reference["mu"], "theta": np.zeros((4000, 3))}
+    with pytest.raises(ValueError, match="theta: shape \\(2,\\) in fit 'a', shape \\(3,\\) in the reference"):
+        compare({"a": normal_tree(0.0, 1.0)}, reference=wrong)
+    with pytest.raises(ValueError, match="reference draws 'mu' have shape \\(\\): expected \\(S, ...\\)"):
+        compare({"a": normal_tree(0.0, 1.0)}, reference={"mu": 0.5, "theta": np.zeros((10, 2))})
+
+
+def three_site_tree(**attrs):
+    """A tree of another model: theta has 3 components."""
+    tree = az.from_dict({"posterior": {"mu": np.zeros((1, 100)), "theta": np.zeros((1, 100, 3))}})
+    tree.attrs.update(attrs)
+    return tree
+
+
+def test_fits_of_different_models_are_refused_naming_fits_and_sites():
+    with pytest.raises(ValueError, match="theta: shape \\(2,\\) in fit 'a', shape \\(3,\\) in fit 'b'"):
+        compare({"a": normal_tree(0.0, 1.0), "b": three_site_tree()})
+    # both trees list their latent sites: same variables, but theta is latent in one model only
+    latent_both = normal_tree(0.0, 1.0, vitools_latent_sites=json.dumps(["mu", "theta"]))
+    latent_mu = normal_tree(0.0, 1.0, vitools_latent_sites=json.dumps(["mu"]))
+    with pytest.raises(ValueError, match="theta: shape \\(2,\\) in fit 'a', absent in fit 'b'"):
+        compare({"a": latent_both, "b": latent_mu})
+    # a tree that does not list them must hold the listed ones, deterministic sites may come beside
+    with pytest.raises(ValueError, match="theta: shape \\(3,\\) in fit 'b', shape \\(2,\\) in fit 'a'"):
+        compare({"a": normal_tree(0.0, 1.0), "b": three_site_tree(vitools_latent_sites='["mu", "theta"]')})
+    assert list(compare({"a": normal_tree(0.0, 1.0), "b": latent_mu}).index) == ["a", "b"]
+
+
+def test_an_mcmc_that_has_not_run_is_refused_as_a_fit_or_reference():
+    mcmc = numpyro.infer.MCMC(
+        numpyro.infer.NUTS(hierarchical), num_warmup=10, num_samples=10, progress_bar=False
+    )
+    for kwargs in ({}, {"reference": "NUTS"}):
+        with pytest.raises(ValueError, match="the MCMC has no draws: call mcmc.run"):
+            compare({"a": normal_tree(0.0, 1.0), "NUTS": mcmc}, **kwargs)
 
 
 def test_format_table_text_markdown_csv(reference):

@@ -14,7 +14,15 @@ import scipy.stats
 import xarray as xr
 
 import vitools as vt
-from vitools.convert import as_single_chain, fit_to_datatree, flatten_draws, to_datatree
+from vitools.compare import compare
+from vitools.convert import (
+    as_single_chain,
+    check_draws,
+    fit_to_datatree,
+    flatten_draws,
+    site_shapes,
+    to_datatree,
+)
 from vitools.targets import Target
 
 
@@ -139,8 +147,9 @@ def test_to_datatree_dispatch(tree, real_fit):
     assert to_datatree(tree) is tree
     assert to_datatree(real_fit, num_draws=20)["posterior"].sizes["draw"] == 20
     assert to_datatree(GaussianFit(), num_draws=20)["posterior"].sizes["draw"] == 20
-    with pytest.raises(TypeError, match="cannot convert dict to a DataTree"):
-        to_datatree({"mu": np.zeros(3)})
+    assert dict(to_datatree({"mu": np.zeros(3)})["posterior"].sizes) == {"chain": 1, "draw": 3}
+    with pytest.raises(TypeError, match="cannot convert list to a DataTree"):
+        to_datatree([np.zeros(3)])
 
 
 def test_to_datatree_of_mcmc_keeps_its_shape_and_names_the_sampler():
@@ -193,3 +202,87 @@ def test_flatten_draws_labels_and_errors(tree):
     with pytest.raises(ValueError, match="lacks the sample dims"):
         flatten_draws(tree, group="optimization")
     assert math.isclose(float(values[:, 0].mean()), float(tree["posterior"]["mu"].mean()))
+
+
+def sample_dim_sites():
+    numpyro.sample("chain", dist.Normal(0.0, 1.0))
+    numpyro.sample("draw", dist.Normal(0.0, 1.0).expand([2]).to_event(1))
+
+
+@pytest.fixture(scope="module")
+def sample_dim_runs():
+    fit = vt.fit(sample_dim_sites, family="meanfield", num_steps=50, init="median", progress=False)
+    mcmc = numpyro.infer.MCMC(
+        numpyro.infer.NUTS(sample_dim_sites), num_warmup=20, num_samples=30, progress_bar=False
+    )
+    mcmc.run(jax.random.PRNGKey(0))
+    return fit, mcmc
+
+
+def test_sites_named_chain_and_draw_survive_as_chain_and_draw_with_an_underscore(sample_dim_runs, tmp_path):
+    fit, mcmc = sample_dim_runs
+    draws = fit.sample_with_log_densities(50, seed=1)[0]  # 50 draws throughout: compiled once
+    samples = mcmc.get_samples(group_by_chain=True)
+    for tree, expected in ((to_datatree(fit, num_draws=50, seed=1), draws), (to_datatree(mcmc), samples)):
+        post = tree["posterior"]
+        assert set(post.data_vars) == {"chain_", "draw_"}  # they used to vanish from the tree
+        assert (
+            post["chain_"].attrs["vitools_site"] == "chain" and post["draw_"].attrs["vitools_site"] == "draw"
+        )
+        np.testing.assert_array_equal(
+            post["draw_"].values.reshape(-1, 2), np.reshape(expected["draw"], (-1, 2))
+        )
+        assert flatten_draws(tree)[0] == ["chain", "draw[0]", "draw[1]"]
+        assert site_shapes(tree).latent == site_shapes(tree).variables == {"chain": (), "draw": (2,)}
+        path = tmp_path / "tree.nc"
+        as_single_chain(tree).to_netcdf(path, engine="h5netcdf")
+        with xr.open_datatree(path, engine="h5netcdf") as back:
+            assert flatten_draws(back)[0] == ["chain", "draw[0]", "draw[1]"]
+    table = compare({"vi": fit, "NUTS": mcmc}, reference="NUTS", num_draws=50)
+    assert np.isfinite(table.loc["vi", "w1"]) and table.loc["NUTS", "w1"] == 0.0
+
+
+def test_trees_list_their_latent_sites_so_compare_tells_models_apart(sample_dim_runs, real_fit):
+    fit, mcmc = sample_dim_runs
+    assert site_shapes(real_fit.to_datatree(num_draws=50)).latent == {"mu": (), "theta": (3,)}
+    with pytest.raises(ValueError, match="mu: shape \\(\\) in fit 'plated', absent in fit 'NUTS'"):
+        compare({"plated": real_fit, "NUTS": mcmc}, num_draws=50)
+    with pytest.raises(ValueError, match="chain: absent in fit 'plated', shape \\(\\) in fit 'vi'"):
+        compare({"plated": real_fit, "vi": fit}, num_draws=50)
+
+
+def test_an_mcmc_that_has_not_run_is_refused():
+    mcmc = numpyro.infer.MCMC(
+        numpyro.infer.NUTS(plated_model), num_warmup=10, num_samples=10, progress_bar=False
+    )
+    with pytest.raises(
+        ValueError, match="the MCMC has no draws: call mcmc.run"
+    ):  # was AttributeError '_args'
+        to_datatree(mcmc)
+
+
+def test_draws_without_a_leading_axis_or_of_the_wrong_shape_are_refused_naming_the_site():
+    shapes = {"mu": (), "theta": (3,)}
+    assert check_draws({"mu": np.zeros(5), "theta": np.zeros((5, 3)), "extra": np.zeros((5, 7))}, shapes) == 5
+    with pytest.raises(ValueError, match="draws 'mu' have shape \\(\\): expected \\(S,\\)"):
+        check_draws({"mu": 0.5, "theta": np.zeros((5, 3))}, shapes)
+    with pytest.raises(ValueError, match="draws 'theta' have shape \\(3,\\): expected \\(S, 3\\)"):
+        check_draws({"mu": np.zeros(5), "theta": np.zeros(3)}, shapes)
+    with pytest.raises(ValueError, match="lack site\\(s\\) \\['theta'\\]"):
+        check_draws({"mu": np.zeros(5)}, shapes)
+    with pytest.raises(ValueError, match="one common leading draw axis; got sizes \\{'mu': 5, 'theta': 4\\}"):
+        check_draws({"mu": np.zeros(5), "theta": np.zeros((4, 3))}, shapes)
+    with pytest.raises(ValueError, match="hold no draws"):
+        check_draws({"mu": np.zeros(0)})
+    with pytest.raises(ValueError, match="draws 'mu' have shape \\(\\): expected \\(S, ...\\)"):
+        to_datatree({"mu": 1.0})
+    fit = GaussianFit()  # a stand-in fit whose draws lost theta's last component
+    fit.sample_with_log_densities = lambda num_draws, seed=0: (
+        {"mu": np.zeros(num_draws), "theta": np.zeros((num_draws, 2))},
+        np.zeros(num_draws),
+        np.zeros(num_draws),
+    )
+    with pytest.raises(
+        ValueError, match="the fit's draws 'theta' have shape \\(10, 2\\): expected \\(S, 3\\)"
+    ):
+        fit_to_datatree(fit, num_draws=10)

@@ -4,14 +4,24 @@ Columns: ``objective``, ``family``, ``steps``, ``grad_evals``, ``time_s`` (from 
 the importance diagnostics of :func:`vitools.diagnostics.diagnose` (``khat``, ``verdict``, ``ess``,
 ``log_evidence`` ± ``log_evidence_se``, ``elbo``; NaN for MCMC, which has no q), and with a reference
 (e.g. long NUTS runs), per scalar parameter j with reference mean :math:`m_j` and sd :math:`s_j`,
-averaged over the P parameters:
+averaged over the P parameters that the fit and the reference share:
 
 .. math::
     \text{mean\_error} = \frac1P \sum_j \frac{|\hat m_j - m_j|}{s_j}, \quad
     \text{sd\_ratio} = \frac1P \sum_j \frac{\hat s_j}{s_j}, \quad
     \text{w1} = \frac1P \sum_j W_1\!\left(\frac{z_j - m_j}{s_j}, \frac{z^{\rm ref}_j - m_j}{s_j}\right).
 
-All three use the fit's raw draws (what a user of q gets), not PSIS-reweighted ones.
+All three use the fit's raw draws (what a user of q gets), not PSIS-reweighted ones. The P parameters
+are every latent site's (a reference that lacks one is refused, so the average never shrinks
+silently) and those of the deterministic sites the reference also holds (a model zoo's stored draws
+hold only latent sites; a NUTS run's tree holds both). A constant reference parameter has no scale
+and is left out.
+
+One model. :func:`compare` refuses fits whose latent sites (names and shapes of one draw) differ,
+naming them: their distances and missed mass would compare different posteriors. A vitools Fit and
+an MCMC run say which sites are latent (their trees list them, see :mod:`vitools.convert`); a tree
+made elsewhere does not, so it must hold the others' latent sites among its variables, and among
+such trees alone, the one with the fewest variables stands for the model.
 
 ``missed_mass`` compares the fits with each other, no reference needed: the importance estimate
 of the evidence from q has expectation :math:`Z \cdot P_p(\text{where q puts draws})`, so a fit
@@ -32,7 +42,7 @@ import pandas as pd
 import scipy.stats
 import xarray as xr
 
-from vitools.convert import flatten_draws, to_datatree
+from vitools.convert import Sites, draws_to_datatree, flatten_draws, site_shapes, to_datatree
 from vitools.diagnostics import diagnose, has_log_weights
 
 __all__ = ["compare", "format_table", "reference_draws"]
@@ -53,34 +63,71 @@ def reference_draws(reference: Any) -> tuple[list[str], np.ndarray]:
 
     Raises:
         TypeError: neither a DataTree nor a dict.
-        ValueError: a dict entry has no draw axis or the entries disagree on the number of draws.
+        ValueError: a dict entry has no draw axis or the entries disagree on the number of draws
+            (see :func:`vitools.convert.check_draws`).
     """
+    return flatten_draws(_reference_tree(reference, {}))
+
+
+def _reference_tree(reference: Any, trees: Mapping[str, xr.DataTree]) -> xr.DataTree:
+    if isinstance(reference, str):
+        if reference not in trees:
+            raise KeyError(f"reference {reference!r} is not one of the fits: {list(trees)}")
+        return trees[reference]
     if isinstance(reference, xr.DataTree):
-        return flatten_draws(reference)
+        return reference
     if not isinstance(reference, Mapping):
         raise TypeError(
             f"reference must be a DataTree, a dict of draws or a key of fits, got {type(reference).__name__}"
         )
-    arrays = {str(k): np.asarray(v, dtype=float) for k, v in reference.items()}
-    sizes = {k: v.shape[0] if v.ndim else None for k, v in arrays.items()}
-    if None in sizes.values() or len(set(sizes.values())) != 1:
-        raise ValueError(f"reference draws need one common leading draw axis; got sizes {sizes}")
-    posterior = {k: v[None] for k, v in arrays.items()}  # (chain=1, draw=S, ...)
-    tree = xr.DataTree.from_dict(
-        {
-            "posterior": xr.Dataset(
-                {
-                    k: (("chain", "draw", *(f"{k}_dim_{i}" for i in range(v.ndim - 2))), v)
-                    for k, v in posterior.items()
-                }
+    return draws_to_datatree(reference, what="reference draws")
+
+
+def _check_one_model(trees: Mapping[str, xr.DataTree], reference: xr.DataTree | None) -> None:
+    """Refuse fits (and a reference) of different models; see "One model" in the module docstring.
+
+    The anchor is the first fit whose tree lists its latent sites, else the fit with the fewest
+    variables; every other entry must agree with it (:func:`_differences`).
+    """
+    sites = {f"fit {name!r}": site_shapes(tree) for name, tree in trees.items()}
+    anchor = min(sites, key=lambda label: (sites[label].latent is None, len(sites[label].variables)))
+    if reference is not None:
+        sites["the reference"] = site_shapes(reference)
+    for label, other in sites.items():
+        differences = _differences(sites[anchor], other)
+        if differences:
+            listed = "; ".join(
+                f"{site}: {_shape(a)} in {anchor}, {_shape(b)} in {label}" for site, a, b in differences
             )
-        }
-    )
-    return flatten_draws(tree)
+            raise ValueError(
+                f"{anchor} and {label} disagree on the model's latent sites ({listed}): compare needs fits "
+                "of one model, and a reference that holds every latent site with its shape"
+            )
+
+
+def _differences(a: Sites, b: Sites) -> list[tuple[str, Any, Any]]:
+    """``(site, shape in a, shape in b)`` where two trees disagree: on their latent sites when both
+    list them, else on those of the one that does (or on all of a's variables) against the other's
+    variables, which may add deterministic sites."""
+    if a.latent is not None and b.latent is not None:
+        left, right = a.latent, b.latent
+        names = list(left) + [site for site in right if site not in left]
+    elif b.latent is not None:
+        left, right, names = a.variables, b.latent, list(b.latent)
+    else:
+        left = a.latent if a.latent is not None else a.variables
+        right, names = b.variables, list(left)
+    return [(site, left.get(site), right.get(site)) for site in names if left.get(site) != right.get(site)]
+
+
+def _shape(shape: tuple[int, ...] | None) -> str:
+    return "absent" if shape is None else f"shape {shape}"
 
 
 def _distances(labels: list[str], draws: np.ndarray, ref_labels: list[str], ref: np.ndarray) -> dict:
-    """Standardized mean error, sd ratio and 1-D W1 over the parameters both sides share.
+    """Standardized mean error, sd ratio and 1-D W1 over the parameters both sides share (all
+    latent ones, :func:`_check_one_model` saw to it; a deterministic site only where the reference
+    has it).
 
     W1 is ``scipy.stats.wasserstein_distance`` per marginal on reference-standardized values
     (exact on all draws). Measured on 10 parameters, S = 2000: 5.5 ms, against 18 ms for
@@ -90,10 +137,6 @@ def _distances(labels: list[str], draws: np.ndarray, ref_labels: list[str], ref:
     """
     ref_index = {label: j for j, label in enumerate(ref_labels)}
     shared = [(i, ref_index[label]) for i, label in enumerate(labels) if label in ref_index]
-    if not shared:
-        raise ValueError(
-            f"the fit and the reference share no parameter (fit: {labels[:5]}, reference: {ref_labels[:5]})"
-        )
     errors, ratios, w1s = [], [], []
     for i, j in shared:
         x, y = draws[:, i], ref[:, j]
@@ -126,8 +169,12 @@ def compare(
         k̂ above threshold shows as verdict "bad" here instead of a warning.
 
     Raises:
-        ValueError: ``fits`` is empty, or a fit shares no parameter with the reference.
+        ValueError: ``fits`` is empty; the fits are not of one model (their latent sites differ in
+            names or shapes) or the reference lacks a latent site or holds it with another shape
+            (the message names the fits and the sites); an MCMC has not run; reference draws
+            without a common leading draw axis.
         KeyError: ``reference`` is a string that is not a key of ``fits``.
+        TypeError: a fit or the reference is of a kind compare cannot read.
 
     Example:
         >>> vt.compare({"reverse KL": fit1, "forward KL": fit2, "NUTS": mcmc}, reference="NUTS")
@@ -138,11 +185,9 @@ def compare(
         name: to_datatree(obj, num_draws=num_draws, seed=seed + i)
         for i, (name, obj) in enumerate(fits.items())
     }
-    if isinstance(reference, str):
-        if reference not in trees:
-            raise KeyError(f"reference {reference!r} is not one of the fits: {list(trees)}")
-        reference = trees[reference]
-    ref = reference_draws(reference) if reference is not None else None
+    ref_tree = None if reference is None else _reference_tree(reference, trees)
+    _check_one_model(trees, None if isinstance(reference, str) else ref_tree)
+    ref = None if ref_tree is None else flatten_draws(ref_tree)
     rows = []
     for name, tree in trees.items():
         row = _metadata(tree)

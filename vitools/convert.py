@@ -12,35 +12,188 @@ A vitools fit becomes a tree with
   ``elapsed_s``, ``status`` (str/int/float only, so the tree round-trips through netCDF).
 
 A NumPyro ``MCMC`` goes through ``az.from_numpyro`` and keeps its own ``(chain, draw)`` shape;
-:func:`as_single_chain` flattens any tree to ``(chain=1, draw=S)`` when equal shapes are needed.
+:func:`as_single_chain` flattens any tree to ``(chain=1, draw=S)`` when equal shapes are needed. A dict
+of draws ``site -> (S, *site shape)`` becomes a posterior-only tree of shape ``(chain=1, draw=S)``.
+
+Site names. A model site named like a sample dim (``chain``, ``draw``) cannot be a variable of that
+name (xarray would make it the dim's coordinate and drop it), so its variable takes a trailing
+underscore (``chain_``; more underscores if that name is taken too) and keeps the site's name in
+its ``vitools_site`` attr; :func:`site_shapes` and :func:`flatten_draws` read names back through it.
+Trees made from a fit or an MCMC run list the model's latent sites in the root attr
+``vitools_latent_sites`` (a JSON list), so the deterministic sites beside them can be told apart.
 """
 
 from __future__ import annotations
 
+import json
 import sys
-from typing import Any, Protocol, runtime_checkable
+from collections.abc import Iterable, Mapping
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import arviz_base as azb  # not `arviz`: that also imports arviz-plots and matplotlib (~1.2 s)
 import numpy as np
 import numpyro.infer
 import numpyro.infer.initialization
 import xarray as xr
+from arviz_base.io_numpyro import MCMCAdapter
 from numpyro.infer import MCMC
 
 # arviz_base's from_numpyro reads the attribute numpyro.infer.initialization, which Python sets
 # only when that submodule is imported after numpyro.infer's own import completed; make sure it is.
 numpyro.infer.initialization = sys.modules["numpyro.infer.initialization"]
 
-__all__ = ["FitLike", "as_single_chain", "fit_to_datatree", "flatten_draws", "to_datatree"]
+__all__ = [
+    "FitLike",
+    "Sites",
+    "as_single_chain",
+    "check_draws",
+    "draws_to_datatree",
+    "fit_to_datatree",
+    "flatten_draws",
+    "site_shapes",
+    "to_datatree",
+    "variable_names",
+]
 
 SAMPLE_DIMS = ("chain", "draw")
+SITE_ATTR = "vitools_site"  # a posterior variable's model site name, where the two differ
+LATENT_ATTR = "vitools_latent_sites"  # root attr: JSON list of the model's latent sites
 
 
 @runtime_checkable
 class FitLike(Protocol):
-    """What conversion needs from a fit: draws with their log densities (see ``vitools.fit.Fit``)."""
+    """What conversion needs from a fit (see ``vitools.fit.Fit``): draws with their log densities,
+    and the ``Target`` fitted (its latent sites, their shapes, the model's plates)."""
+
+    target: Any
 
     def sample_with_log_densities(self, num_draws: int, seed: int = 0) -> tuple[dict, Any, Any]: ...
+
+
+class Sites(NamedTuple):
+    """The sites a tree's posterior holds: ``variables`` maps each site (deterministic ones included)
+    to the shape of one draw; ``latent`` does so for the model's latent sites, or is None where the
+    tree does not say which they are (a tree made elsewhere)."""
+
+    latent: dict[str, tuple[int, ...] | None] | None
+    variables: dict[str, tuple[int, ...]]
+
+
+def variable_names(sites: Iterable[str]) -> dict[str, str]:
+    """Site name → posterior variable name: a site named like a sample dim (``chain``, ``draw``)
+    gets trailing underscores until the name is free; every other site keeps its name."""
+    sites = list(sites)
+    taken, names = set(sites), {}
+    for site in sites:
+        name = site
+        if site in SAMPLE_DIMS:
+            name += "_"
+            while name in taken:
+                name += "_"
+            taken.add(name)
+        names[site] = name
+    return names
+
+
+def _mark_renamed(tree: xr.DataTree, names: dict[str, str]) -> None:
+    for site, name in names.items():
+        if site != name:
+            tree["posterior"][name].attrs[SITE_ATTR] = site
+
+
+def _site_name(name: Any, da: xr.DataArray) -> str:
+    return str(da.attrs.get(SITE_ATTR, name))
+
+
+def site_shapes(tree: xr.DataTree) -> Sites:
+    """Site name → shape of one draw, for every posterior variable and (where the tree lists them)
+    the model's latent sites; a latent site missing from the posterior maps to None.
+
+    Raises:
+        ValueError: the tree has no ``posterior`` group.
+    """
+    if "posterior" not in tree.children:
+        raise ValueError(f"the tree has no 'posterior' group (groups: {sorted(tree.children)})")
+    variables = {
+        _site_name(name, da): tuple(da.sizes[d] for d in da.dims if d not in SAMPLE_DIMS)
+        for name, da in tree["posterior"].data_vars.items()
+    }
+    latent = tree.attrs.get(LATENT_ATTR)
+    if latent is None:
+        return Sites(None, variables)
+    return Sites({site: variables.get(site) for site in json.loads(latent)}, variables)
+
+
+def _draws_shape(shape: tuple[int, ...]) -> str:
+    return f"(S, {', '.join(map(str, shape))})" if shape else "(S,)"
+
+
+def check_draws(
+    draws: Mapping[str, Any], shapes: Mapping[str, tuple[int, ...]] | None = None, what: str = "draws"
+) -> int:
+    """Check a dict of draws ``site -> array (S, *site shape)`` and return S, the number of draws.
+
+    Args:
+        draws: the draws; values may be NumPy or JAX arrays (only their shapes are read).
+        shapes: the shape of one draw of each site that must be there (e.g.
+            ``target.constrained_shapes()``); other entries (deterministic sites) need only the
+            common leading draw axis. None: no site is required.
+        what: how the messages name the draws (``"reference draws"``).
+
+    Raises:
+        TypeError: ``draws`` is not a dict.
+        ValueError: it is empty, lacks a site of ``shapes``, an entry has no leading draw axis or the
+            wrong shape for its site, the entries disagree on S, or S is 0; the message names the
+            site and the shape expected.
+
+    Example:
+        >>> num_draws = check_draws(draws, fit.target.constrained_shapes())
+    """
+    if not isinstance(draws, Mapping):
+        raise TypeError(f"{what} must be a dict site -> array (S, ...), got {type(draws).__name__}")
+    if not draws:
+        raise ValueError(f"{what} are empty: expected a dict site -> array (S, ...)")
+    shapes = dict(shapes or {})
+    missing = [site for site in shapes if site not in draws]
+    if missing:
+        raise ValueError(f"{what} lack site(s) {missing}; expected {list(shapes)}")
+    sizes = {}
+    for site, value in draws.items():
+        shape, expected = tuple(np.shape(value)), shapes.get(site)
+        if not shape or (expected is not None and shape[1:] != tuple(expected)):
+            want = "(S, ...)" if expected is None else _draws_shape(tuple(expected))
+            raise ValueError(
+                f"{what} {site!r} have shape {shape}: expected {want}, a leading draw axis of S draws"
+                + ("" if expected is None else f" then the site's shape {tuple(expected)}")
+            )
+        sizes[site] = shape[0]
+    if len(set(sizes.values())) != 1:
+        raise ValueError(f"{what} need one common leading draw axis; got sizes {sizes}")
+    num_draws = next(iter(sizes.values()))
+    if num_draws == 0:
+        raise ValueError(f"{what} hold no draws (leading axis of length 0)")
+    return num_draws
+
+
+def _posterior_tree(groups: dict[str, dict], dims: dict[str, list[str]]) -> xr.DataTree:
+    """``azb.from_dict`` of ``(chain, draw, ...)`` arrays, sites renamed by :func:`variable_names`."""
+    names = variable_names(groups["posterior"])
+    posterior = {names[site]: value for site, value in groups["posterior"].items()}
+    dims = {names[site]: value for site, value in dims.items()}
+    tree = azb.from_dict({**groups, "posterior": posterior}, dims=dims)
+    _mark_renamed(tree, names)
+    return tree
+
+
+def draws_to_datatree(draws: Mapping[str, Any], what: str = "draws") -> xr.DataTree:
+    """A dict of constrained draws ``site -> (S, *site shape)`` → a tree whose ``posterior`` has
+    dims ``(chain=1, draw=S, {site}_dim_{i}...)`` (e.g. a model zoo's stored NUTS draws).
+
+    Raises:
+        TypeError, ValueError: as :func:`check_draws` (``what`` names the draws in messages).
+    """
+    check_draws(draws, what=what)
+    return _posterior_tree({"posterior": {str(k): np.asarray(v)[None] for k, v in draws.items()}}, {})
 
 
 def _label(obj: Any) -> str:
@@ -92,6 +245,10 @@ def fit_to_datatree(fit: FitLike, num_draws: int = 1000, seed: int = 0) -> xr.Da
     Returns:
         The tree; ``tree.sample_stats.log_weight`` holds :math:`\log w_s = \log \tilde p - \log q`.
 
+    Raises:
+        ValueError: ``num_draws`` is not a positive integer, or the fit's draws or log densities do
+            not have the shapes of ``num_draws`` draws of its target's sites.
+
     Example:
         >>> tree = fit_to_datatree(vt.fit(model, num_steps=500), num_draws=2000)
         >>> tree.to_netcdf("fit.nc", engine="h5netcdf")
@@ -105,16 +262,20 @@ def fit_to_datatree(fit: FitLike, num_draws: int = 1000, seed: int = 0) -> xr.Da
             f"sample_with_log_densities returned log_p {log_p.shape} and log_q {log_q.shape}; "
             f"expected ({num_draws},) each"
         )
+    returned = check_draws(draws, fit.target.constrained_shapes(), "the fit's draws")
+    if returned != num_draws:
+        raise ValueError(f"sample_with_log_densities returned {returned} draws; expected {num_draws}")
     stats = {"log_p": log_p, "log_q": log_q, "log_weight": log_p - log_q}
-    tree = azb.from_dict(
+    tree = _posterior_tree(
         {
             "posterior": {k: v[None] for k, v in draws.items()},
             "sample_stats": {k: v[None] for k, v in stats.items()},
         },
-        dims=_site_dims(fit, draws),
+        _site_dims(fit, draws),
     )
     tree["optimization"] = xr.DataTree(_optimization_dataset(fit))
     tree.attrs.update(_fit_attrs(fit, num_draws, seed))
+    tree.attrs[LATENT_ATTR] = json.dumps(list(fit.target.site_names))
     return tree
 
 
@@ -158,8 +319,27 @@ def _fit_attrs(fit: Any, num_draws: int, seed: int) -> dict[str, str | int | flo
     return attrs
 
 
+class _MCMCAdapter(MCMCAdapter):
+    """arviz-base's MCMC adapter, with sites named like sample dims renamed (:func:`variable_names`)."""
+
+    def __init__(self, mcmc: MCMC):
+        super().__init__(mcmc)
+        self.names: dict[str, str] = {}
+
+    def get_samples(self, seed: int | None = None, **kwargs: Any) -> Any:
+        samples = super().get_samples(seed, **kwargs)
+        if not isinstance(samples, dict):  # a potential_fn over another pytree: no site names
+            return samples
+        self.names = variable_names(samples)
+        return {self.names[site]: value for site, value in samples.items()}
+
+
 def _mcmc_to_datatree(mcmc: MCMC) -> xr.DataTree:
-    tree = azb.from_numpyro(mcmc)
+    if mcmc.last_state is None:
+        raise ValueError("the MCMC has no draws: call mcmc.run(key, *model_args) before converting it")
+    adapter = _MCMCAdapter(mcmc)
+    tree = azb.from_numpyro(adapter)
+    _mark_renamed(tree, adapter.names)
     attrs: dict[str, str | int | float] = {
         "vitools_kind": "mcmc",
         "vitools_objective": "mcmc",
@@ -170,6 +350,9 @@ def _mcmc_to_datatree(mcmc: MCMC) -> xr.DataTree:
     stats = tree.children.get("sample_stats")
     if stats is not None and "n_steps" in stats.data_vars:  # recorded with extra_fields=("num_steps",)
         attrs["num_grad_evals"] = int(stats["n_steps"].sum())
+    latent = getattr(mcmc.last_state, mcmc.sampler.sample_field)  # the sampler's latent values
+    if isinstance(latent, dict):
+        attrs[LATENT_ATTR] = json.dumps(list(latent))
     tree.attrs.update(attrs)
     return tree
 
@@ -178,24 +361,28 @@ def to_datatree(obj: Any, num_draws: int = 1000, seed: int = 0) -> xr.DataTree:
     """Any result vitools compares → an ArviZ DataTree.
 
     Args:
-        obj: a vitools ``Fit`` (drawn with :func:`fit_to_datatree`), a NumPyro ``MCMC`` (through
-            ``az.from_numpyro``; root attrs ``vitools_kind="mcmc"`` and the sampler's name added), or a
-            DataTree (returned unchanged).
-        num_draws: draws from q for a fit; ignored for MCMC and trees.
+        obj: a vitools ``Fit`` (drawn with :func:`fit_to_datatree`), a NumPyro ``MCMC`` that has run
+            (through ``az.from_numpyro``; root attrs ``vitools_kind="mcmc"`` and the sampler's name
+            added), a dict of draws ``site -> (S, ...)`` (:func:`draws_to_datatree`) or a DataTree
+            (returned unchanged).
+        num_draws: draws from q for a fit; ignored for the others.
         seed: seed of those draws.
 
     Raises:
         TypeError: ``obj`` is none of these.
+        ValueError: an MCMC that has not run; draws of the wrong shapes (see :func:`check_draws`).
     """
     if isinstance(obj, xr.DataTree):
         return obj
     if isinstance(obj, MCMC):
         return _mcmc_to_datatree(obj)
+    if isinstance(obj, Mapping):
+        return draws_to_datatree(obj)
     if isinstance(obj, FitLike):
         return fit_to_datatree(obj, num_draws=num_draws, seed=seed)
     raise TypeError(
-        f"cannot convert {type(obj).__name__} to a DataTree: expected a vitools Fit, a NumPyro MCMC "
-        "or an xarray.DataTree"
+        f"cannot convert {type(obj).__name__} to a DataTree: expected a vitools Fit, a NumPyro MCMC, "
+        "a dict of draws or an xarray.DataTree"
     )
 
 
@@ -236,7 +423,8 @@ def flatten_draws(tree: xr.DataTree, group: str = "posterior") -> tuple[list[str
     """All draws of a group as a ``(S, P)`` matrix of scalar parameters, with their labels.
 
     Every variable's non-sample axes are flattened in C order; labels read ``mu``, ``theta[3]``,
-    ``L[0,1]``. Rows run over chain then draw.
+    ``L[0,1]``, with the model's site names (``chain``, not its variable ``chain_``). Rows run over
+    chain then draw.
 
     Raises:
         ValueError: the tree has no such group, or a variable lacks the ``chain``/``draw`` dims.
@@ -250,13 +438,13 @@ def flatten_draws(tree: xr.DataTree, group: str = "posterior") -> tuple[list[str
         if not all(d in da.dims for d in SAMPLE_DIMS):
             raise ValueError(f"variable {name!r} lacks the sample dims {SAMPLE_DIMS}: dims {da.dims}")
         da = da.transpose(*SAMPLE_DIMS, ...)
-        shape = da.shape[2:]
+        shape, site = da.shape[2:], _site_name(name, da)
         values = np.asarray(da.values, dtype=float).reshape(-1, int(np.prod(shape)))
         columns.append(values)
         if not shape:
-            labels.append(str(name))
+            labels.append(site)
         else:
-            labels.extend(f"{name}[{','.join(map(str, idx))}]" for idx in np.ndindex(*shape))
+            labels.extend(f"{site}[{','.join(map(str, idx))}]" for idx in np.ndindex(*shape))
     if not columns:
         return labels, np.zeros((ds.sizes.get("chain", 0) * ds.sizes.get("draw", 0), 0))
     return labels, np.concatenate(columns, axis=1)
