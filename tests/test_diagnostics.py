@@ -179,6 +179,15 @@ def test_diagnose_refuses_a_tree_without_log_weights():
         diagnose(mcmc_like)
 
 
+def test_diagnose_refuses_an_mcmc_that_has_not_run():
+    def model():
+        numpyro.sample("x", dist.Normal(0.0, 1.0))
+
+    mcmc = numpyro.infer.MCMC(numpyro.infer.NUTS(model), num_warmup=10, num_samples=10, progress_bar=False)
+    with pytest.raises(ValueError, match=r"the MCMC has no draws: call mcmc\.run"):
+        diagnose(mcmc)
+
+
 def test_diagnose_a_real_fit_of_a_normalized_gaussian_model():
     def model():
         with numpyro.plate("dim", 2):  # scalar parameters: numpyro's vector-loc sampling trips rank promotion

@@ -229,7 +229,8 @@ def diagnose(fit_or_tree: Any, num_draws: int = 2000, seed: int = 0, warn: bool 
         warn: emit a ``UserWarning`` when k̂ is above the threshold (or undefined).
 
     Raises:
-        ValueError: the tree has no ``log_weight`` (an MCMC tree): there is no q to diagnose.
+        ValueError: the tree has no ``log_weight`` (an MCMC tree, a dict of draws): there is no q to
+            diagnose; an MCMC that has not run.
 
     Example:
         >>> print(vt.diagnose(fit, num_draws=4000))
@@ -237,8 +238,8 @@ def diagnose(fit_or_tree: Any, num_draws: int = 2000, seed: int = 0, warn: bool 
     tree = to_datatree(fit_or_tree, num_draws=num_draws, seed=seed)
     if not has_log_weights(tree):
         raise ValueError(
-            "this tree has no sample_stats.log_weight (MCMC draws or a tree not made by vitools): "
-            "importance diagnostics need the fit's q; pass the Fit or fit.to_datatree()"
+            "this tree has no sample_stats.log_weight (MCMC draws, a dict of draws or a tree not made "
+            "by vitools): importance diagnostics need the fit's q; pass the Fit or fit.to_datatree()"
         )
     log_w = np.asarray(tree["sample_stats"]["log_weight"].transpose("chain", "draw").values).ravel()
     smoothed, khat = psis_khat(log_w)
