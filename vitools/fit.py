@@ -225,6 +225,13 @@ def fit(
     target, loc, scale_tril = _starting_point(target, family, init, init_key, _structure(family, objective))
     if hasattr(objective, "prepare"):
         objective = objective.prepare(target)
+    if target.param_sites and objective.num_density_evals == 0:
+        names = [name for name, _ in target.param_sites]
+        raise validate.ArgumentValueError(
+            f"the model has numpyro.param site(s) {names}, which {objective.name} cannot fit: it "
+            "never evaluates the model's density; use 'reverse_kl' or 'forward_kl', or give them priors",
+            "objective",
+        )
     params = family.init(target, loc, scale_tril)
     if learning_rate is None:
         rule = getattr(objective, "default_learning_rate", default_learning_rate)

@@ -150,7 +150,8 @@ def gaussian(value: Any, name: str = "init") -> tuple[np.ndarray, np.ndarray]:
     dim = loc.shape[0] if loc.ndim == 1 else -1
     if dim < 1 or scale_tril.shape != (dim, dim):
         raise ArgumentValueError(
-            f"{name}=(loc, scale_tril) must have shapes (d,) and (d, d), got {loc.shape} and {scale_tril.shape}",
+            f"{name}=(loc, scale_tril) must have shapes (d,) and (d, d), "
+            f"got {loc.shape} and {scale_tril.shape}",
             name,
         )
     if not (np.all(np.isfinite(loc)) and np.all(np.isfinite(scale_tril))):

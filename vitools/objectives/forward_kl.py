@@ -137,9 +137,15 @@ class ForwardKL:
     def loss(self, key, params, family, target: Target):
         draws, log_r = self.proposal_draws(key, params, family)
         draws = jax.lax.stop_gradient(draws)
-        log_weights = jax.vmap(target.log_density)(draws) - log_r
+        log_p = jax.vmap(target.log_density)(draws)
+        log_weights = log_p - log_r
         log_q = jax.vmap(family.distribution(params).log_prob)(draws)
-        return weighted_cross_entropy(log_q, log_weights), importance_info(log_weights)
+        # The model's numpyro.param sites θ (if any): a term of value 0 whose gradient is the SNIS
+        # estimate of ∇θ log p(x; θ) = E_p[∇θ log p(x, z; θ)], the wake-phase update of
+        # reweighted wake-sleep (Bornschein & Bengio 2015). No gradient reaches q through it.
+        weights = jax.nn.softmax(jax.lax.stop_gradient(log_weights))
+        model_term = -jnp.sum(weights * (log_p - jax.lax.stop_gradient(log_p)))
+        return weighted_cross_entropy(log_q, log_weights) + model_term, importance_info(log_weights)
 
 
 @jax.tree_util.register_dataclass
