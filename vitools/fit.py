@@ -321,16 +321,16 @@ def _starting_point(
     posterior, so its frame stays the model's.
     """
     if isinstance(init, str):
-        loc, scale_tril, at_mode = initial_gaussian(target, key, init, structure)
+        loc, scale_tril, at_mode, informed = initial_gaussian(target, key, init, structure)
     else:
         loc, scale_tril = (jnp.asarray(a) for a in init)
         if loc.shape != (target.dim,) or scale_tril.shape != (target.dim, target.dim):
             raise ValueError(
                 f"init=(loc, scale_tril) must have shapes ({target.dim},) and ({target.dim}, {target.dim})"
             )
-        at_mode = None  # checked below only if the frame could use it (a Hessian and a compile)
+        at_mode, informed = None, True  # at_mode is checked below only if the frame could use it
     whiten = getattr(family, "whiten", "diagonal")
-    if not whiten or (isinstance(init, str) and init == "median"):
+    if not whiten or not bool(informed):
         return target, loc, scale_tril
     if whiten == "full" and at_mode is None:
         at_mode = is_mode(target, loc, scale_tril)

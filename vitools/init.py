@@ -52,6 +52,7 @@ class InitialGaussian(NamedTuple):
     loc: jax.Array
     scale_tril: jax.Array
     at_mode: jax.Array  # :func:`is_mode` of this Gaussian (False for "median" and "diagonal")
+    informed: jax.Array  # the scales come from the target's curvature (False for the simple start)
 
 
 def initial_gaussian(
@@ -71,11 +72,8 @@ def initial_gaussian(
             ``1 / sqrt(-∇²log π)_ii`` (the reverse-KL-optimal diagonal Gaussian of a Gaussian
             target), and the ELBO scores that, not the full Gaussian the family cannot reach.
     """
-    dim = target.dim
     if method == "median":
-        return InitialGaussian(
-            target.init_flat, 0.1 * jnp.eye(dim, dtype=target.init_flat.dtype), jnp.array(False)
-        )
+        return InitialGaussian(*_simple(target), jnp.array(False), jnp.array(False))
     if method != "laplace":
         raise ValueError(f"unknown init {method!r}; choose 'laplace' or 'median', or pass (loc, scale_tril)")
     if structure not in ("full", "diagonal"):
@@ -102,13 +100,31 @@ def _path_laplace(target: Target, key: jax.Array, diagonal: bool) -> InitialGaus
     # nine Hessians in sequence took 165 ms against 195 ms vmapped (10^5 rows, measured).
     locs, trils, elbos = jax.lax.map(candidates, (centres, fresh))
     best = jnp.argmax(elbos.ravel())
-    fallback = jnp.all(~jnp.isfinite(elbos))
-    eye = 0.1 * jnp.eye(target.dim, dtype=locs.dtype)
-    loc = jnp.where(fallback, target.init_flat, locs.reshape(-1, target.dim)[best])
-    scale_tril = jnp.where(fallback, eye, trils[best // 2])
+    # The simple start ("median": NumPyro's init point, scale 0.1) competes too, so the default is
+    # never worse than it by the ELBO estimate. On a non-centred horseshoe regression (25
+    # coefficients, n = 60) every path point's Laplace Gaussian scored below the simple start
+    # (ELBO -357), and the fit from the best of them stayed off after 2000 steps (largest
+    # coefficient 2.09 ± 0.47 against NUTS 2.27 ± 0.14; from the simple start 2.24 ± 0.15).
+    simple_loc, simple_tril = _simple(target)
+    simple = ~(elbos.ravel()[best] >= _elbo(target, simple_loc, simple_tril, key))  # or all non-finite
+    loc = jnp.where(simple, simple_loc, locs.reshape(-1, target.dim)[best])
+    scale_tril = jnp.where(simple, simple_tril, trils[best // 2])
     # Only full-structure families may whiten with the full factor; diagonal ones never ask.
-    at_mode = jnp.array(False) if diagonal else is_mode(target, loc, scale_tril) & ~fallback
-    return InitialGaussian(loc, scale_tril, at_mode)
+    at_mode = jnp.array(False) if diagonal else is_mode(target, loc, scale_tril) & ~simple
+    return InitialGaussian(loc, scale_tril, at_mode, ~simple)
+
+
+def _simple(target: Target) -> tuple[jax.Array, jax.Array]:
+    """NumPyro's init point with scale 0.1 (its autoguides' default start)."""
+    return target.init_flat, 0.1 * jnp.eye(target.dim, dtype=target.init_flat.dtype)
+
+
+def _elbo(target: Target, loc: jax.Array, scale_tril: jax.Array, key: jax.Array) -> jax.Array:
+    """ELBO estimate of N(loc, scale_tril scale_trilᵀ) from ``_NUM_DRAWS`` draws (-inf if not finite)."""
+    eps = jax.random.normal(key, (_NUM_DRAWS, target.dim), loc.dtype)
+    log_q = jnp.sum(jax.scipy.stats.norm.logpdf(eps), -1) - jnp.sum(jnp.log(jnp.diagonal(scale_tril)))
+    elbo = jnp.mean(jax.vmap(target.log_density)(loc[None, :] + eps @ scale_tril.T) - log_q)
+    return jnp.where(jnp.isfinite(elbo), elbo, -jnp.inf)
 
 
 def _lbfgs_path(target: Target, key: jax.Array) -> jax.Array:
