@@ -14,10 +14,10 @@ import scipy.stats
 import xarray as xr
 
 import vitools as vt
+from vitools import validate
 from vitools.compare import compare
 from vitools.convert import (
     as_single_chain,
-    check_draws,
     fit_to_datatree,
     flatten_draws,
     site_shapes,
@@ -263,17 +263,19 @@ def test_an_mcmc_that_has_not_run_is_refused():
 
 def test_draws_without_a_leading_axis_or_of_the_wrong_shape_are_refused_naming_the_site():
     shapes = {"mu": (), "theta": (3,)}
-    assert check_draws({"mu": np.zeros(5), "theta": np.zeros((5, 3)), "extra": np.zeros((5, 7))}, shapes) == 5
+    assert (
+        validate.draws({"mu": np.zeros(5), "theta": np.zeros((5, 3)), "extra": np.zeros((5, 7))}, shapes) == 5
+    )
     with pytest.raises(ValueError, match="draws 'mu' have shape \\(\\): expected \\(S,\\)"):
-        check_draws({"mu": 0.5, "theta": np.zeros((5, 3))}, shapes)
+        validate.draws({"mu": 0.5, "theta": np.zeros((5, 3))}, shapes)
     with pytest.raises(ValueError, match="draws 'theta' have shape \\(3,\\): expected \\(S, 3\\)"):
-        check_draws({"mu": np.zeros(5), "theta": np.zeros(3)}, shapes)
+        validate.draws({"mu": np.zeros(5), "theta": np.zeros(3)}, shapes)
     with pytest.raises(ValueError, match="lack site\\(s\\) \\['theta'\\]"):
-        check_draws({"mu": np.zeros(5)}, shapes)
+        validate.draws({"mu": np.zeros(5)}, shapes)
     with pytest.raises(ValueError, match="one common leading draw axis; got sizes \\{'mu': 5, 'theta': 4\\}"):
-        check_draws({"mu": np.zeros(5), "theta": np.zeros((4, 3))}, shapes)
+        validate.draws({"mu": np.zeros(5), "theta": np.zeros((4, 3))}, shapes)
     with pytest.raises(ValueError, match="hold no draws"):
-        check_draws({"mu": np.zeros(0)})
+        validate.draws({"mu": np.zeros(0)})
     with pytest.raises(ValueError, match="draws 'mu' have shape \\(\\): expected \\(S, ...\\)"):
         to_datatree({"mu": 1.0})
     fit = GaussianFit()  # a stand-in fit whose draws lost theta's last component

@@ -64,7 +64,7 @@ def reference_draws(reference: Any) -> tuple[list[str], np.ndarray]:
     Raises:
         TypeError: neither a DataTree nor a dict.
         ValueError: a dict entry has no draw axis or the entries disagree on the number of draws
-            (see :func:`vitools.convert.check_draws`).
+            (see :func:`vitools.validate.draws`).
     """
     return flatten_draws(_reference_tree(reference, {}))
 

@@ -38,6 +38,8 @@ import xarray as xr
 from arviz_base.io_numpyro import MCMCAdapter
 from numpyro.infer import MCMC
 
+from vitools import validate
+
 # arviz_base's from_numpyro reads the attribute numpyro.infer.initialization, which Python sets
 # only when that submodule is imported after numpyro.infer's own import completed; make sure it is.
 numpyro.infer.initialization = sys.modules["numpyro.infer.initialization"]
@@ -46,7 +48,6 @@ __all__ = [
     "FitLike",
     "Sites",
     "as_single_chain",
-    "check_draws",
     "draws_to_datatree",
     "fit_to_datatree",
     "flatten_draws",
@@ -124,57 +125,6 @@ def site_shapes(tree: xr.DataTree) -> Sites:
     return Sites({site: variables.get(site) for site in json.loads(latent)}, variables)
 
 
-def _draws_shape(shape: tuple[int, ...]) -> str:
-    return f"(S, {', '.join(map(str, shape))})" if shape else "(S,)"
-
-
-def check_draws(
-    draws: Mapping[str, Any], shapes: Mapping[str, tuple[int, ...]] | None = None, what: str = "draws"
-) -> int:
-    """Check a dict of draws ``site -> array (S, *site shape)`` and return S, the number of draws.
-
-    Args:
-        draws: the draws; values may be NumPy or JAX arrays (only their shapes are read).
-        shapes: the shape of one draw of each site that must be there (e.g.
-            ``target.constrained_shapes()``); other entries (deterministic sites) need only the
-            common leading draw axis. None: no site is required.
-        what: how the messages name the draws (``"reference draws"``).
-
-    Raises:
-        TypeError: ``draws`` is not a dict.
-        ValueError: it is empty, lacks a site of ``shapes``, an entry has no leading draw axis or the
-            wrong shape for its site, the entries disagree on S, or S is 0; the message names the
-            site and the shape expected.
-
-    Example:
-        >>> num_draws = check_draws(draws, fit.target.constrained_shapes())
-    """
-    if not isinstance(draws, Mapping):
-        raise TypeError(f"{what} must be a dict site -> array (S, ...), got {type(draws).__name__}")
-    if not draws:
-        raise ValueError(f"{what} are empty: expected a dict site -> array (S, ...)")
-    shapes = dict(shapes or {})
-    missing = [site for site in shapes if site not in draws]
-    if missing:
-        raise ValueError(f"{what} lack site(s) {missing}; expected {list(shapes)}")
-    sizes = {}
-    for site, value in draws.items():
-        shape, expected = tuple(np.shape(value)), shapes.get(site)
-        if not shape or (expected is not None and shape[1:] != tuple(expected)):
-            want = "(S, ...)" if expected is None else _draws_shape(tuple(expected))
-            raise ValueError(
-                f"{what} {site!r} have shape {shape}: expected {want}, a leading draw axis of S draws"
-                + ("" if expected is None else f" then the site's shape {tuple(expected)}")
-            )
-        sizes[site] = shape[0]
-    if len(set(sizes.values())) != 1:
-        raise ValueError(f"{what} need one common leading draw axis; got sizes {sizes}")
-    num_draws = next(iter(sizes.values()))
-    if num_draws == 0:
-        raise ValueError(f"{what} hold no draws (leading axis of length 0)")
-    return num_draws
-
-
 def _posterior_tree(groups: dict[str, dict], dims: dict[str, list[str]]) -> xr.DataTree:
     """``azb.from_dict`` of ``(chain, draw, ...)`` arrays, sites renamed by :func:`variable_names`."""
     names = variable_names(groups["posterior"])
@@ -190,9 +140,9 @@ def draws_to_datatree(draws: Mapping[str, Any], what: str = "draws") -> xr.DataT
     dims ``(chain=1, draw=S, {site}_dim_{i}...)`` (e.g. a model zoo's stored NUTS draws).
 
     Raises:
-        TypeError, ValueError: as :func:`check_draws` (``what`` names the draws in messages).
+        TypeError, ValueError: as :func:`vitools.validate.draws` (``what`` names the draws in messages).
     """
-    check_draws(draws, what=what)
+    validate.draws(draws, what=what)
     return _posterior_tree({"posterior": {str(k): np.asarray(v)[None] for k, v in draws.items()}}, {})
 
 
@@ -262,7 +212,7 @@ def fit_to_datatree(fit: FitLike, num_draws: int = 1000, seed: int = 0) -> xr.Da
             f"sample_with_log_densities returned log_p {log_p.shape} and log_q {log_q.shape}; "
             f"expected ({num_draws},) each"
         )
-    returned = check_draws(draws, fit.target.constrained_shapes(), "the fit's draws")
+    returned = validate.draws(draws, fit.target.constrained_shapes(), "the fit's draws")
     if returned != num_draws:
         raise ValueError(f"sample_with_log_densities returned {returned} draws; expected {num_draws}")
     stats = {"log_p": log_p, "log_q": log_q, "log_weight": log_p - log_q}
@@ -370,7 +320,7 @@ def to_datatree(obj: Any, num_draws: int = 1000, seed: int = 0) -> xr.DataTree:
 
     Raises:
         TypeError: ``obj`` is none of these.
-        ValueError: an MCMC that has not run; draws of the wrong shapes (see :func:`check_draws`).
+        ValueError: an MCMC that has not run; draws of the wrong shapes (see :func:`vitools.validate.draws`).
     """
     if isinstance(obj, xr.DataTree):
         return obj

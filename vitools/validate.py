@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -28,6 +28,7 @@ __all__ = [
     "at_least",
     "choice",
     "count",
+    "draws",
     "finite",
     "gaussian",
     "in_range",
@@ -176,3 +177,54 @@ def option(parse: Callable[[Any], Any], value: Any, name: str) -> Any:
         raise ArgumentValueError(str(err), name) from None
     except TypeError as err:
         raise ArgumentTypeError(str(err), name) from None
+
+
+def _draws_shape(shape: tuple[int, ...]) -> str:
+    return f"(S, {', '.join(map(str, shape))})" if shape else "(S,)"
+
+
+def draws(
+    draws: Mapping[str, Any], shapes: Mapping[str, tuple[int, ...]] | None = None, what: str = "draws"
+) -> int:
+    """Check a dict of draws ``site -> array (S, *site shape)`` and return S, the number of draws.
+
+    Args:
+        draws: the draws; values may be NumPy or JAX arrays (only their shapes are read).
+        shapes: the shape of one draw of each site that must be there (e.g.
+            ``target.constrained_shapes()``); other entries (deterministic sites) need only the
+            common leading draw axis. None: no site is required.
+        what: how the messages name the draws (``"reference draws"``).
+
+    Raises:
+        TypeError: ``draws`` is not a dict.
+        ValueError: it is empty, lacks a site of ``shapes``, an entry has no leading draw axis or the
+            wrong shape for its site, the entries disagree on S, or S is 0; the message names the
+            site and the shape expected.
+
+    Example:
+        >>> num_draws = validate.draws(draws, fit.target.constrained_shapes())
+    """
+    if not isinstance(draws, Mapping):
+        raise TypeError(f"{what} must be a dict site -> array (S, ...), got {type(draws).__name__}")
+    if not draws:
+        raise ValueError(f"{what} are empty: expected a dict site -> array (S, ...)")
+    shapes = dict(shapes or {})
+    missing = [site for site in shapes if site not in draws]
+    if missing:
+        raise ValueError(f"{what} lack site(s) {missing}; expected {list(shapes)}")
+    sizes = {}
+    for site, value in draws.items():
+        shape, expected = tuple(np.shape(value)), shapes.get(site)
+        if not shape or (expected is not None and shape[1:] != tuple(expected)):
+            want = "(S, ...)" if expected is None else _draws_shape(tuple(expected))
+            raise ValueError(
+                f"{what} {site!r} have shape {shape}: expected {want}, a leading draw axis of S draws"
+                + ("" if expected is None else f" then the site's shape {tuple(expected)}")
+            )
+        sizes[site] = shape[0]
+    if len(set(sizes.values())) != 1:
+        raise ValueError(f"{what} need one common leading draw axis; got sizes {sizes}")
+    num_draws = next(iter(sizes.values()))
+    if num_draws == 0:
+        raise ValueError(f"{what} hold no draws (leading axis of length 0)")
+    return num_draws
