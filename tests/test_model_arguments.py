@@ -6,6 +6,8 @@ the fit equals the fit of the same model with its data closed over by hand (what
 to do before), so the arguments change nothing but convenience.
 """
 
+import warnings
+
 import jax.numpy as jnp
 import numpy as np
 import numpyro
@@ -167,3 +169,37 @@ def test_a_subsampling_plate_gets_a_vitools_error_that_says_what_to_do():
 
     with pytest.raises(ValueError, match="plate 'rows' subsamples 10 of 100.*drop subsample_size"):
         vt.fit(model, jnp.zeros(100), progress=False)
+
+
+def test_log_q_is_minus_infinity_outside_the_support_and_bad_shapes_are_named():
+    def model():
+        numpyro.sample("scale", dist.HalfNormal(1.0))
+        numpyro.sample("p", dist.Dirichlet(jnp.ones(3)))
+
+    fit = vt.fit(model, num_steps=50, progress=False)
+    draws = {"scale": np.array([0.5, -1.0, 0.5]), "p": np.array([[0.2, 0.3, 0.5]] * 2 + [[0.5, 0.6, 0.2]])}
+    log_q = fit.log_prob(draws)
+    assert np.isfinite(log_q[0]) and log_q[1] == -np.inf and log_q[2] == -np.inf
+    with pytest.raises(ValueError, match=r"'p' have shape \(3,\): expected \(S, 3\)"):
+        fit.log_prob({"scale": np.array([0.5]), "p": np.array([0.2, 0.3, 0.5])})
+    with pytest.raises(ValueError, match=r"lack site\(s\) \['p'\]"):
+        fit.log_prob({"scale": np.array([0.5])})
+
+
+def test_an_improper_posterior_is_flagged_naming_the_site_and_a_proper_wide_one_is_not():
+    def improper(y):
+        numpyro.sample("free", dist.ImproperUniform(constraints.real, (), ()))
+        mu = numpyro.sample("mu", dist.Normal(0.0, 1.0))
+        numpyro.sample("y", dist.Normal(mu, 1.0), obs=y)
+
+    with pytest.warns(RuntimeWarning, match=r"may be improper.*'free'"):
+        vt.fit(improper, jnp.zeros(5), num_steps=500, progress=False)
+
+    def wide(y):  # proper, with an unconstrained sd of 1000 (a coefficient in dollars)
+        numpyro.sample("coef", dist.Normal(0.0, 1000.0))
+        numpyro.sample("y", dist.Normal(0.0, 1.0), obs=y)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        fit = vt.fit(wide, jnp.zeros(5), num_steps=500, progress=False)
+    assert fit.sample(2000, seed=0)["coef"].std() == pytest.approx(1000.0, rel=0.1)  # 3 MC sds

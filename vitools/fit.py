@@ -19,6 +19,7 @@ from vitools import validate
 from vitools.engine import default_optimizer, init_state, optimize
 from vitools.families import Family, get_family
 from vitools.families.base import draw_many
+from vitools.improper import WIDEN, flat_sites
 from vitools.init import initial_gaussian, is_mode
 from vitools.objectives import Objective, get_objective
 from vitools.targets import Target
@@ -127,8 +128,20 @@ class Fit:
 
     @_one_blas_thread
     def log_prob(self, draws: dict[str, Any]) -> np.ndarray:
-        """log q at constrained draws (leading draw axis), Jacobian of the transform included."""
-        values = {n: jnp.asarray(draws[n]) for n in self.target.site_names if n in draws}
+        """log q at constrained draws, Jacobian of the transform included: ``(S,)``.
+
+        Args:
+            draws: site name → array ``(S, *site shape)`` in the model's (constrained) space;
+                other entries (deterministic sites) are ignored.
+
+        Returns:
+            ``(S,)`` log densities in nats; ``-inf`` where a draw lies outside the model's support.
+
+        Raises:
+            ValueError: a latent site is missing or has no leading draw axis or the wrong shape.
+        """
+        validate.draws(draws, self.target.constrained_shapes())
+        values = {n: jnp.asarray(draws[n]) for n in self.target.site_names}
         return np.asarray(_log_prob_constrained(self.family, self.params, self.target, values))
 
     @_one_blas_thread
@@ -275,6 +288,7 @@ def fit(
             raise NonFiniteLossError(message, result)
         warnings.warn(message, RuntimeWarning, stacklevel=2)
     _warn_low_ess(result)
+    _warn_improper(result)
     return result
 
 
@@ -299,6 +313,22 @@ def _warn_low_ess(result: Fit) -> None:
             f"forward KL's importance ESS averaged {fraction:.1%} of the draws over the last "
             "10% of steps: the weights collapsed, so the gradient rests on a few draws; raise "
             "num_draws or start from a wider init",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+
+
+def _warn_improper(result: Fit) -> None:
+    """Say so when the posterior looks improper along some sites (:mod:`vitools.improper`)."""
+    if result.num_steps == 0:
+        return
+    flat = flat_sites(result.target, result.sample_flat(64, seed=result.seed))
+    if flat:
+        spreads = ", ".join(f"{name!r} (unconstrained sd {sd:.3g})" for name, sd in flat.items())
+        warnings.warn(
+            f"the posterior may be improper: the log density is flat along {spreads}, where q "
+            f"keeps widening (widening its draws {WIDEN:g}-fold there costs under 1 nat); check "
+            "those sites' priors (an ImproperUniform prior the data do not inform has infinite mass)",
             RuntimeWarning,
             stacklevel=3,
         )
@@ -433,7 +463,8 @@ def _constrain_all(target, flat):
 def _log_prob_constrained(family, params, target, values):
     def one(value):
         flat = target.unconstrain(value)
-        return family.distribution(params).log_prob(flat) - target.log_abs_det_jacobian(flat)
+        log_q = family.distribution(params).log_prob(flat) - target.log_abs_det_jacobian(flat)
+        return jnp.where(target.in_support(value), log_q, -jnp.inf)
 
     return jax.vmap(one)(values)
 

@@ -404,6 +404,18 @@ class Target:
         latent = {n: values[n] for n in self.site_names}
         return self.from_unconstrained(self.ravel(unconstrain_fn(self._model, args, kwargs, latent)))
 
+    def in_support(self, values: dict[str, jax.Array]) -> jax.Array:
+        """Whether one draw of constrained latent values lies in the model's support: each site's
+        support evaluated at this draw (a dependent support with this draw's own values)."""
+        if self.model is None:
+            return jnp.array(True)
+        args, kwargs = self._args
+        latent = {n: values[n] for n in self.site_names}
+        model = handlers.substitute(handlers.seed(self._model, 0), data=latent)  # draws nothing
+        trace = handlers.trace(model).get_trace(*args, **kwargs)
+        checks = [jnp.all(trace[n]["fn"].support(trace[n]["value"])) for n in self.site_names]
+        return jnp.all(jnp.stack(checks))
+
     def log_joint(self, values: dict[str, jax.Array]) -> jax.Array:
         """Unnormalized log joint at constrained values (no Jacobian)."""
         if self.model is None:
