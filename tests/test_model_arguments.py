@@ -203,3 +203,16 @@ def test_an_improper_posterior_is_flagged_naming_the_site_and_a_proper_wide_one_
         warnings.simplefilter("error", RuntimeWarning)
         fit = vt.fit(wide, jnp.zeros(5), num_steps=500, progress=False)
     assert fit.sample(2000, seed=0)["coef"].std() == pytest.approx(1000.0, rel=0.1)  # 3 MC sds
+
+
+def test_a_large_model_warns_of_its_cost_and_announces_its_init(capsys):
+    def large():
+        numpyro.sample("x", dist.Normal(jnp.zeros(1000), 1.0))
+
+    with pytest.warns(
+        RuntimeWarning, match=r"1000 latent dimensions: q \(fullrank\) has 1,001,000 parameters"
+    ):
+        vt.fit(large, init="median", num_steps=1, chunk_size=1, progress=False)
+    with pytest.warns(RuntimeWarning, match=r"Laplace init computes up to 9 Hessians of 1000 x 1000"):
+        small = vt.fit(large, family="meanfield", num_steps=1, chunk_size=1, progress=True)
+    assert "initialising (Laplace" in capsys.readouterr().err and small.num_steps == 1

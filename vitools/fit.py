@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
+import sys
+import time
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -235,7 +238,15 @@ def fit(
     target = model if isinstance(model, Target) else Target.from_model(model, *model_args, **kwargs)
 
     init_key, run_key = jax.random.split(jax.random.PRNGKey(seed))
+    _warn_large(target, family, init)
+    tic = time.perf_counter()
+    announce = progress and target.dim >= LARGE_DIM and isinstance(init, str) and init == "laplace"
+    if announce:  # the Laplace init is one compiled program: say what it does before it starts
+        print(f"vitools: initialising (Laplace: L-BFGS path, up to 9 Hessians of {target.dim} x "
+              f"{target.dim})...", file=sys.stderr, flush=True)  # fmt: skip
     target, loc, scale_tril = _starting_point(target, family, init, init_key, _structure(family, objective))
+    if announce:
+        print(f"vitools: initialised in {time.perf_counter() - tic:.1f} s", file=sys.stderr, flush=True)
     if hasattr(objective, "prepare"):
         objective = objective.prepare(target)
     if target.param_sites and objective.num_density_evals == 0:
@@ -316,6 +327,30 @@ def _warn_low_ess(result: Fit) -> None:
             RuntimeWarning,
             stacklevel=3,
         )
+
+
+LARGE_DIM = 1000  # the Laplace init's d x d Hessians and a full-rank q's d² parameters grow heavy
+LARGE_PARAMS = 500_000
+
+
+def _warn_large(target: Target, family: Family, init: Any) -> None:
+    """Warn, before the long part starts, when q or its Laplace init will be slow at this size."""
+    dim = target.dim
+    ones = jax.ShapeDtypeStruct((dim,), target.init_flat.dtype)
+    shapes = jax.eval_shape(family.init, target, ones, jax.ShapeDtypeStruct((dim, dim), ones.dtype))
+    num_params = sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(shapes))
+    laplace = isinstance(init, str) and init == "laplace" and dim >= LARGE_DIM
+    if num_params < LARGE_PARAMS and not laplace:
+        return
+    costs = [f"q ({family.name}) has {num_params:,} parameters"]
+    if laplace:
+        costs.append(f"the Laplace init computes up to 9 Hessians of {dim} x {dim}")
+    warnings.warn(
+        f"{dim} latent dimensions: {' and '.join(costs)}, so this may take minutes; consider "
+        "family='meanfield' or 'lowrank' and init='median'",
+        RuntimeWarning,
+        stacklevel=3,
+    )
 
 
 def _warn_improper(result: Fit) -> None:
