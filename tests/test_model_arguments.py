@@ -216,3 +216,45 @@ def test_a_large_model_warns_of_its_cost_and_announces_its_init(capsys):
     with pytest.warns(RuntimeWarning, match=r"Laplace init computes up to 9 Hessians of 1000 x 1000"):
         small = vt.fit(large, family="meanfield", num_steps=1, chunk_size=1, progress=True)
     assert "initialising (Laplace" in capsys.readouterr().err and small.num_steps == 1
+
+
+def test_the_usual_numpyro_constructs_fit_and_their_draws_respect_the_constraints():
+    from numpyro.contrib.control_flow import scan
+
+    def model(y, mask):
+        with numpyro.plate("columns", 2, dim=-1), numpyro.plate("rows", 3, dim=-2):
+            grid = numpyro.sample("grid", dist.Normal(0.0, 1.0))
+        numpyro.deterministic("grid_sum", grid.sum())
+        numpyro.factor("penalty", -0.5 * jnp.sum(grid**2))
+        rate = numpyro.sample("rate", dist.TruncatedNormal(1.0, 1.0, low=0.0, high=3.0))
+        probs = numpyro.sample("probs", dist.Dirichlet(jnp.ones(3)))
+        chol = numpyro.sample("chol", dist.LKJCholesky(3, 2.0))
+        cuts = numpyro.sample("cuts", dist.ImproperUniform(constraints.ordered_vector, (), (2,)))
+        numpyro.sample("cut_prior", dist.Normal(0.0, 3.0).expand([2]).to_event(1), obs=cuts)
+
+        def step(level, obs):
+            level = numpyro.sample("level", dist.Normal(0.9 * level, 1.0))
+            numpyro.sample("obs", dist.Normal(level, 1.0), obs=obs)
+            return level, None
+
+        scan(step, 0.0, y)
+        with numpyro.handlers.mask(mask=mask):
+            numpyro.sample("masked", dist.Normal(rate + probs[0] + chol[1, 0], 1.0), obs=y)
+
+    y = jnp.asarray(np.random.default_rng(2).normal(size=5))
+    fit = vt.fit(model, y, jnp.array([True, True, False, True, True]), num_steps=200, progress=False)
+    draws = fit.sample(200, seed=0)
+    assert draws["grid"].shape == (200, 3, 2) and draws["level"].shape == (200, 5)
+    np.testing.assert_allclose(draws["grid_sum"], draws["grid"].sum((1, 2)), rtol=1e-6, atol=1e-6)
+    assert np.all((draws["rate"] > 0) & (draws["rate"] < 3))
+    np.testing.assert_allclose(draws["probs"].sum(-1), 1.0, atol=1e-6)
+    np.testing.assert_allclose(np.linalg.norm(draws["chol"], axis=-1), 1.0, atol=1e-6)  # unit rows
+    assert np.all(np.diff(draws["cuts"], axis=-1) > 0)
+
+
+def test_a_discrete_latent_is_refused_naming_it():
+    def model():
+        numpyro.sample("k", dist.Poisson(3.0))
+
+    with pytest.raises(ValueError, match="latent site 'k' is discrete"):
+        vt.fit(model, progress=False)
