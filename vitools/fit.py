@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 import sys
 import time
 import warnings
@@ -18,11 +17,10 @@ import numpyro.distributions as dist
 import optax
 from threadpoolctl import threadpool_limits
 
-from vitools import validate
+from vitools import alerts, validate
 from vitools.engine import default_optimizer, init_state, optimize
 from vitools.families import Family, get_family
 from vitools.families.base import draw_many
-from vitools.improper import WIDEN, flat_sites
 from vitools.init import initial_gaussian, is_mode
 from vitools.objectives import Objective, get_objective
 from vitools.targets import Target
@@ -223,7 +221,7 @@ def fit(
     options = _checked_options(
         num_steps=num_steps, chunk_size=chunk_size, seed=seed, learning_rate=learning_rate,
         tol=tol, on_nonfinite=on_nonfinite, init=init, family=family, objective=objective,
-        optimizer=optimizer, progress=progress,
+        optimizer=optimizer,
     )  # fmt: skip
     num_steps, chunk_size, seed, learning_rate, tol, init, family, objective = (
         options[k]
@@ -238,9 +236,9 @@ def fit(
     target = model if isinstance(model, Target) else Target.from_model(model, *model_args, **kwargs)
 
     init_key, run_key = jax.random.split(jax.random.PRNGKey(seed))
-    _warn_large(target, family, init)
+    alerts.warn_large(target, family, init)
     tic = time.perf_counter()
-    announce = progress and target.dim >= LARGE_DIM and isinstance(init, str) and init == "laplace"
+    announce = progress and target.dim >= alerts.LARGE_DIM and isinstance(init, str) and init == "laplace"
     if announce:  # the Laplace init is one compiled program: say what it does before it starts
         print(f"vitools: initialising (Laplace: L-BFGS path, up to 9 Hessians of {target.dim} x "
               f"{target.dim})...", file=sys.stderr, flush=True)  # fmt: skip
@@ -298,8 +296,8 @@ def fit(
         if on_nonfinite == "raise":
             raise NonFiniteLossError(message, result)
         warnings.warn(message, RuntimeWarning, stacklevel=2)
-    _warn_low_ess(result)
-    _warn_improper(result)
+    alerts.warn_low_ess(result)
+    alerts.warn_improper(result)
     return result
 
 
@@ -311,62 +309,6 @@ def default_learning_rate(dim: int) -> float:
     (at 0.1, a perfect initial fit of a 100-D Gaussian drifted far off; measured).
     """
     return min(0.1, max(0.01, 0.2 / dim**0.5))
-
-
-def _warn_low_ess(result: Fit) -> None:
-    """Forward KL by SNIS is only as good as its weights: say so when the ESS collapsed."""
-    if result.objective.name != "forward_kl" or "ess" not in result.trace or result.num_steps == 0:
-        return
-    tail = result.trace["ess"][-max(1, len(result.trace["ess"]) // 10) :]
-    fraction = float(np.nanmean(tail)) / result.objective.num_draws
-    if fraction < 0.05:
-        warnings.warn(
-            f"forward KL's importance ESS averaged {fraction:.1%} of the draws over the last "
-            "10% of steps: the weights collapsed, so the gradient rests on a few draws; raise "
-            "num_draws or start from a wider init",
-            RuntimeWarning,
-            stacklevel=3,
-        )
-
-
-LARGE_DIM = 1000  # the Laplace init's d x d Hessians and a full-rank q's d² parameters grow heavy
-LARGE_PARAMS = 500_000
-
-
-def _warn_large(target: Target, family: Family, init: Any) -> None:
-    """Warn, before the long part starts, when q or its Laplace init will be slow at this size."""
-    dim = target.dim
-    ones = jax.ShapeDtypeStruct((dim,), target.init_flat.dtype)
-    shapes = jax.eval_shape(family.init, target, ones, jax.ShapeDtypeStruct((dim, dim), ones.dtype))
-    num_params = sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(shapes))
-    laplace = isinstance(init, str) and init == "laplace" and dim >= LARGE_DIM
-    if num_params < LARGE_PARAMS and not laplace:
-        return
-    costs = [f"q ({family.name}) has {num_params:,} parameters"]
-    if laplace:
-        costs.append(f"the Laplace init computes up to 9 Hessians of {dim} x {dim}")
-    warnings.warn(
-        f"{dim} latent dimensions: {' and '.join(costs)}, so this may take minutes; consider "
-        "family='meanfield' or 'lowrank' and init='median'",
-        RuntimeWarning,
-        stacklevel=3,
-    )
-
-
-def _warn_improper(result: Fit) -> None:
-    """Say so when the posterior looks improper along some sites (:mod:`vitools.improper`)."""
-    if result.num_steps == 0:
-        return
-    flat = flat_sites(result.target, result.sample_flat(64, seed=result.seed))
-    if flat:
-        spreads = ", ".join(f"{name!r} (unconstrained sd {sd:.3g})" for name, sd in flat.items())
-        warnings.warn(
-            f"the posterior may be improper: the log density is flat along {spreads}, where q "
-            f"keeps widening (widening its draws {WIDEN:g}-fold there costs under 1 nat); check "
-            "those sites' priors (an ImproperUniform prior the data do not inform has infinite mass)",
-            RuntimeWarning,
-            stacklevel=3,
-        )
 
 
 def _starting_point(
@@ -446,34 +388,33 @@ def _checked_options(**options: Any) -> dict[str, Any]:
     A model keyword argument that shares an option's name (``init=``, ``family=``) is taken by
     ``vt.fit``; when its value cannot be the option's, the error says how to pass it to the model.
     """
-    checks = {
-        "num_steps": lambda v, n: validate.count(v, n),
-        "chunk_size": lambda v, n: validate.count(v, n),
-        "seed": lambda v, n: validate.seed(v, n),
-        "learning_rate": lambda v, n: None if v is None else validate.positive(v, n),
-        "tol": lambda v, n: None if v is None else validate.positive(v, n),
-        "on_nonfinite": lambda v, n: validate.choice(v, n, ("raise", "warn")),
-        "init": lambda v, n: validate.choice(v, n, ("laplace", "median")) if isinstance(v, str) else v,
-        "family": lambda v, n: validate.option(get_family, v, n),
-        "objective": lambda v, n: validate.option(get_objective, v, n),
-        "optimizer": lambda v, n: _optimizer(v, n),
-        "progress": lambda v, n: v,
-    }
-    out = {}
-    for name, value in options.items():
-        try:
-            if name == "init" and not isinstance(value, str):
-                value = validate.gaussian(value, name)
-            out[name] = checks[name](value, name)
-        except validate.ArgumentError as err:
-            if name in ("init", "family", "objective", "optimizer", "tol", "seed", "progress"):
-                message = (
-                    f"{err} (if {name!r} is an argument of your model, pass it as "
-                    f"vt.fit(model, ..., model_kwargs={{{name!r}: ...}}))"
-                )
-                raise type(err)(message, name) from None
-            raise
-    return out
+    try:
+        return dict(
+            num_steps=validate.count(options["num_steps"], "num_steps"),
+            chunk_size=validate.count(options["chunk_size"], "chunk_size"),
+            seed=validate.seed(options["seed"]),
+            learning_rate=_maybe(validate.positive, options["learning_rate"], "learning_rate"),
+            tol=_maybe(validate.positive, options["tol"], "tol"),
+            on_nonfinite=validate.choice(options["on_nonfinite"], "on_nonfinite", ("raise", "warn")),
+            init=(
+                validate.choice(options["init"], "init", ("laplace", "median"))
+                if isinstance(options["init"], str)
+                else validate.gaussian(options["init"], "init")
+            ),
+            family=validate.option(get_family, options["family"], "family"),
+            objective=validate.option(get_objective, options["objective"], "objective"),
+            optimizer=_optimizer(options["optimizer"], "optimizer"),
+        )
+    except validate.ArgumentError as err:
+        if err.argument in ("init", "family", "objective", "optimizer", "tol", "seed"):
+            name = err.argument
+            hint = f"if {name!r} is an argument of your model, pass it as model_kwargs={{{name!r}: ...}}"
+            raise type(err)(f"{err} ({hint})", err.argument) from None
+        raise
+
+
+def _maybe(check: Callable, value: Any, name: str) -> Any:
+    return None if value is None else check(value, name)
 
 
 def _optimizer(value: Any, name: str) -> Any:
