@@ -213,8 +213,11 @@ def test_a_large_model_warns_of_its_cost_and_announces_its_init(capsys):
         RuntimeWarning, match=r"1000 latent dimensions: q \(fullrank\) has 1,001,000 parameters"
     ):
         vt.fit(large, init="median", num_steps=1, chunk_size=1, progress=False)
-    with pytest.warns(RuntimeWarning, match=r"Laplace init computes up to 9 Hessians of 1000 x 1000"):
+    with pytest.warns(
+        RuntimeWarning, match=r"Laplace init computes up to 9 Hessians of 1000 x 1000"
+    ) as caught:
         small = vt.fit(large, family="meanfield", num_steps=1, chunk_size=1, progress=True)
+    assert caught[0].filename == __file__  # the warning points at the user's call
     assert "initialising (Laplace" in capsys.readouterr().err and small.num_steps == 1
 
 

@@ -11,12 +11,18 @@ import numpy as np
 
 from vitools.families.base import Family
 from vitools.improper import WIDEN, flat_sites
-from vitools.targets import Target
 
 if TYPE_CHECKING:
     from vitools.fit import Fit
 
-__all__ = ["LARGE_DIM", "LARGE_PARAMS", "warn_improper", "warn_large", "warn_low_ess"]
+__all__ = [
+    "LARGE_DIM",
+    "LARGE_PARAMS",
+    "warn_improper",
+    "warn_large_family",
+    "warn_large_init",
+    "warn_low_ess",
+]
 
 
 def warn_low_ess(result: Fit) -> None:
@@ -31,7 +37,7 @@ def warn_low_ess(result: Fit) -> None:
             "10% of steps: the weights collapsed, so the gradient rests on a few draws; raise "
             "num_draws or start from a wider init",
             RuntimeWarning,
-            stacklevel=3,
+            stacklevel=4,
         )
 
 
@@ -39,31 +45,35 @@ LARGE_DIM = 1000  # the Laplace init's d x d Hessians and a full-rank q's d² pa
 LARGE_PARAMS = 500_000
 
 
-def warn_large(target: Target, family: Family, init: Any) -> None:
-    """Warn, before the long part starts, when q or its Laplace init will be slow at this size."""
-    dim = target.dim
-    ones = jax.ShapeDtypeStruct((dim,), target.init_flat.dtype)
-    shapes = jax.eval_shape(family.init, target, ones, jax.ShapeDtypeStruct((dim, dim), ones.dtype))
-    num_params = sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(shapes))
-    laplace = isinstance(init, str) and init == "laplace" and dim >= LARGE_DIM
-    if num_params < LARGE_PARAMS and not laplace:
-        return
-    costs = [f"q ({family.name}) has {num_params:,} parameters"]
-    if laplace:
-        costs.append(f"the Laplace init computes up to 9 Hessians of {dim} x {dim}")
-    warnings.warn(
-        f"{dim} latent dimensions: {' and '.join(costs)}, so this may take minutes; consider "
-        "family='meanfield' or 'lowrank' and init='median'",
-        RuntimeWarning,
-        stacklevel=3,
-    )
+def warn_large_init(dim: int) -> None:
+    """Warn, before it starts, when the Laplace init's d x d Hessians will be slow."""
+    if dim >= LARGE_DIM:
+        warnings.warn(
+            f"{dim} latent dimensions: the Laplace init computes up to 9 Hessians of {dim} x {dim}, "
+            "so it may take minutes; consider init='median' (and family='meanfield' or 'lowrank')",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+
+
+def warn_large_family(family: Family, params: Any, dim: int) -> None:
+    """Warn, before the loop compiles, when q has so many parameters that each step is slow."""
+    num_params = sum(math.prod(np.shape(leaf)) for leaf in jax.tree.leaves(params))
+    if num_params >= LARGE_PARAMS:
+        warnings.warn(
+            f"{dim} latent dimensions: q ({family.name}) has {num_params:,} parameters, so each "
+            "step is slow; consider family='meanfield' or 'lowrank'",
+            RuntimeWarning,
+            stacklevel=4,
+        )
 
 
 def warn_improper(result: Fit) -> None:
     """Say so when the posterior looks improper along some sites (:mod:`vitools.improper`)."""
     if result.num_steps == 0:
         return
-    flat = flat_sites(result.target, result.sample_flat(64, seed=result.seed))
+    key = jax.random.fold_in(jax.random.PRNGKey(result.seed), 1)
+    flat = flat_sites(result.target, result.family, result.params, key)
     if flat:
         spreads = ", ".join(f"{name!r} (unconstrained sd {sd:.3g})" for name, sd in flat.items())
         warnings.warn(
@@ -71,5 +81,5 @@ def warn_improper(result: Fit) -> None:
             f"keeps widening (widening its draws {WIDEN:g}-fold there costs under 1 nat); check "
             "those sites' priors (an ImproperUniform prior the data do not inform has infinite mass)",
             RuntimeWarning,
-            stacklevel=3,
+            stacklevel=4,
         )

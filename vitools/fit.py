@@ -236,9 +236,11 @@ def fit(
     target = model if isinstance(model, Target) else Target.from_model(model, *model_args, **kwargs)
 
     init_key, run_key = jax.random.split(jax.random.PRNGKey(seed))
-    alerts.warn_large(target, family, init)
+    laplace = isinstance(init, str) and init == "laplace"
+    if laplace:
+        alerts.warn_large_init(target.dim)
     tic = time.perf_counter()
-    announce = progress and target.dim >= alerts.LARGE_DIM and isinstance(init, str) and init == "laplace"
+    announce = progress and laplace and target.dim >= alerts.LARGE_DIM
     if announce:  # the Laplace init is one compiled program: say what it does before it starts
         print(f"vitools: initialising (Laplace: L-BFGS path, up to 9 Hessians of {target.dim} x "
               f"{target.dim})...", file=sys.stderr, flush=True)  # fmt: skip
@@ -255,6 +257,7 @@ def fit(
             "objective",
         )
     params = family.init(target, loc, scale_tril)
+    alerts.warn_large_family(family, params, target.dim)
     if learning_rate is None:
         rule = getattr(objective, "default_learning_rate", default_learning_rate)
         learning_rate = rule(target.dim)
@@ -295,7 +298,7 @@ def fit(
         )
         if on_nonfinite == "raise":
             raise NonFiniteLossError(message, result)
-        warnings.warn(message, RuntimeWarning, stacklevel=2)
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
     alerts.warn_low_ess(result)
     alerts.warn_improper(result)
     return result

@@ -18,11 +18,13 @@ nothing.
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vitools.families.base import Family, draw_many
 from vitools.targets import Target
 
 __all__ = ["SUSPICIOUS_SD", "WIDEN", "flat_sites"]
@@ -30,37 +32,45 @@ __all__ = ["SUSPICIOUS_SD", "WIDEN", "flat_sites"]
 SUSPICIOUS_SD = 10.0  # unconstrained units: a log-scale sd of 10 is e^10-fold; a real one is checked
 WIDEN = 100.0
 _MAX_COST = 1.0  # nats
+_NUM_DRAWS = 64
 
 
-def flat_sites(target: Target, flat_draws: jax.Array) -> dict[str, float]:
+def flat_sites(target: Target, family: Family, params: Any, key: jax.Array) -> dict[str, float]:
     """Latent sites along which the log density is flat around q's draws.
 
     Args:
-        target: the target (in any frame).
-        flat_draws: ``(S, dim)`` draws of q in the model's flat unconstrained space, S ≥ 2.
+        target: the target, in the frame q was fitted in.
+        family, params: q.
+        key: PRNG key for q's draws.
 
     Returns:
         site name → q's largest unconstrained sd on it, for each flat site (empty if none).
     """
-    draws = np.asarray(flat_draws)
-    sds = draws.std(axis=0)
+    draws, sds = _unconstrained_draws(target, family, params, key)
+    sds = np.asarray(sds)
     flagged, start = {}, 0
     for site in target.sites:
         block = slice(start, start + site.size)
+        if np.all(np.isfinite(sds[block])) and sds[block].max() > SUSPICIOUS_SD:
+            if float(_median_cost(target, draws, start, site.size)) < _MAX_COST:
+                flagged[site.name] = float(sds[block].max())
         start += site.size
-        if not np.all(np.isfinite(sds[block])) or sds[block].max() <= SUSPICIOUS_SD:
-            continue
-        mask = np.zeros(target.dim, bool)
-        mask[block] = True
-        cost = float(_median_cost(target, jnp.asarray(draws), jnp.asarray(mask)))
-        if cost < _MAX_COST:
-            flagged[site.name] = float(sds[block].max())
     return flagged
 
 
 @jax.jit
-def _median_cost(target: Target, draws: jax.Array, mask: jax.Array) -> jax.Array:
-    """Median over draws of log π(u) - log π(u widened along ``mask``); +inf where not finite."""
+def _unconstrained_draws(target: Target, family: Family, params: Any, key: jax.Array):
+    """``(_NUM_DRAWS, dim)`` draws of q in the model's flat unconstrained space and their sds."""
+    draws = jax.vmap(target.to_unconstrained)(draw_many(family.distribution(params), key, _NUM_DRAWS))
+    return draws, jnp.std(draws, axis=0)
+
+
+@jax.jit
+def _median_cost(target: Target, draws: jax.Array, start: int, size: int) -> jax.Array:
+    """Median over draws of log π(u) - log π(u widened along coordinates [start, start + size));
+    +inf where not finite. ``start`` and ``size`` are traced: one program for every site."""
+    index = jnp.arange(target.dim)
+    mask = (index >= start) & (index < start + size)
     centre = jnp.mean(draws, axis=0)
     widened = jnp.where(mask[None, :], centre[None, :] + WIDEN * (draws - centre[None, :]), draws)
     log_density = jax.vmap(functools.partial(_log_density_unconstrained, target))
