@@ -24,6 +24,7 @@ test-fast: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/run_all.py
+	$(PY) benchmarks/bench_posteriordb.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check vitools tests benchmarks examples
