@@ -195,6 +195,14 @@ def test_an_improper_posterior_is_flagged_naming_the_site_and_a_proper_wide_one_
     with pytest.warns(RuntimeWarning, match=r"may be improper.*'free'"):
         vt.fit(improper, jnp.zeros(5), num_steps=500, progress=False)
 
+    def improper_positive(y):  # flat on (0, inf): log-density e^u in the unconstrained space
+        numpyro.sample("scale", dist.ImproperUniform(constraints.positive, (), ()))
+        mu = numpyro.sample("mu", dist.Normal(0.0, 1.0))
+        numpyro.sample("y", dist.Normal(mu, 1.0), obs=y)
+
+    with pytest.warns(RuntimeWarning, match=r"may be improper.*'scale'"):
+        vt.fit(improper_positive, jnp.zeros(5), num_steps=500, progress=False)
+
     def wide(y):  # proper, with an unconstrained sd of 1000 (a coefficient in dollars)
         numpyro.sample("coef", dist.Normal(0.0, 1000.0))
         numpyro.sample("y", dist.Normal(0.0, 1.0), obs=y)

@@ -77,9 +77,10 @@ def warn_improper(result: Fit) -> None:
     if flat:
         spreads = ", ".join(f"{name!r} (unconstrained sd {sd:.3g})" for name, sd in flat.items())
         warnings.warn(
-            f"the posterior may be improper: the log density is flat along {spreads}, where q "
-            f"keeps widening (widening its draws {WIDEN:g}-fold there costs under 1 nat); check "
-            "those sites' priors (an ImproperUniform prior the data do not inform has infinite mass)",
+            f"the posterior may be improper: q keeps widening along {spreads} (sd inf: its draws "
+            f"overflow), where the log density does not fall off (widening q's draws {WIDEN:g}-fold "
+            "there costs under 1 nat); check those sites' priors (an ImproperUniform prior the data "
+            "do not inform has infinite mass)",
             RuntimeWarning,
             stacklevel=4,
         )

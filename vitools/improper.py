@@ -44,14 +44,17 @@ def flat_sites(target: Target, family: Family, params: Any, key: jax.Array) -> d
         key: PRNG key for q's draws.
 
     Returns:
-        site name → q's largest unconstrained sd on it, for each flat site (empty if none).
+        site name → q's largest unconstrained sd on it, for each flat site (empty if none); inf
+        where q's draws are no longer finite.
     """
     draws, sds = _unconstrained_draws(target, family, params, key)
     sds = np.asarray(sds)
     flagged, start = {}, 0
     for site in target.sites:
         block = slice(start, start + site.size)
-        if np.all(np.isfinite(sds[block])) and sds[block].max() > SUSPICIOUS_SD:
+        if not np.all(np.isfinite(sds[block])):  # q ran away past floating point
+            flagged[site.name] = float("inf")
+        elif sds[block].max() > SUSPICIOUS_SD:
             if float(_median_cost(target, draws, start, site.size)) < _MAX_COST:
                 flagged[site.name] = float(sds[block].max())
         start += site.size

@@ -21,7 +21,7 @@ import optax
 
 from vitools.targets import Target
 
-__all__ = ["InitialGaussian", "initial_gaussian", "is_mode"]
+__all__ = ["InitialGaussian", "initial_gaussian", "is_mode", "second_order"]
 
 _PATH_POINTS = (0, 1, 2, 4, 8, 16, 32, 64, 99)  # iterations along the path tried as centres
 _MAX_ITERS = 100
@@ -36,17 +36,44 @@ _SIMPLE_MARGIN = 20.0  # nats per dimension by which the simple start must lead 
 _MIN_PRECISION, _MAX_PRECISION = 1e-4, 1e10  # eigenvalue clip of -Hessian: sd in [1e-5, 100]
 
 
-def _hessian_and_grad(fn):
+def _hessian_and_grad(fn, exact: bool = True):
     """``(∇²fn, ∇fn)``, reverse over reverse; the gradient is the Hessian pass's own primal, not a
     second pass. ``jax.hessian`` (forward over reverse) took 34 ms against 17 ms on a 10^5-row,
     51-parameter regression, and the two are within 0.1 ms on the zoo models (measured); compile
-    times are equal."""
+    times are equal.
+
+    ``exact=False``: central differences of the gradient (2 d gradients), for log densities JAX
+    can differentiate only once, such as an ODE solved by diffrax inside the model (its adjoint
+    supports one reverse pass; NUTS and SVI need no more). The step is eps^(1/3) relative, the
+    optimum for central differences (Nocedal & Wright 2006, sec. 8.1).
+    """
+    if not exact:
+        return functools.partial(_finite_difference_hessian, jax.grad(fn))
 
     def grad_twice(u):
         gradient = jax.grad(fn)(u)
         return gradient, gradient
 
     return jax.jacrev(grad_twice, has_aux=True)
+
+
+def _finite_difference_hessian(grad, u):
+    step = jnp.finfo(u.dtype).eps ** (1 / 3) * jnp.maximum(1.0, jnp.abs(u))
+    steps = jnp.diag(step)  # row j: step_j e_j
+    differences = jax.vmap(lambda e: grad(u + e))(steps) - jax.vmap(lambda e: grad(u - e))(steps)
+    rows = differences / (2 * step[:, None])
+    return rows.T, grad(u)  # rows[j] = ∂grad/∂u_j, i.e. column j of the Hessian
+
+
+def second_order(function, *args):
+    """``function(*args, exact=True)``, or with ``exact=False`` where JAX cannot differentiate
+    the log density twice (the error names reverse-mode, jvp or vjp)."""
+    try:
+        return function(*args, exact=True)
+    except (ValueError, TypeError, NotImplementedError) as err:
+        if not any(word in str(err) for word in ("differentiation", "jvp", "vjp", "Reverse-mode")):
+            raise
+        return function(*args, exact=False)
 
 
 class InitialGaussian(NamedTuple):
@@ -79,11 +106,11 @@ def initial_gaussian(
         raise ValueError(f"unknown init {method!r}; choose 'laplace' or 'median', or pass (loc, scale_tril)")
     if structure not in ("full", "diagonal"):
         raise ValueError(f"unknown structure {structure!r}; choose 'full' or 'diagonal'")
-    return _path_laplace(target, key, structure == "diagonal")
+    return second_order(_path_laplace, target, key, structure == "diagonal")
 
 
-@functools.partial(jax.jit, static_argnums=(2,))
-def _path_laplace(target: Target, key: jax.Array, diagonal: bool) -> InitialGaussian:
+@functools.partial(jax.jit, static_argnames=("diagonal", "exact"))
+def _path_laplace(target: Target, key: jax.Array, diagonal: bool, exact: bool = True) -> InitialGaussian:
     path_key, key = jax.random.split(key)
     path = _lbfgs_path(target, path_key)
     centres = path[jnp.array(_PATH_POINTS)]
@@ -95,7 +122,8 @@ def _path_laplace(target: Target, key: jax.Array, diagonal: bool) -> InitialGaus
         centre, is_fresh = args
         eye = jnp.eye(target.dim, dtype=centre.dtype)
         skipped = (jnp.stack([centre, centre]), eye, jnp.full(2, -jnp.inf, centre.dtype))
-        return jax.lax.cond(is_fresh, lambda: _gaussian_at(target, centre, key, diagonal), lambda: skipped)
+        gaussians = functools.partial(_gaussian_at, target, centre, key, diagonal, exact)
+        return jax.lax.cond(is_fresh, gaussians, lambda: skipped)
 
     # One path point at a time: the cond skips a repeat's work (a vmap would compute it), and
     # nine Hessians in sequence took 165 ms against 195 ms vmapped (10^5 rows, measured).
@@ -116,7 +144,7 @@ def _path_laplace(target: Target, key: jax.Array, diagonal: bool) -> InitialGaus
     loc = jnp.where(simple, simple_loc, locs.reshape(-1, target.dim)[best])
     scale_tril = jnp.where(simple, simple_tril, trils[best // 2])
     # Only full-structure families may whiten with the full factor; diagonal ones never ask.
-    at_mode = jnp.array(False) if diagonal else is_mode(target, loc, scale_tril) & ~simple
+    at_mode = jnp.array(False) if diagonal else is_mode(target, loc, scale_tril, exact=exact) & ~simple
     return InitialGaussian(loc, scale_tril, at_mode, ~simple)
 
 
@@ -175,7 +203,9 @@ def _lbfgs_path(target: Target, key: jax.Array) -> jax.Array:
     return jnp.concatenate([u0[None], path])
 
 
-def _gaussian_at(target: Target, point: jax.Array, key: jax.Array, diagonal: bool = False):
+def _gaussian_at(
+    target: Target, point: jax.Array, key: jax.Array, diagonal: bool = False, exact: bool = True
+):
     """Laplace Gaussians at a path point: ``(centres, scale_tril, elbos)`` for two centres.
 
     The covariance is the inverse of -Hessian at ``point`` (|eigenvalues|, clipped). The centres
@@ -184,7 +214,7 @@ def _gaussian_at(target: Target, point: jax.Array, key: jax.Array, diagonal: boo
     correlation -0.9999 stopped 27 sds from the mode along the ridge (measured on ``bad_scaling``).
     The ELBO picks between them, so a Newton step that overshoots on a non-Gaussian target loses.
     """
-    hessian, gradient = _hessian_and_grad(target.log_density)(point)
+    hessian, gradient = _hessian_and_grad(target.log_density, exact)(point)
     precision = -0.5 * (hessian + hessian.T)
     eigvals, eigvecs = jnp.linalg.eigh(precision)
     eigvals = jnp.clip(jnp.abs(eigvals), _MIN_PRECISION, _MAX_PRECISION)
@@ -213,8 +243,8 @@ def _gaussian_at(target: Target, point: jax.Array, key: jax.Array, diagonal: boo
     return centres, scale_tril, jnp.where(finite, elbos, -jnp.inf)
 
 
-@jax.jit
-def is_mode(target: Target, loc: jax.Array, scale_tril: jax.Array) -> jax.Array:
+@functools.partial(jax.jit, static_argnames=("exact",))
+def is_mode(target: Target, loc: jax.Array, scale_tril: jax.Array, exact: bool = True) -> jax.Array:
     """Whether N(loc, L Lᵀ) sits at a mode: -Hessian positive definite at ``loc`` and the
     gradient, in units of the Gaussian's sds (|Lᵀ ∇log π|), below 1.
 
@@ -223,6 +253,6 @@ def is_mode(target: Target, loc: jax.Array, scale_tril: jax.Array) -> jax.Array:
     funnels and hierarchical models (``radon``, centred eight schools, ``gp_poisson``) it is 3.6-7.4
     with negative curvature (measured).
     """
-    hessian, gradient = _hessian_and_grad(target.log_density)(loc)
+    hessian, gradient = _hessian_and_grad(target.log_density, exact)(loc)
     smallest = jnp.linalg.eigvalsh(-0.5 * (hessian + hessian.T))[0]
     return (smallest > 0) & (jnp.linalg.norm(scale_tril.T @ gradient) < 1.0)
