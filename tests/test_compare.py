@@ -227,3 +227,22 @@ def test_a_fit_with_nan_log_densities_fails_its_row_not_the_table():
         table = compare({"broken": broken, "fine": fine}, num_draws=500)
     assert table.loc["broken", "verdict"] == "failed" and np.isnan(table.loc["broken", "khat"])
     assert table.loc["fine", "verdict"] in ("good", "ok")
+
+
+def test_fits_of_two_model_functions_with_the_same_sites_are_flagged_and_get_no_missed_mass():
+    import numpyro
+    import numpyro.distributions as dist
+
+    def normal(y):
+        mu = numpyro.sample("mu", dist.Normal(0.0, 10.0))
+        numpyro.sample("y", dist.Normal(mu, 1.0), obs=y)
+
+    def student(y):
+        mu = numpyro.sample("mu", dist.Normal(0.0, 10.0))
+        numpyro.sample("y", dist.StudentT(3.0, mu, 1.0), obs=y)
+
+    y = np.zeros(5)
+    fits = {name: vt.fit(m, y, num_steps=50, progress=False) for name, m in [("n", normal), ("t", student)]}
+    with pytest.warns(RuntimeWarning, match=r"different model functions: 'n' \(normal\), 't' \(student\)"):
+        table = vt.compare(fits, num_draws=200)
+    assert table["missed_mass"].isna().all() and np.isfinite(table["khat"]).all()

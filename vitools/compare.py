@@ -41,6 +41,7 @@ import numpy as np
 import pandas as pd
 import scipy.stats
 import xarray as xr
+from numpyro.infer import MCMC
 
 from vitools.convert import Sites, draws_to_datatree, flatten_draws, site_shapes, to_datatree
 from vitools.diagnostics import diagnose, has_log_weights
@@ -103,6 +104,32 @@ def _check_one_model(trees: Mapping[str, xr.DataTree], reference: xr.DataTree | 
                 f"{anchor} and {label} disagree on the model's latent sites ({listed}): compare needs fits "
                 "of one model, and a reference that holds every latent site with its shape"
             )
+
+
+def _same_model_function(fits: Mapping[str, Any]) -> bool:
+    """Whether the Fits and MCMC runs among ``fits`` share one model function; warns if not.
+
+    Fits of the same latent sites under different model functions (a Normal and a Student-t
+    likelihood, say) pass :func:`_check_one_model`; their rows can still be read side by side,
+    but not as approximations of one posterior, so the table's missed_mass is left NaN.
+    """
+    models = {}
+    for label, obj in fits.items():
+        model = getattr(getattr(obj, "target", None), "model", None)  # a vitools Fit
+        if model is None and isinstance(obj, MCMC):
+            model = obj.sampler.model
+        if model is not None:
+            models.setdefault(id(model), (label, getattr(model, "__name__", repr(model))))
+    if len(models) <= 1:
+        return True
+    listed = ", ".join(f"{label!r} ({name})" for label, name in models.values())
+    warnings.warn(
+        f"compare: the fits come from different model functions: {listed}; their rows are not "
+        "approximations of one posterior (missed_mass is left NaN)",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+    return False
 
 
 def _differences(a: Sites, b: Sites) -> list[tuple[str, Any, Any]]:
@@ -187,6 +214,7 @@ def compare(
     }
     ref_tree = None if reference is None else _reference_tree(reference, trees)
     _check_one_model(trees, None if isinstance(reference, str) else ref_tree)
+    one_model = _same_model_function(fits)
     ref = None if ref_tree is None else flatten_draws(ref_tree)
     rows = []
     for name, tree in trees.items():
@@ -212,6 +240,8 @@ def compare(
     columns = COLUMNS + (REFERENCE_COLUMNS if ref is not None else [])
     table = pd.DataFrame(rows).reindex(columns=columns)
     table["missed_mass"] = -np.expm1(table["log_evidence"] - table["log_evidence"].max())
+    if not one_model:  # log evidences of different models are not shares of one posterior's mass
+        table["missed_mass"] = np.nan
     table.attrs["num_draws"] = num_draws  # the k̂ threshold depends on it (plots, report)
     return table
 
