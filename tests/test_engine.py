@@ -128,14 +128,19 @@ def test_ctrl_c_returns_the_fit_so_far(monkeypatch):
 
     monkeypatch.setattr(Progress, "update", interrupt_on_third)
     monkeypatch.setattr(engine, "CALL_SECONDS", 0.0)  # one chunk per call
-    fit = quiet_fit(normal_model, Y, num_steps=1000, chunk_size=100)
+    fit = quiet_fit(normal_model, Y, num_steps=1000, chunk_size=100, init="median")
     assert fit.status == "interrupted" and fit.num_steps == 300 and len(fit.losses) == 300
     # Several chunks per call: the fit so far is still whole (steps, losses and trace agree).
     calls.clear()
     monkeypatch.setattr(engine, "CALL_SECONDS", 1e9)  # as many chunks per call as allowed
-    fit = quiet_fit(normal_model, Y, num_steps=5000, chunk_size=100)
+    fit = quiet_fit(normal_model, Y, num_steps=5000, chunk_size=100, init="median")
     assert fit.status == "interrupted" and fit.num_steps == len(fit.losses) == len(fit.trace["ess"])
     assert fit.num_steps == 100 + 2 * engine.MAX_CHUNKS_PER_CALL * 100
+    # In the default start's pilot race (vitools.fit.RACE_MIN_STEPS): the pilot so far is the fit.
+    calls.clear()
+    monkeypatch.setattr(engine, "CALL_SECONDS", 0.0)
+    fit = quiet_fit(normal_model, Y, num_steps=1000, chunk_size=10)
+    assert fit.status == "interrupted" and fit.num_steps == 30 == len(fit.losses)
 
 
 @pytest.mark.parametrize("num_steps", [1000, 950])
@@ -146,7 +151,8 @@ def test_chunks_per_call_change_nothing_but_the_calls(monkeypatch, num_steps):
     for call_seconds in (0.0, 1e9):  # one chunk per call; all the remaining chunks in one call
         monkeypatch.setattr(engine, "CALL_SECONDS", call_seconds)
         updates.clear()
-        runs[call_seconds] = quiet_fit(normal_model, Y, num_steps=num_steps, chunk_size=100, seed=5)
+        fit = quiet_fit(normal_model, Y, num_steps=num_steps, chunk_size=100, seed=5, init="median")
+        runs[call_seconds] = fit
         calls[call_seconds] = list(updates)
     one, many = runs[0.0], runs[1e9]
     assert len(calls[0.0]) == 10 and calls[1e9] == [100, num_steps]  # the first call times a chunk

@@ -265,31 +265,33 @@ def fit(
         rule = getattr(objective, "default_learning_rate", default_learning_rate)
         learning_rate = rule(target.dim)
     optimizer = optimizer or default_optimizer()
-    pilot_evals, pilot_seconds, pilot_compile = 0, 0.0, 0.0
+    pilots = []
     if laplace and num_steps >= RACE_MIN_STEPS and not getattr(objective, "mass_covering", False):
         simple = _simple_start(model_target, like=target)
         if not np.array_equal(simple[0].to_unconstrained(simple[1]), target.to_unconstrained(loc)):
-            starts = [(target, loc, scale_tril), simple]
             run = functools.partial(_pilot, family, objective, optimizer, learning_rate, run_key, chunk_size)
-            pilots = [run(*start) for start in starts]
-            target, loc, scale_tril = starts[int(np.argmin([p.score for p in pilots]))]
-            params = family.init(target, loc, scale_tril)
-            pilot_evals = len(starts) * PILOT_STEPS * objective.num_density_evals
-            pilot_seconds = sum(p.outcome.elapsed for p in pilots)
-            pilot_compile = sum(p.outcome.compile_time for p in pilots)
-    state = init_state(run_key, params, optimizer, learning_rate, target.model_params)
-    outcome = optimize(
-        state,
-        num_steps,
-        objective,
-        family,
-        target,
-        optimizer,
-        chunk_size=chunk_size,
-        progress=progress,
-        tol=tol,
-        desc=f"{objective.name}/{family.name}",
-    )
+            (target, loc, scale_tril), pilots = _race([(target, loc, scale_tril), simple], run)
+    if pilots and pilots[-1].outcome.status == "interrupted":  # Ctrl-C in a pilot: that is the fit
+        outcome, pilots = pilots[-1].outcome, pilots[:-1]
+    else:
+        state = init_state(
+            run_key, family.init(target, loc, scale_tril), optimizer, learning_rate, target.model_params
+        )
+        outcome = optimize(
+            state,
+            num_steps,
+            objective,
+            family,
+            target,
+            optimizer,
+            chunk_size=chunk_size,
+            progress=progress,
+            tol=tol,
+            desc=f"{objective.name}/{family.name}",
+        )
+    pilot_evals = len(pilots) * PILOT_STEPS * objective.num_density_evals
+    pilot_seconds = sum(p.outcome.elapsed for p in pilots)
+    pilot_compile = sum(p.outcome.compile_time for p in pilots)
     steps = int(outcome.state.step)
     result = Fit(
         target=target.with_model_params(outcome.state.model_params),
@@ -353,8 +355,6 @@ def _pilot(family, objective, optimizer, learning_rate, key, chunk_size, target,
     outcome = optimize(
         state, PILOT_STEPS, objective, family, target, optimizer, chunk_size=chunk_size, progress=False
     )
-    if outcome.status == "interrupted":
-        raise KeyboardInterrupt
     head, tail = outcome.losses[: PILOT_STEPS // 5], outcome.losses[-PILOT_STEPS // 5 :]
     completed = outcome.status == "completed" and np.all(np.isfinite(outcome.losses))
     # A loss whose size grew a thousandfold in the pilot is running away, not converging: in
@@ -362,6 +362,17 @@ def _pilot(family, objective, optimizer, learning_rate, key, chunk_size, target,
     # the neck of the funnel, where the estimates break down) while the simple start reached 92.
     diverging = completed and abs(np.mean(tail)) > 1e3 * (1.0 + abs(np.mean(head)))
     return _Pilot(float(np.mean(tail)) if completed and not diverging else np.inf, outcome)
+
+
+def _race(starts: list, run: Callable) -> tuple[tuple, list[_Pilot]]:
+    """``(the start whose pilot scored lowest, the pilots)``; stops at an interrupted pilot (Ctrl-C),
+    whose start it returns."""
+    pilots = []
+    for start in starts:
+        pilots.append(run(*start))
+        if pilots[-1].outcome.status == "interrupted":
+            return start, pilots
+    return starts[int(np.argmin([p.score for p in pilots]))], pilots
 
 
 def _simple_start(target: Target, like: Target) -> tuple[Target, jax.Array, jax.Array]:
