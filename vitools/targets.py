@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -34,13 +33,22 @@ import numpy as np
 from numpyro import handlers
 from numpyro.distributions import constraints
 from numpyro.distributions.transforms import biject_to
-from numpyro.infer import init_to_median, init_to_uniform
+from numpyro.infer import init_to_median
 from numpyro.infer.util import (
     constrain_fn,
     find_valid_initial_params,
     log_density,
     potential_energy,
     unconstrain_fn,
+)
+
+from vitools.arguments import (
+    Static,
+    check_no_subsampling,
+    join_data,
+    trace_in_first_mode,
+    trace_once,
+    try_hash,
 )
 
 __all__ = ["Site", "Target"]
@@ -52,134 +60,6 @@ class Site(NamedTuple):
     name: str
     shape: tuple[int, ...]
     size: int
-
-
-class _Hashable:
-    """Wraps an unhashable static object (a model, a constraint) so it can sit in a pytree's
-    static metadata: keyed by identity."""
-
-    def __init__(self, value: Any):
-        self.value = value
-
-    def __hash__(self) -> int:
-        return id(self.value)
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, _Hashable) and other.value is self.value
-
-
-class _Static:
-    """A model argument held as static metadata (the model sees it as given), keyed by content.
-
-    Arrays and pandas objects are keyed by a digest of their values, so a compiled program is
-    reused for equal data and never for changed data (keyed by identity, a dict of data edited
-    in place between two fits would reuse the first fit's program and data). Other unhashable
-    objects are keyed by identity.
-    """
-
-    def __init__(self, value: Any):
-        self.value = value
-        self.key = _content_key(value)
-
-    def __hash__(self) -> int:
-        return hash(self.key)
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, _Static) and other.key == self.key
-
-
-def _content_key(value: Any) -> Any:
-    if _is_array(value) and np.asarray(value).dtype != object:
-        values = np.ascontiguousarray(np.asarray(value))
-        digest = hashlib.blake2b(values.tobytes(), digest_size=16).digest()
-        return ("array", values.dtype.str, values.shape, digest)
-    if type(value).__module__.startswith("pandas"):
-        import pandas as pd
-
-        try:
-            rows = pd.util.hash_pandas_object(value, index=True).to_numpy()
-        except TypeError:  # e.g. unhashable cells
-            return ("id", id(value))
-        names = tuple(map(str, getattr(value, "columns", [getattr(value, "name", None)])))
-        digest = hashlib.blake2b(rows.tobytes(), digest_size=16).digest()
-        return ("pandas", type(value).__name__, names, digest)
-    if isinstance(value, constraints.Constraint):  # unhashable, but equal when their parameters are
-        leaves, treedef = jax.tree.flatten(value)
-        return ("constraint", treedef, tuple(_content_key(leaf) for leaf in leaves))
-    if _try_hash(value):
-        return ("value", type(value), value)
-    return ("id", id(value))
-
-
-def _is_array(x: Any) -> bool:
-    return isinstance(x, (jax.Array, np.ndarray, np.generic))
-
-
-# How a model's array arguments reach the compiled programs, tried in this order; the first mode
-# in which the model traces is kept. "traced": every array is an input of the compiled programs,
-# so new data of the same shapes reuse them. "floats": only floating arrays of rank >= 1 are,
-# integer/bool arrays and scalars are constants (a plate size `K`, group indices used for
-# shapes, a flag in an `if`). "closed": every argument is a constant the model sees exactly as
-# given, as NumPyro's NUTS and SVI close over theirs (numpy on the data, `int(data["N"])`,
-# Python control flow on data values); the programs are then reused for equal data only.
-DATA_MODES = ("traced", "floats", "closed")
-
-
-def _traced_in(mode: str, x: Any) -> bool:
-    if not _is_array(x):
-        return False
-    if mode == "traced":
-        return True
-    if mode == "floats":
-        return np.ndim(x) >= 1 and jnp.issubdtype(jnp.result_type(x), jnp.floating)
-    return False
-
-
-class _StaticData:
-    """The static part of a model's arguments: their tree and the static leaves (None marks a
-    traced leaf), hashed once (jit hashes a pytree's static metadata on every call)."""
-
-    __slots__ = ("treedef", "leaves", "_hash")
-
-    def __init__(self, treedef: Any, leaves: tuple):
-        self.treedef, self.leaves = treedef, leaves
-        self._hash = hash((treedef, leaves))
-
-    def __hash__(self) -> int:
-        return self._hash
-
-    def __eq__(self, other: object) -> bool:
-        return (
-            isinstance(other, _StaticData)
-            and self._hash == other._hash
-            and self.treedef == other.treedef
-            and self.leaves == other.leaves
-        )
-
-
-def _split_data(args: tuple, kwargs: dict, mode: str = "traced") -> tuple[tuple, _StaticData]:
-    """The model's arguments as ``(traced arrays, static part)`` under a :data:`DATA_MODES` mode."""
-    leaves, treedef = jax.tree.flatten((args, kwargs), is_leaf=lambda x: x is None)
-    arrays = tuple(jnp.asarray(x) for x in leaves if _traced_in(mode, x))
-    static = tuple(
-        None if _traced_in(mode, x) else (x if _try_hash(x) and not _is_array(x) else _Static(x))
-        for x in leaves
-    )
-    return arrays, _StaticData(treedef, static)
-
-
-def _try_hash(x: Any) -> bool:
-    try:
-        hash(x)
-    except TypeError:
-        return False
-    return True
-
-
-def _join_data(arrays: tuple, static: _StaticData) -> tuple[tuple, dict]:
-    it = iter(arrays)
-    leaves = [next(it) if s is None else (s.value if isinstance(s, _Static) else s) for s in static.leaves]
-    return jax.tree.unflatten(static.treedef, leaves)
 
 
 @jax.tree_util.register_dataclass
@@ -232,7 +112,7 @@ class Target:
             return model
         if not callable(model):
             raise TypeError(f"model must be a callable NumPyro model, got {type(model).__name__}")
-        arrays, static, trace = _trace_in_first_mode(model, args, kwargs, seed)
+        arrays, static, trace = trace_in_first_mode(model, args, kwargs, seed)
         latent = [s for s in trace.values() if s["type"] == "sample" and not s["is_observed"]]
         discrete = [s["name"] for s in latent if s["fn"].support.is_discrete]
         if discrete:
@@ -245,10 +125,10 @@ class Target:
                 "the model has no latent sample sites; if it is a log-density function, use "
                 "Target.from_log_density(fn, dim)"
             )
-        _check_no_subsampling(trace)
+        check_no_subsampling(trace)
         # jit keys its cache on the static arguments; an unhashable callable is keyed by identity.
         init, model_params, ok = _initial_point(
-            model if _try_hash(model) else _Hashable(model), static, seed, arrays
+            model if try_hash(model) else Static(model), static, seed, arrays
         )
         if not bool(ok):
             raise ValueError(
@@ -262,7 +142,7 @@ class Target:
         flat = jnp.concatenate([jnp.ravel(init[s.name]) for s in sites])
         # find_valid_initial_params has checked that this point's log density and gradient are finite.
         param_sites = tuple(
-            (s["name"], _Static(s["kwargs"].get("constraint", constraints.real)))
+            (s["name"], Static(s["kwargs"].get("constraint", constraints.real)))
             for s in trace.values()
             if s["type"] == "param"
         )
@@ -356,7 +236,7 @@ class Target:
     # densities and maps of one draw
     @property
     def _args(self) -> tuple[tuple, dict]:
-        return _join_data(self.data, self.static_data)
+        return join_data(self.data, self.static_data)
 
     def with_model_params(self, model_params: dict) -> Target:
         """The same target with other (unconstrained) values of its ``numpyro.param`` sites."""
@@ -411,8 +291,7 @@ class Target:
             return jnp.array(True)
         args, kwargs = self._args
         latent = {n: values[n] for n in self.site_names}
-        model = handlers.substitute(handlers.seed(self._model, 0), data=latent)  # draws nothing
-        trace = handlers.trace(model).get_trace(*args, **kwargs)
+        trace = log_density(self._model, args, kwargs, latent)[1]  # NumPyro's trace at these values
         checks = [jnp.all(trace[n]["fn"].support(trace[n]["value"])) for n in self.site_names]
         return jnp.all(jnp.stack(checks))
 
@@ -435,7 +314,7 @@ class Target:
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2))
-def _initial_point(model: Callable, static: tuple, seed: int, arrays: tuple) -> tuple[dict, dict, jax.Array]:
+def _initial_point(model: Callable, static: Any, seed: int, arrays: tuple) -> tuple[dict, dict, jax.Array]:
     """NumPyro's ``find_valid_initial_params`` (init_to_median), compiled as one program:
     ``(latent values, unconstrained numpyro.param values, ok)``.
 
@@ -444,10 +323,10 @@ def _initial_point(model: Callable, static: tuple, seed: int, arrays: tuple) -> 
     (measured). ``jax.jit`` keeps the program for the next call with the same model, static
     arguments, seed and data shapes.
     """
-    model = model.value if isinstance(model, _Hashable) else model
-    model_args, model_kwargs = _join_data(arrays, static)
+    model = model.value if isinstance(model, Static) else model
+    model_args, model_kwargs = join_data(arrays, static)
     # Under jit NumPyro needs the unconstrained parameters' structure up front.
-    trace = _trace_once(model, model_args, model_kwargs, seed)
+    trace = trace_once(model, model_args, model_kwargs, seed)
     prototype = {
         name: biject_to(site["fn"].support).inv(site["value"])
         for name, site in trace.items()
@@ -470,83 +349,3 @@ def _initial_point(model: Callable, static: tuple, seed: int, arrays: tuple) -> 
         if site["type"] == "param"
     }
     return init, model_params, ok
-
-
-def _check_no_subsampling(trace: dict) -> None:
-    """Plates with ``subsample_size`` are refused with what to do (vitools fits the full-data
-    posterior; NumPyro's own error would point at SVI or HMCECS)."""
-    for site in trace.values():
-        if site["type"] == "plate" and site["args"][1] is not None and site["args"][1] < site["args"][0]:
-            size, subsample = site["args"]
-            raise ValueError(
-                f"plate {site['name']!r} subsamples {subsample} of {size} (subsample_size={subsample}); "
-                "vitools does not subsample data yet: drop subsample_size to fit on all "
-                f"{size} (every step then evaluates the whole likelihood)"
-            )
-
-
-def _trace_in_first_mode(model: Callable, args: tuple, kwargs: dict, seed: int) -> tuple[tuple, Any, dict]:
-    """``(arrays, static, trace)`` in the first of :data:`DATA_MODES` in which the model traces.
-
-    A mode fails when the model needs a concrete value of a traced argument (``np.asarray``,
-    ``int(...)``, an ``if`` or a shape on the data); the closed mode runs the model on its
-    arguments as given, so what still fails there fails under NUTS too, and its error is raised.
-    """
-    tried, error = set(), None
-    for mode in DATA_MODES:
-        arrays, static = _split_data(args, kwargs, mode)
-        if (len(arrays), static) in tried:  # nothing changes from the mode before
-            continue
-        tried.add((len(arrays), static))
-        try:
-            return arrays, static, _trace_model(model, arrays, static, seed)
-        except Exception as err:  # the last mode tried runs the model on its arguments as given
-            error = err
-    raise _call_error(error, args, kwargs) from error
-
-
-def _call_error(err: Exception, args: tuple, kwargs: dict) -> Exception:
-    """The model failed on its arguments as given: say so, with a hint for pandas inputs (their
-    arithmetic with a JAX value converts it to NumPy, which a traced value refuses)."""
-    leaves = jax.tree.leaves((args, kwargs))
-    pandas = [type(x).__name__ for x in leaves if type(x).__module__.startswith("pandas")]
-    hint = ""
-    if pandas and isinstance(err, jax.errors.TracerArrayConversionError):
-        hint = (
-            f"; an argument is a pandas {pandas[0]}, whose arithmetic with JAX values fails (under "
-            "NumPyro's NUTS too): pass its values, e.g. series.to_numpy()"
-        )
-    if not isinstance(err, TypeError) and not hint:
-        return err
-    return TypeError(f"calling the model with the given arguments failed: {err}{hint}")
-
-
-def _trace_model(model: Callable, arrays: tuple, static: Any, seed: int) -> dict:
-    """One abstract trace of the model, for its sites' names, kinds and distributions.
-
-    Values come from NumPyro's ``init_to_uniform`` where it applies, so improper priors
-    (``ImproperUniform``, which cannot be sampled) trace too. The model runs under
-    ``jax.eval_shape`` with its data as abstract arrays, as it will run inside the compiled
-    loop: no op is dispatched or compiled (eagerly, each new op compiles). The values in the
-    returned trace are therefore abstract; only the sites' static parts are meant to be read.
-    """
-    captured = {}
-
-    def run(arrays):
-        model_args, model_kwargs = _join_data(arrays, static)
-        captured["trace"] = _trace_once(model, model_args, model_kwargs, seed)
-        return ()
-
-    jax.eval_shape(run, arrays)
-    return captured["trace"]
-
-
-def _trace_once(model: Callable, args: tuple, kwargs: dict, seed: int) -> dict:
-    seeded = handlers.seed(model, seed)
-    try:
-        with jax.numpy_rank_promotion("allow"):
-            return handlers.trace(handlers.substitute(seeded, substitute_fn=init_to_uniform)).get_trace(
-                *args, **kwargs
-            )
-    except Exception:  # e.g. a discrete site, which init_to_uniform cannot place: plain draws
-        return handlers.trace(seeded).get_trace(*args, **kwargs)

@@ -10,7 +10,8 @@ from numpyro import handlers
 from numpyro.distributions.transforms import biject_to
 from numpyro.infer.autoguide import AutoContinuous
 
-from vitools.targets import Target, _Hashable
+from vitools.arguments import Static
+from vitools.targets import Target
 
 __all__ = ["AutoGuideFamily"]
 
@@ -71,7 +72,7 @@ class AutoGuideFamily:
         if loc_name in params and params[loc_name].shape == loc.shape:
             params[loc_name] = loc
         constraints = tuple(
-            (n, _Hashable(s["kwargs"].get("constraint", dist.constraints.real)))
+            (n, Static(s["kwargs"].get("constraint", dist.constraints.real)))
             for n, s in trace.items()
             if s["type"] == "param"
         )
