@@ -136,7 +136,7 @@ def test_ctrl_c_returns_the_fit_so_far(monkeypatch):
     fit = quiet_fit(normal_model, Y, num_steps=5000, chunk_size=100, init="median")
     assert fit.status == "interrupted" and fit.num_steps == len(fit.losses) == len(fit.trace["ess"])
     assert fit.num_steps == 100 + 2 * engine.MAX_CHUNKS_PER_CALL * 100
-    # In the default start's pilot race (vitools.fit.RACE_MIN_STEPS): the pilot so far is the fit.
+    # In the default start's pilot race (vitools.start.RACE_MIN_STEPS): the pilot so far is the fit.
     calls.clear()
     monkeypatch.setattr(engine, "CALL_SECONDS", 0.0)
     fit = quiet_fit(normal_model, Y, num_steps=1000, chunk_size=10)

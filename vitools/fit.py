@@ -8,7 +8,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -17,11 +17,10 @@ import numpyro.distributions as dist
 import optax
 from threadpoolctl import threadpool_limits
 
-from vitools import alerts, validate
-from vitools.engine import Outcome, default_optimizer, init_state, optimize
+from vitools import alerts, start, validate
+from vitools.engine import default_optimizer, init_state, optimize
 from vitools.families import Family, get_family
 from vitools.families.base import draw_many
-from vitools.init import initial_gaussian, is_mode, second_order
 from vitools.objectives import Objective, get_objective
 from vitools.targets import Target
 
@@ -205,7 +204,7 @@ def fit(
         optimizer: an optax optimizer (default: Adam as above).
         init: ``"laplace"`` (path-selected Laplace approximation, see :mod:`vitools.init`;
             for mode-seeking objectives and ``num_steps >= 1000`` it races the simple start for
-            100 pilot steps each, see ``RACE_MIN_STEPS``), ``"median"`` (NumPyro's init point,
+            100 pilot steps each, see ``vitools.start``), ``"median"`` (NumPyro's init point,
             scale 0.1) or ``(loc, scale_tril)`` in the model's flat unconstrained space. Except
             from the simple start, the fit runs in the frame of the initial scales
             (``Target.whitened``), so badly scaled models need no tuning.
@@ -247,7 +246,7 @@ def fit(
         print(f"vitools: initialising (Laplace: L-BFGS path, up to 9 Hessians of {target.dim} x "
               f"{target.dim})...", file=sys.stderr, flush=True)  # fmt: skip
     model_target = target
-    target, loc, scale_tril = _starting_point(target, family, init, init_key, _structure(family, objective))
+    target, loc, scale_tril, informed = start.starting_point(target, family, objective, init, init_key)
     if announce:
         print(f"vitools: initialised in {time.perf_counter() - tic:.1f} s", file=sys.stderr, flush=True)
     if hasattr(objective, "prepare"):
@@ -266,11 +265,10 @@ def fit(
         learning_rate = rule(target.dim)
     optimizer = optimizer or default_optimizer()
     pilots = []
-    if laplace and num_steps >= RACE_MIN_STEPS and not getattr(objective, "mass_covering", False):
-        simple = _simple_start(model_target, like=target)
-        if not np.array_equal(simple[0].to_unconstrained(simple[1]), target.to_unconstrained(loc)):
-            run = functools.partial(_pilot, family, objective, optimizer, learning_rate, run_key, chunk_size)
-            (target, loc, scale_tril), pilots = _race([(target, loc, scale_tril), simple], run)
+    if laplace and informed and num_steps >= start.RACE_MIN_STEPS and not start.mass_covering(objective):
+        run = functools.partial(start.pilot, family, objective, optimizer, learning_rate, run_key, chunk_size)
+        simple = start.simple_start(model_target, like=target)
+        (target, loc, scale_tril), pilots = start.race([(target, loc, scale_tril), simple], run)
     if pilots and pilots[-1].outcome.status == "interrupted":  # Ctrl-C in a pilot: that is the fit
         outcome, pilots = pilots[-1].outcome, pilots[:-1]
     else:
@@ -289,7 +287,7 @@ def fit(
             tol=tol,
             desc=f"{objective.name}/{family.name}",
         )
-    pilot_evals = len(pilots) * PILOT_STEPS * objective.num_density_evals
+    pilot_evals = len(pilots) * start.PILOT_STEPS * objective.num_density_evals
     pilot_seconds = sum(p.outcome.elapsed for p in pilots)
     pilot_compile = sum(p.outcome.compile_time for p in pilots)
     steps = int(outcome.state.step)
@@ -329,130 +327,6 @@ def default_learning_rate(dim: int) -> float:
     (at 0.1, a perfect initial fit of a 100-D Gaussian drifted far off; measured).
     """
     return min(0.1, max(0.01, 0.2 / dim**0.5))
-
-
-# The default start races the simple one (NumPyro's init point, scale 0.1) for PILOT_STEPS steps
-# each; the lower mean loss over the pilot's last fifth wins, and the fit starts again from it with
-# its whole budget. The start's ELBO does not tell which fit ends better: on a centred local-level
-# model (a scan over 40 states) the Laplace start scored the higher ELBO, then collapsed the level
-# scale (s_lvl 0.017 against NUTS 0.32, loss 64.3 after 2000 steps) while the simple start reached
-# 0.31 (loss 43.5); after 100 steps the two read 67.6 and 54.3 (measured). Mass-covering
-# objectives are left out: their loss on a narrow q's own draws reads low when q is too narrow.
-RACE_MIN_STEPS = 1000  # below this the pilots (2 x PILOT_STEPS) would be a large share of the run
-PILOT_STEPS = 100
-
-
-class _Pilot(NamedTuple):
-    score: float  # mean loss over the pilot's last fifth; +inf if it did not complete
-    outcome: Outcome
-
-
-def _pilot(family, objective, optimizer, learning_rate, key, chunk_size, target, loc, scale_tril) -> _Pilot:
-    """A PILOT_STEPS-step run from N(loc, scale_tril scale_trilᵀ), on the fit's compiled loop."""
-    state = init_state(
-        key, family.init(target, loc, scale_tril), optimizer, learning_rate, target.model_params
-    )
-    outcome = optimize(
-        state, PILOT_STEPS, objective, family, target, optimizer, chunk_size=chunk_size, progress=False
-    )
-    head, tail = outcome.losses[: PILOT_STEPS // 5], outcome.losses[-PILOT_STEPS // 5 :]
-    completed = outcome.status == "completed" and np.all(np.isfinite(outcome.losses))
-    # A loss whose size grew a thousandfold in the pilot is running away, not converging: in
-    # float64 the Laplace start of the local-level model went from 108 to -7e18 (q sliding into
-    # the neck of the funnel, where the estimates break down) while the simple start reached 92.
-    diverging = completed and abs(np.mean(tail)) > 1e3 * (1.0 + abs(np.mean(head)))
-    return _Pilot(float(np.mean(tail)) if completed and not diverging else np.inf, outcome)
-
-
-def _race(starts: list, run: Callable) -> tuple[tuple, list[_Pilot]]:
-    """``(the start whose pilot scored lowest, the pilots)``; stops at an interrupted pilot (Ctrl-C),
-    whose start it returns."""
-    pilots = []
-    for start in starts:
-        pilots.append(run(*start))
-        if pilots[-1].outcome.status == "interrupted":
-            return start, pilots
-    return starts[int(np.argmin([p.score for p in pilots]))], pilots
-
-
-def _simple_start(target: Target, like: Target) -> tuple[Target, jax.Array, jax.Array]:
-    """NumPyro's init point with scale 0.1, in the model's frame held with the same structure as
-    ``like``'s (a vector or a matrix scale), so the pilot reuses the fit's compiled loop."""
-    loc, scale_tril = target.init_flat, 0.1 * jnp.eye(target.dim, dtype=target.init_flat.dtype)
-    if like.scale.ndim == 2:
-        target = target.whitened(jnp.zeros_like(loc), jnp.eye(target.dim, dtype=loc.dtype))
-    return target, loc, scale_tril
-
-
-def _starting_point(
-    target: Target, family: Family, init, key, structure: str = "full"
-) -> tuple[Target, jax.Array, jax.Array]:
-    """The initial Gaussian and the frame to fit in: ``(target in that frame, loc, scale_tril)``.
-
-    The fit runs in the frame of the initial Gaussian (see ``Target.whitened``), so Adam's steps
-    are in units of posterior sds. ``whiten="full"`` (affine-invariant families) also undoes the
-    correlations and q starts at N(0, I), but only when the initial Gaussian sits at a mode
-    (:func:`vitools.init.is_mode`): a Laplace factor taken in a funnel's neck distorts the frame
-    (radon, reverse KL: w1 0.27-0.71 in the full frame, 0.12 in the diagonal one), while at a
-    true mode it is what forward KL needs on a ridge (bad_scaling, correlation -0.9997: w1 0.04
-    against 0.04-1.1 over 5 seeds). Otherwise, and for ``"diagonal"``, the frame is the initial
-    sds: a family keeps its structure (mean-field stays mean-field in the model's space) and q
-    starts at N(0, a correlation-like factor). The "median" init's scale 0.1 says nothing of the
-    posterior, so its frame stays the model's.
-    """
-    if isinstance(init, str):
-        loc, scale_tril, at_mode, informed = initial_gaussian(target, key, init, structure)
-    else:
-        loc, scale_tril = (jnp.asarray(a) for a in init)
-        if loc.shape != (target.dim,) or scale_tril.shape != (target.dim, target.dim):
-            raise ValueError(
-                f"init=(loc, scale_tril) must have shapes ({target.dim},) and ({target.dim}, {target.dim})"
-            )
-        at_mode, informed = None, True  # at_mode is checked below only if the frame could use it
-    whiten = getattr(family, "whiten", "diagonal")
-    if not whiten or not bool(informed):
-        return target, loc, scale_tril
-    if whiten == "full" and at_mode is None:
-        at_mode = second_order(is_mode, target, loc, scale_tril)
-    return _into_frame(target, loc, scale_tril, whiten == "full" and bool(at_mode))
-
-
-@functools.partial(jax.jit, static_argnums=(3,))
-def _into_frame(target: Target, loc: jax.Array, scale_tril: jax.Array, full: bool):
-    """``(target, loc, scale_tril)`` in the frame of N(loc, scale_tril scale_trilᵀ): the full
-    factor or the sds. One program: run op by op, these few lines compiled 16 small XLA
-    programs, ~0.25 s of a process's first fit (measured)."""
-    if full:
-        frame, scale_tril = scale_tril, jnp.eye(target.dim, dtype=scale_tril.dtype)
-    else:
-        frame = jnp.sqrt(jnp.sum(scale_tril**2, axis=-1))
-        scale_tril = scale_tril / frame[:, None]
-    target = target.whitened(target.to_unconstrained(loc), _compose(target.scale, frame))
-    return target, jnp.zeros_like(loc), scale_tril
-
-
-def _structure(family: Family, objective: Objective) -> str:
-    """The covariance structure the Laplace init scores its candidates in (``vitools.init``).
-
-    A diagonal family (``family.structure == "diagonal"``) fitted by a mode-seeking objective
-    starts from the conditional sds, the reverse-KL projection of a Gaussian onto diagonal ones;
-    a mass-covering objective (``objective.mass_covering``) from the marginal sds, its own
-    projection. Measured on the zoo, mean-field w1 at 2000 steps, conditional vs marginal start:
-    reverse KL radon 0.19 vs 0.77, stochastic_volatility 0.07 vs 0.10, gp_poisson 0.31 vs 0.34;
-    forward KL collinear 0.13 vs 0.06, bad_scaling 0.68 vs 0.54, gaussian_100 0.50 vs 0.45.
-    """
-    if getattr(family, "structure", "full") == "diagonal" and not getattr(objective, "mass_covering", False):
-        return "diagonal"
-    return "full"
-
-
-def _compose(outer: jax.Array, inner: jax.Array) -> jax.Array:
-    """The frame scale of ``u = outer (inner v)``: vectors act elementwise, matrices multiply."""
-    if outer.ndim == 1 and inner.ndim == 1:
-        return outer * inner
-    outer = jnp.diag(outer) if outer.ndim == 1 else outer
-    inner = jnp.diag(inner) if inner.ndim == 1 else inner
-    return outer @ inner
 
 
 def _checked_options(**options: Any) -> dict[str, Any]:
