@@ -264,8 +264,8 @@ def test_reverse_kl_on_a_funnel_beats_fullrank():
     (sd_iaf, w1_iaf), (sd_fullrank, w1_fullrank) = results["iaf"], results["fullrank"]
     assert 1.6 < sd_iaf < 3.3
     assert sd_iaf > sd_fullrank + 0.25
-    # fullrank from the start that won vt.fit's pilot race: W1 0.42 on seed 0 (0.50 from the
-    # Laplace start it used before the race; IAF unchanged at 0.25, measured)
+    # Loosened from 0.6: fullrank now starts where vt.fit's pilot race sends it, and its W1 on
+    # seed 0 went from 0.50 to 0.42 while IAF's stayed at 0.251 (ratio 0.60; measured).
     assert w1_iaf < 0.3 and w1_iaf < 0.7 * w1_fullrank
 
 
