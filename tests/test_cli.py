@@ -16,7 +16,7 @@ import pytest
 import vitools
 from vitools import validate
 from vitools.cli import main
-from vitools.compare import compare
+from vitools.comparison import compare
 from vitools.report import how_to_read, write_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -18,7 +18,7 @@ import pytest
 import scipy.stats
 
 import vitools as vt
-from vitools.compare import COLUMNS, REFERENCE_COLUMNS, compare, format_table, reference_draws
+from vitools.comparison import COLUMNS, REFERENCE_COLUMNS, compare, format_table, reference_draws
 
 
 def normal_tree(loc: float, scale: float, num_draws: int = 1000, seed: int = 0, **attrs):

@@ -15,7 +15,7 @@ import xarray as xr
 
 import vitools as vt
 from vitools import validate
-from vitools.compare import compare
+from vitools.comparison import compare
 from vitools.convert import (
     as_single_chain,
     fit_to_datatree,
@@ -67,7 +67,7 @@ def real_fit():
 
 @pytest.fixture(scope="module")
 def tree(real_fit):
-    return real_fit.to_datatree(num_draws=50, seed=1)
+    return vt.to_datatree(real_fit, num_draws=50, seed=1)
 
 
 def test_groups_dims_and_site_names_match_the_model(tree, real_fit):
@@ -244,7 +244,7 @@ def test_sites_named_chain_and_draw_survive_as_chain_and_draw_with_an_underscore
 
 def test_trees_list_their_latent_sites_so_compare_tells_models_apart(sample_dim_runs, real_fit):
     fit, mcmc = sample_dim_runs
-    assert site_shapes(real_fit.to_datatree(num_draws=50)).latent == {"mu": (), "theta": (3,)}
+    assert site_shapes(vt.to_datatree(real_fit, num_draws=50)).latent == {"mu": (), "theta": (3,)}
     with pytest.raises(ValueError, match="mu: shape \\(\\) in fit 'plated', absent in fit 'NUTS'"):
         compare({"plated": real_fit, "NUTS": mcmc}, num_draws=50)
     with pytest.raises(ValueError, match="chain: absent in fit 'plated', shape \\(\\) in fit 'vi'"):

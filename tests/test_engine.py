@@ -173,9 +173,8 @@ def test_learning_rate_is_scheduled():
 
     target = vt.Target.from_log_density(lambda x: -0.5 * jnp.sum(x**2), 2)
     family, optimizer = vt.MeanField(), engine.default_optimizer()
-    state = engine.init_state(
-        jax.random.PRNGKey(0), family.init(target, jnp.zeros(2), jnp.eye(2)), optimizer, 0.5
-    )
+    params = family.init(jax.random.PRNGKey(1), target, jnp.zeros(2), jnp.eye(2))
+    state = engine.init_state(jax.random.PRNGKey(0), params, optimizer, 0.5)
     final, _ = engine.run_chunk(state, 200, vt.ReverseKL(2), family, target, optimizer, 200)
     rate = final.opt_state.hyperparams["learning_rate"]  # the rate used by the last step (199)
     assert rate == pytest.approx(0.5 * float(engine.learning_rate_factor(199, 200)), rel=1e-6)
@@ -200,7 +199,7 @@ def test_progress_prints_lines_when_not_a_tty():
 def test_many_fits_vmap_into_one_program():
     target = vt.Target.from_log_density(lambda x: -0.5 * jnp.sum((x - 2.0) ** 2), 2)
     family, objective, optimizer = vt.FullRank(), vt.ReverseKL(4), engine.default_optimizer()
-    params = family.init(target, jnp.zeros(2), jnp.eye(2))
+    params = family.init(jax.random.PRNGKey(1), target, jnp.zeros(2), jnp.eye(2))
 
     def start(key):
         return engine.init_state(key, params, optimizer, 0.1)

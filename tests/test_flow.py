@@ -12,6 +12,8 @@ import vitools as vt
 from vitools.families import FAMILIES, IAFParams, draw_many, get_family
 from vitools.objectives import ReverseKL
 
+KEY = jax.random.PRNGKey(0)  # family init key (Gaussian families draw nothing)
+
 DIM = 4
 LOC = jnp.array([1.0, -2.0, 0.5, 3.0])
 COV = jnp.array([[2.0, 0.9, 0.0, 0.2], [0.9, 1.0, -0.3, 0.0], [0.0, -0.3, 0.5, 0.1], [0.2, 0.0, 0.1, 1.5]])
@@ -35,7 +37,7 @@ def forward_map(q, eps):
 
 def perturbed_params(family, key, size=0.3):
     """Initial params with every leaf moved, weight matrices in their stored units (x fan-in)."""
-    params = family.init(None, LOC, CHOL)
+    params = family.init(KEY, None, LOC, CHOL)
     leaves, tree = jax.tree.flatten(params)
     keys = jax.random.split(key, len(leaves))
     moved = [
@@ -52,7 +54,7 @@ def perturbed_params(family, key, size=0.3):
 def test_init_is_exactly_the_initial_gaussian():
     """Zeroed output layers make every IAF layer the identity: q = N(loc, L Lᵀ) exactly."""
     family = vt.IAF()
-    params = family.init(None, LOC, CHOL)
+    params = family.init(KEY, None, LOC, CHOL)
     gaussian = dist.MultivariateNormal(LOC, scale_tril=CHOL)
     x = 2.0 * jax.random.normal(jax.random.PRNGKey(0), (50, DIM)) + LOC[None, :]
     log_q = jax.jit(lambda p, x: jax.vmap(family.distribution(p).log_prob)(x))(params, x)
@@ -73,7 +75,7 @@ def test_gradient_reaches_the_zeroed_output_layers():
     does not vanish, so every layer leaves the identity on the first step."""
     family = vt.IAF()
     target = vt.Target.from_log_density(funnel_log_density, DIM)
-    params = family.init(target, jnp.zeros(DIM), jnp.eye(DIM))
+    params = family.init(KEY, target, jnp.zeros(DIM), jnp.eye(DIM))
     grad = jax.jit(jax.grad(lambda p: ReverseKL().loss(jax.random.PRNGKey(0), p, family, target)[0]))(params)
     for layer in grad.layers:
         weights, bias = layer[-1]
@@ -174,7 +176,7 @@ def test_contracts_registry_pytree_jit_vmap_grad():
     assert FAMILIES["iaf"] is vt.IAF and isinstance(family, vt.IAF) and family.whiten == "full"
     assert vt.IAF(hidden_dims=[8, 8]) == vt.IAF(hidden_dims=(8, 8))  # a list is stored as a tuple
     hash(vt.IAF(hidden_dims=[8, 8]))  # hashable: usable as static configuration
-    params = family.init(None, LOC, CHOL)
+    params = family.init(KEY, None, LOC, CHOL)
     assert isinstance(params, IAFParams) and len(params.layers) == family.num_flows
     # Hidden widths default to (2 d, 2 d): the first layer maps d inputs to 2 d units.
     assert params.layers[0][0][0].shape == (DIM, 2 * DIM)
@@ -207,7 +209,7 @@ def test_float32():
 
     draws64, log_q64 = jax.jit(draws_and_log_prob)(params64, eps64)
     with jax.enable_x64(False):
-        init32 = family.init(None, LOC.astype(jnp.float32), CHOL.astype(jnp.float32))
+        init32 = family.init(KEY, None, LOC.astype(jnp.float32), CHOL.astype(jnp.float32))
         assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(init32))
         params32 = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), params64)
         draws, log_q = jax.jit(draws_and_log_prob)(params32, eps64.astype(jnp.float32))
@@ -239,7 +241,7 @@ def test_bad_arguments(kwargs, match):
 
 def test_hidden_width_below_the_dimension():
     with pytest.raises(ValueError, match="hidden_dims must each be at least the dimension 4"):
-        vt.IAF(hidden_dims=(3, 8)).init(None, LOC, CHOL)
+        vt.IAF(hidden_dims=(3, 8)).init(KEY, None, LOC, CHOL)
 
 
 # --- fits -------------------------------------------------------------------------------------
@@ -300,12 +302,14 @@ def test_end_to_end_on_a_numpyro_model():
     # the log q computed alongside the same draws.
     constrained, _, log_q = fit.sample_with_log_densities(num_draws, seed=1)
     np.testing.assert_allclose(fit.log_prob(constrained), log_q, rtol=1e-8)
-    tree = fit.to_datatree(num_draws=num_draws)
+    tree = vt.to_datatree(fit, num_draws=num_draws)
     assert tree["posterior"]["mu"].shape == (1, num_draws)
     table = vt.compare({"iaf": fit}, num_draws=num_draws)
-    # The flow is close to this posterior: importance ESS 98% (measured, 500-4000 draws; 500
-    # steps or 2000). k̂ is not asserted: it reads the far tail, where the posterior of
+    # The flow is close to this posterior: importance ESS 80-95% of the draws over fit seeds 0-4
+    # (network weights and optimisation noise; 89% at seed 0), 98% with the networks' former
+    # fixed key (measured). 0.75 sits below that spread; a Gaussian-tailed or collapsed q reads
+    # far lower. k̂ is not asserted: it reads the far tail, where the posterior of
     # (mu, log sigma) is a funnel no Gaussian-tailed q follows (fullrank: k̂ 0.3-1.2 as well).
-    assert table.loc["iaf", "family"] == "iaf" and table.loc["iaf", "ess"] > 0.9 * num_draws
+    assert table.loc["iaf", "family"] == "iaf" and table.loc["iaf", "ess"] > 0.75 * num_draws
     with pytest.raises(NotImplementedError, match="no closed-form mean or covariance"):
         fit.mean_and_covariance()

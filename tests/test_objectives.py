@@ -13,6 +13,8 @@ from numpyro.infer import MCMC, NUTS
 from vitools import ForwardKL, ForwardKLFromDraws, FullRank, MeanField, RenyiAlpha, ReverseKL, Target
 from vitools.objectives import draws_to_flat, weighted_cross_entropy
 
+KEY = jax.random.PRNGKey(0)  # family init key (Gaussian families draw nothing)
+
 MEAN = jnp.array([1.0, -2.0, 0.5])
 COV = jnp.array([[2.0, 0.6, 0.0], [0.6, 1.0, -0.3], [0.0, -0.3, 0.5]])
 CHOL = jnp.linalg.cholesky(COV)
@@ -25,11 +27,11 @@ def gaussian_target(constant=0.0):
 
 
 def exact_params(family=None):
-    return (family or FullRank()).init(None, MEAN, CHOL)
+    return (family or FullRank()).init(KEY, None, MEAN, CHOL)
 
 
 def off_params():
-    return FullRank().init(None, MEAN + 0.3, 1.5 * CHOL)
+    return FullRank().init(KEY, None, MEAN + 0.3, 1.5 * CHOL)
 
 
 def test_forward_kl_gradient_is_weighted_cross_entropy_gradient():
@@ -94,8 +96,8 @@ def test_forward_kl_from_draws_recovers_sample_moments_in_closed_form():
     target = gaussian_target()
     draws = np.random.default_rng(0).multivariate_normal(np.asarray(MEAN), np.asarray(COV), size=200)
     mean, cov = draws.mean(0), np.cov(draws.T, bias=True)
-    objective = ForwardKLFromDraws(draws, batch_size=500).prepare(target)
-    mle = FullRank().init(None, jnp.asarray(mean), jnp.linalg.cholesky(cov))
+    objective = ForwardKLFromDraws(draws, batch_size=500).resolve(target)
+    mle = FullRank().init(KEY, None, jnp.asarray(mean), jnp.linalg.cholesky(cov))
     grad = jax.grad(lambda p: objective.loss(jax.random.PRNGKey(0), p, FullRank(), target)[0])(mle)
     assert max(float(jnp.max(jnp.abs(g))) for g in jax.tree.leaves(grad)) < 1e-10
 
@@ -189,8 +191,8 @@ def test_numpy_integers_are_accepted_as_counts():
 def test_forward_kl_from_draws_refuses_fewer_draws_than_a_full_rank_covariance_needs():
     """N draws span at most N - 1 directions around their mean: d + 1 is the least for d = 3."""
     with pytest.raises(ValueError, match="got 3 draws of a 3-dimensional target.*at least 4 draws"):
-        ForwardKLFromDraws(np.random.default_rng(0).normal(size=(3, 3))).prepare(gaussian_target())
-    assert ForwardKLFromDraws(np.random.default_rng(0).normal(size=(4, 3))).prepare(gaussian_target())
+        ForwardKLFromDraws(np.random.default_rng(0).normal(size=(3, 3))).resolve(gaussian_target())
+    assert ForwardKLFromDraws(np.random.default_rng(0).normal(size=(4, 3))).resolve(gaussian_target())
 
 
 def test_an_mcmc_that_never_ran_is_refused():
@@ -233,9 +235,9 @@ def test_forward_kl_from_draws_fits_simplex_and_cholesky_draws(simplex_target):
     exactly, and fitted: the loss is stationary at their unconstrained sample moments, and that
     q's mean on the simplex is the draws' mean."""
     target, draws, family = simplex_target, posterior_draws(400), FullRank()
-    objective = ForwardKLFromDraws(draws, batch_size=400).prepare(target)
+    objective = ForwardKLFromDraws(draws, batch_size=400).resolve(target)
     mean, cov = objective.draws.mean(0), jnp.cov(objective.draws.T, bias=True)
-    mle = family.init(target, mean, jnp.linalg.cholesky(cov))
+    mle = family.init(KEY, target, mean, jnp.linalg.cholesky(cov))
     # jit: one compilation instead of one per op (seconds less here)
     grad = jax.jit(jax.grad(lambda p: objective.loss(jax.random.PRNGKey(1), p, family, target)[0]))(mle)
     assert max(float(jnp.max(jnp.abs(g))) for g in jax.tree.leaves(grad)) < 1e-10

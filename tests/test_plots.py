@@ -14,7 +14,7 @@ import xarray as xr
 from matplotlib.collections import PolyCollection
 
 import vitools as vt
-from vitools.compare import compare
+from vitools.comparison import compare
 from vitools.diagnostics import diagnose, khat_threshold
 from vitools.models import get_model
 from vitools.plots import plot_khat, plot_marginals, plot_pair, plot_traces

@@ -59,7 +59,7 @@ def test_a_once_differentiable_log_density_gets_a_finite_difference_laplace_init
     import jax
     import jax.numpy as jnp
 
-    from vitools.init import _hessian_and_grad
+    from vitools.laplace import _hessian_and_grad
 
     precision = jnp.array([[2.0, 0.5], [0.5, 1.0]])
 

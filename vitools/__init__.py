@@ -7,12 +7,13 @@ Example:
 """
 
 from vitools.cache import enable_compilation_cache
-from vitools.compare import compare, format_table
+from vitools.comparison import compare, format_table
 from vitools.convert import as_single_chain, to_datatree
 from vitools.diagnostics import Diagnostics, diagnose
 from vitools.families import IAF, AutoGuideFamily, FullRank, LowRank, MeanField
-from vitools.fit import Fit, NonFiniteLossError, fit
+from vitools.fitting import fit
 from vitools.objectives import ForwardKL, ForwardKLFromDraws, RenyiAlpha, ReverseKL, weighted_cross_entropy
+from vitools.result import Fit, NonFiniteLossError
 from vitools.targets import Target
 
 __version__ = "0.1.0"

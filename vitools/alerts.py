@@ -13,7 +13,7 @@ from vitools.families.base import Family
 from vitools.improper import WIDEN, flat_sites
 
 if TYPE_CHECKING:
-    from vitools.fit import Fit
+    from vitools.result import Fit
 
 __all__ = [
     "LARGE_DIM",

@@ -89,7 +89,7 @@ def run_compare(args: argparse.Namespace) -> int:
     Ctrl-C in a fit ends the command there (:func:`fit_one` raises KeyboardInterrupt): no later
     objective is fitted and no report is written from the fits done so far.
     """
-    from vitools.compare import compare, format_table
+    from vitools.comparison import compare, format_table
     from vitools.report import write_report
 
     zoo = args.zoo
@@ -140,7 +140,7 @@ def run_compare(args: argparse.Namespace) -> int:
 
 def run_fit(args: argparse.Namespace) -> int:
     """``vitools fit``: one fit, its PSIS diagnostics and its distances to the zoo reference."""
-    from vitools.compare import compare, format_table
+    from vitools.comparison import compare, format_table
     from vitools.diagnostics import diagnose
 
     fit = fit_one(args, args.objective)

@@ -63,7 +63,7 @@ LATENT_ATTR = "vitools_latent_sites"  # root attr: JSON list of the model's late
 
 @runtime_checkable
 class FitLike(Protocol):
-    """What conversion needs from a fit (see ``vitools.fit.Fit``): draws with their log densities,
+    """What conversion needs from a fit (see ``vitools.result.Fit``): draws with their log densities,
     and the ``Target`` fitted (its latent sites, their shapes, the model's plates)."""
 
     target: Any
@@ -173,7 +173,7 @@ def _site_dims(fit: Any, draws: dict[str, np.ndarray]) -> dict[str, list[str]]:
     try:
         from arviz_base.io_numpyro import infer_dims
 
-        args, kwargs = target._args
+        args, kwargs = target.density.arguments()
         inferred = infer_dims(model, args, kwargs)
     except Exception:  # plate names are cosmetic: never fail a conversion over them
         return {}
@@ -188,7 +188,7 @@ def fit_to_datatree(fit: FitLike, num_draws: int = 1000, seed: int = 0) -> xr.Da
     r"""Draw from a fit and return its ArviZ DataTree (layout in the module docstring).
 
     Args:
-        fit: a ``vitools.fit.Fit`` (anything with ``sample_with_log_densities``).
+        fit: a ``vitools.result.Fit`` (anything with ``sample_with_log_densities``).
         num_draws: S, the number of draws from q.
         seed: seed of the draws (use different seeds for fits you overlay, or their draws correlate).
 

@@ -239,7 +239,7 @@ def diagnose(fit_or_tree: Any, num_draws: int = 2000, seed: int = 0, warn: bool 
     if not has_log_weights(tree):
         raise ValueError(
             "this tree has no sample_stats.log_weight (MCMC draws, a dict of draws or a tree not made "
-            "by vitools): importance diagnostics need the fit's q; pass the Fit or fit.to_datatree()"
+            "by vitools): importance diagnostics need the fit's q; pass the Fit or vt.to_datatree(fit)"
         )
     log_w = np.asarray(tree["sample_stats"]["log_weight"].transpose("chain", "draw").values).ravel()
     smoothed, khat = psis_khat(log_w)

@@ -21,6 +21,7 @@ last finite parameters and sets ``nonfinite``, after which every step is a no-op
 
 from __future__ import annotations
 
+import collections
 import functools
 import math
 import time
@@ -32,12 +33,23 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from vitools import validate
 from vitools.families.base import Family
 from vitools.objectives.base import Objective
 from vitools.progress import Progress
 from vitools.targets import Target
 
-__all__ = ["FitState", "make_step", "run_chunk", "run_chunks", "optimize", "default_optimizer", "Outcome"]
+__all__ = [
+    "PROGRAMS",
+    "FitState",
+    "Outcome",
+    "ProgramCache",
+    "default_optimizer",
+    "make_step",
+    "optimize",
+    "run_chunk",
+    "run_chunks",
+]
 
 CALL_SECONDS = 0.25  # target wall time of one call once steps are timed: progress, Ctrl-C
 MAX_CHUNKS_PER_CALL = 20
@@ -176,36 +188,68 @@ def run_chunks(state, num_steps, num_chunks, objective, family, target, optimize
     return jax.lax.fori_loop(0, num_chunks, body, (state, empty))
 
 
-# One compiled program per (pytree structure, shapes, dtypes, optimizer, chunk size). We keep
-# the executables ourselves, rather than leaving it to jax.jit's cache, to time compilation
-# apart from running (issue: compile time is reported separately) and to count compilations.
-_COMPILED: dict[Any, Any] = {}
+class ProgramCache:
+    """The compiled chunk programs of this process, least recently used first out.
+
+    One program per (pytree structure, shapes, dtypes, optimizer, chunk size). We keep the
+    executables ourselves, rather than leaving them to ``jax.jit``'s cache, to time compilation
+    apart from running (``Fit.compile_time``) and to count compilations (tests of compile-once).
+    Bounded: a long session fitting many models would otherwise keep every program (each holds
+    its compiled code and the constants closed over, e.g. a model's data). 64 programs cover
+    the accuracy benchmark's 13 models x 9 configurations per model at one budget without an
+    eviction within a model.
+
+    Args:
+        max_size: programs kept, a positive integer.
+    """
+
+    def __init__(self, max_size: int = 64):
+        self.max_size = validate.count(max_size, "max_size")
+        self._programs: collections.OrderedDict[Any, Any] = collections.OrderedDict()
+        self.num_compiled = 0  # programs compiled since the cache was made, evicted ones included
+
+    def __len__(self) -> int:
+        return len(self._programs)
+
+    def get(self, args: tuple, optimizer, chunk_size: int, max_chunks: int) -> tuple[Any, float]:
+        """The compiled :func:`run_chunks` for these arguments ``(state, num_steps, num_chunks,
+        objective, family, target)`` and the seconds spent compiling it (0 when kept)."""
+        leaves, treedef = jax.tree.flatten(args)
+        signature = (
+            treedef,
+            tuple((jnp.shape(x), jnp.result_type(x)) for x in leaves),
+            optimizer,
+            chunk_size,
+            max_chunks,
+        )
+        if signature in self._programs:
+            self._programs.move_to_end(signature)
+            return self._programs[signature], 0.0
+        start = time.perf_counter()
+        jitted = jax.jit(run_chunks, static_argnums=(6, 7, 8))
+        executable = jitted.lower(*args, optimizer, chunk_size, max_chunks).compile()
+        self._programs[signature] = executable
+        self.num_compiled += 1
+        while len(self._programs) > self.max_size:
+            self._programs.popitem(last=False)
+        return executable, time.perf_counter() - start
 
 
-def compiled_chunks(state, num_steps, objective, family, target, optimizer, chunk_size, max_chunks):
+PROGRAMS = ProgramCache()  # the process's programs; `optimize` takes another with `programs=`
+
+
+def compiled_chunks(
+    state, num_steps, objective, family, target, optimizer, chunk_size, max_chunks, programs=None
+):
     """The compiled :func:`run_chunks` for these arguments (called as ``executable(state,
     num_steps, num_chunks, objective, family, target)``) and the seconds spent compiling it."""
     args = (state, num_steps, jnp.ones((), jnp.int32), objective, family, target)
-    leaves, treedef = jax.tree.flatten(args)
-    signature = (
-        treedef,
-        tuple((jnp.shape(x), jnp.result_type(x)) for x in leaves),
-        optimizer,
-        chunk_size,
-        max_chunks,
-    )
-    if signature in _COMPILED:
-        return _COMPILED[signature], 0.0
-    start = time.perf_counter()
-    jitted = jax.jit(run_chunks, static_argnums=(6, 7, 8))
-    executable = jitted.lower(*args, optimizer, chunk_size, max_chunks).compile()
-    _COMPILED[signature] = executable
-    return executable, time.perf_counter() - start
+    return (programs or PROGRAMS).get(args, optimizer, chunk_size, max_chunks)
 
 
 def num_compilations() -> int:
     """How many chunk programs this process has compiled (for tests of compile-once)."""
-    return len(_COMPILED)
+    return PROGRAMS.num_compiled
 
 
 class Outcome(NamedTuple):
@@ -230,16 +274,18 @@ def optimize(
     tol: float | None = None,
     patience: int = 3,
     desc: str = "fit",
+    programs: ProgramCache | None = None,
 ) -> Outcome:
     """Run compiled chunks until ``num_steps`` steps, convergence, a non-finite step or Ctrl-C.
 
     Early stopping (``tol`` not None): after each chunk, the chunk's mean loss is smoothed by an
     exponential moving average (weight 0.5); the run stops once its relative change stays below
-    ``tol`` for ``patience`` chunks in a row.
+    ``tol`` for ``patience`` chunks in a row. ``programs``: where compiled programs are kept
+    (None: the process's :data:`PROGRAMS`).
     """
     total = jnp.asarray(num_steps, jnp.int32)
     executable, compile_time = compiled_chunks(
-        state, total, objective, family, target, optimizer, chunk_size, MAX_CHUNKS_PER_CALL
+        state, total, objective, family, target, optimizer, chunk_size, MAX_CHUNKS_PER_CALL, programs
     )
     bar = Progress(num_steps, desc, enabled=progress)
     losses, infos, status = [], [], "completed"

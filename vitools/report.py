@@ -1,6 +1,6 @@
 """A comparison report on disk: ``report.md`` (images linked) and ``report.html`` (images embedded).
 
-Both hold the :func:`vitools.compare.compare` table, the four plots of :mod:`vitools.plots` and a short
+Both hold the :func:`vitools.comparison.compare` table, the four plots of :mod:`vitools.plots` and a short
 "how to read this" section written from the table (which fits PSIS flags, which one is closest to the
 reference). The PNGs are written next to the two files, so the markdown renders anywhere the folder
 is copied, and the HTML is one self-contained file to attach or open in a browser.
@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from vitools.compare import format_table
+from vitools.comparison import format_table
 from vitools.diagnostics import khat_threshold
 from vitools.plots import plot_khat, plot_marginals, plot_pair, plot_traces
 
@@ -59,7 +59,7 @@ def how_to_read(
     """The "how to read this" paragraphs (markdown, one string each), specific to ``table``.
 
     Args:
-        table: a :func:`vitools.compare.compare` table.
+        table: a :func:`vitools.comparison.compare` table.
         num_draws: S, the draws per fit behind the table's k̂ (sets the threshold).
         candidates: the rows that may be named closest to/furthest from the reference (default: all;
             leave out the reference's own row, e.g. "NUTS", which reads w1 = 0).
@@ -139,7 +139,7 @@ def write_report(
 
     Args:
         fits: ``{name: Fit | MCMC | DataTree}``, the fits in the table (not the reference).
-        table: their :func:`vitools.compare.compare` table.
+        table: their :func:`vitools.comparison.compare` table.
         out_dir: created if needed; existing report files in it are overwritten.
         reference: what the fits are plotted against (see :func:`vitools.plots.plot_marginals`).
         title: the report's heading.

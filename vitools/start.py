@@ -1,8 +1,8 @@
 """Where a fit starts: the initial Gaussian, the frame the fit runs in, and the start race.
 
-:func:`starting_point` turns ``vt.fit``'s ``init`` into a Gaussian (:mod:`vitools.init`) and the
-affine frame of its scales (``Target.whitened``); :func:`race` runs the default start against
-NumPyro's simple one for a few pilot steps on the fit's own compiled loop.
+:func:`starting_point` turns ``vt.fit``'s ``init`` into a Gaussian (:mod:`vitools.laplace`) and
+the affine frame of its scales (:mod:`vitools.frame`); :func:`race` runs the default start
+against NumPyro's simple one for a few pilot steps on the fit's own compiled loop.
 """
 
 from __future__ import annotations
@@ -16,9 +16,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from vitools.engine import Outcome, init_state, optimize
-from vitools.families import Family
-from vitools.init import initial_gaussian, is_mode, second_order, simple_gaussian
-from vitools.objectives import Objective
+from vitools.families import Family, family_hooks
+from vitools.frame import Frame
+from vitools.laplace import initial_gaussian, is_mode, second_order, simple_gaussian
+from vitools.objectives import Objective, objective_hooks
 from vitools.targets import Target
 
 __all__ = [
@@ -26,7 +27,6 @@ __all__ = [
     "RACE_MIN_STEPS",
     "Pilot",
     "Start",
-    "mass_covering",
     "pilot",
     "race",
     "simple_start",
@@ -39,11 +39,6 @@ class Start(NamedTuple):
     loc: jax.Array  # the initial Gaussian in that frame
     scale_tril: jax.Array
     informed: bool  # its scales come from the target (False: NumPyro's simple start)
-
-
-def mass_covering(objective: Objective) -> bool:
-    """Whether the objective is mass-covering (forward KL): its optional ``mass_covering`` flag."""
-    return getattr(objective, "mass_covering", False)
 
 
 # The default start races the simple one (NumPyro's init point, scale 0.1) for PILOT_STEPS steps
@@ -62,11 +57,12 @@ class Pilot(NamedTuple):
     outcome: Outcome
 
 
-def pilot(family, objective, optimizer, learning_rate, key, chunk_size, target, loc, scale_tril) -> Pilot:
+def pilot(
+    family, objective, optimizer, learning_rate, key, params_key, chunk_size, target, loc, scale_tril
+) -> Pilot:
     """A PILOT_STEPS-step run from N(loc, scale_tril scale_trilᵀ), on the fit's compiled loop."""
-    state = init_state(
-        key, family.init(target, loc, scale_tril), optimizer, learning_rate, target.model_params
-    )
+    params = family.init(params_key, target, loc, scale_tril)
+    state = init_state(key, params, optimizer, learning_rate, target.model_params)
     outcome = optimize(
         state, PILOT_STEPS, objective, family, target, optimizer, chunk_size=chunk_size, progress=False
     )
@@ -94,18 +90,19 @@ def simple_start(target: Target, like: Target) -> tuple[Target, jax.Array, jax.A
     """NumPyro's init point with scale 0.1, in the model's frame held with the same structure as
     ``like``'s (a vector or a matrix scale), so the pilot reuses the fit's compiled loop."""
     loc, scale_tril = simple_gaussian(target)
-    if like.scale.ndim == 2:
-        target = target.whitened(jnp.zeros_like(loc), jnp.eye(target.dim, dtype=loc.dtype))
+    if like.frame.is_matrix:
+        target = target.in_frame(Frame.identity(target.dim, loc.dtype, matrix=True))
     return target, loc, scale_tril
 
 
-def starting_point(target: Target, family: Family, objective: Objective, init: Any, key: jax.Array) -> Start:
-    """The initial Gaussian and the frame to fit in: ``(target in that frame, loc, scale_tril)``.
+def starting_point(key: jax.Array, target: Target, family: Family, objective: Objective, init: Any) -> Start:
+    """The initial Gaussian and the frame to fit in (:class:`Start`).
 
-    The fit runs in the frame of the initial Gaussian (see ``Target.whitened``), so Adam's steps
+    ``init`` is ``vt.fit``'s: ``"laplace"``, ``"median"`` or ``(loc, scale_tril)`` in the model's
+    flat unconstrained space. The fit runs in the frame of the initial Gaussian, so Adam's steps
     are in units of posterior sds. ``whiten="full"`` (affine-invariant families) also undoes the
     correlations and q starts at N(0, I), but only when the initial Gaussian sits at a mode
-    (:func:`vitools.init.is_mode`): a Laplace factor taken in a funnel's neck distorts the frame
+    (:func:`vitools.laplace.is_mode`): a Laplace factor taken in a funnel's neck distorts the frame
     (radon, reverse KL: w1 0.27-0.71 in the full frame, 0.12 in the diagonal one), while at a
     true mode it is what forward KL needs on a ridge (bad_scaling, correlation -0.9997: w1 0.04
     against 0.04-1.1 over 5 seeds). Otherwise, and for ``"diagonal"``, the frame is the initial
@@ -124,7 +121,7 @@ def starting_point(target: Target, family: Family, objective: Objective, init: A
                 f"init=(loc, scale_tril) must have shapes ({target.dim},) and ({target.dim}, {target.dim})"
             )
         at_mode, informed = None, True  # at_mode is checked below only if the frame could use it
-    whiten = getattr(family, "whiten", "diagonal")
+    whiten = family_hooks(family).whiten
     if not whiten or not bool(informed):
         return Start(target, loc, scale_tril, bool(informed))
     if whiten == "full" and at_mode is None:
@@ -138,33 +135,23 @@ def _into_frame(target: Target, loc: jax.Array, scale_tril: jax.Array, full: boo
     factor or the sds. One program: run op by op, these few lines compiled 16 small XLA
     programs, ~0.25 s of a process's first fit (measured)."""
     if full:
-        frame, scale_tril = scale_tril, jnp.eye(target.dim, dtype=scale_tril.dtype)
+        scale, scale_tril = scale_tril, jnp.eye(target.dim, dtype=scale_tril.dtype)
     else:
-        frame = jnp.sqrt(jnp.sum(scale_tril**2, axis=-1))
-        scale_tril = scale_tril / frame[:, None]
-    target = target.whitened(target.to_unconstrained(loc), _compose(target.scale, frame))
-    return target, jnp.zeros_like(loc), scale_tril
+        scale = jnp.sqrt(jnp.sum(scale_tril**2, axis=-1))
+        scale_tril = scale_tril / scale[:, None]
+    return target.in_frame(target.frame.compose(loc, scale)), jnp.zeros_like(loc), scale_tril
 
 
 def _structure(family: Family, objective: Objective) -> str:
-    """The covariance structure the Laplace init scores its candidates in (``vitools.init``).
+    """The covariance structure the Laplace start scores its candidates in (:mod:`vitools.laplace`).
 
-    A diagonal family (``family.structure == "diagonal"``) fitted by a mode-seeking objective
+    A diagonal family (hook ``structure == "diagonal"``) fitted by a mode-seeking objective
     starts from the conditional sds, the reverse-KL projection of a Gaussian onto diagonal ones;
     a mass-covering objective (``objective.mass_covering``) from the marginal sds, its own
     projection. Measured on the zoo, mean-field w1 at 2000 steps, conditional vs marginal start:
     reverse KL radon 0.19 vs 0.77, stochastic_volatility 0.07 vs 0.10, gp_poisson 0.31 vs 0.34;
     forward KL collinear 0.13 vs 0.06, bad_scaling 0.68 vs 0.54, gaussian_100 0.50 vs 0.45.
     """
-    if getattr(family, "structure", "full") == "diagonal" and not mass_covering(objective):
+    if family_hooks(family).structure == "diagonal" and not objective_hooks(objective).mass_covering:
         return "diagonal"
     return "full"
-
-
-def _compose(outer: jax.Array, inner: jax.Array) -> jax.Array:
-    """The frame scale of ``u = outer (inner v)``: vectors act elementwise, matrices multiply."""
-    if outer.ndim == 1 and inner.ndim == 1:
-        return outer * inner
-    outer = jnp.diag(outer) if outer.ndim == 1 else outer
-    inner = jnp.diag(inner) if inner.ndim == 1 else inner
-    return outer @ inner

@@ -17,6 +17,8 @@ import numbers
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 __all__ = [
@@ -34,6 +36,7 @@ __all__ = [
     "in_range",
     "option",
     "positive",
+    "key",
     "seed",
 ]
 
@@ -125,6 +128,28 @@ def seed(value: Any, name: str = "seed") -> int:
     if not 0 <= value < SEED_LIMIT:
         raise ArgumentValueError(f"{name} must be an integer in [0, 2**32), got {value}", name)
     return int(value)
+
+
+def key(value: Any, name: str = "key") -> jax.Array:
+    """A JAX PRNG key: a typed key (``jax.random.key``) or a raw ``uint32`` key of shape ``(2,)``
+    (``jax.random.PRNGKey``).
+
+    Raises:
+        ArgumentTypeError: anything else (e.g. an integer: pass it as ``seed``).
+    """
+    if (
+        isinstance(value, jax.Array)
+        and jnp.issubdtype(value.dtype, jax.dtypes.prng_key)
+        and value.shape == ()
+    ):
+        return value
+    if isinstance(value, (jax.Array, np.ndarray)) and value.dtype == np.uint32 and value.shape == (2,):
+        return jnp.asarray(value)
+    raise ArgumentTypeError(
+        f"{name} must be a JAX PRNG key (jax.random.key(0) or jax.random.PRNGKey(0)), got "
+        f"{type(value).__name__} (an integer is a seed: pass seed=)",
+        name,
+    )
 
 
 def choice(value: Any, name: str, choices: Sequence[str]) -> str:

@@ -1,7 +1,7 @@
 """Variational families over the flat unconstrained space."""
 
 from vitools.families.autoguide import AutoGuideFamily, GuideParams
-from vitools.families.base import Family, draw_many
+from vitools.families.base import Family, FamilyHooks, draw_many, family_hooks
 from vitools.families.flow import IAF, IAFParams
 from vitools.families.gaussian import FullRank, LowRank, MeanField
 
@@ -11,6 +11,8 @@ __all__ = [
     "AutoGuideFamily",
     "FAMILIES",
     "Family",
+    "FamilyHooks",
+    "family_hooks",
     "FullRank",
     "GuideParams",
     "IAF",

@@ -11,6 +11,7 @@ from numpyro.distributions.transforms import biject_to
 from numpyro.infer.autoguide import AutoContinuous
 
 from vitools.arguments import Static
+from vitools.model import ModelDensity
 from vitools.targets import Target
 
 __all__ = ["AutoGuideFamily"]
@@ -57,11 +58,11 @@ class AutoGuideFamily:
                 f"got {type(self.guide).__name__}"
             )
 
-    def init(self, target: Target, loc: jax.Array, scale_tril: jax.Array) -> GuideParams:
-        if target.model is None:
+    def init(self, key: jax.Array, target: Target, loc: jax.Array, scale_tril: jax.Array) -> GuideParams:
+        if not isinstance(target.density, ModelDensity):
             raise ValueError("AutoGuideFamily needs a target built from a NumPyro model")
-        args, kwargs = target._args
-        trace = handlers.trace(handlers.seed(self.guide, 0)).get_trace(*args, **kwargs)
+        args, kwargs = target.density.arguments()
+        trace = handlers.trace(handlers.seed(self.guide, key)).get_trace(*args, **kwargs)
         params = {}
         for name, site in trace.items():
             if site["type"] != "param":

@@ -159,18 +159,16 @@ class IAF:
             dim, list(self._hidden(dim)), permutation=np.arange(dim), nonlinearity=stax.Elu
         )
 
-    def init(self, target: Target, loc: jax.Array, scale_tril: jax.Array) -> IAFParams:
+    def init(self, key: jax.Array, target: Target, loc: jax.Array, scale_tril: jax.Array) -> IAFParams:
         """Identity layers under the affine map of N(loc, scale_tril scale_trilᵀ): exactly that Gaussian."""
         dim = loc.shape[0]
         init_network, _ = self._network(dim)
-        affine = FullRank().init(target, loc, scale_tril)
+        affine = FullRank().init(key, target, loc, scale_tril)
         layers = []
         for index in range(self.num_flows):
-            # Family.init takes no key, so the networks start from a fixed key (PRNGKey(0) folded
-            # with the layer index). The random weights only break the symmetry between hidden
-            # units: the last layer is zeroed below, so q is the initial Gaussian whatever the key.
-            key = jax.random.fold_in(jax.random.PRNGKey(0), index)
-            _, network = init_network(key, (dim,))
+            # The random weights only break the symmetry between hidden units: the last layer is
+            # zeroed below, so q is the initial Gaussian whatever the key.
+            _, network = init_network(jax.random.fold_in(key, index), (dim,))
             network = jax.tree.map(lambda a: jnp.asarray(a, loc.dtype), tuple(network))
             # Zero output layer: mean 0 and log-scale 0 at every input, an identity layer. Its
             # gradient (the hidden activations times the output's gradient) is not zero, so the

@@ -63,10 +63,10 @@ class MeanField:
     """Independent Gaussians, q = N(loc, diag(scale²)): 2·dim parameters."""
 
     name: str = dataclasses.field(default="meanfield", metadata=dict(static=True))
-    # vt.fit's Laplace init scores its candidates as diagonal Gaussians (see vitools.init).
+    # vt.fit's Laplace init scores its candidates as diagonal Gaussians (see vitools.laplace).
     structure: str = dataclasses.field(default="diagonal", metadata=dict(static=True))
 
-    def init(self, target: Target, loc: jax.Array, scale_tril: jax.Array) -> MeanFieldParams:
+    def init(self, key: jax.Array, target: Target, loc: jax.Array, scale_tril: jax.Array) -> MeanFieldParams:
         return _mean_field_params(loc, scale_tril)
 
     def distribution(self, params: MeanFieldParams) -> dist.Distribution:
@@ -91,10 +91,10 @@ class FullRank:
 
     name: str = dataclasses.field(default="fullrank", metadata=dict(static=True))
     # The family is closed under affine maps, so vt.fit may undo the initial correlations too
-    # (when its initial Gaussian sits at a mode; see vitools.fit._starting_point).
+    # (when its initial Gaussian sits at a mode; see vitools.start.starting_point).
     whiten: str = dataclasses.field(default="full", metadata=dict(static=True))
 
-    def init(self, target: Target, loc: jax.Array, scale_tril: jax.Array) -> FullRankParams:
+    def init(self, key: jax.Array, target: Target, loc: jax.Array, scale_tril: jax.Array) -> FullRankParams:
         return _full_rank_params(loc, scale_tril)
 
     @staticmethod
@@ -124,7 +124,7 @@ class LowRank:
         if isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank < 1:
             raise ValueError(f"LowRank rank must be a positive integer, got {self.rank!r}")
 
-    def init(self, target: Target, loc: jax.Array, scale_tril: jax.Array) -> LowRankParams:
+    def init(self, key: jax.Array, target: Target, loc: jax.Array, scale_tril: jax.Array) -> LowRankParams:
         """Top ``rank`` principal directions of the initial covariance, the rest on the diagonal."""
         rank = min(self.rank, loc.shape[0])
         cov = scale_tril @ scale_tril.T

@@ -1,6 +1,12 @@
 """Objectives: divergence estimators between the posterior and q."""
 
-from vitools.objectives.base import Objective, importance_info, weighted_cross_entropy
+from vitools.objectives.base import (
+    Objective,
+    ObjectiveHooks,
+    importance_info,
+    objective_hooks,
+    weighted_cross_entropy,
+)
 from vitools.objectives.forward_kl import ForwardKL, ForwardKLFromDraws, draws_to_flat
 from vitools.objectives.reverse_kl import RenyiAlpha, ReverseKL
 
@@ -11,6 +17,8 @@ __all__ = [
     "ForwardKL",
     "ForwardKLFromDraws",
     "Objective",
+    "ObjectiveHooks",
+    "objective_hooks",
     "RenyiAlpha",
     "ReverseKL",
     "draws_to_flat",

@@ -2,7 +2,8 @@ r"""The objective protocol and the one primitive both forward-KL estimators shar
 
 from __future__ import annotations
 
-from typing import Any, Protocol, runtime_checkable
+from collections.abc import Callable
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import jax
 import jax.numpy as jnp
@@ -10,27 +11,55 @@ import jax.numpy as jnp
 from vitools.families.base import Family
 from vitools.targets import Target
 
-__all__ = ["Objective", "weighted_cross_entropy", "importance_info"]
+__all__ = ["Objective", "ObjectiveHooks", "importance_info", "objective_hooks", "weighted_cross_entropy"]
 
 
 @runtime_checkable
 class Objective(Protocol):
-    """A divergence estimator: ``loss(key, params, family, target) -> (loss, info)``.
+    """A divergence estimator: ``loss(key, params, family, target) -> (loss, info)``; the
+    required members (optional ones: :class:`ObjectiveHooks`).
 
     ``loss`` is a scalar whose gradient in ``params`` is the objective's gradient estimate;
     ``info`` is a dict of scalars traced per step (the same keys on every call).
-    ``num_density_evals`` is the number of target log-density evaluations one step spends.
-    Objectives are small hashable (frozen dataclass) objects: hyperparameters are static.
+    ``num_density_evals(dim)`` is the number of target log-density evaluations one step spends
+    on a ``dim``-dimensional target. Objectives are small hashable (frozen dataclass) objects,
+    usable as soon as they are built: hyperparameters are static, arrays (given draws) leaves.
     """
 
     name: str
 
-    @property
-    def num_density_evals(self) -> int: ...
+    def num_density_evals(self, dim: int) -> int: ...
 
     def loss(
         self, key: jax.Array, params: Any, family: Family, target: Target
     ) -> tuple[jax.Array, dict[str, jax.Array]]: ...
+
+
+class ObjectiveHooks(NamedTuple):
+    """An objective's optional members, with the defaults an objective that lacks one gets.
+
+    Attributes:
+        mass_covering: True for forward-KL objectives: a diagonal family then starts from the
+            marginal sds (their projection) rather than the conditional ones, and ``vt.fit``
+            does not race starts by their loss (a narrow q reads low on its own draws).
+        default_learning_rate: ``(dim) -> float``, the peak rate ``vt.fit`` uses when given
+            none; None: :func:`vitools.fitting.default_learning_rate`.
+        resolve: ``(target) -> Objective``, the same objective with whatever depends on the
+            target worked out once (defaults that depend on the dimension, given draws mapped
+            to the flat space), for speed and early errors; ``vt.fit`` calls it before
+            compiling. None: nothing to resolve.
+    """
+
+    mass_covering: bool = False
+    default_learning_rate: Callable[[int], float] | None = None
+    resolve: Callable[[Target], Objective] | None = None
+
+
+def objective_hooks(objective: Objective) -> ObjectiveHooks:
+    """The objective's optional members (:class:`ObjectiveHooks`): its own where it has them,
+    else the defaults. The one place vitools reads an objective's optional members."""
+    fields = ObjectiveHooks._fields
+    return ObjectiveHooks(**{name: getattr(objective, name) for name in fields if hasattr(objective, name)})
 
 
 def weighted_cross_entropy(log_q: jax.Array, log_weights: jax.Array) -> jax.Array:

@@ -16,10 +16,10 @@ from typing import Any, ClassVar
 import jax
 import jax.numpy as jnp
 import numpy as np
-from numpyro.infer import MCMC
 
 from vitools import validate
-from vitools.families.base import draw_many
+from vitools.draws import draws_dict, is_draws_container
+from vitools.families.base import draw_many, family_hooks
 from vitools.objectives.base import importance_info, weighted_cross_entropy
 from vitools.targets import Target
 
@@ -47,7 +47,8 @@ class ForwardKL:
     q is too narrow. Families without a ``widened`` method use q alone. Each step reports the
     importance ESS and the log-evidence estimate :math:`\log\frac1S\sum_i w_i`.
 
-    Defaults that depend on the dimension d (resolved by :meth:`prepare`, or at trace time):
+    Defaults that depend on the dimension d (worked out at trace time; :meth:`resolve` fills
+    them in for a given target):
     ``num_draws = max(64, 2 d)``: each step's gradient is a weighted maximum-likelihood fit of q
     on the draws, and a d x d covariance fitted on fewer than d draws is singular (in 100-D, 64
     draws walked a perfect initial fit off to k̂ = 19; measured). ``widen = 1 + sqrt(2 / d)``:
@@ -85,7 +86,7 @@ class ForwardKL:
         if self.widen is not None:
             object.__setattr__(self, "widen", validate.at_least(self.widen, "ForwardKL widen", 1))
 
-    def prepare(self, target: Target) -> ForwardKL:
+    def resolve(self, target: Target) -> ForwardKL:
         """The same objective with the dimension-dependent defaults filled in."""
         return dataclasses.replace(self, num_draws=self._num_draws(target.dim), widen=self._widen(target.dim))
 
@@ -105,11 +106,8 @@ class ForwardKL:
         mixture in a few thousand steps (measured)."""
         return min(0.1, max(0.005, 0.5 / dim))
 
-    @property
-    def num_density_evals(self) -> int:
-        if self.num_draws is None:
-            raise ValueError("ForwardKL(num_draws=None) depends on the dimension: call prepare(target)")
-        return self.num_draws
+    def num_density_evals(self, dim: int) -> int:
+        return self._num_draws(dim)
 
     def proposal_draws(self, key, params, family):
         """Stratified draws of the proposal r and log r at each; no gradient flows."""
@@ -117,7 +115,7 @@ class ForwardKL:
         q = family.distribution(params)
         dim = q.event_shape[-1]
         num_draws = self._num_draws(dim)
-        widened = getattr(family, "widened", None)
+        widened = family_hooks(family).widened
         num_wide = int(round(self.defensive * num_draws)) if widened is not None else 0
         if num_wide == 0:
             draws = draw_many(q, key, num_draws)
@@ -160,16 +158,19 @@ class ForwardKLFromDraws:
     evaluations per step).
 
     Args:
-        draws: a NumPyro ``MCMC`` (after ``run``), an ArviZ DataTree with a ``posterior`` group,
+        draws: a NumPyro ``MCMC`` (after ``run``) or an ArviZ DataTree with a ``posterior``
+            group (both read into a dict of arrays at construction, :func:`vitools.draws.draws_dict`),
             a dict of constrained draws (site → array with a leading draw axis), or an array
-            ``(num_draws, dim)`` already in the flat unconstrained space; checked by
-            :meth:`prepare`, which knows the target (a pytree leaf is not checked at
-            construction: JAX rebuilds the object with placeholder leaves).
+            ``(num_draws, dim)`` already in the model's flat unconstrained space. They are held as
+            pytree leaves; a dict is unconstrained in each step's minibatch, or once for all by
+            :meth:`resolve` (``vt.fit`` calls it), which also checks them against the target.
         batch_size: draws per step, a positive integer (NumPy integers too).
 
     Raises:
-        ValueError: ``batch_size`` is not a positive integer; from :meth:`prepare`, the draws
-            do not fit the target (see :func:`draws_to_flat`) or number at most its dimension.
+        ValueError: ``batch_size`` is not a positive integer; an MCMC that has not run, or dict
+            entries without a common draw axis; from :meth:`resolve`, the draws do not fit the
+            target (see :func:`draws_to_flat`) or number at most its dimension.
+        TypeError: ``draws`` is none of the kinds above.
     """
 
     draws: Any
@@ -181,13 +182,24 @@ class ForwardKLFromDraws:
         object.__setattr__(
             self, "batch_size", validate.count(self.batch_size, "ForwardKLFromDraws batch_size")
         )
+        # JAX rebuilds the object with placeholder or traced leaves (pytree unflatten): only
+        # containers and host data given by a user are read and checked.
+        if is_draws_container(self.draws) or _is_host_data(self.draws):
+            draws = self.draws
+            if is_draws_container(draws) or isinstance(draws, dict):
+                draws = {k: np.asarray(v) for k, v in draws_dict(draws).items()}
+            elif np.ndim(draws) != 2:
+                raise ValueError(f"flat draws must have shape (num_draws, dim), got {np.shape(draws)}")
+            object.__setattr__(self, "draws", draws)
+        elif isinstance(self.draws, (str, bytes, int, float)):
+            draws_dict(self.draws)  # raises the TypeError that lists the accepted kinds
 
-    @property
-    def num_density_evals(self) -> int:
+    def num_density_evals(self, dim: int) -> int:
         return 0
 
-    def prepare(self, target: Target) -> ForwardKLFromDraws:
-        """The same objective with its draws mapped to the target's flat unconstrained space.
+    def resolve(self, target: Target) -> ForwardKLFromDraws:
+        """The same objective with its draws checked against the target and held as flat draws of
+        the model's unconstrained space (unconstrained once, not in every step).
 
         Raises:
             ValueError: as :func:`draws_to_flat`, or there are at most ``target.dim`` draws.
@@ -208,24 +220,37 @@ class ForwardKLFromDraws:
 
     def loss(self, key, params, family, target):
         draws = self.draws
-        if not isinstance(draws, jax.Array) or draws.ndim != 2:
-            raise TypeError("ForwardKLFromDraws.prepare(target) must run before loss")
-        if self.batch_size >= draws.shape[0]:  # the whole set: the exact maximum-likelihood loss
-            batch = jax.lax.stop_gradient(draws)
+        num_draws = jax.tree.leaves(draws)[0].shape[0]
+        if self.batch_size < num_draws:
+            index = jax.random.randint(key, (self.batch_size,), 0, num_draws)
+            draws = jax.tree.map(lambda x: x[index], draws)
+        draws = jax.lax.stop_gradient(draws)
+        if isinstance(draws, dict):  # constrained draws, not resolved: unconstrain this minibatch
+            batch = jax.vmap(target.unconstrain)({n: draws[n] for n in target.site_names})
         else:
-            index = jax.random.randint(key, (self.batch_size,), 0, draws.shape[0])
-            batch = jax.lax.stop_gradient(draws[index])
+            batch = jax.vmap(target.from_unconstrained)(draws)
         log_q = jax.vmap(family.distribution(params).log_prob)(batch)
         return weighted_cross_entropy(log_q, jnp.zeros(batch.shape[0])), {}
 
 
+def _is_host_data(draws: Any) -> bool:
+    """Draws given by a user: a dict or array of NumPy / concrete JAX values (not tracers)."""
+    leaves = jax.tree.leaves(draws)
+    return bool(leaves) and all(
+        isinstance(x, (np.ndarray, np.generic))
+        or (isinstance(x, jax.Array) and not isinstance(x, jax.core.Tracer))
+        for x in leaves
+    )
+
+
 def draws_to_flat(draws: Any, target: Target) -> jax.Array:
-    """Posterior draws in any accepted form → ``(num_draws, dim)`` flat draws in the target's frame.
+    """Posterior draws in any accepted form → ``(num_draws, dim)`` flat draws of the model's
+    unconstrained space (the target's frame is not applied).
 
     Arrays are taken as draws in the model's flat unconstrained space; dicts, MCMC runs and
     DataTrees hold constrained values (a Dirichlet(4) site's draws have shape ``(4,)``, an
-    ``LKJCholesky(3)`` site's ``(3, 3)``: :meth:`Target.constrained_shapes`) and go through
-    ``target.unconstrain``.
+    ``LKJCholesky(3)`` site's ``(3, 3)``: :meth:`Target.constrained_shapes`) and go through the
+    model's unconstraining map.
 
     Raises:
         TypeError: ``draws`` is none of the accepted kinds.
@@ -236,8 +261,8 @@ def draws_to_flat(draws: Any, target: Target) -> jax.Array:
         flat = jnp.asarray(draws)
         if flat.ndim != 2 or flat.shape[1] != target.dim:
             raise ValueError(f"flat draws must have shape (num_draws, {target.dim}), got {flat.shape}")
-        return jax.vmap(target.from_unconstrained)(flat)
-    values = _as_dict(draws)
+        return flat
+    values = draws_dict(draws)
     missing = [n for n in target.site_names if n not in values]
     if missing:
         raise ValueError(f"draws lack latent site(s) {missing}; expected {list(target.site_names)}")
@@ -248,27 +273,7 @@ def draws_to_flat(draws: Any, target: Target) -> jax.Array:
                 f"draws of site {name!r} have shape {values[name].shape[1:]} per draw, "
                 f"the model's (constrained) shape is {shape}"
             )
-    flat = jax.jit(jax.vmap(target.unconstrain))(values)
+    flat = jax.jit(jax.vmap(target.density.unconstrain))(values)
     if not bool(jnp.all(jnp.isfinite(flat))):
         raise ValueError("some draws lie outside the model's support (non-finite once unconstrained)")
     return flat
-
-
-def _as_dict(draws: Any) -> dict[str, Any]:
-    if isinstance(draws, dict):
-        return draws
-    if isinstance(draws, MCMC):
-        if draws.last_state is None:
-            raise ValueError("the MCMC has no draws: call mcmc.run(key, *model_args) before fitting to it")
-        return draws.get_samples()
-    if hasattr(draws, "children") and "posterior" in getattr(draws, "children", {}):
-        posterior = draws["posterior"].to_dataset()
-        out = {}
-        for name, var in posterior.data_vars.items():
-            stacked = var.stack(__sample__=("chain", "draw")).transpose("__sample__", ...)
-            out[name] = np.asarray(stacked.values)
-        return out
-    raise TypeError(
-        "draws must be a numpyro MCMC, an ArviZ DataTree with a posterior group, a dict of "
-        f"constrained draws or a (num_draws, dim) array, got {type(draws).__name__}"
-    )

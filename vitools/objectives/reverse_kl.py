@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vitools import validate
-from vitools.families.base import Family, draw_many
+from vitools.families.base import Family, draw_many, family_hooks
 from vitools.objectives.base import importance_info
 from vitools.targets import Target
 
@@ -29,7 +29,7 @@ def _log_weights(
     own forward pass: no inverse, but no STL either (dropping the score term needs log q at a
     fixed draw, i.e. the inverse), so such families get the plain reparameterized gradient.
     """
-    sample_with_log_prob = getattr(family, "sample_with_log_prob", None)
+    sample_with_log_prob = family_hooks(family).sample_with_log_prob
     if sample_with_log_prob is not None:
         keys = jax.random.split(key, num_draws)
         draws, log_q = jax.vmap(sample_with_log_prob, in_axes=(None, 0))(params, keys)
@@ -74,8 +74,7 @@ class ReverseKL:
             )
         object.__setattr__(self, "stick_the_landing", bool(self.stick_the_landing))
 
-    @property
-    def num_density_evals(self) -> int:
+    def num_density_evals(self, dim: int) -> int:
         return self.num_draws
 
     def loss(self, key, params, family, target):
@@ -114,8 +113,7 @@ class RenyiAlpha:
                 "RenyiAlpha alpha=1 is the ELBO: use ReverseKL", "RenyiAlpha alpha"
             )
 
-    @property
-    def num_density_evals(self) -> int:
+    def num_density_evals(self, dim: int) -> int:
         return self.num_draws
 
     def loss(self, key, params, family, target):

@@ -30,7 +30,7 @@ def _khat_rows(source: Any, num_draws: int) -> tuple[list[tuple[str, float, str]
         source = {"fit": source}
     if isinstance(source, pd.DataFrame):
         if "khat" not in source:
-            raise ValueError("the table has no 'khat' column: pass a vitools.compare.compare table")
+            raise ValueError("the table has no 'khat' column: pass a vitools.comparison.compare table")
         num_draws = int(source.attrs.get("num_draws", num_draws))
         verdicts = source["verdict"] if "verdict" in source else pd.Series("", index=source.index)
         rows = [
@@ -54,7 +54,7 @@ def plot_khat(diagnostics_or_table: Any, num_draws: int = 2000) -> Figure:
     """Pareto k̂ of each fit as a bar, coloured by verdict, against the threshold min(1 - 1/log10 S, 0.7).
 
     Args:
-        diagnostics_or_table: a :func:`vitools.compare.compare` table (rows without a verdict, e.g.
+        diagnostics_or_table: a :func:`vitools.comparison.compare` table (rows without a verdict, e.g.
             MCMC, are skipped), a :class:`~vitools.diagnostics.Diagnostics`, or ``{name: Diagnostics}``.
         num_draws: S behind a table's k̂ (compare's ``num_draws``; a table's ``attrs["num_draws"]``
             wins), which sets the threshold. Diagnostics carry their own.

@@ -20,7 +20,7 @@ import xarray as xr
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from vitools.compare import reference_draws
+from vitools.comparison import reference_draws
 from vitools.convert import flatten_draws, to_datatree
 
 __all__ = ["REFERENCE_COLOR", "limits", "plot_marginals", "plot_pair"]

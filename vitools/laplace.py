@@ -154,7 +154,7 @@ def _path_laplace(target: Target, key: jax.Array, diagonal: bool, exact: bool = 
 
 def simple_gaussian(target: Target) -> tuple[jax.Array, jax.Array]:
     """NumPyro's init point with scale 0.1 (its autoguides' default start)."""
-    return target.init_flat, 0.1 * jnp.eye(target.dim, dtype=target.init_flat.dtype)
+    return target.initial_point, 0.1 * jnp.eye(target.dim, dtype=target.initial_point.dtype)
 
 
 def _elbo(target: Target, loc: jax.Array, scale_tril: jax.Array, key: jax.Array) -> jax.Array:
@@ -201,7 +201,8 @@ def _lbfgs_path(target: Target, key: jax.Array) -> jax.Array:
         u, state, stopped = jax.lax.cond(stopped, lambda: (u, state, stopped), lambda: advance(u, state))
         return (u, state, stopped), u
 
-    u0 = target.init_flat + _JITTER * jax.random.normal(key, target.init_flat.shape, target.init_flat.dtype)
+    point = target.initial_point
+    u0 = point + _JITTER * jax.random.normal(key, point.shape, point.dtype)
     carry = (u0, optimizer.init(u0), jnp.array(False))
     _, path = jax.lax.scan(body, carry, None, length=_MAX_ITERS - 1)
     return jnp.concatenate([u0[None], path])

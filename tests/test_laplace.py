@@ -1,6 +1,5 @@
-"""The initial Gaussian (vitools.init) and how vt.fit chooses its projection."""
+"""The initial Gaussian (vitools.laplace) and how vt.fit chooses its projection and frame."""
 
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -11,8 +10,8 @@ import pytest
 from numpyro.infer import MCMC, NUTS
 
 import vitools as vt
-from vitools import start
-from vitools.init import initial_gaussian, is_mode
+from vitools import laplace, start
+from vitools.laplace import initial_gaussian, is_mode
 from vitools.models import get_model
 from vitools.start import _structure
 
@@ -48,12 +47,11 @@ def _counted_gaussian_target():
 
 
 def _count_evaluations(monkeypatch, max_iters, path_points):
-    init_module = sys.modules["vitools.init"]
-    monkeypatch.setattr(init_module, "_MAX_ITERS", max_iters)
-    monkeypatch.setattr(init_module, "_PATH_POINTS", path_points)
+    monkeypatch.setattr(laplace, "_MAX_ITERS", max_iters)
+    monkeypatch.setattr(laplace, "_PATH_POINTS", path_points)
     target, calls = _counted_gaussian_target()  # a new target: the program is traced afresh
     jax.block_until_ready(initial_gaussian(target, jax.random.PRNGKey(0)))
-    return len(calls), init_module._lbfgs_path(target, jax.random.PRNGKey(0))
+    return len(calls), laplace._lbfgs_path(target, jax.random.PRNGKey(0))
 
 
 def test_a_converged_path_costs_no_further_evaluations(monkeypatch):

@@ -1,0 +1,242 @@
+"""The :class:`Fit` record ``vt.fit`` returns: q's parameters, how they were reached, and q in
+the model's space (draws, log densities, moments)."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import TYPE_CHECKING, Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro.distributions as dist
+
+from vitools import validate
+from vitools.blas import one_blas_thread
+from vitools.families import Family, FullRank
+from vitools.families.base import draw_many
+from vitools.frame import Frame
+from vitools.targets import Target
+
+if TYPE_CHECKING:
+    from vitools.objectives import Objective
+
+__all__ = ["Fit", "NonFiniteLossError"]
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss or its gradient became NaN/inf. ``err.fit`` holds the fit with the last finite
+    parameters, so nothing is lost."""
+
+    def __init__(self, message: str, fit: Fit):
+        super().__init__(message)
+        self.fit = fit
+
+
+@dataclasses.dataclass(frozen=True)
+class Fit:
+    """A finished (or stopped) fit: the variational parameters and how they were reached.
+
+    Attributes:
+        target: what was fitted, in the frame the fit ran in (``target.frame``, see
+            :mod:`vitools.frame`).
+        family, objective: how. ``objective`` is a string naming where q came from for a
+            Gaussian fitted elsewhere (:meth:`from_gaussian`).
+        params: the family's parameters (the last finite ones) **in the frame's coordinates**:
+            ``params.loc`` of a Gaussian reads near 0 whatever the posterior mean. Use
+            :meth:`sample`, :meth:`mean_and_covariance` or :attr:`distribution` for the model's space.
+        losses: per-step loss ``(num_steps,)``; ``trace`` adds per-step ``ess`` and
+            ``log_evidence`` where the objective reports them.
+        num_steps: steps applied. num_grad_evals: target log-density evaluations spent (with
+            their gradients for reparameterized objectives; ForwardKL needs values only).
+        elapsed: optimisation wall time in seconds, compile_time: compilation seconds (0 when
+            reused). status: "completed", "converged", "nonfinite" or "interrupted".
+        seed: the ``seed`` of ``vt.fit`` (None when it was given a ``key``).
+    """
+
+    target: Target
+    family: Family
+    objective: Objective | str
+    params: Any
+    losses: np.ndarray
+    trace: dict[str, np.ndarray]
+    num_steps: int
+    num_grad_evals: int
+    elapsed: float
+    compile_time: float
+    status: str
+    seed: int | None
+
+    @classmethod
+    def from_gaussian(
+        cls,
+        target: Target,
+        loc: jax.Array,
+        scale_tril: jax.Array,
+        *,
+        family: Family | None = None,
+        source: str = "gaussian",
+        **record: Any,
+    ) -> Fit:
+        """A Fit of q = N(loc, scale_tril scale_trilᵀ) over the model's flat unconstrained space,
+        fitted elsewhere (NumPyro's SVI guides, a Laplace approximation), so it is drawn from,
+        diagnosed and compared exactly as vitools' own fits.
+
+        Args:
+            target: the target (any frame; q is placed in the model's space).
+            loc: ``(dim,)``; scale_tril: ``(dim, dim)`` lower-triangular, positive diagonal.
+            family: the Gaussian family holding q (default ``FullRank()``; ``MeanField()`` for a
+                diagonal ``scale_tril``).
+            source: the name in the objective column (e.g. ``"svi"``).
+            **record: ``num_steps``, ``num_grad_evals``, ``elapsed``, ``compile_time``,
+                ``status``, ``seed`` of the outside fit (default 0, 0, 0.0, 0.0, "completed", None).
+
+        Raises:
+            ValueError: ``loc`` or ``scale_tril`` do not have the target's shapes.
+        """
+        loc, scale_tril = jnp.asarray(loc), jnp.asarray(scale_tril)
+        if loc.shape != (target.dim,) or scale_tril.shape != (target.dim, target.dim):
+            raise ValueError(
+                f"loc and scale_tril must have shapes ({target.dim},) and ({target.dim}, {target.dim}), "
+                f"got {loc.shape} and {scale_tril.shape}"
+            )
+        family = FullRank() if family is None else family
+        target = target.in_frame(Frame.identity(target.dim, loc.dtype))
+        defaults = dict(
+            num_steps=0, num_grad_evals=0, elapsed=0.0, compile_time=0.0, status="completed", seed=None
+        )
+        fields = {**defaults, **record}
+        params = family.init(jax.random.PRNGKey(0), target, loc, scale_tril)  # Gaussians draw nothing
+        empty = np.zeros(0)
+        return cls(target, family, source, params, empty, {"loss": empty}, **fields)
+
+    @property
+    def objective_name(self) -> str:
+        return self.objective if isinstance(self.objective, str) else self.objective.name
+
+    @property
+    def name(self) -> str:
+        return f"{self.objective_name}/{self.family.name}"
+
+    @property
+    def point_estimates(self) -> dict[str, np.ndarray]:
+        """The model's ``numpyro.param`` sites, fitted as point estimates alongside q (type-II
+        maximum likelihood: they maximise the objective's bound on log p(x; θ), as in NumPyro's
+        SVI); empty for a model without them."""
+        return jax.device_get(self.target.point_estimates())
+
+    @property
+    def distribution(self) -> dist.Distribution:
+        """q over the model's flat unconstrained space (a NumPyro distribution)."""
+        return dist.TransformedDistribution(
+            self.family.distribution(self.params), self.target.frame.transform()
+        )
+
+    @one_blas_thread
+    def mean_and_covariance(self) -> tuple[np.ndarray, np.ndarray]:
+        """Exact mean ``(dim,)`` and covariance ``(dim, dim)`` of q in the model's flat
+        unconstrained space (Gaussian families: any q whose distribution has ``mean`` and
+        ``covariance_matrix``, or ``variance`` for a diagonal one).
+
+        Raises:
+            NotImplementedError: q has no closed-form moments (IAF); estimate them from
+                :meth:`sample_flat`.
+        """
+        q = self.family.distribution(self.params)
+        cov = (
+            q.covariance_matrix
+            if isinstance(q, dist.MultivariateNormal | dist.LowRankMultivariateNormal)
+            else None
+        )
+        if cov is None:
+            cov = jnp.diag(q.variance)
+        frame = self.target.frame
+        return np.asarray(frame.forward(q.mean)), np.asarray(frame.covariance_to_model(cov))
+
+    @one_blas_thread
+    def sample_flat(self, num_draws: int, seed: int = 0, *, key: jax.Array | None = None) -> jax.Array:
+        """``(num_draws, dim)`` draws of q in the model's flat unconstrained space."""
+        return jax.vmap(self.target.to_unconstrained)(self._sample_frame(num_draws, seed, key))
+
+    def _sample_frame(self, num_draws: int, seed: int, key: jax.Array | None) -> jax.Array:
+        """Draws in the frame the fit was optimised in."""
+        num_draws = validate.count(num_draws, "num_draws")
+        key = validate.key(key) if key is not None else jax.random.PRNGKey(validate.seed(seed))
+        return _sample_flat(self.family, self.params, key, num_draws)
+
+    @one_blas_thread
+    def sample(self, num_draws: int, seed: int = 0, *, key: jax.Array | None = None) -> dict[str, np.ndarray]:
+        """Constrained draws: site name → array ``(num_draws, *site shape)`` (plus deterministic
+        sites). ``key`` (a JAX PRNG key), where given, replaces ``seed``."""
+        return jax.device_get(_constrain_all(self.target, self._sample_frame(num_draws, seed, key)))
+
+    @one_blas_thread
+    def log_prob(self, draws: dict[str, Any]) -> np.ndarray:
+        """log q at constrained draws, Jacobian of the transform included: ``(S,)``.
+
+        Args:
+            draws: site name → array ``(S, *site shape)`` in the model's (constrained) space;
+                other entries (deterministic sites) are ignored.
+
+        Returns:
+            ``(S,)`` log densities in nats; ``-inf`` where a draw lies outside the model's support.
+
+        Raises:
+            ValueError: a latent site is missing or has no leading draw axis or the wrong shape.
+        """
+        validate.draws(draws, self.target.constrained_shapes())
+        values = {n: jnp.asarray(draws[n]) for n in self.target.site_names}
+        return np.asarray(_log_prob_constrained(self.family, self.params, self.target, values))
+
+    @one_blas_thread
+    def sample_with_log_densities(self, num_draws: int, seed: int = 0, *, key: jax.Array | None = None):
+        """``(draws, log_p, log_q)``: constrained draws (dict of ``(num_draws, ...)``), the
+        unnormalized log joint and log q at them (``(num_draws,)`` each, nats), both in the
+        constrained space, so ``log_p - log_q`` is the importance log weight."""
+        flat = self._sample_frame(num_draws, seed, key)
+        draws, log_p, log_q = _densities(self.family, self.params, self.target, flat)
+        return jax.device_get(draws), np.asarray(log_p), np.asarray(log_q)
+
+    def __repr__(self) -> str:
+        loss = self.losses[-1] if len(self.losses) else float("nan")
+        return (
+            f"Fit({self.name}, dim={self.target.dim}, steps={self.num_steps}, "
+            f"grad_evals={self.num_grad_evals}, loss={loss:.4g}, "
+            f"status={self.status!r}, {self.elapsed:.2f}s + {self.compile_time:.2f}s compile)"
+        )
+
+
+@functools.partial(jax.jit, static_argnums=(3,))
+def _sample_flat(family, params, key, num_draws):
+    return draw_many(family.distribution(params), key, num_draws)
+
+
+@jax.jit
+def _constrain_all(target, flat):
+    return jax.vmap(lambda u: target.constrain(u, deterministic=True))(flat)
+
+
+@jax.jit
+def _log_prob_constrained(family, params, target, values):
+    def one(value):
+        flat = target.unconstrain(value)
+        log_q = family.distribution(params).log_prob(flat) - target.log_abs_det_jacobian(flat)
+        return jnp.where(target.in_support(value), log_q, -jnp.inf)
+
+    return jax.vmap(one)(values)
+
+
+@jax.jit
+def _densities(family, params, target, flat):
+    q = family.distribution(params)
+
+    def one(u):
+        log_jac = target.log_abs_det_jacobian(u)
+        return (
+            target.constrain(u, deterministic=True),
+            target.log_density(u) - log_jac,
+            q.log_prob(u) - log_jac,
+        )
+
+    return jax.vmap(one)(flat)
