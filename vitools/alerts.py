@@ -68,11 +68,11 @@ def warn_large_family(family: Family, params: Any, dim: int) -> None:
         )
 
 
-def warn_improper(result: Fit) -> None:
-    """Say so when the posterior looks improper along some sites (:mod:`vitools.improper`)."""
+def warn_improper(result: Fit, key: jax.Array) -> None:
+    """Say so when the posterior looks improper along some sites (:mod:`vitools.improper`);
+    ``key`` seeds the check's draws of q."""
     if result.num_steps == 0:
         return
-    key = jax.random.fold_in(jax.random.PRNGKey(result.seed), 1)
     flat = flat_sites(result.target, result.family, result.params, key)
     if flat:
         spreads = ", ".join(f"{name!r} (unconstrained sd {sd:.3g})" for name, sd in flat.items())

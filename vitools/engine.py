@@ -244,7 +244,7 @@ def compiled_chunks(
     """The compiled :func:`run_chunks` for these arguments (called as ``executable(state,
     num_steps, num_chunks, objective, family, target)``) and the seconds spent compiling it."""
     args = (state, num_steps, jnp.ones((), jnp.int32), objective, family, target)
-    return (programs or PROGRAMS).get(args, optimizer, chunk_size, max_chunks)
+    return (PROGRAMS if programs is None else programs).get(args, optimizer, chunk_size, max_chunks)
 
 
 def num_compilations() -> int:

@@ -204,7 +204,7 @@ def fit(
             raise NonFiniteLossError(message, result)
         warnings.warn(message, RuntimeWarning, stacklevel=3)
     alerts.warn_low_ess(result)
-    alerts.warn_improper(result)
+    alerts.warn_improper(result, jax.random.fold_in(key, 1))
     return result
 
 

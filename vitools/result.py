@@ -14,7 +14,7 @@ import numpyro.distributions as dist
 
 from vitools import validate
 from vitools.blas import one_blas_thread
-from vitools.families import Family, FullRank
+from vitools.families import Family, FullRank, LowRank, MeanField
 from vitools.families.base import draw_many
 from vitools.frame import Frame
 from vitools.targets import Target
@@ -87,13 +87,14 @@ class Fit:
             target: the target (any frame; q is placed in the model's space).
             loc: ``(dim,)``; scale_tril: ``(dim, dim)`` lower-triangular, positive diagonal.
             family: the Gaussian family holding q (default ``FullRank()``; ``MeanField()`` for a
-                diagonal ``scale_tril``).
+                diagonal ``scale_tril``; a ``LowRank`` keeps its top principal directions).
             source: the name in the objective column (e.g. ``"svi"``).
             **record: ``num_steps``, ``num_grad_evals``, ``elapsed``, ``compile_time``,
                 ``status``, ``seed`` of the outside fit (default 0, 0, 0.0, 0.0, "completed", None).
 
         Raises:
             ValueError: ``loc`` or ``scale_tril`` do not have the target's shapes.
+            TypeError: ``family`` is not one of vitools' Gaussian families.
         """
         loc, scale_tril = jnp.asarray(loc), jnp.asarray(scale_tril)
         if loc.shape != (target.dim,) or scale_tril.shape != (target.dim, target.dim):
@@ -102,12 +103,16 @@ class Fit:
                 f"got {loc.shape} and {scale_tril.shape}"
             )
         family = FullRank() if family is None else family
+        if not isinstance(family, FullRank | MeanField | LowRank):
+            raise TypeError(
+                f"from_gaussian needs a Gaussian family (FullRank, MeanField, LowRank), got {family.name}"
+            )
         target = target.in_frame(Frame.identity(target.dim, loc.dtype))
         defaults = dict(
             num_steps=0, num_grad_evals=0, elapsed=0.0, compile_time=0.0, status="completed", seed=None
         )
         fields = {**defaults, **record}
-        params = family.init(jax.random.PRNGKey(0), target, loc, scale_tril)  # Gaussians draw nothing
+        params = family.init(None, target, loc, scale_tril)  # a Gaussian family draws nothing
         empty = np.zeros(0)
         return cls(target, family, source, params, empty, {"loss": empty}, **fields)
 

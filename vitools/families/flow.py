@@ -30,6 +30,7 @@ from numpyro.distributions.flows import InverseAutoregressiveTransform
 from numpyro.distributions.transforms import LowerCholeskyAffine, PermuteTransform
 from numpyro.nn import AutoregressiveNN
 
+from vitools import validate
 from vitools.families.gaussian import FullRank, FullRankParams
 from vitools.targets import Target
 
@@ -92,10 +93,6 @@ def _fan_in(leaf: jax.Array) -> int:
     return leaf.shape[0] if leaf.ndim == 2 else 1
 
 
-def _is_positive_int(value: Any) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= 1
-
-
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class IAF:
@@ -123,23 +120,26 @@ class IAF:
     whiten: str = dataclasses.field(default="full", metadata=dict(static=True))
 
     def __post_init__(self):
-        if not _is_positive_int(self.num_flows):
-            raise ValueError(f"IAF num_flows must be a positive integer, got {self.num_flows!r}")
+        object.__setattr__(self, "num_flows", validate.count(self.num_flows, "IAF num_flows"))
         if self.hidden_dims is not None:
-            if (
-                isinstance(self.hidden_dims, (str, bytes))
-                or not isinstance(self.hidden_dims, Sequence)
-                or len(self.hidden_dims) == 0
-                or not all(_is_positive_int(h) for h in self.hidden_dims)
-            ):
-                raise ValueError(
-                    f"IAF hidden_dims must be None or a non-empty sequence of positive integers, "
-                    f"got {self.hidden_dims!r}"
-                )
-            # A hashable tuple of ints, so the family stays usable as a static jit argument.
-            object.__setattr__(self, "hidden_dims", tuple(int(h) for h in self.hidden_dims))
+            bad = validate.ArgumentValueError(
+                "IAF hidden_dims must be None or a non-empty sequence of positive integers, got "
+                f"{self.hidden_dims!r}",
+                "IAF hidden_dims",
+            )
+            if isinstance(self.hidden_dims, (str, bytes)) or not isinstance(self.hidden_dims, Sequence):
+                raise bad
+            try:  # a hashable tuple of ints, so the family stays usable as a static jit argument
+                hidden = tuple(validate.count(h, "IAF hidden_dims entry") for h in self.hidden_dims)
+            except validate.ArgumentError:
+                raise bad from None
+            if not hidden:
+                raise bad
+            object.__setattr__(self, "hidden_dims", hidden)
         if self.whiten not in ("full", "diagonal", False):
-            raise ValueError(f"IAF whiten must be 'full', 'diagonal' or False, got {self.whiten!r}")
+            raise validate.ArgumentValueError(
+                f"IAF whiten must be 'full', 'diagonal' or False, got {self.whiten!r}", "IAF whiten"
+            )
 
     def _hidden(self, dim: int) -> tuple[int, ...]:
         # Default (2 d, 2 d), twice AutoIAFNormal's (d, d): on a 3-D funnel (d, d) left sd(v)

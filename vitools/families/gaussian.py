@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpyro.distributions as dist
 
+from vitools import validate
 from vitools.targets import Target
 
 __all__ = ["MeanField", "FullRank", "LowRank"]
@@ -121,8 +122,7 @@ class LowRank:
     name: str = dataclasses.field(default="lowrank", metadata=dict(static=True))
 
     def __post_init__(self):
-        if isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank < 1:
-            raise ValueError(f"LowRank rank must be a positive integer, got {self.rank!r}")
+        object.__setattr__(self, "rank", validate.count(self.rank, "LowRank rank"))
 
     def init(self, key: jax.Array, target: Target, loc: jax.Array, scale_tril: jax.Array) -> LowRankParams:
         """Top ``rank`` principal directions of the initial covariance, the rest on the diagonal."""
