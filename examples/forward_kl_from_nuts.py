@@ -12,7 +12,7 @@ import jax
 from numpyro.infer import MCMC, NUTS
 
 import vitools as vt
-from vitools.compare import format_table
+from vitools.comparison import format_table
 from vitools.models import get_model
 
 

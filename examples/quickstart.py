@@ -11,7 +11,7 @@ import numpyro
 import numpyro.distributions as dist
 
 import vitools as vt
-from vitools.compare import format_table
+from vitools.comparison import format_table
 from vitools.plots import plot_marginals
 
 
