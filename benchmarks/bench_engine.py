@@ -61,7 +61,7 @@ from common import RESULTS_DIR, cpu_model, format_load, load_note, markdown_tabl
 
 import vitools as vt  # noqa: E402
 from vitools.cache import enable_compilation_cache  # noqa: E402
-from vitools.init import initial_gaussian  # noqa: E402
+from vitools.laplace import initial_gaussian  # noqa: E402
 
 # (rows, features, steps): steps keep one fit at about a second or two on a laptop core
 GRID = ((10, 5, 2000), (100, 5, 2000), (10_000, 50, 1000), (100_000, 50, 200), (1_000, 500, 300))
@@ -119,7 +119,7 @@ def bare_loop(target, family, steps, draws, learning_rate):
     def run(params, key):
         return jax.lax.scan(step, (params, optimizer.init(params)), jax.random.split(key, steps))
 
-    params = family.init(target, target.init_flat, 0.1 * jnp.eye(target.dim))
+    params = family.init(jax.random.PRNGKey(0), target, target.initial_point, 0.1 * jnp.eye(target.dim))
     return lambda: run(params, jax.random.PRNGKey(0))[1]
 
 
@@ -209,7 +209,7 @@ def measure(rows: int, features: int, steps: int, family: str, repeats: int) -> 
     out["laplace_first_s"] = _once(init_only)  # compilation + one run
     laplace = vt_runner(family, X, y, steps, "laplace")
     start = time.perf_counter()
-    laplace()  # its loop runs in the whitened frame: a target of another shape, compiled once here
+    laplace()  # its loop runs in the frame of the Laplace start (a target of another shape): compiled once
     out["vt_cold_laplace_s"] = time.perf_counter() - start
     bare = bare_loop(target, family_object(family), steps, DRAWS, LEARNING_RATE)
     out["bare_compile_s"] = _once(bare)
@@ -257,7 +257,7 @@ def _rss_kib() -> dict[str, int]:
 def memory_child(rows: int, features: int, steps: int, family: str, method: str) -> dict:
     X, y = make_data(rows, features)
     target = vt.Target.from_model(logistic_regression, X, y=y)
-    jax.block_until_ready(target.log_density(target.init_flat))
+    jax.block_until_ready(target.log_density(target.initial_point))
     try:  # reset the peak to the current RSS, so the peak below is this fit's alone
         with open("/proc/self/clear_refs", "w") as refs:
             refs.write("5")

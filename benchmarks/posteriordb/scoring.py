@@ -13,9 +13,9 @@ import json
 import math
 
 import pandas as pd
-import scipy.stats
 
-from vitools.compare import reference_draws
+from benchmarks.importance import standardized_w1
+from vitools.comparison import reference_draws
 
 from . import CORPUS_DIR
 
@@ -46,7 +46,7 @@ def score(draws: dict, reference: dict, summary: dict[str, tuple[float, float]])
         rows[label] = {
             "mean_error": abs(values.mean() - mean) / sd,
             "sd_ratio": values.std(ddof=1) / sd,
-            "w1": scipy.stats.wasserstein_distance(values, ref_column[label]) / sd,
+            "w1": standardized_w1(values, ref_column[label], mean, sd),
         }
     return pd.DataFrame.from_dict(rows, orient="index")
 
