@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import arviz as az
 import jax
+import jax.numpy as jnp
 import numpy as np
 import numpyro
 import numpyro.distributions as dist
 import pytest
 import scipy.stats
 import xarray as xr
+from numpyro.handlers import reparam
 
 import vitools as vt
 from vitools import validate
@@ -20,9 +23,14 @@ from vitools.convert import (
     as_single_chain,
     fit_to_datatree,
     flatten_draws,
+    model_name,
+    optimization_dataset,
     site_shapes,
     to_datatree,
 )
+from vitools.draws import as_container, draws_dict
+from vitools.models import Reference
+from vitools.result import Fit
 from vitools.targets import Target
 
 
@@ -32,29 +40,33 @@ def plated_model():
         numpyro.sample("theta", dist.Normal(mu, 1.0))
 
 
-class GaussianFit:
-    """A stand-in ``Fit``: independent Normal(loc, scale) on (mu, theta) of ``plated_model``."""
+def gaussian_fit(loc: float = 0.0, scale: float = 1.0, num_steps: int = 7) -> Fit:
+    """A ``Fit`` of independent Normal(loc, scale) on (mu, theta) of ``plated_model``, with a
+    made-up record (7 steps, 70 gradient evaluations, 0.5 s)."""
+    fit = Fit.from_gaussian(
+        Target.from_model(plated_model),
+        jnp.full(4, loc),
+        scale * jnp.eye(4),
+        family=vt.MeanField(),
+        source="reverse_kl",
+        num_steps=num_steps,
+        num_grad_evals=70,
+        elapsed=0.5,
+        seed=3,
+    )
+    losses = np.linspace(2.0, 1.0, num_steps)
+    return dataclasses.replace(fit, losses=losses, trace={"loss": losses})
 
-    def __init__(self, loc: float = 0.0, scale: float = 1.0, num_steps: int = 7):
-        self.target = Target.from_model(plated_model)
-        self.loc, self.scale = loc, scale
-        self.objective, self.family, self.name = "reverse_kl", "meanfield", "reverse_kl/meanfield"
-        self.num_steps, self.num_grad_evals, self.elapsed, self.status, self.seed = (
-            num_steps,
-            70,
-            0.5,
-            "completed",
-            3,
-        )
-        self.losses = np.linspace(2.0, 1.0, num_steps)
-        self.trace = {"loss": self.losses}
 
-    def sample_with_log_densities(self, num_draws, seed=0):
-        z = np.random.default_rng(seed).normal(self.loc, self.scale, size=(num_draws, 4))
-        draws = {"mu": z[:, 0], "theta": z[:, 1:]}
-        log_q = scipy.stats.norm(self.loc, self.scale).logpdf(z).sum(axis=1)
-        log_p = jax.vmap(self.target.log_joint)({k: np.asarray(v, np.float32) for k, v in draws.items()})
-        return draws, np.asarray(log_p, dtype=float), log_q
+def returning(make) -> Fit:
+    """:func:`gaussian_fit` whose ``sample_with_log_densities(num_draws)`` returns ``make(num_draws)``
+    (draws and log densities of wrong shapes, to test the checks)."""
+
+    class Stub(Fit):
+        def sample_with_log_densities(self, num_draws, seed=0, *, key=None):
+            return make(num_draws)
+
+    return Stub(**vars(gaussian_fit()))
 
 
 @pytest.fixture(scope="module")
@@ -95,10 +107,26 @@ def test_root_attrs_are_netcdf_scalars(tree, real_fit):
     assert all(isinstance(v, str | int | float) for v in attrs.values())
 
 
-def test_fake_fit_metadata_goes_to_attrs():
-    tree = fit_to_datatree(GaussianFit(), num_draws=30)
-    assert (tree.attrs["num_steps"], tree.attrs["num_grad_evals"], tree.attrs["elapsed_s"]) == (7, 70, 0.5)
+def test_fit_record_goes_to_attrs():
+    fit = gaussian_fit()
+    tree = fit_to_datatree(fit, num_draws=30)
+    attrs = tree.attrs
+    assert (attrs["num_steps"], attrs["num_grad_evals"], attrs["elapsed_s"]) == (7, 70, 0.5)
+    assert (attrs["vitools_objective"], attrs["vitools_family"], attrs["fit_seed"]) == (
+        "reverse_kl",
+        "meanfield",
+        3,
+    )
+    assert attrs["vitools_model"] == f"{plated_model.__module__}.plated_model"
     assert tree["optimization"].sizes["step"] == 7
+    assert "num_draws_per_step" not in tree["optimization"].attrs  # fitted elsewhere: no draws per step
+
+
+def test_draws_per_step_come_from_the_objective(tree, real_fit):
+    expected = real_fit.objective.num_density_evals(real_fit.target.dim)
+    assert tree["optimization"].attrs["num_draws_per_step"] == expected > 0
+    # the same group, without drawing from the fit (the trace plot reads it so)
+    xr.testing.assert_identical(optimization_dataset(real_fit), tree["optimization"].to_dataset())
 
 
 def test_netcdf_round_trip_is_lossless(tree, tmp_path):
@@ -110,8 +138,7 @@ def test_netcdf_round_trip_is_lossless(tree, tmp_path):
 
 
 def test_log_p_is_the_models_log_joint():
-    fit = GaussianFit()
-    tree = fit_to_datatree(fit, num_draws=30)
+    tree = fit_to_datatree(gaussian_fit(), num_draws=30)
     mu = tree["posterior"]["mu"].values[0]
     theta = tree["posterior"]["theta"].values[0]
     expected = scipy.stats.norm.logpdf(mu) + scipy.stats.norm.logpdf(theta, mu[:, None]).sum(1)
@@ -119,26 +146,16 @@ def test_log_p_is_the_models_log_joint():
 
 
 def test_plain_log_density_target_gets_default_dim_names():
-    fit = GaussianFit()
-    fit.target = Target.from_log_density(lambda x: -0.5 * (x**2).sum(), dim=2)
-    fit.sample_with_log_densities = lambda num_draws, seed=0: (
-        {"x": np.zeros((num_draws, 2))},
-        np.zeros(num_draws),
-        np.zeros(num_draws),
-    )
-    tree = fit_to_datatree(fit, num_draws=10)
+    target = Target.from_log_density(lambda x: -0.5 * (x**2).sum(), dim=2)
+    tree = fit_to_datatree(Fit.from_gaussian(target, jnp.zeros(2), jnp.eye(2)), num_draws=10)
     assert tree["posterior"]["x"].dims == ("chain", "draw", "x_dim_0")
+    assert "vitools_model" not in tree.attrs  # no model function
 
 
 def test_bad_num_draws_and_bad_log_density_shapes_raise():
     with pytest.raises(ValueError, match="num_draws must be a positive integer"):
-        fit_to_datatree(GaussianFit(), num_draws=0)
-    fit = GaussianFit()
-    fit.sample_with_log_densities = lambda num_draws, seed=0: (
-        {"mu": np.zeros(num_draws)},
-        np.zeros(3),
-        np.zeros(3),
-    )
+        fit_to_datatree(gaussian_fit(), num_draws=0)
+    fit = returning(lambda num_draws: ({"mu": np.zeros(num_draws)}, np.zeros(3), np.zeros(3)))
     with pytest.raises(ValueError, match="expected \\(10,\\) each"):
         fit_to_datatree(fit, num_draws=10)
 
@@ -146,10 +163,20 @@ def test_bad_num_draws_and_bad_log_density_shapes_raise():
 def test_to_datatree_dispatch(tree, real_fit):
     assert to_datatree(tree) is tree
     assert to_datatree(real_fit, num_draws=20)["posterior"].sizes["draw"] == 20
-    assert to_datatree(GaussianFit(), num_draws=20)["posterior"].sizes["draw"] == 20
+    assert to_datatree(gaussian_fit(), num_draws=20)["posterior"].sizes["draw"] == 20
     assert dict(to_datatree({"mu": np.zeros(3)})["posterior"].sizes) == {"chain": 1, "draw": 3}
-    with pytest.raises(TypeError, match="cannot convert list to a DataTree"):
+    with pytest.raises(TypeError, match="cannot convert list to a DataTree: expected a vitools Fit or"):
         to_datatree([np.zeros(3)])
+
+
+def test_a_zoo_reference_is_a_container_of_its_draws():
+    draws = {"mu": np.arange(4.0), "theta": np.zeros((4, 3))}
+    reference = Reference(draws, {}, {}, "closed form")
+    assert as_container(reference).keys() == draws_dict(reference).keys() == draws.keys()
+    assert all(draws_dict(reference)[site] is draws[site] for site in draws)
+    xr.testing.assert_equal(to_datatree(reference)["posterior"], to_datatree(draws)["posterior"])
+    with pytest.raises(TypeError, match="reference draws must be a numpyro MCMC that has run, an ArviZ"):
+        as_container(np.zeros(3), what="reference draws")
 
 
 def test_to_datatree_of_mcmc_keeps_its_shape_and_names_the_sampler():
@@ -166,6 +193,15 @@ def test_to_datatree_of_mcmc_keeps_its_shape_and_names_the_sampler():
     assert dict(tree["posterior"].sizes) == {"chain": 2, "draw": 15, "group": 3}
     assert tree.attrs["vitools_kind"] == "mcmc" and tree.attrs["vitools_family"] == "NUTS"
     assert tree.attrs["num_grad_evals"] >= 30
+    assert (
+        tree.attrs["vitools_model"]
+        == model_name(plated_model)
+        == fit_to_datatree(gaussian_fit(), 30).attrs["vitools_model"]
+    )
+
+
+def test_a_model_under_an_effect_handler_is_the_same_model():
+    assert model_name(reparam(plated_model, config={})) == model_name(plated_model)
 
 
 def two_chain_tree():
@@ -278,11 +314,12 @@ def test_draws_without_a_leading_axis_or_of_the_wrong_shape_are_refused_naming_t
         validate.draws({"mu": np.zeros(0)})
     with pytest.raises(ValueError, match="draws 'mu' have shape \\(\\): expected \\(S, ...\\)"):
         to_datatree({"mu": 1.0})
-    fit = GaussianFit()  # a stand-in fit whose draws lost theta's last component
-    fit.sample_with_log_densities = lambda num_draws, seed=0: (
-        {"mu": np.zeros(num_draws), "theta": np.zeros((num_draws, 2))},
-        np.zeros(num_draws),
-        np.zeros(num_draws),
+    fit = returning(  # a fit whose draws lost theta's last component
+        lambda num_draws: (
+            {"mu": np.zeros(num_draws), "theta": np.zeros((num_draws, 2))},
+            np.zeros(num_draws),
+            np.zeros(num_draws),
+        )
     )
     with pytest.raises(
         ValueError, match="the fit's draws 'theta' have shape \\(10, 2\\): expected \\(S, 3\\)"

@@ -7,13 +7,19 @@ A vitools fit becomes a tree with
 - ``sample_stats``: ``log_p`` (unnormalized log joint), ``log_q`` and
   ``log_weight = log_p - log_q`` at the same draws, all in the constrained space so the Jacobians
   cancel and :math:`w = \tilde p(x, z) / q(z)` is the importance weight;
-- ``optimization``: the per-step trace (``loss``, and ``ess``/``log_evidence`` where traced) over ``step``;
-- root attrs: ``vitools_objective``, ``vitools_family``, ``num_steps``, ``num_grad_evals``,
-  ``elapsed_s``, ``status`` (str/int/float only, so the tree round-trips through netCDF).
+- ``optimization``: the per-step trace (``loss``, and ``ess``/``log_evidence`` where traced) over
+  ``step``, with attr ``num_draws_per_step`` where the objective draws from q;
+- root attrs: ``vitools_objective``, ``vitools_family``, ``vitools_name``, ``num_steps``,
+  ``num_grad_evals``, ``elapsed_s``, ``compile_time_s``, ``status``, ``num_draws``, ``draws_seed``,
+  ``fit_seed``, ``vitools_latent_sites`` and ``vitools_model`` (str/int/float only, so the tree
+  round-trips through netCDF).
 
-A NumPyro ``MCMC`` goes through ``az.from_numpyro`` and keeps its own ``(chain, draw)`` shape;
-:func:`as_single_chain` flattens any tree to ``(chain=1, draw=S)`` when equal shapes are needed. A dict
-of draws ``site -> (S, *site shape)`` becomes a posterior-only tree of shape ``(chain=1, draw=S)``.
+Convert once, at the edge: :func:`to_datatree` is where a fit is drawn from; compare, diagnose,
+the plots and the report take the trees it returns. Any container of posterior draws
+(:mod:`vitools.draws`) converts with :func:`draws_to_datatree` (an MCMC keeps its ``(chain, draw)``
+shape; :func:`as_single_chain` flattens a tree to ``(chain=1, draw=S)``). Trees of fits and MCMC runs
+name the model function in the root attr ``vitools_model`` (:func:`model_name`), so fits of
+different models with the same sites can be told apart from their trees alone.
 
 Site names. A model site named like a sample dim (``chain``, ``draw``) cannot be a variable of that
 name (xarray would make it the dim's coordinate and drop it), so its variable takes a trailing
@@ -27,8 +33,9 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterable, Mapping
-from typing import Any, NamedTuple, Protocol, runtime_checkable
+import types
+from collections.abc import Callable, Iterable
+from typing import Any, NamedTuple
 
 import arviz_base as azb  # not `arviz`: that also imports arviz-plots and matplotlib (~1.2 s)
 import numpy as np
@@ -37,38 +44,36 @@ import numpyro.infer.initialization
 import xarray as xr
 from arviz_base.io_numpyro import MCMCAdapter
 from numpyro.infer import MCMC
+from numpyro.primitives import Messenger
 
 from vitools import validate
+from vitools.draws import KINDS, SITE_ATTR, as_container, is_draws
+from vitools.model import ModelDensity
+from vitools.result import Fit
+from vitools.targets import Target
 
 # arviz_base's from_numpyro reads the attribute numpyro.infer.initialization, which Python sets
 # only when that submodule is imported after numpyro.infer's own import completed; make sure it is.
 numpyro.infer.initialization = sys.modules["numpyro.infer.initialization"]
 
 __all__ = [
-    "FitLike",
+    "LATENT_ATTR",
+    "MODEL_ATTR",
     "Sites",
     "as_single_chain",
     "draws_to_datatree",
     "fit_to_datatree",
     "flatten_draws",
+    "model_name",
+    "optimization_dataset",
     "site_shapes",
     "to_datatree",
     "variable_names",
 ]
 
 SAMPLE_DIMS = ("chain", "draw")
-SITE_ATTR = "vitools_site"  # a posterior variable's model site name, where the two differ
 LATENT_ATTR = "vitools_latent_sites"  # root attr: JSON list of the model's latent sites
-
-
-@runtime_checkable
-class FitLike(Protocol):
-    """What conversion needs from a fit (see ``vitools.result.Fit``): draws with their log densities,
-    and the ``Target`` fitted (its latent sites, their shapes, the model's plates)."""
-
-    target: Any
-
-    def sample_with_log_densities(self, num_draws: int, seed: int = 0) -> tuple[dict, Any, Any]: ...
+MODEL_ATTR = "vitools_model"  # root attr: the model function's module.qualname (:func:`model_name`)
 
 
 class Sites(NamedTuple):
@@ -135,46 +140,51 @@ def _posterior_tree(groups: dict[str, dict], dims: dict[str, list[str]]) -> xr.D
     return tree
 
 
-def draws_to_datatree(draws: Mapping[str, Any], what: str = "draws") -> xr.DataTree:
-    """A dict of constrained draws ``site -> (S, *site shape)`` → a tree whose ``posterior`` has
-    dims ``(chain=1, draw=S, {site}_dim_{i}...)`` (e.g. a model zoo's stored NUTS draws).
+def draws_to_datatree(draws: Any, what: str = "draws") -> xr.DataTree:
+    """Any container of posterior draws (:mod:`vitools.draws`) → a DataTree.
+
+    A DataTree is returned as it is; a NumPyro ``MCMC`` goes through ``az.from_numpyro`` (its own
+    ``(chain, draw)`` shape; root attrs ``vitools_kind="mcmc"``, the sampler's name, the model's
+    latent sites and ``vitools_model``); a dict of constrained draws ``site -> (S, *site shape)``
+    or a zoo ``Reference`` becomes a posterior-only tree of dims
+    ``(chain=1, draw=S, {site}_dim_{i}...)``.
 
     Raises:
-        TypeError, ValueError: as :func:`vitools.validate.draws` (``what`` names the draws in messages).
+        TypeError: ``draws`` is no container of draws.
+        ValueError: an MCMC that has not run; dict entries without a common leading draw axis
+            (:func:`vitools.validate.draws`; ``what`` names the draws in messages).
     """
-    validate.draws(draws, what=what)
-    return _posterior_tree({"posterior": {str(k): np.asarray(v)[None] for k, v in draws.items()}}, {})
+    container = as_container(draws, what)
+    if isinstance(container, xr.DataTree):
+        return container
+    if isinstance(container, MCMC):
+        return _mcmc_to_datatree(container)
+    return _posterior_tree({"posterior": {str(k): np.asarray(v)[None] for k, v in container.items()}}, {})
 
 
-def _label(obj: Any) -> str:
-    """A short name for an objective or family: a string, its ``name`` attribute, or its class name."""
-    if isinstance(obj, str):
-        return obj
-    name = getattr(obj, "name", None)
-    return name if isinstance(name, str) else type(obj).__name__
+def model_name(model: Callable) -> str:
+    """``module.qualname`` of a NumPyro model (the tree's ``vitools_model`` attr), seen through
+    effect handlers: a model under ``reparam`` is the same model. A callable object is named by
+    its class."""
+    while isinstance(model, Messenger):
+        model = model.fn
+    named = model if isinstance(model, (types.FunctionType, types.MethodType, type)) else type(model)
+    return f"{named.__module__}.{named.__qualname__}"
 
 
-def _check_num_draws(num_draws: Any) -> int:
-    if isinstance(num_draws, bool) or not isinstance(num_draws, (int, np.integer)) or num_draws < 1:
-        raise ValueError(f"num_draws must be a positive integer, got {num_draws!r}")
-    return int(num_draws)
-
-
-def _site_dims(fit: Any, draws: dict[str, np.ndarray]) -> dict[str, list[str]]:
+def _site_dims(target: Target, draws: dict[str, np.ndarray]) -> dict[str, list[str]]:
     """Plate names of each site's leading axes, from ``arviz_base``'s NumPyro plate inference.
 
     Any site whose inferred names do not fit its shape keeps ArviZ's default ``{site}_dim_{i}``;
     a target without a model (a plain log density) has no plates.
     """
-    target = getattr(fit, "target", None)
-    model = getattr(target, "model", None)
-    if model is None:
+    if not isinstance(target.density, ModelDensity):
         return {}
     try:
         from arviz_base.io_numpyro import infer_dims
 
         args, kwargs = target.density.arguments()
-        inferred = infer_dims(model, args, kwargs)
+        inferred = infer_dims(target.density.model, args, kwargs)
     except Exception:  # plate names are cosmetic: never fail a conversion over them
         return {}
     return {
@@ -184,11 +194,11 @@ def _site_dims(fit: Any, draws: dict[str, np.ndarray]) -> dict[str, list[str]]:
     }
 
 
-def fit_to_datatree(fit: FitLike, num_draws: int = 1000, seed: int = 0) -> xr.DataTree:
+def fit_to_datatree(fit: Fit, num_draws: int = 1000, seed: int = 0) -> xr.DataTree:
     r"""Draw from a fit and return its ArviZ DataTree (layout in the module docstring).
 
     Args:
-        fit: a ``vitools.result.Fit`` (anything with ``sample_with_log_densities``).
+        fit: a ``vitools.result.Fit``.
         num_draws: S, the number of draws from q.
         seed: seed of the draws (use different seeds for fits you overlay, or their draws correlate).
 
@@ -203,7 +213,7 @@ def fit_to_datatree(fit: FitLike, num_draws: int = 1000, seed: int = 0) -> xr.Da
         >>> tree = fit_to_datatree(vt.fit(model, num_steps=500), num_draws=2000)
         >>> tree.to_netcdf("fit.nc", engine="h5netcdf")
     """
-    num_draws = _check_num_draws(num_draws)
+    num_draws = validate.count(num_draws, "num_draws")
     draws, log_p, log_q = fit.sample_with_log_densities(num_draws, seed=seed)
     draws = {k: np.asarray(v) for k, v in draws.items()}
     log_p, log_q = np.asarray(log_p), np.asarray(log_q)
@@ -221,51 +231,56 @@ def fit_to_datatree(fit: FitLike, num_draws: int = 1000, seed: int = 0) -> xr.Da
             "posterior": {k: v[None] for k, v in draws.items()},
             "sample_stats": {k: v[None] for k, v in stats.items()},
         },
-        _site_dims(fit, draws),
+        _site_dims(fit.target, draws),
     )
-    tree["optimization"] = xr.DataTree(_optimization_dataset(fit))
+    tree["optimization"] = xr.DataTree(optimization_dataset(fit))
     tree.attrs.update(_fit_attrs(fit, num_draws, seed))
-    tree.attrs[LATENT_ATTR] = json.dumps(list(fit.target.site_names))
     return tree
 
 
-def _optimization_dataset(fit: Any) -> xr.Dataset:
-    trace = dict(getattr(fit, "trace", None) or {})
-    if "loss" not in trace and getattr(fit, "losses", None) is not None:
-        trace["loss"] = fit.losses
+def optimization_dataset(fit: Fit) -> xr.Dataset:
+    """A fit's per-step trace (the tree's ``optimization`` group) without drawing from it.
+
+    Returns:
+        A Dataset over dim ``step`` (``num_steps`` long) with the trace's per-step scalars
+        (``loss``, and ``ess``/``log_evidence`` where traced; ``fit.losses`` where the trace has no
+        ``loss``), and attr ``num_draws_per_step`` (the objective's density evaluations per step,
+        the draws behind each step's ESS) where the objective draws from q.
+    """
+    trace = dict(fit.trace)
+    trace.setdefault("loss", fit.losses)
     arrays = {k: np.asarray(v) for k, v in trace.items()}
     arrays = {k: v for k, v in arrays.items() if v.ndim == 1}  # per-step scalars only
     num_steps = max((v.shape[0] for v in arrays.values()), default=0)
     arrays = {k: v for k, v in arrays.items() if v.shape[0] == num_steps}
     dataset = xr.Dataset({k: ("step", v) for k, v in arrays.items()}, coords={"step": np.arange(num_steps)})
-    per_step = getattr(getattr(fit, "objective", None), "num_draws", None)
-    if isinstance(per_step, int):  # so ESS traces read as a fraction of each step's draws
-        dataset.attrs["num_draws_per_step"] = per_step
+    if not isinstance(fit.objective, str):  # so ESS traces read as a fraction of each step's draws
+        per_step = int(fit.objective.num_density_evals(fit.target.dim))
+        if per_step > 0:
+            dataset.attrs["num_draws_per_step"] = per_step
     return dataset
 
 
-def _fit_attrs(fit: Any, num_draws: int, seed: int) -> dict[str, str | int | float]:
+def _fit_attrs(fit: Fit, num_draws: int, seed: int) -> dict[str, str | int | float]:
     """Root attrs of a fit's tree: netCDF-serialisable scalars only (str, int, float)."""
     attrs: dict[str, str | int | float] = {
         "vitools_kind": "vi",
         "num_draws": num_draws,
         "draws_seed": int(seed),
+        "vitools_objective": fit.objective_name,
+        "vitools_family": fit.family.name,
+        "vitools_name": fit.name,
+        "num_steps": int(fit.num_steps),
+        "num_grad_evals": int(fit.num_grad_evals),
+        "elapsed_s": float(fit.elapsed),
+        "compile_time_s": float(fit.compile_time),
+        "status": str(fit.status),
+        LATENT_ATTR: json.dumps(list(fit.target.site_names)),
     }
-    for key, attr in (("vitools_objective", "objective"), ("vitools_family", "family")):
-        if getattr(fit, attr, None) is not None:
-            attrs[key] = _label(getattr(fit, attr))
-    for key, attr, cast in (
-        ("vitools_name", "name", str),
-        ("num_steps", "num_steps", int),
-        ("num_grad_evals", "num_grad_evals", int),
-        ("elapsed_s", "elapsed", float),
-        ("compile_time_s", "compile_time", float),
-        ("status", "status", str),
-        ("fit_seed", "seed", int),
-    ):
-        value = getattr(fit, attr, None)
-        if value is not None:
-            attrs[key] = cast(value)
+    if fit.seed is not None:
+        attrs["fit_seed"] = int(fit.seed)
+    if fit.target.model is not None:
+        attrs[MODEL_ATTR] = model_name(fit.target.model)
     return attrs
 
 
@@ -285,8 +300,7 @@ class _MCMCAdapter(MCMCAdapter):
 
 
 def _mcmc_to_datatree(mcmc: MCMC) -> xr.DataTree:
-    if mcmc.last_state is None:
-        raise ValueError("the MCMC has no draws: call mcmc.run(key, *model_args) before converting it")
+    """``az.from_numpyro`` of an MCMC that has run (:func:`vitools.draws.as_container` checked it)."""
     adapter = _MCMCAdapter(mcmc)
     tree = azb.from_numpyro(adapter)
     _mark_renamed(tree, adapter.names)
@@ -300,9 +314,12 @@ def _mcmc_to_datatree(mcmc: MCMC) -> xr.DataTree:
     stats = tree.children.get("sample_stats")
     if stats is not None and "n_steps" in stats.data_vars:  # recorded with extra_fields=("num_steps",)
         attrs["num_grad_evals"] = int(stats["n_steps"].sum())
-    latent = getattr(mcmc.last_state, mcmc.sampler.sample_field)  # the sampler's latent values
+    # NumPyro's contract: the sampler names the field of its state that holds the latent values
+    latent = getattr(mcmc.last_state, mcmc.sampler.sample_field)
     if isinstance(latent, dict):
         attrs[LATENT_ATTR] = json.dumps(list(latent))
+    if mcmc.sampler.model is not None:  # None for a kernel built on a potential_fn
+        attrs[MODEL_ATTR] = model_name(mcmc.sampler.model)
     tree.attrs.update(attrs)
     return tree
 
@@ -311,10 +328,9 @@ def to_datatree(obj: Any, num_draws: int = 1000, seed: int = 0) -> xr.DataTree:
     """Any result vitools compares → an ArviZ DataTree.
 
     Args:
-        obj: a vitools ``Fit`` (drawn with :func:`fit_to_datatree`), a NumPyro ``MCMC`` that has run
-            (through ``az.from_numpyro``; root attrs ``vitools_kind="mcmc"`` and the sampler's name
-            added), a dict of draws ``site -> (S, ...)`` (:func:`draws_to_datatree`) or a DataTree
-            (returned unchanged).
+        obj: a vitools ``Fit`` (drawn with :func:`fit_to_datatree`), or a container of posterior
+            draws (:func:`draws_to_datatree`): a NumPyro ``MCMC`` that has run, a DataTree
+            (returned unchanged), a dict of draws ``site -> (S, ...)`` or a zoo ``Reference``.
         num_draws: draws from q for a fit; ignored for the others.
         seed: seed of those draws.
 
@@ -322,18 +338,13 @@ def to_datatree(obj: Any, num_draws: int = 1000, seed: int = 0) -> xr.DataTree:
         TypeError: ``obj`` is none of these.
         ValueError: an MCMC that has not run; draws of the wrong shapes (see :func:`vitools.validate.draws`).
     """
-    if isinstance(obj, xr.DataTree):
-        return obj
-    if isinstance(obj, MCMC):
-        return _mcmc_to_datatree(obj)
-    if isinstance(obj, Mapping):
-        return draws_to_datatree(obj)
-    if isinstance(obj, FitLike):
+    if isinstance(obj, Fit):
         return fit_to_datatree(obj, num_draws=num_draws, seed=seed)
-    raise TypeError(
-        f"cannot convert {type(obj).__name__} to a DataTree: expected a vitools Fit, a NumPyro MCMC, "
-        "a dict of draws or an xarray.DataTree"
-    )
+    if not is_draws(obj):
+        raise TypeError(
+            f"cannot convert {type(obj).__name__} to a DataTree: expected a vitools Fit or {KINDS}"
+        )
+    return draws_to_datatree(obj)
 
 
 def as_single_chain(tree: xr.DataTree, num_draws: int | None = None) -> xr.DataTree:
@@ -351,7 +362,7 @@ def as_single_chain(tree: xr.DataTree, num_draws: int | None = None) -> xr.DataT
         ValueError: ``num_draws`` is not a positive integer or exceeds the draws in a group.
     """
     if num_draws is not None:
-        num_draws = _check_num_draws(num_draws)
+        num_draws = validate.count(num_draws, "num_draws")
     out = tree.copy()
     for name, node in tree.children.items():
         ds = node.to_dataset()

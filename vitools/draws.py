@@ -1,9 +1,13 @@
 """Containers of posterior draws, read in one place.
 
 vitools takes posterior draws as a NumPyro ``MCMC`` that has run, an ArviZ ``DataTree`` with a
-``posterior`` group, or a dict ``site -> array (S, *site shape)`` of constrained draws.
-:func:`draws_dict` turns any of them into the dict, chains stacked (chain 0 first);
-``ForwardKLFromDraws``, ``vt.compare``'s reference and the plots all read draws through it.
+``posterior`` group, a dict ``site -> array (S, *site shape)`` of constrained draws, or a model
+zoo :class:`~vitools.models.base.Reference` (its ``draws``, a dict). :func:`as_container` checks
+which one it is and gives it back in one of three forms (MCMC, DataTree, dict), so every reader
+branches on those three only; :func:`draws_dict` turns any of them into the dict, chains stacked
+(chain 0 first). ``ForwardKLFromDraws`` reads draws through :func:`draws_dict`;
+:func:`vitools.convert.to_datatree`, ``vt.compare``'s reference and the plots through
+:func:`as_container`.
 """
 
 from __future__ import annotations
@@ -16,13 +20,55 @@ import xarray as xr
 from numpyro.infer import MCMC
 
 from vitools import validate
+from vitools.models.base import Reference
 
-__all__ = ["draws_dict", "is_draws_container"]
+__all__ = ["KINDS", "SITE_ATTR", "as_container", "draws_dict", "is_draws", "is_draws_container"]
+
+KINDS = (
+    "a numpyro MCMC that has run, an ArviZ DataTree with a posterior group, a dict of constrained "
+    "draws (site -> array (S, ...)) or a model zoo Reference"
+)
+SITE_ATTR = "vitools_site"  # a posterior variable's model site name, where the two differ
+
+Container = MCMC | xr.DataTree | dict[str, Any]
 
 
 def is_draws_container(obj: Any) -> bool:
-    """Whether ``obj`` is an ``MCMC`` or a ``DataTree`` (a container :func:`draws_dict` unpacks)."""
-    return isinstance(obj, (MCMC, xr.DataTree))
+    """Whether ``obj`` is an ``MCMC``, a ``DataTree`` or a zoo ``Reference``: a container object
+    :func:`draws_dict` unpacks (a plain dict is not one; :func:`is_draws` counts it too)."""
+    return isinstance(obj, (MCMC, xr.DataTree, Reference))
+
+
+def is_draws(obj: Any) -> bool:
+    """Whether :func:`as_container` takes ``obj``: a container object or a dict (unchecked)."""
+    return is_draws_container(obj) or isinstance(obj, Mapping)
+
+
+def as_container(obj: Any, what: str = "draws") -> Container:
+    """``obj`` as one of three forms: an ``MCMC`` that has run, a ``DataTree`` (as given), or a
+    checked dict ``site -> (S, ...)`` (a dict's entries, or a zoo ``Reference``'s ``draws``).
+
+    Args:
+        obj: any of the containers in the module docstring.
+        what: how messages name the draws (``"reference draws"``).
+
+    Raises:
+        TypeError: ``obj`` is none of them.
+        ValueError: an MCMC that has not run; dict entries that disagree on S or have no draw axis
+            (:func:`vitools.validate.draws`).
+    """
+    if isinstance(obj, Reference):
+        obj = obj.draws
+    if isinstance(obj, MCMC):
+        if obj.last_state is None:
+            raise ValueError(f"the MCMC has no {what}: call mcmc.run(key, *model_args) first")
+        return obj
+    if isinstance(obj, xr.DataTree):
+        return obj
+    if isinstance(obj, Mapping):
+        validate.draws(obj, what=what)
+        return dict(obj)
+    raise TypeError(f"{what} must be {KINDS}, got {type(obj).__name__}")
 
 
 def draws_dict(obj: Any, what: str = "draws") -> dict[str, np.ndarray]:
@@ -30,32 +76,24 @@ def draws_dict(obj: Any, what: str = "draws") -> dict[str, np.ndarray]:
 
     Args:
         obj: a NumPyro ``MCMC`` after ``run`` (its ``get_samples()``), a DataTree with a
-            ``posterior`` group (every variable, ``chain x draw`` stacked), or a dict of draws.
+            ``posterior`` group (every variable, ``chain x draw`` stacked, named by its model site),
+            a dict of draws or a zoo ``Reference``.
         what: how messages name the draws.
 
     Raises:
         TypeError: ``obj`` is none of these.
-        ValueError: an MCMC that has not run, a tree without ``posterior``, or dict entries that
-            disagree on S or have no draw axis (:func:`vitools.validate.draws`).
+        ValueError: as :func:`as_container`, or a tree without ``posterior``.
     """
+    obj = as_container(obj, what)
     if isinstance(obj, MCMC):
-        if obj.last_state is None:
-            raise ValueError(f"the MCMC has no {what}: call mcmc.run(key, *model_args) first")
         return {name: np.asarray(value) for name, value in obj.get_samples().items()}
     if isinstance(obj, xr.DataTree):
         if "posterior" not in obj.children:
             raise ValueError(f"the tree of {what} has no 'posterior' group (groups: {sorted(obj.children)})")
-        posterior = obj["posterior"].to_dataset()
         out = {}
-        for name, var in posterior.data_vars.items():
-            site = str(var.attrs.get("vitools_site", name))
+        for name, var in obj["posterior"].to_dataset().data_vars.items():
+            site = str(var.attrs.get(SITE_ATTR, name))
             stacked = var.stack(__sample__=("chain", "draw")).transpose("__sample__", ...)
             out[site] = np.asarray(stacked.values)
         return out
-    if isinstance(obj, Mapping):
-        validate.draws(obj, what=what)
-        return dict(obj)
-    raise TypeError(
-        f"{what} must be a numpyro MCMC, an ArviZ DataTree with a posterior group or a dict of "
-        f"constrained draws (site -> array (S, ...)), got {type(obj).__name__}"
-    )
+    return obj
