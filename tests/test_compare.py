@@ -19,6 +19,7 @@ import scipy.stats
 
 import vitools as vt
 from vitools.comparison import COLUMNS, REFERENCE_COLUMNS, compare, format_table, reference_draws
+from vitools.models import Reference
 
 
 def normal_tree(loc: float, scale: float, num_draws: int = 1000, seed: int = 0, **attrs):
@@ -77,6 +78,8 @@ def test_reference_forms_agree(reference):
     pd.testing.assert_frame_equal(by_key, by_tree)
     pd.testing.assert_frame_equal(by_key, by_dict)
     assert by_key.loc["ref", "w1"] == 0.0 and math.isnan(by_key.loc["ref", "khat"])
+    by_zoo_reference = compare(fits, reference=Reference(reference, {}, {}, "closed form"))
+    pd.testing.assert_frame_equal(by_key, by_zoo_reference)
     labels, values = reference_draws(reference)
     assert labels == ["mu", "theta[0]", "theta[1]"] and values.shape == (4000, 3)
 
@@ -91,7 +94,7 @@ def test_bad_arguments_raise(reference):
         compare({})
     with pytest.raises(KeyError, match="reference 'NUTS' is not one of the fits"):
         compare({"a": normal_tree(0.0, 1.0)}, reference="NUTS")
-    with pytest.raises(TypeError, match="reference must be a DataTree, a dict of draws or a key"):
+    with pytest.raises(TypeError, match="reference must be a key of fits or a numpyro MCMC that has run, an"):
         compare({"a": normal_tree(0.0, 1.0)}, reference=np.zeros(3))
     with pytest.raises(ValueError, match="mu: shape \\(\\) in fit 'a', absent in the reference"):
         compare({"a": normal_tree(0.0, 1.0)}, reference={"sigma": np.ones(10)})
@@ -246,3 +249,21 @@ def test_fits_of_two_model_functions_with_the_same_sites_are_flagged_and_get_no_
     with pytest.warns(RuntimeWarning, match=r"different model functions: 'n' \(normal\), 't' \(student\)"):
         table = vt.compare(fits, num_draws=200)
     assert table["missed_mass"].isna().all() and np.isfinite(table["khat"]).all()
+    # the trees say which model they come from: converted first, the fits are told apart the same way
+    trees = {name: vt.to_datatree(fit, num_draws=200, seed=i) for i, (name, fit) in enumerate(fits.items())}
+    with pytest.warns(RuntimeWarning, match=r"different model functions: 'n' \(normal\), 't' \(student\)"):
+        pd.testing.assert_frame_equal(vt.compare(trees, num_draws=200), table)
+
+
+def test_the_model_function_is_read_from_the_trees_attrs():
+    same = {name: normal_tree(0.0, 1.0, seed=i, vitools_model="pkg.model") for i, name in enumerate("ab")}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert np.isfinite(compare(same)["missed_mass"]).all()
+    other = {
+        **same,
+        "c": normal_tree(0.0, 1.0, seed=3, vitools_model="pkg.other"),
+        "d": normal_tree(0.0, 1.0),
+    }
+    with pytest.warns(RuntimeWarning, match=r"different model functions: 'a' \(model\), 'c' \(other\);"):
+        assert compare(other)["missed_mass"].isna().all()

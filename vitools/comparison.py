@@ -21,7 +21,9 @@ One model. :func:`compare` refuses fits whose latent sites (names and shapes of 
 naming them: their distances and missed mass would compare different posteriors. A vitools Fit and
 an MCMC run say which sites are latent (their trees list them, see :mod:`vitools.convert`); a tree
 made elsewhere does not, so it must hold the others' latent sites among its variables, and among
-such trees alone, the one with the fewest variables stands for the model.
+such trees alone, the one with the fewest variables stands for the model. Their trees also name
+the model function (root attr ``vitools_model``): fits with the same sites under different model
+functions are compared with a warning, and their ``missed_mass`` is left NaN.
 
 ``missed_mass`` compares the fits with each other, no reference needed: the importance estimate
 of the evidence from q has expectation :math:`Z \cdot P_p(\text{where q puts draws})`, so a fit
@@ -41,10 +43,10 @@ import numpy as np
 import pandas as pd
 import scipy.stats
 import xarray as xr
-from numpyro.infer import MCMC
 
-from vitools.convert import Sites, draws_to_datatree, flatten_draws, site_shapes, to_datatree
+from vitools.convert import MODEL_ATTR, Sites, draws_to_datatree, flatten_draws, site_shapes, to_datatree
 from vitools.diagnostics import diagnose, has_log_weights
+from vitools.draws import KINDS, is_draws
 
 __all__ = ["compare", "format_table", "reference_draws"]
 
@@ -56,31 +58,29 @@ REFERENCE_COLUMNS = ["mean_error", "sd_ratio", "w1"]
 
 
 def reference_draws(reference: Any) -> tuple[list[str], np.ndarray]:
-    """Reference draws as labelled scalar columns ``(labels, (S, P) matrix)``.
+    """Reference draws as labelled scalar columns ``(labels, (S, P) matrix)``, chains stacked.
 
     Args:
-        reference: a DataTree (its ``posterior``), or a dict ``name -> array`` of constrained draws with
-            a leading draw axis (e.g. a model zoo's stored NUTS draws).
+        reference: a container of posterior draws (:mod:`vitools.draws`): a DataTree (its
+            ``posterior``), a NumPyro ``MCMC`` that has run, a dict ``name -> array`` of constrained
+            draws with a leading draw axis, or a zoo ``Reference`` (its stored draws).
 
     Raises:
-        TypeError: neither a DataTree nor a dict.
-        ValueError: a dict entry has no draw axis or the entries disagree on the number of draws
-            (see :func:`vitools.validate.draws`).
+        TypeError: none of these.
+        ValueError: an MCMC that has not run, a tree without ``posterior``; a dict entry has no draw
+            axis or the entries disagree on the number of draws (see :func:`vitools.validate.draws`).
     """
     return flatten_draws(_reference_tree(reference, {}))
 
 
 def _reference_tree(reference: Any, trees: Mapping[str, xr.DataTree]) -> xr.DataTree:
+    """The reference's tree: the tree of fit ``reference`` (a key of ``trees``) or of a container."""
     if isinstance(reference, str):
         if reference not in trees:
             raise KeyError(f"reference {reference!r} is not one of the fits: {list(trees)}")
         return trees[reference]
-    if isinstance(reference, xr.DataTree):
-        return reference
-    if not isinstance(reference, Mapping):
-        raise TypeError(
-            f"reference must be a DataTree, a dict of draws or a key of fits, got {type(reference).__name__}"
-        )
+    if not is_draws(reference):
+        raise TypeError(f"reference must be a key of fits or {KINDS}, got {type(reference).__name__}")
     return draws_to_datatree(reference, what="reference draws")
 
 
@@ -106,23 +106,23 @@ def _check_one_model(trees: Mapping[str, xr.DataTree], reference: xr.DataTree | 
             )
 
 
-def _same_model_function(fits: Mapping[str, Any]) -> bool:
-    """Whether the Fits and MCMC runs among ``fits`` share one model function; warns if not.
+def _same_model_function(trees: Mapping[str, xr.DataTree]) -> bool:
+    """Whether the trees that name their model function (those of Fits and MCMC runs, root attr
+    ``vitools_model``) name one; warns if not.
 
     Fits of the same latent sites under different model functions (a Normal and a Student-t
     likelihood, say) pass :func:`_check_one_model`; their rows can still be read side by side,
-    but not as approximations of one posterior, so the table's missed_mass is left NaN.
+    but not as approximations of one posterior, so the table's missed_mass is left NaN. Models
+    are told apart by ``module.qualname``: two closures of one factory read as one model.
     """
-    models = {}
-    for label, obj in fits.items():
-        model = getattr(getattr(obj, "target", None), "model", None)  # a vitools Fit
-        if model is None and isinstance(obj, MCMC):
-            model = obj.sampler.model
-        if model is not None:
-            models.setdefault(id(model), (label, getattr(model, "__name__", repr(model))))
+    models: dict[str, str] = {}
+    for label, tree in trees.items():
+        name = tree.attrs.get(MODEL_ATTR)
+        if name is not None:
+            models.setdefault(str(name), label)
     if len(models) <= 1:
         return True
-    listed = ", ".join(f"{label!r} ({name})" for label, name in models.values())
+    listed = ", ".join(f"{label!r} ({name.rsplit('.', 1)[-1]})" for name, label in models.items())
     warnings.warn(
         f"compare: the fits come from different model functions: {listed}; their rows are not "
         "approximations of one posterior (missed_mass is left NaN)",
@@ -183,12 +183,16 @@ def compare(
 ) -> pd.DataFrame:
     """Compare fits (vitools Fits, NumPyro MCMC runs, DataTrees) of one model in one table.
 
+    Each Fit is drawn from once, by :func:`vitools.convert.to_datatree`; a tree is used as it is.
+    To draw the plots or a report from the same draws, convert the fits first and pass the trees.
+
     Args:
         fits: ``{name: fit}``; names become the index, in the given order.
-        reference: ``None``, a DataTree, a dict of constrained draws ``name -> (S, ...)``, or a key of
-            ``fits`` (e.g. ``"NUTS"``; its own row then reads mean_error 0, w1 0).
-        num_draws: draws from each fit's q (fit ``i`` uses seed ``seed + i``, so draws of different
-            fits are independent).
+        reference: ``None``, a key of ``fits`` (e.g. ``"NUTS"``; its own row then reads mean_error 0,
+            w1 0), or a container of posterior draws (a DataTree, a dict of constrained draws
+            ``name -> (S, ...)``, an MCMC that has run, a zoo ``Reference``).
+        num_draws: draws from each Fit's q (fit ``i`` uses seed ``seed + i``, so draws of different
+            fits are independent); trees and MCMC runs keep their own.
         seed: base seed.
 
     Returns:
@@ -205,6 +209,8 @@ def compare(
 
     Example:
         >>> vt.compare({"reverse KL": fit1, "forward KL": fit2, "NUTS": mcmc}, reference="NUTS")
+        >>> trees = {name: vt.to_datatree(f, 2000, seed=i) for i, (name, f) in enumerate(fits.items())}
+        >>> table = vt.compare(trees, reference=zoo.reference())  # plots and reports take the trees
     """
     if not fits:
         raise ValueError("fits is empty: pass {name: Fit | MCMC | DataTree}")
@@ -214,7 +220,7 @@ def compare(
     }
     ref_tree = None if reference is None else _reference_tree(reference, trees)
     _check_one_model(trees, None if isinstance(reference, str) else ref_tree)
-    one_model = _same_model_function(fits)
+    one_model = _same_model_function(trees)
     ref = None if ref_tree is None else flatten_draws(ref_tree)
     rows = []
     for name, tree in trees.items():
