@@ -190,3 +190,13 @@ def test_traces_of_real_fits(bimodal_fits):
     for line in ax_loss.lines[:-1]:  # the last one is the zero line
         assert len(line.get_xdata()) == NUM_STEPS
     assert ax_ess.get_ylim()[1] == pytest.approx(1.05)
+
+
+def test_traces_read_the_same_group_from_a_fit_and_from_its_tree(bimodal_fits):
+    trees = {name: vt.to_datatree(fit, num_draws=100) for name, fit in bimodal_fits.items()}
+    assert all(tree["optimization"].attrs["num_draws_per_step"] > 0 for tree in trees.values())
+    from_fits, from_trees = plot_traces(bimodal_fits), plot_traces(trees)
+    for ax_fit, ax_tree in zip(from_fits.axes, from_trees.axes, strict=True):
+        assert len(ax_fit.lines) == len(ax_tree.lines)
+        for a, b in zip(ax_fit.lines, ax_tree.lines, strict=True):
+            np.testing.assert_array_equal(a.get_ydata(), b.get_ydata())

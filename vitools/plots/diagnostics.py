@@ -16,8 +16,10 @@ import pandas as pd
 import xarray as xr
 from matplotlib.figure import Figure
 
+from vitools.convert import optimization_dataset
 from vitools.diagnostics import Diagnostics, khat_threshold
 from vitools.plots.marginals import limits
+from vitools.result import Fit
 
 __all__ = ["KHAT_FLOOR", "VERDICT_COLORS", "plot_khat", "plot_traces"]
 
@@ -92,20 +94,21 @@ def plot_khat(diagnostics_or_table: Any, num_draws: int = 2000) -> Figure:
 
 
 def _trace(obj: Any) -> tuple[dict[str, np.ndarray], int | None]:
-    """A fit's per-step trace and its draws per step (None where unknown: the ESS stays absolute)."""
-    if isinstance(obj, xr.DataTree):
-        node = obj.children.get("optimization")
-        if node is None:
-            return {}, None
-        per_step = node.attrs.get("num_draws_per_step", obj.attrs.get("num_draws_per_step"))
-        trace = {k: np.asarray(v) for k, v in node.to_dataset().data_vars.items()}
-        return trace, None if per_step is None else int(per_step)
-    trace = getattr(obj, "trace", None)
-    if not isinstance(trace, Mapping):
+    """A fit's per-step trace and its draws per step (None where unknown: the ESS stays absolute).
+
+    Read from a tree's ``optimization`` group (and its ``num_draws_per_step`` attr); a Fit's group
+    is made without drawing from it (:func:`vitools.convert.optimization_dataset`). Anything else
+    (an MCMC run, a tree without the group) has no trace: ``({}, None)``.
+    """
+    if isinstance(obj, Fit):
+        optimization = optimization_dataset(obj)
+    elif isinstance(obj, xr.DataTree) and "optimization" in obj.children:
+        optimization = obj["optimization"].to_dataset()
+    else:
         return {}, None
-    objective = getattr(obj, "objective", None)
-    per_step = getattr(objective, "num_draws", getattr(objective, "batch_size", None))
-    return {k: np.asarray(v) for k, v in trace.items()}, None if per_step is None else int(per_step)
+    per_step = optimization.attrs.get("num_draws_per_step")
+    trace = {k: np.asarray(v) for k, v in optimization.data_vars.items()}
+    return trace, None if per_step is None else int(per_step)
 
 
 def _smooth(values: np.ndarray) -> np.ndarray:
@@ -127,7 +130,8 @@ def plot_traces(fits: Mapping[str, Any]) -> Figure:
     trees may carry ``num_draws_per_step``), else as a count. Fits without a trace (MCMC) are skipped.
 
     Args:
-        fits: ``{name: Fit | DataTree}`` (a tree's ``optimization`` group); others are skipped.
+        fits: ``{name: Fit | DataTree}`` (a tree's ``optimization`` group, with its
+            ``num_draws_per_step`` attr); others (MCMC runs) are skipped.
     """
     fig, (ax_loss, ax_ess) = plt.subplots(1, 2, figsize=(11.0, 3.8), layout="constrained")
     traces = {name: _trace(obj) for name, obj in fits.items()}

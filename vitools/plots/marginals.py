@@ -21,7 +21,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from vitools.comparison import reference_draws
-from vitools.convert import flatten_draws, to_datatree
+from vitools.convert import flatten_draws, site_shapes, to_datatree
 
 __all__ = ["REFERENCE_COLOR", "limits", "plot_marginals", "plot_pair"]
 
@@ -29,35 +29,36 @@ REFERENCE_COLOR = "0.75"
 Labelled = tuple[list[str], np.ndarray]  # scalar parameter labels and a (S, P) draw matrix
 
 
-def _draws(fits: Mapping[str, Any], num_draws: int, seed: int) -> dict[str, Labelled]:
+def _trees(fits: Mapping[str, Any], num_draws: int, seed: int) -> dict[str, xr.DataTree]:
+    """Each fit's tree (:func:`vitools.convert.to_datatree`; a tree is passed through as it is)."""
     if not fits:
         raise ValueError("fits is empty: pass {name: Fit | MCMC | DataTree}")
     return {
-        name: flatten_draws(to_datatree(obj, num_draws=num_draws, seed=seed + i))
+        name: to_datatree(obj, num_draws=num_draws, seed=seed + i)
         for i, (name, obj) in enumerate(fits.items())
     }
 
 
 def _reference(reference: Any, draws: dict[str, Labelled]) -> Labelled | None:
-    """Reference draws from a key of ``fits`` (popped from ``draws``), a tree, a dict or a zoo Reference."""
+    """Reference draws from a key of ``fits`` (popped from ``draws``) or a container of draws."""
     if reference is None:
         return None
     if isinstance(reference, str):
         if reference not in draws:
             raise KeyError(f"reference {reference!r} is not one of the fits: {list(draws)}")
         return draws.pop(reference)
-    if not isinstance(reference, (xr.DataTree, Mapping)) and hasattr(reference, "draws"):
-        reference = reference.draws  # vitools.models.Reference
     return reference_draws(reference)
 
 
-def _latent_sites(fits: Mapping[str, Any]) -> list[str]:
-    """The model's latent sites in model order, from the first vitools Fit among ``fits`` (trees and
-    MCMC runs do not say which of their variables are deterministic)."""
-    for obj in fits.values():
-        names = getattr(getattr(obj, "target", None), "site_names", None)
-        if names:
-            return list(names)
+def _latent_sites(trees: Mapping[str, xr.DataTree]) -> list[str]:
+    """The model's latent sites, as the trees list them (root attr ``vitools_latent_sites``): a
+    vitools fit's tree first (model order; an MCMC tree lists them in NumPyro's order); none when
+    no tree lists them (a tree made elsewhere, a dict of draws)."""
+    ordered = sorted(trees.values(), key=lambda tree: tree.attrs.get("vitools_kind") != "vi")
+    for tree in ordered:
+        latent = site_shapes(tree).latent
+        if latent:
+            return list(latent)
     return []
 
 
@@ -119,9 +120,12 @@ def plot_marginals(
     """Marginal densities of every fit overlaid, one panel per scalar parameter, reference shaded.
 
     Args:
-        fits: ``{name: Fit | MCMC | DataTree}``; one coloured line per fit in every panel.
-        reference: ``None``, a key of ``fits`` (then shaded, not drawn as a line), a DataTree, a dict
-            of constrained draws ``name -> (S, ...)``, or a zoo ``Reference``.
+        fits: ``{name: Fit | MCMC | DataTree}``; one coloured line per fit in every panel. Fits are
+            drawn from here (:func:`vitools.convert.to_datatree`): pass trees to share one set of
+            draws with :func:`vitools.comparison.compare` and the other plots.
+        reference: ``None``, a key of ``fits`` (then shaded, not drawn as a line), or a container of
+            posterior draws: a DataTree, a dict of constrained draws ``name -> (S, ...)``, an MCMC
+            that has run, or a zoo ``Reference``.
         var_names: site names (all their elements) or labels such as ``"theta[3]"`` to show.
         max_params: show at most this many panels (the first ones); a note below says how many are left out.
         num_draws: draws from each Fit (trees and MCMC keep their own).
@@ -136,9 +140,10 @@ def plot_marginals(
     """
     if max_params < 1:
         raise ValueError(f"max_params must be at least 1, got {max_params}")
-    draws = _draws(fits, num_draws, seed)
+    trees = _trees(fits, num_draws, seed)
+    draws = {name: flatten_draws(tree) for name, tree in trees.items()}
     ref = _reference(reference, draws)
-    labels = _parameters(draws, ref, var_names, _latent_sites(fits))
+    labels = _parameters(draws, ref, var_names, _latent_sites(trees))
     shown = labels[:max_params]
     ncols = min(4, len(shown))
     nrows = math.ceil(len(shown) / ncols)
@@ -206,16 +211,17 @@ def plot_pair(
         reference: as in :func:`plot_marginals`.
         params: two scalar labels (e.g. ``("mu", "tau")``); default: the pair with the largest
             absolute correlation in the reference's draws (the first fit's without a reference),
-            among the latent sites when a Fit says which they are.
+            among the latent sites when a tree says which they are (trees of Fits and MCMC runs do).
         num_draws, seed: draws from each Fit, as in :func:`plot_marginals`.
         hdi_probs: contour levels, as highest-density-region probabilities (solid to dotted).
 
     Raises:
         ValueError: fewer than two scalar parameters, or ``params`` not shown by the fits.
     """
-    draws = _draws(fits, num_draws, seed)
+    trees = _trees(fits, num_draws, seed)
+    draws = {name: flatten_draws(tree) for name, tree in trees.items()}
     ref = _reference(reference, draws)
-    latent = _latent_sites(fits)
+    latent = _latent_sites(trees)
     labels = _parameters(draws, ref, None, latent)
     if params is None:
         if len(labels) < 2:
