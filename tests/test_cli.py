@@ -18,6 +18,7 @@ from vitools import validate
 from vitools.cli import main
 from vitools.comparison import compare
 from vitools.report import how_to_read, write_report
+from vitools.result import Fit
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 FIGURES = ("marginals", "pair", "khat", "traces")
@@ -34,19 +35,36 @@ def no_fit(monkeypatch):
     monkeypatch.setattr(vitools, "fit", fail)
 
 
+def count_draws(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
+    """Record ``(method, fit name)`` for every call that draws from a Fit's q."""
+    calls: list[tuple[str, str]] = []
+    for method in ("sample_with_log_densities", "sample", "sample_flat"):
+        original = getattr(Fit, method)
+
+        def counted(self, *args, _method=method, _original=original, **kwargs):
+            calls.append((_method, self.name))
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(Fit, method, counted)
+    return calls
+
+
 @pytest.fixture(scope="module")
 def compare_run(tmp_path_factory):
-    """One ``vitools compare bimodal`` run (zoo reference, exact), shared by the end-to-end tests."""
+    """One ``vitools compare bimodal`` run (zoo reference, exact), shared by the end-to-end tests,
+    with every draw from a fit recorded."""
     out = tmp_path_factory.mktemp("cli") / "report"
     stdout, stderr = io.StringIO(), io.StringIO()
     argv = ["compare", "bimodal", "--num-steps", "300", "--num-draws", "500", "--quiet", "--out", str(out)]
-    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
-        code = main(argv)
-    return code, stdout.getvalue(), out
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        draws = count_draws(monkeypatch)
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+            code = main(argv)
+    return code, stdout.getvalue(), out, draws
 
 
 def test_compare_prints_the_table_and_where_the_report_is(compare_run):
-    code, stdout, out = compare_run
+    code, stdout, out, _ = compare_run
     assert code == 0
     assert "khat" in stdout and "verdict" in stdout and "w1" in stdout
     assert all(name in stdout for name in FIT_NAMES)
@@ -54,7 +72,7 @@ def test_compare_prints_the_table_and_where_the_report_is(compare_run):
 
 
 def test_compare_writes_markdown_with_table_and_linked_images(compare_run):
-    _, _, out = compare_run
+    _, _, out, _ = compare_run
     text = (out / "report.md").read_text(encoding="utf-8")
     assert "| objective " in text and "|---" in text  # the markdown table
     for name in FIT_NAMES:
@@ -66,7 +84,7 @@ def test_compare_writes_markdown_with_table_and_linked_images(compare_run):
 
 
 def test_compare_writes_self_contained_html(compare_run):
-    _, _, out = compare_run
+    _, _, out, _ = compare_run
     text = (out / "report.html").read_text(encoding="utf-8")
     assert "<table>" in text and "<th>khat</th>" in text
     assert all(f"<td>{name}</td>" in text for name in FIT_NAMES)
@@ -74,11 +92,18 @@ def test_compare_writes_self_contained_html(compare_run):
     assert ".png" not in text  # embedded, not linked
 
 
-def test_fit_prints_the_fit_diagnostics_and_distances(capsys):
+def test_compare_draws_from_each_fit_once_for_the_table_the_plots_and_the_report(compare_run):
+    *_, draws = compare_run
+    assert draws == [("sample_with_log_densities", name) for name in FIT_NAMES]
+
+
+def test_fit_prints_the_fit_diagnostics_and_distances_from_one_set_of_draws(capsys, monkeypatch):
+    draws = count_draws(monkeypatch)
     assert main(["fit", "bimodal", "--num-steps", "300", "--num-draws", "500", "--quiet"]) == 0
     stdout = capsys.readouterr().out
     assert "Fit(reverse_kl/fullrank" in stdout
     assert "k̂" in stdout and "ESS" in stdout and "w1" in stdout
+    assert draws == [("sample_with_log_densities", "reverse_kl/fullrank")]  # diagnose and compare share it
 
 
 def test_help_and_models(capsys):

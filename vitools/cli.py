@@ -161,7 +161,7 @@ def _checked(args: argparse.Namespace) -> argparse.Namespace:
     validate.count(args.num_steps, "--num-steps")
     validate.count(args.num_draws, "--num-draws", minimum=MIN_DRAWS)
     validate.seed(args.seed, "--seed")
-    if not hasattr(args, "objectives"):  # vitools fit
+    if args.command == "fit":
         validate.choice(args.objective, "--objective", list(OBJECTIVES))
         return args
     names = [o.strip() for o in args.objectives.split(",") if o.strip()]

@@ -86,10 +86,13 @@ def run_nuts(
 def run_compare(args: argparse.Namespace) -> int:
     """``vitools compare``/``demo``: fit each objective, compare against the reference, write the report.
 
-    Ctrl-C in a fit ends the command there (:func:`fit_one` raises KeyboardInterrupt): no later
-    objective is fitted and no report is written from the fits done so far.
+    Each fit is drawn from once (:func:`vitools.convert.to_datatree`, fit ``i`` with seed
+    ``args.seed + i``); the table, the plots and the report read those trees. Ctrl-C in a fit ends
+    the command there (:func:`fit_one` raises KeyboardInterrupt): no later objective is fitted and
+    no report is written from the fits done so far.
     """
     from vitools.comparison import compare, format_table
+    from vitools.convert import draws_to_datatree, to_datatree
     from vitools.report import write_report
 
     zoo = args.zoo
@@ -98,12 +101,17 @@ def run_compare(args: argparse.Namespace) -> int:
     for objective in args.objectives:
         fit = fit_one(args, objective)
         fits[fit.name] = fit
-    rows: dict[str, Any] = dict(fits)
+    trees = {
+        name: to_datatree(fit, num_draws=args.num_draws, seed=args.seed + i)
+        for i, (name, fit) in enumerate(fits.items())
+    }
+    rows: dict[str, Any] = dict(trees)
     reference: Any = None
     source = "none"
     if args.reference == "zoo":
         stored = args.stored_reference
-        reference, source = stored.draws, f"the zoo's ({stored.source}, {stored.num_draws} draws)"
+        reference = draws_to_datatree(stored.draws, what="reference draws")  # read once, used twice
+        source = f"the zoo's ({stored.source}, {stored.num_draws} draws)"
     elif args.reference == "nuts":
         size = f"{NUTS_CHAINS} chains x ({NUTS_WARMUP} warm-up + {NUTS_DRAWS} draws)"
         print(f"NUTS reference: {size}", flush=True)
@@ -125,7 +133,7 @@ def run_compare(args: argparse.Namespace) -> int:
         "time_s is optimisation only (compilation excluded)"
     )
     paths = write_report(
-        fits,
+        trees,
         table,
         args.out,
         reference=reference,
@@ -139,19 +147,22 @@ def run_compare(args: argparse.Namespace) -> int:
 
 
 def run_fit(args: argparse.Namespace) -> int:
-    """``vitools fit``: one fit, its PSIS diagnostics and its distances to the zoo reference."""
+    """``vitools fit``: one fit, its PSIS diagnostics and its distances to the zoo reference, both
+    from one set of draws (one :func:`vitools.convert.to_datatree`)."""
     from vitools.comparison import compare, format_table
+    from vitools.convert import to_datatree
     from vitools.diagnostics import diagnose
 
     fit = fit_one(args, args.objective)
     print(fit)
-    print(diagnose(fit, num_draws=args.num_draws, seed=args.seed, warn=False))
+    tree = to_datatree(fit, num_draws=args.num_draws, seed=args.seed)
+    print(diagnose(tree, warn=False))
     try:
         reference = args.zoo.reference()
     except (FileNotFoundError, ValueError) as err:
         print(f"(no reference to compare with: {err})")
         return 0
-    table = compare({fit.name: fit}, reference=reference.draws, num_draws=args.num_draws, seed=args.seed)
+    table = compare({fit.name: tree}, reference=reference.draws, num_draws=args.num_draws, seed=args.seed)
     print(f"against the zoo reference ({reference.source}):")
     print(format_table(table[["mean_error", "sd_ratio", "w1"]]))
     return 0

@@ -222,8 +222,10 @@ def diagnose(fit_or_tree: Any, num_draws: int = 2000, seed: int = 0, warn: bool 
     - ESS is that of the raw weights (:func:`importance_ess`), the efficiency of q as a proposal.
 
     Args:
-        fit_or_tree: a vitools ``Fit`` or a DataTree with ``sample_stats.log_weight`` (e.g. from
-            ``fit.to_datatree``). MCMC draws have no q, hence no importance weights.
+        fit_or_tree: a vitools ``Fit`` (drawn from here) or a DataTree with
+            ``sample_stats.log_weight`` (from ``vt.to_datatree(fit)``: pass the tree to diagnose
+            the draws that compare and the plots read). MCMC draws have no q, hence no importance
+            weights.
         num_draws: draws from q when given a fit (a tree's own draws are used as they are).
         seed: seed of those draws.
         warn: emit a ``UserWarning`` when k̂ is above the threshold (or undefined).

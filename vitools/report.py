@@ -19,6 +19,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from vitools.comparison import format_table
+from vitools.convert import draws_to_datatree, to_datatree
 from vitools.diagnostics import khat_threshold
 from vitools.plots import plot_khat, plot_marginals, plot_pair, plot_traces
 
@@ -105,15 +106,14 @@ def how_to_read(
     return paragraphs
 
 
-def _figures(
-    fits: Mapping[str, Any], table: pd.DataFrame, reference: Any, num_draws: int, seed: int
-) -> dict[str, Any]:
-    """Make each plot; a plot that cannot be drawn for these fits becomes the reason (a string)."""
+def _figures(trees: Mapping[str, Any], table: pd.DataFrame, reference: Any, num_draws: int) -> dict[str, Any]:
+    """Make each plot from the fits' trees; a plot that cannot be drawn for these fits becomes the
+    reason (a string)."""
     makers = {
-        "marginals": lambda: plot_marginals(fits, reference=reference, num_draws=num_draws, seed=seed),
-        "pair": lambda: plot_pair(fits, reference=reference, num_draws=num_draws, seed=seed),
+        "marginals": lambda: plot_marginals(trees, reference=reference),
+        "pair": lambda: plot_pair(trees, reference=reference),
         "khat": lambda: plot_khat(table, num_draws=num_draws),
-        "traces": lambda: plot_traces(fits),
+        "traces": lambda: plot_traces(trees),
     }
     out: dict[str, Any] = {}
     for name, make in makers.items():
@@ -138,14 +138,17 @@ def write_report(
     """Write ``out_dir/report.md``, ``out_dir/report.html`` and the plots as PNGs in ``out_dir``.
 
     Args:
-        fits: ``{name: Fit | MCMC | DataTree}``, the fits in the table (not the reference).
+        fits: ``{name: Fit | MCMC | DataTree}``, the fits in the table (not the reference). Each is
+            converted once (:func:`vitools.convert.to_datatree`, fit ``i`` with seed ``seed + i``)
+            and every plot reads that tree; pass the trees given to ``compare`` so that the
+            table and the plots read the same draws and nothing is drawn twice.
         table: their :func:`vitools.comparison.compare` table.
         out_dir: created if needed; existing report files in it are overwritten.
         reference: what the fits are plotted against (see :func:`vitools.plots.plot_marginals`).
         title: the report's heading.
         notes: lines under the heading (model, reference source, settings), markdown allowed.
         num_draws: draws per fit behind the table and the plots (compare's ``num_draws``).
-        seed: base seed of the plots' draws (compare's ``seed``, so plots and table see the same draws).
+        seed: base seed of the draws from Fits (compare's ``seed``, so plots and table see the same draws).
         dpi: resolution of the PNGs.
 
     Returns:
@@ -153,14 +156,23 @@ def write_report(
 
     Raises:
         OSError: ``out_dir`` cannot be created or written.
+        TypeError, ValueError: a fit or the reference cannot be read (see
+            :func:`vitools.convert.to_datatree`).
 
     Example:
-        >>> table = vt.compare(fits, reference=zoo.reference().draws)
-        >>> paths = write_report(fits, table, "report/", reference=zoo.reference().draws)
+        >>> trees = {name: vt.to_datatree(f, 2000, seed=i) for i, (name, f) in enumerate(fits.items())}
+        >>> table = vt.compare(trees, reference=zoo.reference())
+        >>> paths = write_report(trees, table, "report/", reference=zoo.reference())
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    figures = _figures(fits, table, reference, num_draws, seed)
+    trees = {
+        name: to_datatree(obj, num_draws=num_draws, seed=seed + i)
+        for i, (name, obj) in enumerate(fits.items())
+    }
+    if reference is not None and not isinstance(reference, str):  # read once, for both plots
+        reference = draws_to_datatree(reference, what="reference draws")
+    figures = _figures(trees, table, reference, num_draws)
     images: dict[str, Path] = {}
     for name, fig in figures.items():
         if isinstance(fig, str):
