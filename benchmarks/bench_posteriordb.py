@@ -37,38 +37,39 @@ from pathlib import Path
 
 import jax
 import numpy as np
-import optax
 import pandas as pd
-from numpyro.infer import SVI, Trace_ELBO, init_to_median, init_to_uniform
+from numpyro.infer import init_to_median, init_to_uniform
 from numpyro.infer.autoguide import AutoMultivariateNormal
 
-HERE = Path(__file__).parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent))  # the repository root, for benchmarks.posteriordb
-from bench_accuracy import GaussianFit, guide_gaussian  # noqa: E402
-from common import RESULTS_DIR, cpu_model, format_load, load_note, markdown_table, now, versions  # noqa: E402
-
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for benchmarks.*
 import vitools as vt  # noqa: E402
+from benchmarks.baselines import SVI_PARTICLES, compile_svi_loop, make_svi, svi_fit  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    RESULTS_DIR,
+    cpu_model,
+    format_load,
+    load_note,
+    markdown_table,
+    now,
+    versions,
+)
+from benchmarks.importance import importance_draws  # noqa: E402
 from benchmarks.posteriordb import POSTERIORS, load  # noqa: E402
 from benchmarks.posteriordb.scoring import headline, reference_summary, score  # noqa: E402
-from vitools.diagnostics import khat_threshold, psis_khat  # noqa: E402
+from vitools.diagnostics import khat_threshold  # noqa: E402
 
 OBJECTIVES = ("reverse_kl", "forward_kl")
 DEFAULT_STEPS = 2000  # vt.fit's default num_steps, for SVI when the reverse-KL fit failed
-SVI_PARTICLES = 16  # = ReverseKL's default draws per step
 SVI_LEARNING_RATES = (0.01, 0.1)
 NUM_DRAWS = 2000  # draws of each q for the scores and k-hat
 
 
-def evaluate(fit, reference: dict, summary: dict) -> dict:
-    """Scores and k̂ of one fit (vitools Fit or GaussianFit) from NUM_DRAWS draws of its q."""
-    draws, log_p, log_q = fit.sample_with_log_densities(NUM_DRAWS, seed=1)
-    out = headline(score(draws, reference, summary))
-    try:
-        out["khat"] = psis_khat(np.asarray(log_p - log_q, dtype=float))[1]
-    except ValueError:  # NaN log weights (a diverged fit, or draws where the ODE solve failed)
-        out["khat"] = math.nan
-    out["nan_log_p"] = int(np.isnan(log_p).sum())
+def evaluate(fit: vt.Fit, reference: dict, summary: dict) -> dict:
+    """Scores and k̂ of one fit (vitools' or SVI's) from NUM_DRAWS draws of its q; k̂ is NaN for NaN
+    log weights (a diverged fit, or draws where the ODE solve failed)."""
+    weighted = importance_draws(fit, NUM_DRAWS, seed=1)
+    out = headline(score(weighted.draws, reference, summary)) | {"khat": weighted.khat}
+    out["nan_log_p"] = int(np.isnan(weighted.log_p).sum())
     return out
 
 
@@ -86,26 +87,24 @@ def fit_vitools(model, data, objective: str, **options) -> tuple[object | None, 
     return fit, info | {"status": fit.status}
 
 
-def fit_svi(model, data, target: vt.Target, num_steps: int, learning_rate: float) -> tuple[GaussianFit, dict]:
+def fit_svi(model, data, target: vt.Target, num_steps: int, learning_rate: float) -> tuple[vt.Fit, dict]:
     """NumPyro SVI AutoMultivariateNormal, ``num_steps`` steps in one compiled scan, seed 0."""
     start = time.perf_counter()
     note = ""
     for init in (init_to_uniform, init_to_median):
         guide = AutoMultivariateNormal(model, init_loc_fn=init)
-        svi = SVI(model, guide, optax.adam(learning_rate), Trace_ELBO(num_particles=SVI_PARTICLES))
+        svi = make_svi(model, guide, learning_rate)
         try:
             state = svi.init(jax.random.PRNGKey(0), data)
             break
         except ValueError as err:  # NumPyro validates the concrete initial trace
             note = f"default init failed ({err}); started at the prior median; "
-    run = jax.jit(lambda s: jax.lax.scan(lambda s, _: svi.update(s, data), s, None, length=num_steps))
-    state, losses = jax.block_until_ready(run(state))
+    state, losses = jax.block_until_ready(compile_svi_loop(svi, state, num_steps, (data,))(state))
     wall = time.perf_counter() - start
     status = "completed" if np.isfinite(np.asarray(losses)).all() else "nonfinite"
-    loc, scale_tril = guide_gaussian(guide, svi.get_params(state), target)
-    label = f"SVI AutoMultivariateNormal lr={learning_rate:g}"
-    fit = GaussianFit(label, "svi", "fullrank", target, loc, scale_tril, num_steps, 0, wall, 0.0, status)
     info = {"wall_s": wall, "steps": num_steps, "grad_evals": num_steps * SVI_PARTICLES}
+    record = dict(num_steps=num_steps, num_grad_evals=info["grad_evals"], elapsed=wall, status=status, seed=0)
+    fit = svi_fit(guide, svi.get_params(state), target, **record)
     return fit, info | {"status": note + status, "learning_rate": learning_rate}
 
 

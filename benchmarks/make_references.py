@@ -56,33 +56,29 @@ def write_breast_cancer_data() -> None:
     print(f"wrote {BREAST_CANCER_PATH} ({X.shape[0]} rows, {X.shape[1]} features)", flush=True)
 
 
-def run_nuts(zoo, settings, seed: int = 0) -> tuple[dict[str, np.ndarray], int]:
+def reference_nuts(zoo, settings, seed: int = 0) -> tuple[dict[str, np.ndarray], int]:
     """NUTS on ``zoo``; returns latent draws shaped ``(chain, draw, *site)`` and the divergence count."""
     import jax
+    from baselines import run_nuts  # imports JAX: after enable_x64 (see main)
     from numpyro import handlers
-    from numpyro.infer import MCMC, NUTS
 
     model = zoo.model
     if settings.reparam is not None:
         model = handlers.reparam(model, config=dict(settings.reparam))
-    kernel = NUTS(
+    mcmc, _, divergences = run_nuts(
+        jax.random.key(seed),
         model,
+        zoo.args,
+        zoo.kwargs,
+        num_warmup=settings.num_warmup,
+        num_draws=settings.num_draws,
+        num_chains=settings.num_chains,
         target_accept_prob=settings.target_accept_prob,
         max_tree_depth=settings.max_tree_depth,
         dense_mass=settings.dense_mass,
     )
-    mcmc = MCMC(
-        kernel,
-        num_warmup=settings.num_warmup,
-        num_samples=settings.num_draws,
-        num_chains=settings.num_chains,
-        chain_method="sequential",
-        progress_bar=False,
-    )
-    mcmc.run(jax.random.key(seed), *zoo.args, **zoo.kwargs)
     samples = mcmc.get_samples(group_by_chain=True)
     draws = {site: np.asarray(samples[site], dtype=np.float64) for site in zoo.latent_shapes()}
-    divergences = int(np.sum(mcmc.get_extra_fields()["diverging"]))
     return draws, divergences
 
 
@@ -113,7 +109,7 @@ def make_reference(name: str) -> bool:
         return True
     start = time.perf_counter()
     source_zoo = get_model(settings.source_model) if settings.source_model else zoo
-    draws, divergences = run_nuts(source_zoo, settings)
+    draws, divergences = reference_nuts(source_zoo, settings)
     if settings.transform is not None:
         chains, length = next(iter(draws.values())).shape[:2]
         flat = {site: value.reshape(chains * length, *value.shape[2:]) for site, value in draws.items()}

@@ -12,15 +12,15 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root
 
 import jax  # noqa: E402
 import numpyro  # noqa: E402
-from numpyro.infer import MCMC, NUTS, init_to_median  # noqa: E402
+from numpyro.infer import init_to_median  # noqa: E402
 
+from benchmarks.baselines import run_nuts  # noqa: E402
 from benchmarks.common import markdown_table, now  # noqa: E402
 from benchmarks.posteriordb import POSTERIORS, load  # noqa: E402
 from benchmarks.posteriordb.scoring import headline, reference_summary, score  # noqa: E402
@@ -33,12 +33,10 @@ def check(name: str, num_warmup: int, num_draws: int, seed: int) -> dict:
     # at the prior median (a flat prior's site falls back to the uniform init). From there NUTS
     # needs Stan's 1000 warm-up iterations on Lotka-Volterra: after 500 it was still leaving a
     # local mode (237 divergences, W1/sd 0.9; 0 and 0.05 after 1000).
-    kernel = NUTS(model, init_strategy=init_to_median)
-    mcmc = MCMC(kernel, num_warmup=num_warmup, num_samples=num_draws, num_chains=1, progress_bar=False)
-    start = time.perf_counter()
-    mcmc.run(jax.random.PRNGKey(seed), data, extra_fields=("diverging",))
-    seconds = time.perf_counter() - start
-    divergences = int(mcmc.get_extra_fields()["diverging"].sum())
+    key = jax.random.PRNGKey(seed)
+    mcmc, seconds, divergences = run_nuts(
+        key, model, (data,), num_warmup=num_warmup, num_draws=num_draws, init_strategy=init_to_median
+    )
     table = score(jax.device_get(mcmc.get_samples()), reference, reference_summary(name))
     print(f"## {name}: {seconds:.1f} s, {divergences} divergences", flush=True)
     print(table.round(3).to_string(), flush=True)
