@@ -1,7 +1,7 @@
 """Scaling: time per step of vt.fit's compiled loop against draws per step and data size.
 
-Logistic regression (``bench_engine``'s model and seeded data, 20 features), reverse KL,
-fullrank (vitools' default family), ``init="median"``. Time per step = ``fit.elapsed / steps``
+Logistic regression (``bench_engine``'s model and seeded data, from ``engine_runs``; 20 features),
+reverse KL, fullrank (vitools' default family), ``init="median"``. Time per step = ``fit.elapsed / steps``
 of a warm fit (the loop compiled by an earlier call), best (minimum) of ``--repeats``
 (the machine may be shared).
 
@@ -27,8 +27,8 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_engine import logistic_regression, make_data  # noqa: E402
 from common import RESULTS_DIR, cpu_model, format_load, load_note, markdown_table, now, versions  # noqa: E402
+from engine_runs import logistic_regression, make_data  # noqa: E402
 
 import vitools as vt  # noqa: E402
 
