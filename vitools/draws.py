@@ -2,7 +2,8 @@
 
 vitools takes posterior draws as a NumPyro ``MCMC`` that has run, an ArviZ ``DataTree`` with a
 ``posterior`` group, a dict ``site -> array (S, *site shape)`` of constrained draws, or a model
-zoo :class:`~vitools.models.base.Reference` (its ``draws``, a dict). :func:`as_container` checks
+zoo :class:`Reference` (its ``draws``, a dict; the class lives here, with the containers, so
+the core never imports the zoo). :func:`as_container` checks
 which one it is and gives it back in one of three forms (MCMC, DataTree, dict), so every reader
 branches on those three only; :func:`draws_dict` turns any of them into the dict, chains stacked
 (chain 0 first). ``ForwardKLFromDraws`` reads draws through :func:`draws_dict`;
@@ -13,6 +14,7 @@ branches on those three only; :func:`draws_dict` turns any of them into the dict
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -20,15 +22,37 @@ import xarray as xr
 from numpyro.infer import MCMC
 
 from vitools import validate
-from vitools.models.base import Reference
 
-__all__ = ["KINDS", "SITE_ATTR", "as_container", "draws_dict", "is_draws", "is_draws_container"]
+__all__ = ["KINDS", "SITE_ATTR", "Reference", "as_container", "draws_dict", "is_draws", "is_draws_container"]
 
 KINDS = (
     "a numpyro MCMC that has run, an ArviZ DataTree with a posterior group, a dict of constrained "
     "draws (site -> array (S, ...)) or a model zoo Reference"
 )
 SITE_ATTR = "vitools_site"  # a posterior variable's model site name, where the two differ
+
+
+@dataclass(frozen=True)
+class Reference:
+    """Trusted posterior draws and moments of a zoo model.
+
+    Attributes:
+        draws: constrained draws of the latent sample sites, leading draw axis, model shapes.
+        mean: posterior mean per site (exact for closed-form references, else from all NUTS draws).
+        sd: posterior standard deviation per site, same convention as ``mean``.
+        source: ``"closed form"`` or ``"NUTS: <chains> chains x <draws> draws, max R-hat ..., min ESS ..."``.
+    """
+
+    draws: dict[str, np.ndarray]
+    mean: dict[str, np.ndarray]
+    sd: dict[str, np.ndarray]
+    source: str
+
+    @property
+    def num_draws(self) -> int:
+        """Number of draws (the length of the leading axis)."""
+        return int(next(iter(self.draws.values())).shape[0])
+
 
 Container = MCMC | xr.DataTree | dict[str, Any]
 

@@ -18,33 +18,13 @@ import numpy as np
 from numpyro import handlers
 from numpyro.infer.initialization import init_to_uniform
 
+from vitools.draws import Reference
+
 REFERENCE_DIR = Path(__file__).parent / "references"
 CLOSED_FORM_SEED = 20240101
 CLOSED_FORM_NUM_DRAWS = 4000
 
 Draws = dict[str, np.ndarray]
-
-
-@dataclass(frozen=True)
-class Reference:
-    """Trusted posterior draws and moments of a zoo model.
-
-    Attributes:
-        draws: constrained draws of the latent sample sites, leading draw axis, model shapes.
-        mean: posterior mean per site (exact for closed-form references, else from all NUTS draws).
-        sd: posterior standard deviation per site, same convention as ``mean``.
-        source: ``"closed form"`` or ``"NUTS: <chains> chains x <draws> draws, max R-hat ..., min ESS ..."``.
-    """
-
-    draws: Draws
-    mean: Draws
-    sd: Draws
-    source: str
-
-    @property
-    def num_draws(self) -> int:
-        """Number of draws (the length of the leading axis)."""
-        return int(next(iter(self.draws.values())).shape[0])
 
 
 @dataclass(frozen=True)
