@@ -136,3 +136,15 @@ def test_the_program_cache_is_bounded_and_counts_compilations():
     assert programs.num_compiled == 3  # kept: no compilation
     with pytest.raises(ValueError, match="max_size must be a positive integer"):
         engine.ProgramCache(max_size=0)
+
+
+def test_draws_that_do_not_fit_the_target_are_refused_before_the_start_is_computed(monkeypatch):
+    from vitools import start
+
+    def no_start(*args, **kwargs):
+        raise AssertionError("the Laplace start ran before the objective was checked")
+
+    monkeypatch.setattr(start, "starting_point", no_start)
+    draws = {"x": np.zeros((2, 2))}  # 2 draws of a 2-D target: a full-rank fit needs 3
+    with pytest.raises(ValueError, match="got 2 draws of a 2-dimensional target"):
+        vt.fit(gaussian_target(), objective=vt.ForwardKLFromDraws(draws), progress=False)

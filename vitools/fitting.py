@@ -118,6 +118,17 @@ def fit(
     kwargs = {**(model_kwargs or {}), **kwargs}
     target = model if isinstance(model, Target) else Target.from_model(model, *model_args, **kwargs)
 
+    hooks = objective_hooks(objective)
+    if hooks.resolve is not None:  # what depends on the target, worked out once and checked early
+        objective = hooks.resolve(target)
+    num_density_evals = objective.num_density_evals(target.dim)
+    if target.param_sites and num_density_evals == 0:
+        names = [name for name, _ in target.param_sites]
+        raise validate.ArgumentValueError(
+            f"the model has numpyro.param site(s) {names}, which {objective.name} cannot fit: it "
+            "never evaluates the model's density; use 'reverse_kl' or 'forward_kl', or give them priors",
+            "objective",
+        )
     if key is None:
         key = jax.random.PRNGKey(seed)
     else:
@@ -136,17 +147,6 @@ def fit(
     target, loc, scale_tril, informed = start.starting_point(init_key, target, family, objective, init)
     if announce:
         print(f"vitools: initialised in {time.perf_counter() - tic:.1f} s", file=sys.stderr, flush=True)
-    hooks = objective_hooks(objective)
-    if hooks.resolve is not None:  # what depends on the target, worked out once (and checked)
-        objective = hooks.resolve(target)
-    num_density_evals = objective.num_density_evals(target.dim)
-    if target.param_sites and num_density_evals == 0:
-        names = [name for name, _ in target.param_sites]
-        raise validate.ArgumentValueError(
-            f"the model has numpyro.param site(s) {names}, which {objective.name} cannot fit: it "
-            "never evaluates the model's density; use 'reverse_kl' or 'forward_kl', or give them priors",
-            "objective",
-        )
     params = family.init(params_key, target, loc, scale_tril)
     alerts.warn_large_family(family, params, target.dim)
     if learning_rate is None:
