@@ -2,6 +2,7 @@
 usable as soon as they are built, keys that belong to the caller, a bounded program cache."""
 
 import dataclasses
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -148,3 +149,96 @@ def test_draws_that_do_not_fit_the_target_are_refused_before_the_start_is_comput
     draws = {"x": np.zeros((2, 2))}  # 2 draws of a 2-D target: a full-rank fit needs 3
     with pytest.raises(ValueError, match="got 2 draws of a 2-dimensional target"):
         vt.fit(gaussian_target(), objective=vt.ForwardKLFromDraws(draws), progress=False)
+
+
+class _Params(NamedTuple):
+    loc: jax.Array
+    log_scale: jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class _Unregistered:
+    name: str = "unregistered"
+
+    def init(self, key, target, loc, scale_tril):
+        return _Params(loc, jnp.log(jnp.diag(scale_tril)))
+
+    def distribution(self, params):
+        return dist.Normal(params.loc, jnp.exp(params.log_scale)).to_event(1)
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class _NameLeaf(_Unregistered):
+    name: str = "name_leaf"  # not marked static: a str leaf
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class _NoEvent(_Unregistered):
+    name: str = dataclasses.field(default="no_event", metadata=dict(static=True))
+
+    def distribution(self, params):
+        return dist.Normal(params.loc, jnp.exp(params.log_scale))  # no .to_event(1)
+
+
+@pytest.mark.parametrize(
+    "family, error, match",
+    [
+        (vt.MeanField, TypeError, r"must be an instance, got the class: pass MeanField\(\)"),
+        (_Unregistered(), TypeError, "not a registered pytree.*register_dataclass"),
+        (_NameLeaf(), TypeError, "non-array leaf 'name_leaf'.*static"),
+        (_NoEvent(), ValueError, r"event shape \(\) and batch shape \(2,\).*add .to_event\(1\)"),
+    ],
+)
+def test_a_family_that_breaks_the_contract_is_refused_before_the_start_runs(
+    monkeypatch, family, error, match
+):
+    from vitools import start
+
+    monkeypatch.setattr(start, "starting_point", lambda *a, **k: pytest.fail("the start ran"))
+    with pytest.raises(error, match=match) as caught:
+        vt.fit(gaussian_target(), family=family, progress=False)
+    assert "model_kwargs" not in str(caught.value)  # not mistaken for a model argument
+
+
+def test_an_objective_class_is_refused_with_what_to_pass():
+    with pytest.raises(TypeError, match=r"pass ForwardKL\(\)"):
+        vt.fit(gaussian_target(), objective=vt.ForwardKL, progress=False)
+
+
+def test_seed_and_key_together_are_refused():
+    target = gaussian_target()
+    with pytest.raises(ValueError, match="seed or key, not both"):
+        vt.fit(target, seed=3, key=jax.random.key(0), progress=False)
+    fit = vt.fit(target, num_steps=20, progress=False)
+    assert fit.seed == 0
+    with pytest.raises(ValueError, match="seed or key, not both"):
+        fit.sample(5, seed=1, key=jax.random.key(0))
+    with pytest.raises(TypeError, match=r"shape \(3,\)"):  # a batch of keys is not a key
+        fit.sample(5, key=jax.random.split(jax.random.key(0), 3))
+
+
+def test_from_gaussian_refuses_a_covariance_given_for_a_cholesky_factor():
+    target = gaussian_target()
+    with pytest.raises(ValueError, match="lower-triangular with a positive diagonal"):
+        vt.Fit.from_gaussian(target, np.zeros(2), np.array([[2.0, 0.5], [0.5, 1.0]]))
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        vt.Fit.from_gaussian(target, np.array([np.nan, 0.0]), np.eye(2))
+
+
+@pytest.mark.parametrize("whiten", ["yes", True, 0])
+def test_whiten_values_are_checked(whiten):
+    with pytest.raises(ValueError, match="whiten must be 'full', 'diagonal' or False"):
+        vt.FullRank(whiten=whiten)
+    with pytest.raises(ValueError, match="whiten must be 'full', 'diagonal' or False"):
+        vt.IAF(whiten=whiten)
+
+
+def test_compare_wants_a_dict_and_forward_kl_from_draws_takes_nested_lists():
+    with pytest.raises(TypeError, match=r"fits must be a dict \{name: fit\}, got list"):
+        vt.compare([vt.fit(gaussian_target(), num_steps=10, progress=False)])
+    objective = vt.ForwardKLFromDraws([[1.0, 2.0], [0.0, 1.0], [2.0, 0.5]] * 10)
+    assert objective.draws.shape == (30, 2)
+    fit = vt.fit(gaussian_target(), objective=objective, num_steps=50, progress=False)
+    assert fit.status == "completed"

@@ -205,6 +205,7 @@ def compare(
             (the message names the fits and the sites); an MCMC has not run; reference draws
             without a common leading draw axis.
         KeyError: ``reference`` is a string that is not a key of ``fits``.
+        TypeError: ``fits`` is not a dict.
         TypeError: a fit or the reference is of a kind compare cannot read.
 
     Example:
@@ -212,6 +213,8 @@ def compare(
         >>> trees = {name: vt.to_datatree(f, 2000, seed=i) for i, (name, f) in enumerate(fits.items())}
         >>> table = vt.compare(trees, reference=zoo.reference())  # plots and reports take the trees
     """
+    if not isinstance(fits, Mapping):
+        raise TypeError(f"fits must be a dict {{name: fit}}, got {type(fits).__name__}")
     if not fits:
         raise ValueError("fits is empty: pass {name: Fit | MCMC | DataTree}")
     trees = {

@@ -12,12 +12,14 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import numpy as np
 import optax
 
 from vitools import alerts, start, validate
 from vitools.blas import one_blas_thread
 from vitools.engine import default_optimizer, init_state, optimize
 from vitools.families import Family, get_family
+from vitools.families.base import check_distribution
 from vitools.objectives import Objective, get_objective, objective_hooks
 from vitools.result import Fit, NonFiniteLossError
 from vitools.targets import Target
@@ -32,7 +34,7 @@ def fit(
     objective: str | Objective = "reverse_kl",
     family: str | Family = "fullrank",
     num_steps: int = 2000,
-    seed: int = 0,
+    seed: int | None = None,
     key: jax.Array | None = None,
     learning_rate: float | None = None,
     optimizer: optax.GradientTransformation | None = None,
@@ -57,8 +59,10 @@ def fit(
             for curved posteriors such as funnels), a Family, or a NumPyro ``AutoContinuous`` guide.
         num_steps: optimisation steps.
         seed: the one seed of the run (initialisation and every step): same seed, same result.
+            None: 0, unless ``key`` is given.
         key: a JAX PRNG key to use instead of ``seed`` (for callers who manage their keys);
-            ``vt.fit(..., seed=s)`` is ``vt.fit(..., key=jax.random.PRNGKey(s))``.
+            ``vt.fit(..., seed=s)`` is ``vt.fit(..., key=jax.random.PRNGKey(s))``. Give one of
+            the two.
         learning_rate: peak learning rate of the default Adam, with 5% linear warm-up and cosine
             decay; also scheduled into any ``optax.inject_hyperparams`` optimizer. None: the
             objective's ``default_learning_rate(dim)`` (see :func:`default_learning_rate`).
@@ -96,6 +100,8 @@ def fit(
         tol=tol, on_nonfinite=on_nonfinite, init=init, family=family, objective=objective,
         optimizer=optimizer, key=key,
     )  # fmt: skip
+    if seed is not None and key is not None:
+        raise validate.ArgumentValueError("give seed or key, not both (a key replaces the seed)", "key")
     num_steps, chunk_size, seed, learning_rate, tol, init, family, objective, key = (
         options[k]
         for k in (
@@ -130,11 +136,11 @@ def fit(
             "objective",
         )
     if key is None:
+        seed = 0 if seed is None else seed
         key = jax.random.PRNGKey(seed)
-    else:
-        seed = None  # the Fit records no seed it was not given
     init_key, run_key = jax.random.split(key)
     params_key = jax.random.fold_in(run_key, 1)  # whatever a family draws in init (IAF's weights)
+    check_distribution(family, params_key, target)  # before the start, so a broken family fails fast
     laplace = isinstance(init, str) and init == "laplace"
     if laplace:
         alerts.warn_large_init(target.dim)
@@ -228,7 +234,7 @@ def _checked_options(**options: Any) -> dict[str, Any]:
         return dict(
             num_steps=validate.count(options["num_steps"], "num_steps"),
             chunk_size=validate.count(options["chunk_size"], "chunk_size"),
-            seed=validate.seed(options["seed"]),
+            seed=_maybe(validate.seed, options["seed"], "seed"),
             learning_rate=_maybe(validate.positive, options["learning_rate"], "learning_rate"),
             tol=_maybe(validate.positive, options["tol"], "tol"),
             on_nonfinite=validate.choice(options["on_nonfinite"], "on_nonfinite", ("raise", "warn")),
@@ -243,11 +249,20 @@ def _checked_options(**options: Any) -> dict[str, Any]:
             key=None if options["key"] is None else validate.key(options["key"], "key"),
         )
     except validate.ArgumentError as err:
-        if err.argument in ("init", "family", "objective", "optimizer", "tol", "seed"):
+        if err.argument in ("init", "family", "objective", "optimizer", "tol", "seed") and _data_like(
+            options[err.argument]
+        ):
             name = err.argument
             hint = f"if {name!r} is an argument of your model, pass it as model_kwargs={{{name!r}: ...}}"
             raise type(err)(f"{err} ({hint})", err.argument) from None
         raise
+
+
+def _data_like(value: Any) -> bool:
+    """Whether a bad option value could be a model argument given by the option's name."""
+    return value is None or isinstance(
+        value, (str, bytes, int, float, list, tuple, dict, np.ndarray, jax.Array)
+    )
 
 
 def _maybe(check: Callable, value: Any, name: str) -> Any:

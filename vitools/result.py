@@ -43,11 +43,14 @@ class Fit:
             :mod:`vitools.frame`).
         family, objective: how. ``objective`` is a string naming where q came from for a
             Gaussian fitted elsewhere (:meth:`from_gaussian`).
-        params: the family's parameters (the last finite ones) **in the frame's coordinates**:
-            ``params.loc`` of a Gaussian reads near 0 whatever the posterior mean. Use
-            :meth:`sample`, :meth:`mean_and_covariance` or :attr:`distribution` for the model's space.
-        losses: per-step loss ``(num_steps,)``; ``trace`` adds per-step ``ess`` and
-            ``log_evidence`` where the objective reports them.
+        params: the family's parameters (the last finite ones) **in the frame's coordinates**
+            ``v``, where ``u = shift + scale v``: ``params.loc`` of a Gaussian is q's centre
+            measured from the initial Gaussian's centre in units of its scales (0 at the start),
+            not the posterior mean. Use :meth:`sample`, :meth:`mean_and_covariance` or
+            :attr:`distribution` for the model's space.
+        losses: the loss of every step run: ``(num_steps,)``, plus the non-finite step's own
+            (NaN/inf) loss last when ``status == "nonfinite"``; ``trace`` adds per-step ``ess``
+            and ``log_evidence`` where the objective reports them.
         num_steps: steps applied. num_grad_evals: target log-density evaluations spent (with
             their gradients for reparameterized objectives; ForwardKL needs values only).
         elapsed: optimisation wall time in seconds, compile_time: compilation seconds (0 when
@@ -93,10 +96,12 @@ class Fit:
                 ``status``, ``seed`` of the outside fit (default 0, 0, 0.0, 0.0, "completed", None).
 
         Raises:
-            ValueError: ``loc`` or ``scale_tril`` do not have the target's shapes.
+            ValueError: ``loc`` or ``scale_tril`` do not have the target's shapes, have NaN/inf
+                entries, or ``scale_tril`` is not lower-triangular with a positive diagonal (a
+                covariance passed by mistake is refused: give ``np.linalg.cholesky(cov)``).
             TypeError: ``family`` is not one of vitools' Gaussian families.
         """
-        loc, scale_tril = jnp.asarray(loc), jnp.asarray(scale_tril)
+        loc, scale_tril = (jnp.asarray(a) for a in validate.gaussian((loc, scale_tril), "from_gaussian"))
         if loc.shape != (target.dim,) or scale_tril.shape != (target.dim, target.dim):
             raise ValueError(
                 f"loc and scale_tril must have shapes ({target.dim},) and ({target.dim}, {target.dim}), "
@@ -160,20 +165,34 @@ class Fit:
         return np.asarray(frame.forward(q.mean)), np.asarray(frame.covariance_to_model(cov))
 
     @one_blas_thread
-    def sample_flat(self, num_draws: int, seed: int = 0, *, key: jax.Array | None = None) -> jax.Array:
+    def sample_flat(
+        self, num_draws: int, seed: int | None = None, *, key: jax.Array | None = None
+    ) -> jax.Array:
         """``(num_draws, dim)`` draws of q in the model's flat unconstrained space."""
         return jax.vmap(self.target.to_unconstrained)(self._sample_frame(num_draws, seed, key))
 
-    def _sample_frame(self, num_draws: int, seed: int, key: jax.Array | None) -> jax.Array:
-        """Draws in the frame the fit was optimised in."""
+    def _sample_frame(self, num_draws: int, seed: int | None, key: jax.Array | None) -> jax.Array:
+        """Draws in the frame the fit was optimised in; ``seed`` (None: 0) or ``key``, not both."""
         num_draws = validate.count(num_draws, "num_draws")
-        key = validate.key(key) if key is not None else jax.random.PRNGKey(validate.seed(seed))
+        if key is not None and seed is not None:
+            raise validate.ArgumentValueError("give seed or key, not both (a key replaces the seed)", "key")
+        key = (
+            validate.key(key)
+            if key is not None
+            else jax.random.PRNGKey(validate.seed(0 if seed is None else seed))
+        )
         return _sample_flat(self.family, self.params, key, num_draws)
 
     @one_blas_thread
-    def sample(self, num_draws: int, seed: int = 0, *, key: jax.Array | None = None) -> dict[str, np.ndarray]:
+    def sample(
+        self, num_draws: int, seed: int | None = None, *, key: jax.Array | None = None
+    ) -> dict[str, np.ndarray]:
         """Constrained draws: site name → array ``(num_draws, *site shape)`` (plus deterministic
-        sites). ``key`` (a JAX PRNG key), where given, replaces ``seed``."""
+        sites). ``seed`` (None: 0) or ``key`` (a JAX PRNG key) seeds the draws; give one.
+
+        Raises:
+            ValueError: ``num_draws`` is not a positive integer, or both seed and key are given.
+            TypeError: ``key`` is not a PRNG key."""
         return jax.device_get(_constrain_all(self.target, self._sample_frame(num_draws, seed, key)))
 
     @one_blas_thread
@@ -195,7 +214,9 @@ class Fit:
         return np.asarray(_log_prob_constrained(self.family, self.params, self.target, values))
 
     @one_blas_thread
-    def sample_with_log_densities(self, num_draws: int, seed: int = 0, *, key: jax.Array | None = None):
+    def sample_with_log_densities(
+        self, num_draws: int, seed: int | None = None, *, key: jax.Array | None = None
+    ):
         """``(draws, log_p, log_q)``: constrained draws (dict of ``(num_draws, ...)``), the
         unnormalized log joint and log q at them (``(num_draws,)`` each, nats), both in the
         constrained space, so ``log_p - log_q`` is the importance log weight."""
@@ -204,7 +225,8 @@ class Fit:
         return jax.device_get(draws), np.asarray(log_p), np.asarray(log_q)
 
     def __repr__(self) -> str:
-        loss = self.losses[-1] if len(self.losses) else float("nan")
+        finite = self.losses[np.isfinite(self.losses)]
+        loss = finite[-1] if len(finite) else float("nan")  # that of the parameters kept
         return (
             f"Fit({self.name}, dim={self.target.dim}, steps={self.num_steps}, "
             f"grad_evals={self.num_grad_evals}, loss={loss:.4g}, "

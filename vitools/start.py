@@ -118,7 +118,8 @@ def starting_point(key: jax.Array, target: Target, family: Family, objective: Ob
         loc, scale_tril = (jnp.asarray(a) for a in init)
         if loc.shape != (target.dim,) or scale_tril.shape != (target.dim, target.dim):
             raise ValueError(
-                f"init=(loc, scale_tril) must have shapes ({target.dim},) and ({target.dim}, {target.dim})"
+                f"init=(loc, scale_tril) must have shapes ({target.dim},) and ({target.dim}, {target.dim}) "
+                f"(the model's flat unconstrained dimension), got {loc.shape} and {scale_tril.shape}"
             )
         at_mode, informed = None, True  # at_mode is checked below only if the frame could use it
     whiten = family_hooks(family).whiten

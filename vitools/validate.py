@@ -38,6 +38,7 @@ __all__ = [
     "positive",
     "key",
     "seed",
+    "static_pytree",
 ]
 
 INT32_MAX = 2**31 - 1  # step and draw counts are int32 in the compiled loop and in array shapes
@@ -147,7 +148,8 @@ def key(value: Any, name: str = "key") -> jax.Array:
         return jnp.asarray(value)
     raise ArgumentTypeError(
         f"{name} must be a JAX PRNG key (jax.random.key(0) or jax.random.PRNGKey(0)), got "
-        f"{type(value).__name__} (an integer is a seed: pass seed=)",
+        f"{type(value).__name__} of shape {np.shape(value)} (one key, not a batch of keys; an "
+        "integer is a seed: pass seed=)",
         name,
     )
 
@@ -189,6 +191,31 @@ def gaussian(value: Any, name: str = "init") -> tuple[np.ndarray, np.ndarray]:
             name,
         )
     return loc, scale_tril
+
+
+def static_pytree(value: Any, name: str) -> Any:
+    """A family or objective object: an instance (not its class) registered as a JAX pytree whose
+    leaves are arrays, since it travels into the compiled programs as an argument (configuration
+    as static metadata, arrays as leaves).
+
+    Raises:
+        ArgumentTypeError: a class, an unregistered object, or a leaf that is not an array (a
+            configuration field not marked static); the message says how to declare it.
+    """
+    if isinstance(value, type):
+        raise ArgumentTypeError(f"{name} must be an instance, got the class: pass {value.__name__}()", name)
+    leaves = jax.tree.leaves(value)
+    bad = [leaf for leaf in leaves if not isinstance(leaf, (jax.Array, np.ndarray, np.generic, float, int))]
+    if bad:
+        kind = type(value).__name__
+        found = "it is not a registered pytree" if bad[0] is value else f"it has a non-array leaf {bad[0]!r}"
+        raise ArgumentTypeError(
+            f"{name} {kind} must be a JAX pytree with array leaves ({found}): declare it with "
+            "@jax.tree_util.register_dataclass over @dataclasses.dataclass(frozen=True), and mark "
+            "configuration fields (name, sizes, flags) static: dataclasses.field(metadata=dict(static=True))",
+            name,
+        )
+    return value
 
 
 def option(parse: Callable[[Any], Any], value: Any, name: str) -> Any:

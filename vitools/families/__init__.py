@@ -1,5 +1,6 @@
 """Variational families over the flat unconstrained space."""
 
+from vitools import validate
 from vitools.families.autoguide import AutoGuideFamily, GuideParams
 from vitools.families.base import Family, FamilyHooks, draw_many, family_hooks
 from vitools.families.flow import IAF, IAFParams
@@ -28,6 +29,11 @@ def get_family(family: "str | Family") -> Family:
     """A family from its name (``"meanfield"``, ``"fullrank"``, ``"lowrank"``, ``"iaf"``) or itself.
 
     A NumPyro ``AutoContinuous`` guide is wrapped in :class:`AutoGuideFamily`.
+
+    Raises:
+        ValueError: an unknown name.
+        TypeError: anything else, a class instead of an instance, or a family that is not a
+            JAX pytree with array leaves (:func:`vitools.validate.static_pytree`).
     """
     from numpyro.infer.autoguide import AutoContinuous
 
@@ -37,8 +43,8 @@ def get_family(family: "str | Family") -> Family:
         return FAMILIES[family]()
     if isinstance(family, AutoContinuous):
         return AutoGuideFamily(family)
-    if isinstance(family, Family):
-        return family
+    if isinstance(family, type) or isinstance(family, Family):
+        return validate.static_pytree(family, "family")
     raise TypeError(
         f"family must be a name {sorted(FAMILIES)}, a Family or a numpyro AutoContinuous guide, "
         f"got {type(family).__name__}"

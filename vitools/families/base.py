@@ -6,22 +6,37 @@ from collections.abc import Callable
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import jax
+import jax.numpy as jnp
 import numpyro.distributions as dist
 
 from vitools.targets import Target
 
-__all__ = ["Family", "FamilyHooks", "draw_many", "family_hooks"]
+__all__ = ["Family", "FamilyHooks", "check_distribution", "draw_many", "family_hooks"]
 
 
 @runtime_checkable
 class Family(Protocol):
     """A variational family q_params over R^dim: the required members.
 
-    A family is a small hashable object (configuration only); its parameters are a separate
-    pytree. ``distribution(params)`` returns a NumPyro distribution with event shape ``(dim,)``
-    whose ``sample`` is reparameterized, so one method gives both the draws and ``log_prob``.
-    New families plug in by implementing these members, and any of :class:`FamilyHooks`;
-    nothing checks for a class.
+    A family is a small object of configuration, registered as a JAX pytree (it is an argument
+    of the compiled programs): ``@jax.tree_util.register_dataclass`` over a frozen dataclass,
+    every configuration field (``name`` included) marked static with
+    ``dataclasses.field(metadata=dict(static=True))``. Its parameters are a separate pytree.
+    ``distribution(params)`` returns a NumPyro distribution with event shape ``(dim,)`` and
+    batch shape ``()`` whose ``sample`` is reparameterized, so one method gives both the draws and
+    ``log_prob``. New families plug in by implementing these members, and any of
+    :class:`FamilyHooks`; nothing checks for a class. ``vt.fit`` checks the pytree and the
+    shapes before it starts (:func:`vitools.validate.static_pytree`, :func:`check_distribution`).
+
+    Example:
+        >>> @jax.tree_util.register_dataclass
+        ... @dataclasses.dataclass(frozen=True)
+        ... class DiagonalStudentT:
+        ...     name: str = dataclasses.field(default="student_t", metadata=dict(static=True))
+        ...     def init(self, key, target, loc, scale_tril):
+        ...         return (loc, jnp.log(jnp.sqrt(jnp.sum(scale_tril**2, axis=-1))))
+        ...     def distribution(self, params):
+        ...         return dist.StudentT(5.0, params[0], jnp.exp(params[1])).to_event(1)
     """
 
     name: str
@@ -62,6 +77,37 @@ def family_hooks(family: Family) -> FamilyHooks:
     return FamilyHooks(
         **{name: getattr(family, name) for name in FamilyHooks._fields if hasattr(family, name)}
     )
+
+
+def check_distribution(family: Family, key: jax.Array, target: Target) -> None:
+    """Check that the family's q from ``init`` at the target's initial point is one distribution
+    over R^dim: event shape ``(dim,)``, batch shape ``()``. ``init`` runs as it is (NumPyro's
+    autoguides set themselves up on their first call, which must not happen under a trace);
+    ``distribution`` runs abstractly.
+
+    Raises:
+        ValueError: another shape, naming the likely cause (a batch of univariate distributions
+            without ``.to_event(1)``, or ``init`` giving parameters of another dimension).
+    """
+    shapes, dim = {}, target.dim
+
+    def shape_of(params):
+        q = family.distribution(params)
+        shapes["event"], shapes["batch"] = tuple(q.event_shape), tuple(q.batch_shape)
+        return ()
+
+    loc = target.initial_point
+    jax.eval_shape(shape_of, family.init(key, target, loc, jnp.eye(dim, dtype=loc.dtype)))
+    if shapes["event"] != (dim,) or shapes["batch"] != ():
+        hint = (
+            "a batch of univariate distributions: add .to_event(1)"
+            if shapes["event"] == () and shapes["batch"] == (dim,)
+            else f"does init give parameters of dimension {dim}?"
+        )
+        raise ValueError(
+            f"family {family.name!r}: distribution(params) has event shape {shapes['event']} and batch "
+            f"shape {shapes['batch']}; vitools needs event shape ({dim},) and batch shape () ({hint})"
+        )
 
 
 def draw_many(distribution: dist.Distribution, key: jax.Array, num_draws: int) -> jax.Array:

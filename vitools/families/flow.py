@@ -31,7 +31,7 @@ from numpyro.distributions.transforms import LowerCholeskyAffine, PermuteTransfo
 from numpyro.nn import AutoregressiveNN
 
 from vitools import validate
-from vitools.families.gaussian import FullRank, FullRankParams
+from vitools.families.gaussian import FullRank, FullRankParams, _check_whiten
 from vitools.targets import Target
 
 __all__ = ["IAF", "IAFParams"]
@@ -136,10 +136,7 @@ class IAF:
             if not hidden:
                 raise bad
             object.__setattr__(self, "hidden_dims", hidden)
-        if self.whiten not in ("full", "diagonal", False):
-            raise validate.ArgumentValueError(
-                f"IAF whiten must be 'full', 'diagonal' or False, got {self.whiten!r}", "IAF whiten"
-            )
+        _check_whiten(self.whiten, "IAF whiten")
 
     def _hidden(self, dim: int) -> tuple[int, ...]:
         # Default (2 d, 2 d), twice AutoIAFNormal's (d, d): on a 3-D funnel (d, d) left sd(v)

@@ -27,6 +27,12 @@ def _softplus_inverse(x: jax.Array) -> jax.Array:
     return x + jnp.log(-jnp.expm1(-x))
 
 
+def _check_whiten(value, name: str) -> None:
+    """The ``whiten`` hook's values (:class:`vitools.families.FamilyHooks`)."""
+    if not (value is False or value in ("full", "diagonal")):
+        raise validate.ArgumentValueError(f"{name} must be 'full', 'diagonal' or False, got {value!r}", name)
+
+
 class MeanFieldParams(NamedTuple):
     loc: jax.Array
     raw_scale: jax.Array
@@ -67,6 +73,9 @@ class MeanField:
     # vt.fit's Laplace init scores its candidates as diagonal Gaussians (see vitools.laplace).
     structure: str = dataclasses.field(default="diagonal", metadata=dict(static=True))
 
+    def __post_init__(self):
+        validate.choice(self.structure, "MeanField structure", ("diagonal", "full"))
+
     def init(self, key: jax.Array, target: Target, loc: jax.Array, scale_tril: jax.Array) -> MeanFieldParams:
         return _mean_field_params(loc, scale_tril)
 
@@ -93,7 +102,10 @@ class FullRank:
     name: str = dataclasses.field(default="fullrank", metadata=dict(static=True))
     # The family is closed under affine maps, so vt.fit may undo the initial correlations too
     # (when its initial Gaussian sits at a mode; see vitools.start.starting_point).
-    whiten: str = dataclasses.field(default="full", metadata=dict(static=True))
+    whiten: str | bool = dataclasses.field(default="full", metadata=dict(static=True))
+
+    def __post_init__(self):
+        _check_whiten(self.whiten, "FullRank whiten")
 
     def init(self, key: jax.Array, target: Target, loc: jax.Array, scale_tril: jax.Array) -> FullRankParams:
         return _full_rank_params(loc, scale_tril)

@@ -1,5 +1,6 @@
 """Objectives: divergence estimators between the posterior and q."""
 
+from vitools import validate
 from vitools.objectives.base import (
     Objective,
     ObjectiveHooks,
@@ -29,13 +30,19 @@ __all__ = [
 
 
 def get_objective(objective: "str | Objective") -> Objective:
-    """An objective from its name (``"reverse_kl"``, ``"forward_kl"``, ``"renyi"``) or itself."""
+    """An objective from its name (``"reverse_kl"``, ``"forward_kl"``, ``"renyi"``) or itself.
+
+    Raises:
+        ValueError: an unknown name.
+        TypeError: anything else, a class instead of an instance, or an objective that is not a
+            JAX pytree with array leaves (:func:`vitools.validate.static_pytree`).
+    """
     if isinstance(objective, str):
         if objective not in OBJECTIVES:
             raise ValueError(f"unknown objective {objective!r}; choose one of {sorted(OBJECTIVES)}")
         return OBJECTIVES[objective]()
-    if isinstance(objective, Objective):
-        return objective
+    if isinstance(objective, type) or isinstance(objective, Objective):
+        return validate.static_pytree(objective, "objective")
     raise TypeError(
         f"objective must be a name {sorted(OBJECTIVES)} or an Objective, got {type(objective).__name__}"
     )

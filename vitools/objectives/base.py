@@ -22,8 +22,10 @@ class Objective(Protocol):
     ``loss`` is a scalar whose gradient in ``params`` is the objective's gradient estimate;
     ``info`` is a dict of scalars traced per step (the same keys on every call).
     ``num_density_evals(dim)`` is the number of target log-density evaluations one step spends
-    on a ``dim``-dimensional target. Objectives are small hashable (frozen dataclass) objects,
-    usable as soon as they are built: hyperparameters are static, arrays (given draws) leaves.
+    on a ``dim``-dimensional target. Objectives are usable as soon as they are built, and
+    registered as JAX pytrees (they are arguments of the compiled programs):
+    ``@jax.tree_util.register_dataclass`` over a frozen dataclass, hyperparameters (``name``
+    included) static fields, arrays (given draws) leaves; ``vt.fit`` checks this before it starts.
     """
 
     name: str

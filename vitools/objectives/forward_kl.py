@@ -182,6 +182,8 @@ class ForwardKLFromDraws:
         object.__setattr__(
             self, "batch_size", validate.count(self.batch_size, "ForwardKLFromDraws batch_size")
         )
+        if isinstance(self.draws, (list, tuple)):  # nested lists of numbers: a flat array
+            object.__setattr__(self, "draws", np.asarray(self.draws, dtype=float))
         # JAX rebuilds the object with placeholder or traced leaves (pytree unflatten): only
         # containers and host data given by a user are read and checked.
         if is_draws_container(self.draws) or _is_host_data(self.draws):
