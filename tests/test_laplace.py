@@ -1,6 +1,5 @@
 """The initial Gaussian (vitools.laplace) and how vt.fit chooses its projection and frame."""
 
-
 import jax
 import jax.numpy as jnp
 import numpy as np

@@ -154,12 +154,9 @@ class Fit:
                 :meth:`sample_flat`.
         """
         q = self.family.distribution(self.params)
-        cov = (
-            q.covariance_matrix
-            if isinstance(q, dist.MultivariateNormal | dist.LowRankMultivariateNormal)
-            else None
-        )
-        if cov is None:
+        if isinstance(q, dist.MultivariateNormal | dist.LowRankMultivariateNormal):
+            cov = q.covariance_matrix
+        else:  # a diagonal q (or one that raises, like IAF's, with what to do instead)
             cov = jnp.diag(q.variance)
         frame = self.target.frame
         return np.asarray(frame.forward(q.mean)), np.asarray(frame.covariance_to_model(cov))

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import jax
-import jax.numpy as jnp
+import numpy as np
 import numpyro.distributions as dist
 
 from vitools.targets import Target
@@ -96,8 +96,8 @@ def check_distribution(family: Family, key: jax.Array, target: Target) -> None:
         shapes["event"], shapes["batch"] = tuple(q.event_shape), tuple(q.batch_shape)
         return ()
 
-    loc = target.initial_point
-    jax.eval_shape(shape_of, family.init(key, target, loc, jnp.eye(dim, dtype=loc.dtype)))
+    loc = target.initial_point  # a host identity: jnp.eye, run eagerly, compiles 5 small programs
+    jax.eval_shape(shape_of, family.init(key, target, loc, np.eye(dim, dtype=loc.dtype)))
     if shapes["event"] != (dim,) or shapes["batch"] != ():
         hint = (
             "a batch of univariate distributions: add .to_event(1)"
