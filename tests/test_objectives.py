@@ -142,6 +142,7 @@ def test_no_gradient_flows_through_weights():
         (lambda: ForwardKL(defensive=1.0), r"defensive must be in \[0, 1\)"),
         (lambda: ForwardKL(widen=0.5), "widen must be a finite number >= 1,"),
         (lambda: RenyiAlpha(alpha=1.0), "use ReverseKL"),
+        (lambda: RenyiAlpha(alpha=-0.5), r"alpha=-0.5 < 0 makes the bound an upper bound"),
         (lambda: draws_to_flat({"y": np.zeros((4, 3))}, gaussian_target()), r"lack latent site\(s\) \['x'\]"),
         (lambda: draws_to_flat({"x": np.zeros((4, 2))}, gaussian_target()), r"\(2,\) per draw.*is \(3,\)"),
         (lambda: draws_to_flat(np.zeros((4, 2)), gaussian_target()), r"shape \(num_draws, 3\)"),

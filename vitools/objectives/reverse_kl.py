@@ -89,7 +89,10 @@ class RenyiAlpha:
 
     Estimator: :math:`-\frac{1}{1-\alpha}\log\frac1S\sum_i w_i^{1-\alpha}`, :math:`\log w_i =
     \log p(x,z_i) - \log q_\phi(z_i)`. α → 1 is the negative ELBO (reverse KL); α = 0 is the
-    importance-weighted bound (IWAE, Burda et al. 2016); α < 0 leans towards mass-covering.
+    importance-weighted bound (IWAE, Burda et al. 2016); α > 1 is more mode-seeking than the ELBO.
+    α < 0 is refused: the bound is then an *upper* bound of log p(x), and maximising it does not
+    fit q (α = -0.5 on a 4-D N(0, I), 2000 steps: variances 2.0-10.5 against 1, over 3 seeds;
+    measured); for a mass-covering fit use ``ForwardKL``.
     Gradients flow through the reparameterized draws and through log q (no stop-gradient).
 
     Args:
@@ -98,7 +101,8 @@ class RenyiAlpha:
 
     Raises:
         TypeError: ``alpha`` is not a number.
-        ValueError: ``alpha`` is NaN, infinite or 1, or ``num_draws`` is not a positive integer.
+        ValueError: ``alpha`` is NaN, infinite, negative or 1, or ``num_draws`` is not a positive
+            integer.
     """
 
     alpha: float = dataclasses.field(default=0.5, metadata=dict(static=True))
@@ -111,6 +115,13 @@ class RenyiAlpha:
         if self.alpha == 1.0:
             raise validate.ArgumentValueError(
                 "RenyiAlpha alpha=1 is the ELBO: use ReverseKL", "RenyiAlpha alpha"
+            )
+        if self.alpha < 0.0:
+            raise validate.ArgumentValueError(
+                f"RenyiAlpha alpha={self.alpha} < 0 makes the bound an upper bound of log p(x), which "
+                "maximising does not fit q (its variances drift); use alpha in [0, 1) or > 1, or "
+                "ForwardKL for a mass-covering fit",
+                "RenyiAlpha alpha",
             )
 
     def num_density_evals(self, dim: int) -> int:
