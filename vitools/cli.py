@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from vitools import commands, validate
+from vitools.convert import DIAGNOSTIC_DRAWS
 
 __all__ = ["main"]
 
@@ -110,7 +111,7 @@ def _add_fit_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--num-draws",
         type=int,
-        default=2000,
+        default=DIAGNOSTIC_DRAWS,
         metavar="S",
         help=f"draws per fit for diagnostics and plots, at least {MIN_DRAWS} for PSIS (default: %(default)s)",
     )

@@ -86,13 +86,13 @@ def run_nuts(
 def run_compare(args: argparse.Namespace) -> int:
     """``vitools compare``/``demo``: fit each objective, compare against the reference, write the report.
 
-    Each fit is drawn from once (:func:`vitools.convert.to_datatree`, fit ``i`` with seed
-    ``args.seed + i``); the table, the plots and the report read those trees. Ctrl-C in a fit ends
+    Each fit is drawn from once (:func:`vitools.convert.to_datatrees`, every fit with seed
+    ``args.seed``); the table, the plots and the report read those trees. Ctrl-C in a fit ends
     the command there (:func:`fit_one` raises KeyboardInterrupt): no later objective is fitted and
     no report is written from the fits done so far.
     """
     from vitools.comparison import compare, format_table
-    from vitools.convert import draws_to_datatree, to_datatree
+    from vitools.convert import draws_to_datatree, to_datatrees
     from vitools.report import write_report
 
     zoo = args.zoo
@@ -101,10 +101,7 @@ def run_compare(args: argparse.Namespace) -> int:
     for objective in args.objectives:
         fit = fit_one(args, objective)
         fits[fit.name] = fit
-    trees = {
-        name: to_datatree(fit, num_draws=args.num_draws, seed=args.seed + i)
-        for i, (name, fit) in enumerate(fits.items())
-    }
+    trees = to_datatrees(fits, num_draws=args.num_draws, seed=args.seed)
     rows: dict[str, Any] = dict(trees)
     reference: Any = None
     source = "none"

@@ -44,7 +44,15 @@ import pandas as pd
 import scipy.stats
 import xarray as xr
 
-from vitools.convert import MODEL_ATTR, Sites, draws_to_datatree, flatten_draws, site_shapes, to_datatree
+from vitools.convert import (
+    DIAGNOSTIC_DRAWS,
+    MODEL_ATTR,
+    Sites,
+    draws_to_datatree,
+    flatten_draws,
+    site_shapes,
+    to_datatrees,
+)
 from vitools.diagnostics import diagnose, has_log_weights
 from vitools.draws import KINDS, is_draws
 
@@ -179,7 +187,7 @@ def _distances(labels: list[str], draws: np.ndarray, ref_labels: list[str], ref:
 
 
 def compare(
-    fits: Mapping[str, Any], reference: Any = None, num_draws: int = 2000, seed: int = 0
+    fits: Mapping[str, Any], reference: Any = None, num_draws: int = DIAGNOSTIC_DRAWS, seed: int = 0
 ) -> pd.DataFrame:
     """Compare fits (vitools Fits, NumPyro MCMC runs, DataTrees) of one model in one table.
 
@@ -191,9 +199,9 @@ def compare(
         reference: ``None``, a key of ``fits`` (e.g. ``"NUTS"``; its own row then reads mean_error 0,
             w1 0), or a container of posterior draws (a DataTree, a dict of constrained draws
             ``name -> (S, ...)``, an MCMC that has run, a zoo ``Reference``).
-        num_draws: draws from each Fit's q (fit ``i`` uses seed ``seed + i``, so draws of different
-            fits are independent); trees and MCMC runs keep their own.
-        seed: base seed.
+        num_draws: draws from each Fit's q; trees and MCMC runs keep their own.
+        seed: seed of every Fit's draws: a fit gets the same draws, k̂ and verdict here as from
+            ``vt.diagnose(fit)`` (:data:`vitools.convert.DIAGNOSTIC_DRAWS`), wherever it sits.
 
     Returns:
         A DataFrame, one row per fit, columns ``COLUMNS`` (+ ``REFERENCE_COLUMNS`` with a reference).
@@ -210,17 +218,10 @@ def compare(
 
     Example:
         >>> vt.compare({"reverse KL": fit1, "forward KL": fit2, "NUTS": mcmc}, reference="NUTS")
-        >>> trees = {name: vt.to_datatree(f, 2000, seed=i) for i, (name, f) in enumerate(fits.items())}
-        >>> table = vt.compare(trees, reference=zoo.reference())  # plots and reports take the trees
+        >>> trees = vitools.convert.to_datatrees(fits)  # once; the plots and the report take them too
+        >>> table = vt.compare(trees, reference=zoo.reference())
     """
-    if not isinstance(fits, Mapping):
-        raise TypeError(f"fits must be a dict {{name: fit}}, got {type(fits).__name__}")
-    if not fits:
-        raise ValueError("fits is empty: pass {name: Fit | MCMC | DataTree}")
-    trees = {
-        name: to_datatree(obj, num_draws=num_draws, seed=seed + i)
-        for i, (name, obj) in enumerate(fits.items())
-    }
+    trees = to_datatrees(fits, num_draws=num_draws, seed=seed)
     ref_tree = None if reference is None else _reference_tree(reference, trees)
     _check_one_model(trees, None if isinstance(reference, str) else ref_tree)
     one_model = _same_model_function(trees)

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 from scipy.special import logsumexp
 
-from vitools.convert import flatten_draws, to_datatree
+from vitools.convert import DIAGNOSTIC_DRAWS, flatten_draws, to_datatree
 
 __all__ = [
     "Diagnostics",
@@ -207,7 +207,9 @@ def has_log_weights(tree: Any) -> bool:
     return stats is not None and "log_weight" in stats.data_vars
 
 
-def diagnose(fit_or_tree: Any, num_draws: int = 2000, seed: int = 0, warn: bool = True) -> Diagnostics:
+def diagnose(
+    fit_or_tree: Any, num_draws: int = DIAGNOSTIC_DRAWS, seed: int = 0, warn: bool = True
+) -> Diagnostics:
     r"""PSIS diagnostics of a fit, from S draws of q.
 
     With :math:`\hat Z` from :func:`log_evidence`,

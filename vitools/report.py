@@ -19,7 +19,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from vitools.comparison import format_table
-from vitools.convert import draws_to_datatree, to_datatree
+from vitools.convert import DIAGNOSTIC_DRAWS, draws_to_datatree, to_datatrees
 from vitools.diagnostics import khat_threshold
 from vitools.plots import plot_khat, plot_marginals, plot_pair, plot_traces
 
@@ -55,7 +55,7 @@ class ReportPaths(NamedTuple):
 
 
 def how_to_read(
-    table: pd.DataFrame, num_draws: int = 2000, candidates: Sequence[str] | None = None
+    table: pd.DataFrame, num_draws: int = DIAGNOSTIC_DRAWS, candidates: Sequence[str] | None = None
 ) -> list[str]:
     """The "how to read this" paragraphs (markdown, one string each), specific to ``table``.
 
@@ -131,7 +131,7 @@ def write_report(
     reference: Any = None,
     title: str = "vitools comparison",
     notes: Sequence[str] = (),
-    num_draws: int = 2000,
+    num_draws: int = DIAGNOSTIC_DRAWS,
     seed: int = 0,
     dpi: int = 110,
 ) -> ReportPaths:
@@ -139,7 +139,7 @@ def write_report(
 
     Args:
         fits: ``{name: Fit | MCMC | DataTree}``, the fits in the table (not the reference). Each is
-            converted once (:func:`vitools.convert.to_datatree`, fit ``i`` with seed ``seed + i``)
+            converted once (:func:`vitools.convert.to_datatrees`, every fit with ``seed``)
             and every plot reads that tree; pass the trees given to ``compare`` so that the
             table and the plots read the same draws and nothing is drawn twice.
         table: their :func:`vitools.comparison.compare` table.
@@ -160,16 +160,13 @@ def write_report(
             :func:`vitools.convert.to_datatree`).
 
     Example:
-        >>> trees = {name: vt.to_datatree(f, 2000, seed=i) for i, (name, f) in enumerate(fits.items())}
+        >>> trees = vitools.convert.to_datatrees(fits)
         >>> table = vt.compare(trees, reference=zoo.reference())
         >>> paths = write_report(trees, table, "report/", reference=zoo.reference())
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    trees = {
-        name: to_datatree(obj, num_draws=num_draws, seed=seed + i)
-        for i, (name, obj) in enumerate(fits.items())
-    }
+    trees = to_datatrees(fits, num_draws=num_draws, seed=seed)
     if reference is not None and not isinstance(reference, str):  # read once, for both plots
         reference = draws_to_datatree(reference, what="reference draws")
     figures = _figures(trees, table, reference, num_draws)

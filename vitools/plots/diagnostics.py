@@ -16,7 +16,7 @@ import pandas as pd
 import xarray as xr
 from matplotlib.figure import Figure
 
-from vitools.convert import optimization_dataset
+from vitools.convert import DIAGNOSTIC_DRAWS, optimization_dataset
 from vitools.diagnostics import Diagnostics, khat_threshold
 from vitools.plots.marginals import limits
 from vitools.result import Fit
@@ -52,7 +52,7 @@ def _khat_rows(source: Any, num_draws: int) -> tuple[list[tuple[str, float, str]
     )
 
 
-def plot_khat(diagnostics_or_table: Any, num_draws: int = 2000) -> Figure:
+def plot_khat(diagnostics_or_table: Any, num_draws: int = DIAGNOSTIC_DRAWS) -> Figure:
     """Pareto k̂ of each fit as a bar, coloured by verdict, against the threshold min(1 - 1/log10 S, 0.7).
 
     Args:

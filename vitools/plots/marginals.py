@@ -21,7 +21,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from vitools.comparison import reference_draws
-from vitools.convert import flatten_draws, site_shapes, to_datatree
+from vitools.convert import DIAGNOSTIC_DRAWS, flatten_draws, site_shapes, to_datatrees
 
 __all__ = ["REFERENCE_COLOR", "limits", "plot_marginals", "plot_pair"]
 
@@ -31,12 +31,7 @@ Labelled = tuple[list[str], np.ndarray]  # scalar parameter labels and a (S, P) 
 
 def _trees(fits: Mapping[str, Any], num_draws: int, seed: int) -> dict[str, xr.DataTree]:
     """Each fit's tree (:func:`vitools.convert.to_datatree`; a tree is passed through as it is)."""
-    if not fits:
-        raise ValueError("fits is empty: pass {name: Fit | MCMC | DataTree}")
-    return {
-        name: to_datatree(obj, num_draws=num_draws, seed=seed + i)
-        for i, (name, obj) in enumerate(fits.items())
-    }
+    return to_datatrees(fits, num_draws=num_draws, seed=seed)
 
 
 def _reference(reference: Any, draws: dict[str, Labelled]) -> Labelled | None:
@@ -114,7 +109,7 @@ def plot_marginals(
     reference: Any = None,
     var_names: Sequence[str] | None = None,
     max_params: int = 12,
-    num_draws: int = 2000,
+    num_draws: int = DIAGNOSTIC_DRAWS,
     seed: int = 0,
 ) -> Figure:
     """Marginal densities of every fit overlaid, one panel per scalar parameter, reference shaded.
@@ -129,7 +124,7 @@ def plot_marginals(
         var_names: site names (all their elements) or labels such as ``"theta[3]"`` to show.
         max_params: show at most this many panels (the first ones); a note below says how many are left out.
         num_draws: draws from each Fit (trees and MCMC keep their own).
-        seed: base seed of those draws (fit ``i`` uses ``seed + i``).
+        seed: seed of those draws (the same for every fit, as in ``vt.compare``).
 
     Returns:
         The figure; one legend (fit names, then "reference") above the panels.
@@ -200,7 +195,7 @@ def plot_pair(
     fits: Mapping[str, Any],
     reference: Any = None,
     params: tuple[str, str] | None = None,
-    num_draws: int = 2000,
+    num_draws: int = DIAGNOSTIC_DRAWS,
     seed: int = 0,
     hdi_probs: tuple[float, ...] = (0.5, 0.9),
 ) -> Figure:
