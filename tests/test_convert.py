@@ -19,19 +19,12 @@ from numpyro.handlers import reparam
 import vitools as vt
 from vitools import validate
 from vitools.comparison import compare
-from vitools.convert import (
-    as_single_chain,
-    fit_to_datatree,
-    flatten_draws,
-    model_name,
-    optimization_dataset,
-    site_shapes,
-    to_datatree,
-)
+from vitools.convert import fit_to_datatree, model_name, optimization_dataset, to_datatree
 from vitools.draws import as_container, draws_dict
 from vitools.models import Reference
 from vitools.result import Fit
 from vitools.targets import Target
+from vitools.trees import as_single_chain, flatten_draws, site_shapes
 
 
 def plated_model():

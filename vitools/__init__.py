@@ -8,13 +8,14 @@ Example:
 
 from vitools.cache import enable_compilation_cache
 from vitools.comparison import compare, format_table
-from vitools.convert import as_single_chain, to_datatree
+from vitools.convert import to_datatree
 from vitools.diagnostics import Diagnostics, diagnose
 from vitools.families import IAF, AutoGuideFamily, FullRank, LowRank, MeanField
 from vitools.fitting import fit
 from vitools.objectives import ForwardKL, ForwardKLFromDraws, RenyiAlpha, ReverseKL, weighted_cross_entropy
 from vitools.result import Fit, NonFiniteLossError
 from vitools.targets import Target
+from vitools.trees import as_single_chain
 
 __version__ = "0.1.0"
 

@@ -44,17 +44,10 @@ import pandas as pd
 import scipy.stats
 import xarray as xr
 
-from vitools.convert import (
-    DIAGNOSTIC_DRAWS,
-    MODEL_ATTR,
-    Sites,
-    draws_to_datatree,
-    flatten_draws,
-    site_shapes,
-    to_datatrees,
-)
+from vitools.convert import DIAGNOSTIC_DRAWS, MODEL_ATTR, draws_to_datatree, to_datatrees
 from vitools.diagnostics import diagnose, has_log_weights
 from vitools.draws import KINDS, is_draws
+from vitools.trees import Sites, flatten_draws, site_shapes
 
 __all__ = ["compare", "format_table", "reference_draws"]
 

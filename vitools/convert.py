@@ -17,14 +17,14 @@ A vitools fit becomes a tree with
 Convert once, at the edge: :func:`to_datatree` is where a fit is drawn from; compare, diagnose,
 the plots and the report take the trees it returns. Any container of posterior draws
 (:mod:`vitools.draws`) converts with :func:`draws_to_datatree` (an MCMC keeps its ``(chain, draw)``
-shape; :func:`as_single_chain` flattens a tree to ``(chain=1, draw=S)``). Trees of fits and MCMC runs
-name the model function in the root attr ``vitools_model`` (:func:`model_name`), so fits of
+shape; :func:`vitools.trees.as_single_chain` flattens a tree to ``(chain=1, draw=S)``). Trees of
+fits and MCMC runs name the model function in the root attr ``vitools_model`` (:func:`model_name`), so fits of
 different models with the same sites can be told apart from their trees alone.
 
 Site names. A model site named like a sample dim (``chain``, ``draw``) cannot be a variable of that
 name (xarray would make it the dim's coordinate and drop it), so its variable takes a trailing
 underscore (``chain_``; more underscores if that name is taken too) and keeps the site's name in
-its ``vitools_site`` attr; :func:`site_shapes` and :func:`flatten_draws` read names back through it.
+its ``vitools_site`` attr; the readers of :mod:`vitools.trees` give back the site names.
 Trees made from a fit or an MCMC run list the model's latent sites in the root attr
 ``vitools_latent_sites`` (a JSON list), so the deterministic sites beside them can be told apart.
 """
@@ -35,7 +35,7 @@ import json
 import sys
 import types
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, NamedTuple
+from typing import Any
 
 import arviz_base as azb  # not `arviz`: that also imports arviz-plots and matplotlib (~1.2 s)
 import numpy as np
@@ -51,30 +51,24 @@ from vitools.draws import KINDS, SITE_ATTR, as_container, is_draws
 from vitools.model import ModelDensity
 from vitools.result import Fit
 from vitools.targets import Target
+from vitools.trees import LATENT_ATTR, SAMPLE_DIMS
 
 # arviz_base's from_numpyro reads the attribute numpyro.infer.initialization, which Python sets
 # only when that submodule is imported after numpyro.infer's own import completed; make sure it is.
 numpyro.infer.initialization = sys.modules["numpyro.infer.initialization"]
 
 __all__ = [
-    "LATENT_ATTR",
     "MODEL_ATTR",
     "DIAGNOSTIC_DRAWS",
-    "Sites",
-    "as_single_chain",
     "draws_to_datatree",
     "fit_to_datatree",
-    "flatten_draws",
     "model_name",
     "optimization_dataset",
-    "site_shapes",
     "to_datatree",
     "to_datatrees",
     "variable_names",
 ]
 
-SAMPLE_DIMS = ("chain", "draw")
-LATENT_ATTR = "vitools_latent_sites"  # root attr: JSON list of the model's latent sites
 MODEL_ATTR = "vitools_model"  # root attr: the model function's module.qualname (:func:`model_name`)
 # Diagnostic draws. Every consumer (diagnose, compare, the plots, the report, the CLI) draws a
 # fit's q with these defaults, and a fit's draws depend on (num_draws, seed) only, never on its
@@ -82,15 +76,6 @@ MODEL_ATTR = "vitools_model"  # root attr: the model function's module.qualname 
 # once drew fit i with seed + i, so `vt.diagnose(fit)` and the table's row for the same fit
 # disagreed: k̂ 0.29 "good" against 0.73 "bad" on the quickstart's forward-KL fit.)
 DIAGNOSTIC_DRAWS = 2000
-
-
-class Sites(NamedTuple):
-    """The sites a tree's posterior holds: ``variables`` maps each site (deterministic ones included)
-    to the shape of one draw; ``latent`` does so for the model's latent sites, or is None where the
-    tree does not say which they are (a tree made elsewhere)."""
-
-    latent: dict[str, tuple[int, ...] | None] | None
-    variables: dict[str, tuple[int, ...]]
 
 
 def variable_names(sites: Iterable[str]) -> dict[str, str]:
@@ -113,29 +98,6 @@ def _mark_renamed(tree: xr.DataTree, names: dict[str, str]) -> None:
     for site, name in names.items():
         if site != name:
             tree["posterior"][name].attrs[SITE_ATTR] = site
-
-
-def _site_name(name: Any, da: xr.DataArray) -> str:
-    return str(da.attrs.get(SITE_ATTR, name))
-
-
-def site_shapes(tree: xr.DataTree) -> Sites:
-    """Site name → shape of one draw, for every posterior variable and (where the tree lists them)
-    the model's latent sites; a latent site missing from the posterior maps to None.
-
-    Raises:
-        ValueError: the tree has no ``posterior`` group.
-    """
-    if "posterior" not in tree.children:
-        raise ValueError(f"the tree has no 'posterior' group (groups: {sorted(tree.children)})")
-    variables = {
-        _site_name(name, da): tuple(da.sizes[d] for d in da.dims if d not in SAMPLE_DIMS)
-        for name, da in tree["posterior"].data_vars.items()
-    }
-    latent = tree.attrs.get(LATENT_ATTR)
-    if latent is None:
-        return Sites(None, variables)
-    return Sites({site: variables.get(site) for site in json.loads(latent)}, variables)
 
 
 def _posterior_tree(groups: dict[str, dict], dims: dict[str, list[str]]) -> xr.DataTree:
@@ -371,67 +333,3 @@ def to_datatrees(
     if not fits:
         raise ValueError("fits is empty: pass {name: Fit | MCMC | DataTree}")
     return {name: to_datatree(obj, num_draws=num_draws, seed=seed) for name, obj in fits.items()}
-
-
-def as_single_chain(tree: xr.DataTree, num_draws: int | None = None) -> xr.DataTree:
-    """Stack ``chain × draw`` into ``(chain=1, draw=S)`` in every group that has both dims.
-
-    Needed to overlay several trees in arviz-plots, which ``xr.concat``-s them: unequal chain/draw
-    sizes are padded with NaN and intervals silently vanish. Draw order is kept (chain 0 first).
-
-    Args:
-        tree: any DataTree with ``chain`` and ``draw`` dims in its sample groups.
-        num_draws: if given, keep this many draws at evenly spaced positions (thinning, which also
-            suits autocorrelated MCMC draws), so that trees of different sizes become equal.
-
-    Raises:
-        ValueError: ``num_draws`` is not a positive integer or exceeds the draws in a group.
-    """
-    if num_draws is not None:
-        num_draws = validate.count(num_draws, "num_draws")
-    out = tree.copy()
-    for name, node in tree.children.items():
-        ds = node.to_dataset()
-        if not all(d in ds.dims for d in SAMPLE_DIMS):
-            continue
-        total = ds.sizes["chain"] * ds.sizes["draw"]
-        ds = ds.stack(__sample__=SAMPLE_DIMS, create_index=False).drop_vars(list(SAMPLE_DIMS))
-        ds = ds.rename({"__sample__": "draw"})
-        if num_draws is not None:
-            if num_draws > total:
-                raise ValueError(f"group {name!r} has {total} draws; cannot keep num_draws={num_draws}")
-            ds = ds.isel(draw=np.linspace(0, total - 1, num_draws).round().astype(int))
-        ds = ds.assign_coords(draw=np.arange(ds.sizes["draw"])).expand_dims(chain=[0])
-        out[name] = xr.DataTree(ds.transpose(*SAMPLE_DIMS, ...))
-    return out
-
-
-def flatten_draws(tree: xr.DataTree, group: str = "posterior") -> tuple[list[str], np.ndarray]:
-    """All draws of a group as a ``(S, P)`` matrix of scalar parameters, with their labels.
-
-    Every variable's non-sample axes are flattened in C order; labels read ``mu``, ``theta[3]``,
-    ``L[0,1]``, with the model's site names (``chain``, not its variable ``chain_``). Rows run over
-    chain then draw.
-
-    Raises:
-        ValueError: the tree has no such group, or a variable lacks the ``chain``/``draw`` dims.
-    """
-    if group not in tree.children:
-        raise ValueError(f"the tree has no {group!r} group (groups: {sorted(tree.children)})")
-    ds = tree[group].to_dataset()
-    labels: list[str] = []
-    columns: list[np.ndarray] = []
-    for name, da in ds.data_vars.items():
-        if not all(d in da.dims for d in SAMPLE_DIMS):
-            raise ValueError(f"variable {name!r} lacks the sample dims {SAMPLE_DIMS}: dims {da.dims}")
-        da = da.transpose(*SAMPLE_DIMS, ...)
-        shape, site = da.shape[2:], _site_name(name, da)
-        values = np.asarray(da.values, dtype=float).reshape(-1, int(np.prod(shape)))
-        columns.append(values)
-        if not shape:
-            labels.append(site)
-        else:
-            labels.extend(f"{site}[{','.join(map(str, idx))}]" for idx in np.ndindex(*shape))
-    if not columns:
-        return labels, np.zeros((ds.sizes.get("chain", 0) * ds.sizes.get("draw", 0), 0))
-    return labels, np.concatenate(columns, axis=1)

@@ -24,7 +24,8 @@ from typing import Any
 import numpy as np
 from scipy.special import logsumexp
 
-from vitools.convert import DIAGNOSTIC_DRAWS, flatten_draws, to_datatree
+from vitools.convert import DIAGNOSTIC_DRAWS, to_datatree
+from vitools.trees import flatten_draws
 
 __all__ = [
     "Diagnostics",

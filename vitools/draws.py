@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import arviz_base as azb
 import numpy as np
 import xarray as xr
 from numpyro.infer import MCMC
@@ -114,10 +115,9 @@ def draws_dict(obj: Any, what: str = "draws") -> dict[str, np.ndarray]:
     if isinstance(obj, xr.DataTree):
         if "posterior" not in obj.children:
             raise ValueError(f"the tree of {what} has no 'posterior' group (groups: {sorted(obj.children)})")
-        out = {}
-        for name, var in obj["posterior"].to_dataset().data_vars.items():
-            site = str(var.attrs.get(SITE_ATTR, name))
-            stacked = var.stack(__sample__=("chain", "draw")).transpose("__sample__", ...)
-            out[site] = np.asarray(stacked.values)
-        return out
+        stacked = azb.extract(obj, group="posterior", combined=True, keep_dataset=True)  # chain-major
+        return {
+            str(var.attrs.get(SITE_ATTR, name)): np.asarray(var.transpose("sample", ...).values)
+            for name, var in stacked.data_vars.items()
+        }
     return obj

@@ -168,7 +168,8 @@ def fit(
     if pilots and pilots[-1].outcome.status == "interrupted":  # Ctrl-C in a pilot: that is the fit
         outcome, pilots = pilots[-1].outcome, pilots[:-1]
     else:
-        params = family.init(params_key, target, loc, scale_tril)
+        if pilots:  # the race may have changed the start: q's parameters from the winner's
+            params = family.init(params_key, target, loc, scale_tril)
         state = init_state(run_key, params, optimizer, learning_rate, target.model_params)
         outcome = optimize(
             state,

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 
 from vitools import validate
 from vitools.frame import Frame
-from vitools.model import LogDensityFn, ModelDensity, Site, model_density, ravel, unravel
+from vitools.model import LogDensityFn, ModelDensity, Site, model_density, unravel
 
 __all__ = ["Site", "Target"]
 
@@ -146,9 +146,6 @@ class Target:
     def unravel(self, u: jax.Array) -> dict[str, jax.Array]:
         """Flat vector (of the model's unconstrained space) → dict of site values, in model order."""
         return unravel(self.sites, u)
-
-    def ravel(self, values: dict[str, jax.Array]) -> jax.Array:
-        return ravel(self.sites, values)
 
     def constrained_shapes(self) -> dict[str, tuple[int, ...]]:
         """Shape of one draw of each latent site in the model's (constrained) space: ``(4,)`` for

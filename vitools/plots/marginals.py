@@ -21,7 +21,8 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from vitools.comparison import reference_draws
-from vitools.convert import DIAGNOSTIC_DRAWS, flatten_draws, site_shapes, to_datatrees
+from vitools.convert import DIAGNOSTIC_DRAWS, to_datatrees
+from vitools.trees import flatten_draws, site_shapes
 
 __all__ = ["REFERENCE_COLOR", "limits", "plot_marginals", "plot_pair"]
 
