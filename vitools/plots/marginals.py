@@ -30,11 +30,6 @@ REFERENCE_COLOR = "0.75"
 Labelled = tuple[list[str], np.ndarray]  # scalar parameter labels and a (S, P) draw matrix
 
 
-def _trees(fits: Mapping[str, Any], num_draws: int, seed: int) -> dict[str, xr.DataTree]:
-    """Each fit's tree (:func:`vitools.convert.to_datatree`; a tree is passed through as it is)."""
-    return to_datatrees(fits, num_draws=num_draws, seed=seed)
-
-
 def _reference(reference: Any, draws: dict[str, Labelled]) -> Labelled | None:
     """Reference draws from a key of ``fits`` (popped from ``draws``) or a container of draws."""
     if reference is None:
@@ -136,7 +131,7 @@ def plot_marginals(
     """
     if max_params < 1:
         raise ValueError(f"max_params must be at least 1, got {max_params}")
-    trees = _trees(fits, num_draws, seed)
+    trees = to_datatrees(fits, num_draws=num_draws, seed=seed)
     draws = {name: flatten_draws(tree) for name, tree in trees.items()}
     ref = _reference(reference, draws)
     labels = _parameters(draws, ref, var_names, _latent_sites(trees))
@@ -214,7 +209,7 @@ def plot_pair(
     Raises:
         ValueError: fewer than two scalar parameters, or ``params`` not shown by the fits.
     """
-    trees = _trees(fits, num_draws, seed)
+    trees = to_datatrees(fits, num_draws=num_draws, seed=seed)
     draws = {name: flatten_draws(tree) for name, tree in trees.items()}
     ref = _reference(reference, draws)
     latent = _latent_sites(trees)
