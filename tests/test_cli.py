@@ -234,7 +234,7 @@ def test_how_to_read_names_the_closest_fit_but_not_the_reference_row():
     text = " ".join(how_to_read(table, num_draws=1000, candidates=["wide", "narrow"]))
     assert "Closest to the reference: **narrow** (w1 0.1, sd_ratio 0.5)" in text
     assert "furthest: **wide**" in text and "NUTS" not in text
-    assert "**Flagged by PSIS:** narrow (k̂ above 0.67)" in text
+    assert "**Read as bad:** narrow (reasons under the table)" in text
 
 
 def test_report_says_which_plot_could_not_be_drawn(tmp_path):

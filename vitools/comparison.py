@@ -52,9 +52,15 @@ from vitools.trees import Sites, flatten_draws, site_shapes
 __all__ = ["compare", "format_table", "reference_draws"]
 
 COLUMNS = [
-    "objective", "family", "steps", "grad_evals", "time_s", "khat", "verdict", "ess",
-    "log_evidence", "log_evidence_se", "elbo", "missed_mass",
+    "objective", "family", "steps", "grad_evals", "time_s", "khat", "khat_se", "verdict", "ess",
+    "log_evidence", "log_evidence_se", "elbo", "missed_mass", "reasons",
 ]  # fmt: skip
+# Importance-weighted columns: unreliable where k̂ is above its threshold (format_table marks them).
+WEIGHTED_COLUMNS = ["ess", "log_evidence", "missed_mass"]
+# A fit that misses more than this share of the mass another fit covers reads "bad" (when the gap in
+# log evidence exceeds twice its Monte Carlo error): a reverse-KL fit on one of two equal modes
+# misses 0.5.
+MISSED_MASS_TOL = 0.1
 REFERENCE_COLUMNS = ["mean_error", "sd_ratio", "w1"]
 
 
@@ -231,7 +237,10 @@ def compare(
                 continue
             row |= {
                 "khat": diag.khat,
+                "khat_se": diag.khat_se,
+                "khat_threshold": diag.khat_threshold,
                 "verdict": diag.verdict,
+                "reasons": "; ".join(diag.reasons),
                 "ess": diag.ess,
                 "log_evidence": diag.log_evidence,
                 "log_evidence_se": diag.log_evidence_se,
@@ -241,12 +250,43 @@ def compare(
             row |= _distances(*flatten_draws(tree), *ref)
         rows.append(pd.Series(row, name=name))
     columns = COLUMNS + (REFERENCE_COLUMNS if ref is not None else [])
-    table = pd.DataFrame(rows).reindex(columns=columns)
-    table["missed_mass"] = -np.expm1(table["log_evidence"] - table["log_evidence"].max())
-    if not one_model:  # log evidences of different models are not shares of one posterior's mass
-        table["missed_mass"] = np.nan
+    table = pd.DataFrame(rows).reindex(columns=columns + ["khat_threshold"])
+    # whether a row's importance-weighted columns can be trusted (rows without k̂ have none)
+    reliable = ~(table["khat"] > table["khat_threshold"])
+    table = table.drop(columns="khat_threshold")
+    if one_model:  # log evidences of different models are not shares of one posterior's mass
+        _flag_missed_mass(table, reliable)
     table.attrs["num_draws"] = num_draws  # the k̂ threshold depends on it (plots, report)
+    table.attrs["reliable"] = reliable.to_dict()  # read by format_table
     return table
+
+
+def _flag_missed_mass(table: pd.DataFrame, reliable: pd.Series) -> None:
+    """Fill ``missed_mass`` and turn a fit that misses mass into "bad", with the reason.
+
+    The anchor is the highest log-evidence estimate among fits whose k̂ is under threshold (an
+    estimate from heavy-tailed weights can land high by chance), else among all fits. A fit misses
+    a share ``1 - e^-g`` of the mass for a gap g below the anchor; it reads "bad" when that share
+    exceeds ``MISSED_MASS_TOL`` and g exceeds twice the gap's Monte Carlo error.
+    """
+    log_z = table["log_evidence"]
+    pool = log_z[reliable] if log_z[reliable].notna().any() else log_z
+    if pool.isna().all():
+        table["missed_mass"] = np.nan
+        return
+    anchor = pool.idxmax()
+    gap = log_z[anchor] - log_z
+    table["missed_mass"] = np.maximum(-np.expm1(-gap), 0.0)
+    error = np.hypot(table["log_evidence_se"], table.loc[anchor, "log_evidence_se"])
+    for name in table.index[(table["missed_mass"] > MISSED_MASS_TOL) & (gap > 2 * error)]:
+        reason = (
+            f"misses ~{table.loc[name, 'missed_mass']:.0%} of the posterior mass that {anchor!r} covers "
+            f"(log evidence {log_z[name]:.3f} ± {table.loc[name, 'log_evidence_se']:.3f} against "
+            f"{log_z[anchor]:.3f} ± {table.loc[anchor, 'log_evidence_se']:.3f}); k̂ cannot see "
+            "a mode q never visits"
+        )
+        table.loc[name, "verdict"] = "bad"
+        table.loc[name, "reasons"] = f"{table.loc[name, 'reasons']}; {reason}"
 
 
 def _metadata(tree: xr.DataTree) -> dict[str, Any]:
@@ -263,8 +303,10 @@ def _metadata(tree: xr.DataTree) -> dict[str, Any]:
 def format_table(df: pd.DataFrame, fmt: str = "text") -> str:
     """Render a :func:`compare` table as ``"text"`` (terminal), ``"markdown"`` or ``"csv"``.
 
-    Text and markdown join ``log_evidence ± log_evidence_se`` into one column and round to 3
-    significant figures; CSV keeps every column at full precision.
+    Text and markdown join ``khat ± khat_se`` and ``log_evidence ± log_evidence_se`` into one column
+    each, round to 3 significant figures, mark with ``?`` the importance-weighted cells
+    (``WEIGHTED_COLUMNS``) of rows whose k̂ is above threshold, and list each fit's ``reasons``
+    under the table instead of in a column. CSV keeps every column at full precision.
 
     Raises:
         ValueError: unknown ``fmt``.
@@ -274,19 +316,39 @@ def format_table(df: pd.DataFrame, fmt: str = "text") -> str:
     if fmt not in ("text", "markdown"):
         raise ValueError(f"fmt must be 'text', 'markdown' or 'csv', got {fmt!r}")
     shown = df.copy()
-    if "log_evidence" in shown and "log_evidence_se" in shown:
-        shown["log_evidence"] = [
-            "" if pd.isna(z) else f"{z:.3f} ± {se:.3f}"
-            for z, se in zip(shown["log_evidence"], shown["log_evidence_se"], strict=True)
-        ]
-        shown = shown.drop(columns="log_evidence_se")
+    reasons = shown.pop("reasons") if "reasons" in shown else pd.Series(dtype=object)
+    if "khat" in shown and "khat_se" in shown:  # two decimals, as the thresholds are written
+        shown["khat"] = [_khat(k, se) for k, se in zip(shown["khat"], shown.pop("khat_se"), strict=True)]
     for column in shown.columns:
         if pd.api.types.is_numeric_dtype(shown[column]):
             shown[column] = [_number(v) for v in shown[column]]
         else:
             shown[column] = ["" if pd.isna(v) else str(v) for v in shown[column]]
+    if "log_evidence" in shown and "log_evidence_se" in shown:
+        pairs = zip(shown["log_evidence"], shown.pop("log_evidence_se"), strict=True)
+        shown["log_evidence"] = [f"{v} ± {e}" if v and e else v for v, e in pairs]
+    unreliable = [name for name, ok in df.attrs.get("reliable", {}).items() if not ok]
+    marked = [c for c in WEIGHTED_COLUMNS if c in shown]
+    for name in unreliable:
+        shown.loc[name, marked] = [f"{v} ?" if v else v for v in shown.loc[name, marked]]
     tablefmt = "github" if fmt == "markdown" else "simple"
-    return shown.to_markdown(tablefmt=tablefmt)
+    lines = [shown.to_markdown(tablefmt=tablefmt)]
+    if unreliable and marked:
+        lines.append(
+            f"\n? importance-weighted, unreliable: k̂ above its threshold ({', '.join(map(str, unreliable))})"
+        )
+    notes = [(name, text) for name, text in reasons.items() if isinstance(text, str) and text]
+    if notes:
+        bullet = "- " if fmt == "markdown" else "  "
+        lines.append("\nVerdicts:" if fmt == "text" else "\n**Verdicts:**\n")
+        lines += [f"{bullet}{name}: {df.loc[name, 'verdict']}: {text}" for name, text in notes]
+    return "\n".join(lines)
+
+
+def _khat(khat: float, se: float) -> str:
+    if pd.isna(khat):
+        return ""
+    return f"{khat:.2f}" if pd.isna(se) or not np.isfinite(khat) else f"{khat:.2f} ± {se:.2f}"
 
 
 def _number(value: Any) -> str:

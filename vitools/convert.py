@@ -58,6 +58,7 @@ from vitools.trees import LATENT_ATTR, SAMPLE_DIMS
 numpyro.infer.initialization = sys.modules["numpyro.infer.initialization"]
 
 __all__ = [
+    "CONVERGED_ATTR",
     "MODEL_ATTR",
     "DIAGNOSTIC_DRAWS",
     "draws_to_datatree",
@@ -70,6 +71,7 @@ __all__ = [
 ]
 
 MODEL_ATTR = "vitools_model"  # root attr: the model function's module.qualname (:func:`model_name`)
+CONVERGED_ATTR = "vitools_converged"  # root attr: 1/0, whether the fit's optimisation converged
 # Diagnostic draws. Every consumer (diagnose, compare, the plots, the report, the CLI) draws a
 # fit's q with these defaults, and a fit's draws depend on (num_draws, seed) only, never on its
 # position among other fits: the same fit then gets the same k̂ and verdict everywhere. (compare
@@ -252,6 +254,9 @@ def _fit_attrs(fit: Fit, num_draws: int, seed: int) -> dict[str, str | int | flo
         attrs["fit_seed"] = int(fit.seed)
     if fit.target.model is not None:
         attrs[MODEL_ATTR] = model_name(fit.target.model)
+    converged = getattr(fit, "converged", None)
+    if converged is not None:  # netCDF attrs hold no bools
+        attrs[CONVERGED_ATTR] = int(bool(converged))
     return attrs
 
 

@@ -68,14 +68,19 @@ def how_to_read(
     num_draws = int(table.attrs.get("num_draws", num_draws))
     threshold = khat_threshold(num_draws)
     paragraphs = [
-        f"**k̂ and verdict.** k̂ is the Pareto shape of the importance weights w = p/q at S = {num_draws} "
-        f"draws from each fit (PSIS). Below 0.5 (*good*) the weights have finite variance and q is a "
-        f"reliable proposal; up to {threshold:.2f} = min(1 − 1/log10 S, 0.7) (*ok*) PSIS-corrected "
-        "estimates are still usable; above it (*bad*) q misses posterior mass that p has. k̂ only sees "
-        "where q puts draws: a fit locked onto one of two separated modes can read *good*, so check the "
-        "reference columns too.",
+        f"**Verdict.** Each fit reads *good*, *uncertain* or *bad*, for the reasons listed under the "
+        f"table. k̂ is the Pareto shape of the importance weights w = p/q at S = {num_draws} draws from "
+        "each fit (PSIS), shown ± its Monte Carlo sd (a bootstrap over the draws): below "
+        f"{threshold:.2f} = min(1 − 1/log10 S, 0.7) q is a usable proposal, above it q misses posterior "
+        "mass that p has; when k̂ ± 2 sd straddles the threshold the fit reads *uncertain* (more draws "
+        "decide). A fit whose PSIS-reweighted mean or sd moves more than 0.1 of q's sd from q's own is "
+        "biased and reads *bad* even with a low k̂; so does a fit that misses mass another fit covers "
+        "(below), and one whose optimisation did not converge reads at best *uncertain*. k̂ only sees "
+        "where q puts draws: a fit locked onto one of two separated modes can have a low k̂.",
         "**ESS.** The importance effective sample size 1/Σw̄² of those S draws: how many independent "
-        "posterior draws they are worth after weighting (S when q equals p up to a constant).",
+        "posterior draws they are worth after weighting (S when q equals p up to a constant). ESS, "
+        "the log evidence and the missed mass are importance-weighted: a `?` marks them where k̂ is "
+        "above threshold, where they cannot be trusted.",
         "**Log evidence.** `log_evidence` is the importance-sampling estimate of log p(x) ± its Monte "
         "Carlo error; `elbo` is the mean log weight. ELBO ≤ log p(x), and the gap between the two "
         "columns estimates KL(q‖p). Trust the log-evidence estimate only where k̂ is below threshold.",
@@ -102,7 +107,7 @@ def how_to_read(
     if "verdict" in table:
         bad = [str(name) for name, v in table["verdict"].items() if v == "bad"]
         if bad:
-            paragraphs.append(f"**Flagged by PSIS:** {', '.join(bad)} (k̂ above {threshold:.2f}).")
+            paragraphs.append(f"**Read as bad:** {', '.join(bad)} (reasons under the table).")
     return paragraphs
 
 
@@ -209,22 +214,34 @@ def _inline(text: str) -> str:
 
 
 def _table_html(markdown_table: str) -> str:
-    """A GitHub pipe table (from ``format_table``) as an HTML table with the same cells."""
-    rows = [line.strip().strip("|").split("|") for line in markdown_table.splitlines() if line.strip()]
+    """``format_table``'s markdown (a GitHub pipe table, then its notes) as HTML with the same cells;
+    cells marked ``?`` (importance-weighted, unreliable) are greyed."""
+    lines = [line for line in markdown_table.splitlines() if line.strip()]
+    rows = [line.strip().strip("|").split("|") for line in lines if line.startswith("|")]
+    notes = [line for line in lines if not line.startswith("|")]
     header, body = rows[0], rows[2:]  # rows[1] is the |---| rule
 
+    def cell(text: str, tag: str) -> str:
+        text = text.strip()
+        grey = ' class="unreliable"' if text.endswith(" ?") else ""
+        return f"<{tag}{grey}>{html.escape(text)}</{tag}>"
+
     def cells(row: list[str], tag: str) -> str:
-        return "".join(f"<{tag}>{html.escape(c.strip())}</{tag}>" for c in row)
+        return "".join(cell(c, tag) for c in row)
 
     body_html = "".join(f"<tr>{cells(r, 'td')}</tr>" for r in body)
-    return f"<table><thead><tr>{cells(header, 'th')}</tr></thead><tbody>{body_html}</tbody></table>"
+    table = f"<table><thead><tr>{cells(header, 'th')}</tr></thead><tbody>{body_html}</tbody></table>"
+    items = [n[2:] for n in notes if n.startswith("- ")]
+    other = [n for n in notes if not n.startswith("- ")]
+    table += "".join(f"<p>{_inline(n)}</p>" for n in other)
+    return table + ("<ul>" + "".join(f"<li>{_inline(i)}</li>" for i in items) + "</ul>" if items else "")
 
 
 _CSS = (
     "body{font-family:system-ui,sans-serif;max-width:1150px;margin:2em auto;padding:0 1em;color:#222}"
     "table{border-collapse:collapse;font-size:0.85em;margin:1em 0}"
     "th,td{border:1px solid #ccc;padding:3px 7px;text-align:right}"
-    "th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}"
+    "th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}td.unreliable{color:#999}"
     "img{max-width:100%}figcaption{color:#555;font-size:0.9em}code{background:#f3f3f3;padding:0 3px}"
 )
 

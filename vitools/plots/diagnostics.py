@@ -17,17 +17,18 @@ import xarray as xr
 from matplotlib.figure import Figure
 
 from vitools.convert import DIAGNOSTIC_DRAWS, optimization_dataset
-from vitools.diagnostics import Diagnostics, khat_threshold
+from vitools.diagnostics import KHAT_Z, Diagnostics, khat_threshold
 from vitools.plots.marginals import limits
 from vitools.result import Fit
 
 __all__ = ["KHAT_FLOOR", "VERDICT_COLORS", "plot_khat", "plot_traces"]
 
 KHAT_FLOOR = -0.3  # bars of k̂ below this are drawn down to it, labelled with their value
-VERDICT_COLORS = {"good": "#2e8b57", "ok": "#e69f00", "bad": "#c0392b"}
+VERDICT_COLORS = {"good": "#2e8b57", "uncertain": "#e69f00", "bad": "#c0392b"}
 
 
-def _khat_rows(source: Any, num_draws: int) -> tuple[list[tuple[str, float, str]], float, int]:
+def _khat_rows(source: Any, num_draws: int) -> tuple[list[tuple[str, float, float, str]], float, int]:
+    """``([(name, k̂, its sd, verdict)], threshold, S)``."""
     if isinstance(source, Diagnostics):
         source = {"fit": source}
     if isinstance(source, pd.DataFrame):
@@ -35,14 +36,15 @@ def _khat_rows(source: Any, num_draws: int) -> tuple[list[tuple[str, float, str]
             raise ValueError("the table has no 'khat' column: pass a vitools.comparison.compare table")
         num_draws = int(source.attrs.get("num_draws", num_draws))
         verdicts = source["verdict"] if "verdict" in source else pd.Series("", index=source.index)
+        errors = source["khat_se"] if "khat_se" in source else pd.Series(0.0, index=source.index)
         rows = [
-            (str(name), float(k), str(v))
-            for name, k, v in zip(source.index, source["khat"], verdicts, strict=True)
+            (str(name), float(k), float(se), str(v))
+            for name, k, se, v in zip(source.index, source["khat"], errors, verdicts, strict=True)
             if isinstance(v, str) and v  # MCMC rows have no q, hence no k̂ and no verdict
         ]
         return rows, khat_threshold(num_draws), num_draws
     if isinstance(source, Mapping) and all(isinstance(d, Diagnostics) for d in source.values()):
-        rows = [(str(n), d.khat, d.verdict) for n, d in source.items()]
+        rows = [(str(n), d.khat, d.khat_se, d.verdict) for n, d in source.items()]
         sizes = {d.num_draws for d in source.values()}
         size = min(sizes) if sizes else num_draws
         return rows, min(d.khat_threshold for d in source.values()) if source else khat_threshold(size), size
@@ -53,7 +55,9 @@ def _khat_rows(source: Any, num_draws: int) -> tuple[list[tuple[str, float, str]
 
 
 def plot_khat(diagnostics_or_table: Any, num_draws: int = DIAGNOSTIC_DRAWS) -> Figure:
-    """Pareto k̂ of each fit as a bar, coloured by verdict, against the threshold min(1 - 1/log10 S, 0.7).
+    """Pareto k̂ of each fit as a bar with k̂ ± 2 sd (its Monte Carlo uncertainty,
+    :func:`vitools.diagnostics.khat_se`), coloured by verdict, against the threshold
+    min(1 - 1/log10 S, 0.7).
 
     Args:
         diagnostics_or_table: a :func:`vitools.comparison.compare` table (rows without a verdict, e.g.
@@ -72,20 +76,22 @@ def plot_khat(diagnostics_or_table: Any, num_draws: int = DIAGNOSTIC_DRAWS) -> F
     fig, ax = plt.subplots(figsize=(max(4.0, 1.2 * len(rows) + 2.0), 3.6), layout="constrained")
     names = [r[0] for r in rows]
     # A negative k̂ (bounded weights) is as good as 0 for the reader: clip its bar at KHAT_FLOOR.
-    heights = [threshold if math.isnan(k) else max(k, KHAT_FLOOR) for _, k, _ in rows]
-    colors = [VERDICT_COLORS.get(v, "0.5") for _, _, v in rows]
+    heights = [threshold if math.isnan(k) else max(k, KHAT_FLOOR) for _, k, _, _ in rows]
+    colors = [VERDICT_COLORS.get(v, "0.5") for *_, v in rows]
     bars = ax.bar(names, heights, color=colors, width=0.6)
-    for bar, (_, k, _) in zip(bars, rows, strict=True):
+    spans = [KHAT_Z * se if math.isfinite(k) and math.isfinite(se) else 0.0 for _, k, se, _ in rows]
+    ax.errorbar(names, heights, yerr=spans, fmt="none", ecolor="0.15", elinewidth=1.0, capsize=4)
+    for bar, span, (_, k, _, _) in zip(bars, spans, rows, strict=True):
         text = "−∞ (flat tail)" if k == -math.inf else ("undefined" if math.isnan(k) else f"{k:.2f}")
         if math.isnan(k):
             bar.set_hatch("//")
             bar.set_alpha(0.5)
-        ax.text(bar.get_x() + bar.get_width() / 2, max(bar.get_height(), 0.0) + 0.02, text,
+        ax.text(bar.get_x() + bar.get_width() / 2, max(bar.get_height() + span, 0.0) + 0.02, text,
                 ha="center", va="bottom", fontsize=9)  # fmt: skip
     ax.axhline(threshold, color="k", ls="--", lw=1.2, label=f"threshold {threshold:.2f} (S={size})")
     ax.axhline(0.5, color="0.4", ls=":", lw=1.0, label="0.5 (good below)")
     ax.axhline(0.0, color="0.2", lw=0.6)
-    ax.set_ylim(KHAT_FLOOR - 0.05, max(1.0, *heights) + 0.15)
+    ax.set_ylim(KHAT_FLOOR - 0.05, max(1.0, *(h + e for h, e in zip(heights, spans, strict=True))) + 0.15)
     ax.set_ylabel("Pareto k̂ of log p − log q")
     ax.set_title("PSIS k̂ per fit (lower is better)", fontsize=10)
     fig.legend(loc="outside lower center", ncols=2, fontsize=8, frameon=False)
