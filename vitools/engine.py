@@ -12,8 +12,9 @@ Chunks per call: a call costs ~0.3 ms on the host and in the runtime whatever it
 on a 2-core CPU), which on a 10-row model is 2-3 µs on each of a 100-step chunk's 10 µs steps.
 So the host loop starts with one chunk per call and then runs as many as fit in
 ``CALL_SECONDS`` (at most ``MAX_CHUNKS_PER_CALL``), without a recompilation: the number of chunks
-is traced. The steps and their results are the same whatever the grouping; early stopping
-(``tol``) runs one chunk per call, so where a run stops does not depend on timing.
+is traced. The steps and their results are the same whatever the grouping; a run that may stop
+on convergence (:class:`ConvergenceRule`) runs one chunk per call, so where it stops does not
+depend on timing.
 
 Non-finite guard: a step whose loss or gradient is not finite is not applied; the state keeps the
 last finite parameters and sets ``nonfinite``, after which every step is a no-op.
@@ -22,11 +23,12 @@ last finite parameters and sets ``nonfinite``, after which every step is a no-op
 from __future__ import annotations
 
 import collections
+import dataclasses
 import functools
 import math
 import time
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import jax
 import jax.numpy as jnp
@@ -41,6 +43,10 @@ from vitools.targets import Target
 
 __all__ = [
     "PROGRAMS",
+    "Convergence",
+    "ConvergenceRule",
+    "RelativeChangeRule",
+    "StoppingRule",
     "FitState",
     "Outcome",
     "ProgramCache",
@@ -53,6 +59,11 @@ __all__ = [
 
 CALL_SECONDS = 0.25  # target wall time of one call once steps are timed: progress, Ctrl-C
 MAX_CHUNKS_PER_CALL = 20
+# ConvergenceRule's defaults (see its docstring; measured in benchmarks/bench_convergence.py).
+WINDOW = 300
+TOL = 0.05
+MIN_STEPS = 300
+COOLDOWN = 0.25
 
 
 class FitState(NamedTuple):
@@ -252,6 +263,159 @@ def num_compilations() -> int:
     return PROGRAMS.num_compiled
 
 
+class Convergence(NamedTuple):
+    """Whether a fit's loss had stopped falling, and the evidence (host floats, nats).
+
+    Attributes:
+        converged: the rule held over the window (False when it could not be assessed).
+        decrease: the fitted fall of the loss over the window, ``-slope x window`` in nats
+            (negative: the loss rose); NaN when not assessed.
+        decrease_se: its standard error in nats (NaN when not assessed).
+        window: steps in the window (0: fewer steps than the rule's minimum, or non-finite
+            losses in the window: not assessed).
+        step: the number of steps done when it was assessed.
+    """
+
+    converged: bool
+    decrease: float
+    decrease_se: float
+    window: int
+    step: int
+
+    def __str__(self) -> str:
+        if self.window == 0:
+            return f"not converged (too few finite steps to tell at step {self.step})"
+        word = "converged" if self.converged else "not converged"
+        return (
+            f"{word} (loss fell {self.decrease:.3g} ± {self.decrease_se:.2g} nats over steps "
+            f"{self.step - self.window}-{self.step})"
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class ConvergenceRule:
+    r"""Stop when the loss is flat within its Monte Carlo noise: a trend test on per-step losses.
+
+    After each chunk, once ``min_steps`` steps are done, the last ``window`` per-step losses
+    :math:`\ell_t` are regressed on the step, :math:`\ell_t = a + b t + \epsilon_t` (ordinary least
+    squares), giving the fall over the window :math:`D = -b W` and its standard error
+    :math:`s_D = W \hat\sigma / \sqrt{\sum_t (t - \bar t)^2}`. The fit has converged when
+
+    .. math:: D \le z\, s_D \quad\text{and}\quad D < \mathrm{tol},
+
+    i.e. the loss no longer falls by more than its noise can hide, *and* by at most ``tol`` nats
+    over the window. The first condition alone would stop a noisy forward-KL loss that still
+    falls by nats per window; the second alone would stop on a loss whose noise is large compared
+    with ``tol`` but whose trend we cannot see. Per-step losses are independent given the
+    parameters, but the parameters drift, so residuals are positively autocorrelated and
+    :math:`s_D` is too small: that makes the rule stop later, not earlier.
+
+    Both losses are in nats up to a constant: the negative ELBO (reverse KL: its fall is the fall
+    of KL(q‖p)) and the cross-entropy :math:`-E_p \log q` (forward KL: its fall is that of
+    KL(p‖q)), so ``tol`` bounds the KL still gained per window whatever the model's scale. A
+    relative rule is not: Stan ADVI's (Kucukelbir et al. 2017, JMLR 18(14): mean or median of
+    the relative change of the ELBO over a circular buffer below 0.01) stops anywhere within 1%
+    of a loss of thousands of nats, and its relative change of a loss near 0 is noise.
+
+    Args:
+        window: steps regressed, an integer >= 3.
+        z: how many standard errors of a fall count as no fall, a positive number.
+        tol: the largest fall over the window, nats, that counts as flat; a positive number.
+        min_steps: no stop before this many steps (at least ``window`` are needed anyway).
+        cooldown: after the rule holds at step k, run ``cooldown x k`` more steps (rounded up
+            to chunks, within the budget) with the learning rate decayed to 2% of its peak, as
+            the full budget would; 0: stop at once.
+
+    Raises:
+        ValueError, TypeError: an argument is out of range or not a number.
+    """
+
+    window: int = WINDOW
+    z: float = 1.0
+    tol: float = TOL
+    min_steps: int = MIN_STEPS
+    cooldown: float = COOLDOWN
+
+    def __post_init__(self):
+        validate.count(self.window, "window", minimum=3)  # a slope and a residual
+        validate.positive(self.z, "z")
+        validate.positive(self.tol, "tol")
+        validate.count(self.min_steps, "min_steps")
+        validate.at_least(self.cooldown, "cooldown", 0.0)
+
+    def check(self, losses: np.ndarray) -> Convergence:
+        """The rule on the per-step losses so far, ``(steps,)`` (nats): a :class:`Convergence`."""
+        losses = np.asarray(losses, np.float64)
+        steps = len(losses)
+        tail = losses[-self.window :]
+        if steps < max(self.min_steps, self.window) or not np.all(np.isfinite(tail)):
+            return Convergence(False, math.nan, math.nan, 0, steps)
+        x = np.arange(self.window) - (self.window - 1) / 2
+        sxx = float(x @ x)
+        slope = float(x @ (tail - tail.mean())) / sxx
+        residuals = tail - tail.mean() - slope * x
+        sigma = math.sqrt(float(residuals @ residuals) / (self.window - 2))
+        decrease, se = -slope * self.window, self.window * sigma / math.sqrt(sxx)
+        converged = decrease <= self.z * se and decrease < self.tol  # <=: a loss exactly flat
+        return Convergence(bool(converged), decrease, se, self.window, steps)
+
+
+@dataclasses.dataclass(frozen=True)
+class RelativeChangeRule:
+    r"""Stan ADVI's rule (Kucukelbir et al. 2017, JMLR 18(14); Stan's ``tol_rel_obj``), on chunks.
+
+    Every ``every`` steps the mean loss of those steps estimates the ELBO, :math:`L_k`; the
+    relative change :math:`|L_k - L_{k-1}| / |L_k|` goes into a circular buffer of the last
+    ``buffer`` changes; converged when their mean or their median is below ``tol``. Stan sizes the
+    buffer ``max(0.1 x max_iter / eval_elbo, 2)``: 2 for 2000 steps at every 100, the default
+    here. Kept for comparison with :class:`ConvergenceRule` (``bench_convergence.py``): it is
+    scale-dependent (a loss near 0 never settles, one of thousands of nats settles at once).
+
+    Args:
+        tol: relative change, a positive number. every: steps per ELBO estimate. buffer: changes
+            kept, a positive integer. min_steps: no stop before this many steps.
+
+    Raises:
+        ValueError, TypeError: an argument is out of range or not a number.
+    """
+
+    tol: float = 0.01
+    every: int = 100
+    buffer: int = 2
+    min_steps: int = MIN_STEPS
+    cooldown: float = 0.0
+
+    def __post_init__(self):
+        validate.positive(self.tol, "tol")
+        validate.count(self.every, "every")
+        validate.count(self.buffer, "buffer")
+        validate.count(self.min_steps, "min_steps")
+
+    def check(self, losses: np.ndarray) -> Convergence:
+        """The rule on the per-step losses so far, ``(steps,)``: ``decrease`` and ``decrease_se``
+        are the last ELBO estimate's fall and NaN (this rule has no standard error)."""
+        losses = np.asarray(losses, np.float64)
+        num = len(losses) // self.every
+        means = losses[: num * self.every].reshape(num, self.every).mean(1)
+        if len(losses) < self.min_steps or num < self.buffer + 1 or not np.all(np.isfinite(means)):
+            return Convergence(False, math.nan, math.nan, 0, len(losses))
+        changes = np.abs(np.diff(means)[-self.buffer :]) / np.abs(means[-self.buffer :])
+        converged = np.mean(changes) < self.tol or np.median(changes) < self.tol
+        window = self.every * (self.buffer + 1)
+        return Convergence(bool(converged), float(means[-2] - means[-1]), math.nan, window, len(losses))
+
+
+@runtime_checkable
+class StoppingRule(Protocol):
+    """What :func:`optimize` needs of a convergence rule: ``check(losses) -> Convergence`` on the
+    host's per-step losses ``(steps,)``, and ``cooldown``, the steps run after it holds as a
+    fraction of those done (0: stop at once)."""
+
+    cooldown: float
+
+    def check(self, losses: np.ndarray) -> Convergence: ...
+
+
 class Outcome(NamedTuple):
     state: FitState
     losses: np.ndarray
@@ -259,6 +423,7 @@ class Outcome(NamedTuple):
     status: str
     elapsed: float
     compile_time: float
+    convergence: Convergence | None  # None: no rule given
 
 
 def optimize(
@@ -271,17 +436,22 @@ def optimize(
     *,
     chunk_size: int = 100,
     progress: bool = True,
-    tol: float | None = None,
-    patience: int = 3,
+    convergence: StoppingRule | None = None,
+    stop: bool = True,
     desc: str = "fit",
     programs: ProgramCache | None = None,
 ) -> Outcome:
     """Run compiled chunks until ``num_steps`` steps, convergence, a non-finite step or Ctrl-C.
 
-    Early stopping (``tol`` not None): after each chunk, the chunk's mean loss is smoothed by an
-    exponential moving average (weight 0.5); the run stops once its relative change stays below
-    ``tol`` for ``patience`` chunks in a row. ``programs``: where compiled programs are kept
-    (None: the process's :data:`PROGRAMS`).
+    Args:
+        convergence: the rule that says whether the loss has converged (None: no rule, no stop,
+            ``Outcome.convergence`` is None). It is checked on the host after every chunk.
+        stop: with a rule, stop once it holds (after its cool-down, status ``"converged"``);
+            False: run the whole budget and only report (status ``"completed"``).
+        programs: where compiled programs are kept (None: the process's :data:`PROGRAMS`).
+
+    ``Outcome.convergence`` is the rule's verdict when it stopped the run, else its verdict on
+    the last window.
     """
     total = jnp.asarray(num_steps, jnp.int32)
     executable, compile_time = compiled_chunks(
@@ -289,7 +459,8 @@ def optimize(
     )
     bar = Progress(num_steps, desc, enabled=progress)
     losses, infos, status = [], [], "completed"
-    smoothed, calm = None, 0
+    watching = convergence is not None and stop
+    verdict = None
     start = time.perf_counter()
     done = int(state.step)  # the host keeps the count: one device sync per call, not two
     chunks_left, per_call = math.ceil(num_steps / chunk_size), 1
@@ -311,15 +482,17 @@ def optimize(
             if nonfinite:
                 status = "nonfinite"
                 break
-            if tol is not None:  # one chunk per call: the stopping point does not depend on timing
-                previous = smoothed
-                smoothed = shown["loss"] if previous is None else 0.5 * previous + 0.5 * shown["loss"]
-                change = np.inf if previous is None else abs(smoothed - previous) / (abs(previous) + 1e-12)
-                calm = calm + 1 if change < tol else 0
-                if calm >= patience:
-                    status = "converged"
-                    break
-            else:
+            if watching:  # one chunk per call: the stopping point does not depend on timing
+                verdict = convergence.check(np.concatenate(losses))
+                if verdict.converged:
+                    watching, status = False, "converged"
+                    tail = math.ceil(convergence.cooldown * done / chunk_size) * chunk_size
+                    end = min(num_steps, done + tail)
+                    total, chunks_left = jnp.asarray(end, jnp.int32), math.ceil((end - done) / chunk_size)
+                    if chunks_left == 0:
+                        break
+                    continue
+            if not watching:
                 per_call = int(np.clip(CALL_SECONDS * count / max(seconds, 1e-9), 1, MAX_CHUNKS_PER_CALL))
     except KeyboardInterrupt:
         status = "interrupted"
@@ -328,5 +501,7 @@ def optimize(
     trace = {"loss": losses_all}
     for key in infos[0] if infos else ():
         trace[key] = np.concatenate([i[key] for i in infos])
+    if convergence is not None and status != "converged":
+        verdict = convergence.check(losses_all)
     bar.close(status, loss=float(losses_all[-1]) if len(losses_all) else float("nan"))
-    return Outcome(state, losses_all, trace, status, elapsed, compile_time)
+    return Outcome(state, losses_all, trace, status, elapsed, compile_time, verdict)

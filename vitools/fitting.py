@@ -17,7 +17,7 @@ import optax
 
 from vitools import alerts, start, validate
 from vitools.blas import one_blas_thread
-from vitools.engine import default_optimizer, init_state, optimize
+from vitools.engine import ConvergenceRule, StoppingRule, default_optimizer, init_state, optimize
 from vitools.families import Family, get_family
 from vitools.families.base import check_distribution
 from vitools.objectives import Objective, get_objective, objective_hooks
@@ -40,6 +40,7 @@ def fit(
     optimizer: optax.GradientTransformation | None = None,
     init: str | tuple[jax.Array, jax.Array] = "laplace",
     tol: float | None = None,
+    converge: bool | StoppingRule = True,
     on_nonfinite: str = "raise",
     progress: bool = True,
     chunk_size: int = 100,
@@ -57,7 +58,8 @@ def fit(
         objective: ``"reverse_kl"``, ``"forward_kl"``, ``"renyi"`` or an Objective object.
         family: ``"meanfield"``, ``"fullrank"``, ``"lowrank"``, ``"iaf"`` (a normalizing flow,
             for curved posteriors such as funnels), a Family, or a NumPyro ``AutoContinuous`` guide.
-        num_steps: optimisation steps.
+        num_steps: the budget: at most this many optimisation steps (the learning-rate schedule
+            spans it, so an early stop leaves part of the decay unused).
         seed: the one seed of the run (initialisation and every step): same seed, same result.
             None: 0, unless ``key`` is given.
         key: a JAX PRNG key to use instead of ``seed`` (for callers who manage their keys);
@@ -73,7 +75,13 @@ def fit(
             scale 0.1) or ``(loc, scale_tril)`` in the model's flat unconstrained space. Except
             from the simple start, the fit runs in the frame of the initial scales
             (:mod:`vitools.frame`), so badly scaled models need no tuning.
-        tol: early stopping on the relative change of the smoothed loss (None: off).
+        tol: the convergence rule's tolerance, in nats: the loss has converged when its fitted
+            fall over the last 300 steps is below its standard error and below ``tol``
+            (:class:`vitools.engine.ConvergenceRule`; None: its default, 0.05).
+        converge: True: stop once the rule holds (status ``"converged"``); False: run all
+            ``num_steps`` (status ``"completed"``); either way ``fit.convergence`` says whether
+            the loss had stopped falling. A :class:`vitools.engine.StoppingRule` (e.g.
+            ``engine.RelativeChangeRule()``, Stan's) stops on that rule instead (``tol`` unused).
         on_nonfinite: ``"raise"`` (:class:`NonFiniteLossError`, carrying the fit) or ``"warn"``.
         progress: show progress (a bar on a terminal, periodic lines otherwise).
         chunk_size: steps per compiled chunk. Once a chunk is timed, a call runs as many chunks
@@ -97,8 +105,8 @@ def fit(
     """
     options = _checked_options(
         num_steps=num_steps, chunk_size=chunk_size, seed=seed, learning_rate=learning_rate,
-        tol=tol, on_nonfinite=on_nonfinite, init=init, family=family, objective=objective,
-        optimizer=optimizer, key=key,
+        tol=tol, converge=converge, on_nonfinite=on_nonfinite, init=init, family=family,
+        objective=objective, optimizer=optimizer, key=key,
     )  # fmt: skip
     if seed is not None and key is not None:
         raise validate.ArgumentValueError("give seed or key, not both (a key replaces the seed)", "key")
@@ -116,6 +124,7 @@ def fit(
             "key",
         )
     )
+    rule = _rule(options["converge"], tol)
     if model_kwargs is not None and not isinstance(model_kwargs, dict):
         raise validate.ArgumentTypeError(f"model_kwargs must be a dict, got {type(model_kwargs).__name__}")
     both = sorted(set(model_kwargs or {}) & set(kwargs))
@@ -180,7 +189,8 @@ def fit(
             optimizer,
             chunk_size=chunk_size,
             progress=progress,
-            tol=tol,
+            convergence=rule,
+            stop=options["converge"] is not False,
             desc=f"{objective.name}/{family.name}",
         )
     pilot_evals = len(pilots) * start.PILOT_STEPS * num_density_evals
@@ -200,6 +210,7 @@ def fit(
         compile_time=outcome.compile_time + pilot_compile,
         status=outcome.status,
         seed=seed,
+        convergence=outcome.convergence,
     )
     if outcome.status == "nonfinite":
         message = (
@@ -238,6 +249,7 @@ def _checked_options(**options: Any) -> dict[str, Any]:
             seed=_maybe(validate.seed, options["seed"], "seed"),
             learning_rate=_maybe(validate.positive, options["learning_rate"], "learning_rate"),
             tol=_maybe(validate.positive, options["tol"], "tol"),
+            converge=_converge(options["converge"], "converge"),
             on_nonfinite=validate.choice(options["on_nonfinite"], "on_nonfinite", ("raise", "warn")),
             init=(
                 validate.choice(options["init"], "init", ("laplace", "median"))
@@ -268,6 +280,25 @@ def _data_like(value: Any) -> bool:
 
 def _maybe(check: Callable, value: Any, name: str) -> Any:
     return None if value is None else check(value, name)
+
+
+def _converge(value: Any, name: str) -> bool | StoppingRule:
+    if isinstance(value, StoppingRule):
+        return value
+    if not isinstance(value, bool | np.bool_):
+        raise validate.ArgumentTypeError(
+            f"{name} must be True, False or a StoppingRule, got {type(value).__name__}", name
+        )
+    return bool(value)
+
+
+def _rule(converge: bool | StoppingRule, tol: float | None) -> StoppingRule:
+    """The rule that stops (or, with ``converge=False``, only assesses) the fit."""
+    if isinstance(converge, StoppingRule):
+        if tol is not None:
+            raise validate.ArgumentValueError("give tol or a StoppingRule as converge, not both", "tol")
+        return converge
+    return ConvergenceRule() if tol is None else ConvergenceRule(tol=tol)
 
 
 def _optimizer(value: Any, name: str) -> Any:

@@ -20,6 +20,7 @@ from vitools.frame import Frame
 from vitools.targets import Target
 
 if TYPE_CHECKING:
+    from vitools.engine import Convergence
     from vitools.objectives import Objective
 
 __all__ = ["Fit", "NonFiniteLossError"]
@@ -56,6 +57,11 @@ class Fit:
         elapsed: optimisation wall time in seconds, compile_time: compilation seconds (0 when
             reused). status: "completed", "converged", "nonfinite" or "interrupted".
         seed: the ``seed`` of ``vt.fit`` (None when it was given a ``key``).
+        convergence: whether the loss had stopped falling (:class:`vitools.engine.Convergence`:
+            ``converged``, the fitted fall of the loss over the last window and its standard
+            error, in nats), assessed where the fit stopped or, after the whole budget, on its
+            last window; None for a Gaussian fitted elsewhere. ``status == "completed"`` with
+            ``converged`` False: the budget ran out while the loss still fell.
     """
 
     target: Target
@@ -70,6 +76,7 @@ class Fit:
     compile_time: float
     status: str
     seed: int | None
+    convergence: Convergence | None = None
 
     @classmethod
     def from_gaussian(
@@ -128,6 +135,11 @@ class Fit:
     @property
     def name(self) -> str:
         return f"{self.objective_name}/{self.family.name}"
+
+    @property
+    def converged(self) -> bool | None:
+        """Whether the loss had stopped falling within its noise (None: not assessed)."""
+        return None if self.convergence is None else self.convergence.converged
 
     @property
     def point_estimates(self) -> dict[str, np.ndarray]:
@@ -227,7 +239,9 @@ class Fit:
         return (
             f"Fit({self.name}, dim={self.target.dim}, steps={self.num_steps}, "
             f"grad_evals={self.num_grad_evals}, loss={loss:.4g}, "
-            f"status={self.status!r}, {self.elapsed:.2f}s + {self.compile_time:.2f}s compile)"
+            f"status={self.status!r}, {self.elapsed:.2f}s + {self.compile_time:.2f}s compile"
+            + ("" if self.convergence is None else f"; {self.convergence}")
+            + ")"
         )
 
 
