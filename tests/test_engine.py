@@ -76,7 +76,7 @@ def test_no_python_loop_per_step():
 
     target = vt.Target.from_log_density(log_density, 2)
     calls.clear()
-    fit = quiet_fit(target, num_steps=1000, init="median")
+    fit = quiet_fit(target, num_steps=1000, init="median", converge=False)
     assert fit.num_steps == 1000 and len(calls) < 10
 
 
@@ -135,7 +135,7 @@ def test_ctrl_c_returns_the_fit_so_far(monkeypatch):
     # Several chunks per call: the fit so far is still whole (steps, losses and trace agree).
     calls.clear()
     monkeypatch.setattr(engine, "CALL_SECONDS", 1e9)  # as many chunks per call as allowed
-    fit = quiet_fit(normal_model, Y, num_steps=5000, chunk_size=100, init="median")
+    fit = quiet_fit(normal_model, Y, num_steps=5000, chunk_size=100, init="median", converge=False)
     assert fit.status == "interrupted" and fit.num_steps == len(fit.losses) == len(fit.trace["ess"])
     assert fit.num_steps == 100 + 2 * engine.MAX_CHUNKS_PER_CALL * 100
     # In the default start's pilot race (vitools.start.RACE_MIN_STEPS): the pilot so far is the fit.
@@ -153,7 +153,9 @@ def test_chunks_per_call_change_nothing_but_the_calls(monkeypatch, num_steps):
     for call_seconds in (0.0, 1e9):  # one chunk per call; all the remaining chunks in one call
         monkeypatch.setattr(engine, "CALL_SECONDS", call_seconds)
         updates.clear()
-        fit = quiet_fit(normal_model, Y, num_steps=num_steps, chunk_size=100, seed=5, init="median")
+        fit = quiet_fit(
+            normal_model, Y, num_steps=num_steps, chunk_size=100, seed=5, init="median", converge=False
+        )
         runs[call_seconds] = fit
         calls[call_seconds] = list(updates)
     one, many = runs[0.0], runs[1e9]

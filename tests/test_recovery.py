@@ -56,7 +56,11 @@ def test_forward_kl_covers_a_mixture_and_reverse_kl_picks_a_mode():
     and covariance [[9.49, 9], [9, 9.49]]. Reverse KL locks onto one component (mean ±3, sd 0.7)."""
     target = vt.Target.from_log_density(mixture_log_density, 2)
     mean, cov = mixture_moments()
-    forward = vt.fit(target, objective=vt.ForwardKL(num_draws=256), num_steps=4000, seed=0, progress=False)
+    # converge=False: q sits on one mode for ~600 steps with a flat loss (its draws never reach
+    # the other mode), which any rule on the loss reads as converged (measured, seed 0).
+    forward = vt.fit(
+        target, objective=vt.ForwardKL(num_draws=256), num_steps=4000, seed=0, progress=False, converge=False
+    )
     fwd_mean, fwd_cov = fitted_moments(forward)
     # q starts on one mode (Laplace) and must grow ~4x. Seeds 0-3 at 4000 steps: means within
     # 0.021 of 0 (sd 3.1), covariance entries within 0.6% of 9.49 / 9.0. Tolerances: 0.1 on the
@@ -64,7 +68,7 @@ def test_forward_kl_covers_a_mixture_and_reverse_kl_picks_a_mode():
     np.testing.assert_allclose(fwd_mean, mean, atol=0.1)
     np.testing.assert_allclose(fwd_cov, cov, rtol=0.03)
 
-    reverse = vt.fit(target, objective="reverse_kl", num_steps=2000, seed=0, progress=False)
+    reverse = vt.fit(target, objective="reverse_kl", num_steps=2000, seed=0, progress=False, converge=False)
     rev_mean, rev_cov = fitted_moments(reverse)
     nearest = LOCS[jnp.argmin(jnp.sum((LOCS - rev_mean[None, :]) ** 2, -1))]
     np.testing.assert_allclose(rev_mean, nearest, atol=0.1)

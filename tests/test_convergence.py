@@ -1,0 +1,167 @@
+"""Stopping on convergence (the default of ``vt.fit``) and the convergence report of a fit."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import vitools as vt
+from vitools import engine
+from vitools.models import get_model
+
+MEAN = jnp.array([1.0, -2.0])
+COV = jnp.array([[1.0, 0.6], [0.6, 2.0]])
+
+
+def gaussian_target():
+    precision = jnp.linalg.inv(COV)
+    return vt.Target.from_log_density(lambda x: -0.5 * (x - MEAN) @ precision @ (x - MEAN), 2)
+
+
+# ---------------------------------------------------------------------------------------------
+# The rule on given losses
+
+
+def test_a_flat_loss_reads_converged_at_the_rate_of_a_one_sided_t_test():
+    """Under a flat loss, D / s_D is t-distributed (W - 2 = 298 dof, ~ N(0, 1)): D < 1 s_D holds
+    with probability Phi(1) = 0.841. Over 2000 noise seeds its share has se 0.008; +-0.03 is
+    3.6 se. (Noise sd 0.01, so tol = 0.05 nats never binds: s_D = 0.01 sqrt(12 / 300) = 0.002.)"""
+    rule = engine.ConvergenceRule()
+    rng = np.random.default_rng(0)
+    share = np.mean([rule.check(5.0 + 0.01 * rng.standard_normal(300)).converged for _ in range(2000)])
+    assert share == pytest.approx(0.841, abs=0.03)
+
+
+def test_a_loss_falling_by_ten_standard_errors_is_not_converged():
+    rule = engine.ConvergenceRule()
+    rng = np.random.default_rng(1)
+    steps = np.arange(300)
+    se = 0.01 * np.sqrt(12 / 300)  # s_D for noise sd 0.01 over 300 steps
+    falling = 5.0 - 10 * se * steps / 300 + 0.01 * rng.standard_normal(300)
+    verdict = rule.check(falling)
+    assert not verdict.converged and verdict.decrease == pytest.approx(10 * se, rel=0.3)
+
+
+def test_tol_bounds_the_fall_however_large_the_noise():
+    """A loss falling 1 nat over the window under noise of sd 20 nats made orthogonal to the
+    line: the fitted fall is exactly 1 nat, within its noise (s_D = 20 sqrt(12 / 300) = 4 nats)
+    but above tol = 0.05, so not converged; with tol = 2 it is."""
+    x = np.arange(300) - 149.5
+    noise = np.random.default_rng(2).standard_normal(300)
+    basis = np.stack([np.ones(300), x], 1)
+    noise -= basis @ np.linalg.lstsq(basis, noise, rcond=None)[0]
+    losses = 100.0 - x / 300 + 20.0 * noise / noise.std()
+    verdict = engine.ConvergenceRule().check(losses)
+    assert verdict.decrease == pytest.approx(1.0, rel=1e-9) and verdict.decrease_se == pytest.approx(
+        4.0, rel=0.01
+    )
+    assert not verdict.converged
+    assert engine.ConvergenceRule(tol=2.0).check(losses).converged
+
+
+def test_the_rule_says_nothing_before_its_minimum_or_on_non_finite_losses():
+    flat = np.full(1000, 3.0)
+    rule = engine.ConvergenceRule(min_steps=600)
+    early = rule.check(flat[:599])
+    assert (early.converged, early.window, early.step) == (False, 0, 599) and np.isnan(early.decrease)
+    assert rule.check(flat[:600]).converged
+    assert not rule.check(np.concatenate([flat[:700], [np.nan]])).converged
+
+
+def test_stans_rule_stops_on_a_small_relative_change_of_chunk_means():
+    """Kucukelbir et al. 2017: mean or median of the last 2 relative changes below 0.01."""
+    rule = engine.RelativeChangeRule()
+    means = [100.0, 50.0, 49.8, 49.7]  # relative changes 1.0, 0.004, 0.002
+    losses = np.repeat(means, 100)
+    assert not rule.check(losses[:300]).converged  # changes 1.0, 0.004: mean 0.5, median 0.5
+    assert rule.check(losses).converged  # changes 0.004, 0.002
+
+
+# ---------------------------------------------------------------------------------------------
+# vt.fit
+
+
+def test_the_default_stops_early_on_a_gaussian_and_matches_the_full_run():
+    """Reverse KL with sticking-the-landing gradients is exact at q = p, so both fits sit at the
+    target's moments up to the optimiser's jitter: the full 2000-step run reaches ~1e-3 (measured),
+    the early stop with its cool-down the same order; 0.02 on means and covariances is ~10x that."""
+    early = vt.fit(gaussian_target(), init="median", progress=False)
+    full = vt.fit(gaussian_target(), init="median", converge=False, progress=False)
+    assert early.status == "converged" and early.converged and early.num_steps < 1000
+    assert full.status == "completed" and full.num_steps == 2000
+    for fit in (early, full):
+        mean, cov = fit.mean_and_covariance()
+        np.testing.assert_allclose(mean, MEAN, atol=0.02)
+        np.testing.assert_allclose(cov, COV, atol=0.02)
+
+
+def test_a_fit_never_stops_before_the_rules_minimum():
+    rule = engine.ConvergenceRule(min_steps=800)
+    fit = vt.fit(gaussian_target(), converge=rule, progress=False)
+    assert fit.status == "converged" and fit.num_steps >= 800
+    assert fit.convergence.step >= 800
+
+
+def test_a_long_fit_on_a_gaussian_reads_converged():
+    fit = vt.fit(gaussian_target(), converge=False, progress=False)
+    assert fit.status == "completed" and fit.converged
+    assert "converged (loss fell" in repr(fit)
+
+
+def test_a_too_short_budget_reads_not_converged():
+    zoo = get_model("bad_scaling")
+    short = vt.fit(zoo.model, *zoo.args, num_steps=50, progress=False, **zoo.kwargs)
+    assert short.status == "completed" and short.converged is False and short.convergence.window == 0
+    assert "not converged (too few" in repr(short)
+    # Long enough for the window, but started 20 sds off and still falling when the budget ends.
+    far = (jnp.array([20.0, 20.0]), 0.1 * jnp.eye(2))
+    slow = vt.fit(gaussian_target(), init=far, num_steps=400, learning_rate=0.01, progress=False)
+    assert slow.status == "completed" and slow.num_steps == 400 and not slow.converged
+    assert slow.convergence.decrease > 10 * slow.convergence.decrease_se
+
+
+def test_the_stopping_point_is_deterministic_for_a_seed():
+    zoo = get_model("bad_scaling")
+    a, b = (
+        vt.fit(zoo.model, *zoo.args, objective="forward_kl", seed=3, progress=False, **zoo.kwargs)
+        for _ in range(2)
+    )
+    assert a.status == "converged" and a.num_steps == b.num_steps < 2000
+    np.testing.assert_array_equal(a.losses, b.losses)
+
+
+def test_the_cool_down_runs_a_quarter_more_steps_within_the_budget():
+    """The rule holds at a step k (a multiple of the chunk size, >= 300); then ceil(k / 4 / 100)
+    chunks more run, never past num_steps."""
+    fit = vt.fit(gaussian_target(), progress=False)
+    k = fit.convergence.step
+    assert fit.num_steps == k + 100 * int(np.ceil(0.25 * k / 100))
+    long_tail = engine.ConvergenceRule(cooldown=10.0)  # holds at the same k: the same steps so far
+    capped = vt.fit(gaussian_target(), converge=long_tail, progress=False)
+    assert capped.status == "converged" and capped.convergence.step == k and capped.num_steps == 2000
+
+
+@pytest.mark.parametrize(
+    "options, error, match",
+    [
+        (dict(converge="yes"), TypeError, "converge must be True, False or a StoppingRule"),
+        (dict(converge=engine.RelativeChangeRule(), tol=0.1), ValueError, "give tol or a StoppingRule"),
+        (dict(tol=-1.0), ValueError, "tol must be a finite positive number"),
+    ],
+)
+def test_bad_stopping_options_are_refused(options, error, match):
+    with pytest.raises(error, match=match):
+        vt.fit(gaussian_target(), num_steps=10, progress=False, **options)
+
+
+@pytest.mark.parametrize(
+    "options, match",
+    [
+        (dict(window=2), "window must be an integer >= 3"),
+        (dict(z=0.0), "z must be a finite positive number"),
+        (dict(cooldown=-0.5), "cooldown must be a finite number >= 0.0"),
+        (dict(min_steps=0), "min_steps must be a positive integer"),
+    ],
+)
+def test_bad_rule_arguments_are_refused(options, match):
+    with pytest.raises(ValueError, match=match):
+        engine.ConvergenceRule(**options)
