@@ -28,6 +28,7 @@ EXPECTED = [
     "logistic_regression",
     "bad_scaling",
     "collinear",
+    "collinear_large",
     "flat_prior",
     "eight_schools_centered",
     "eight_schools_noncentered",

@@ -1,7 +1,8 @@
-"""Regression models: ``logistic_regression``, ``bad_scaling``, ``collinear``, ``flat_prior``.
+"""Regression models: ``logistic_regression``, ``bad_scaling``, ``collinear``, ``collinear_large``,
+``flat_prior``.
 
 ``bad_scaling`` (conjugate, noise known) and ``flat_prior`` (improper flat priors) have exact
-posteriors; the other two have stored NUTS references. All data are fixed: generated with
+posteriors; the other three have stored NUTS references. All data are fixed: generated with
 ``np.random.default_rng(seed)`` or, for ``logistic_regression``, stored in the package.
 """
 
@@ -127,6 +128,40 @@ def _collinear_data() -> dict[str, np.ndarray]:
     return {"X": X, "y": y}
 
 
+def collinear_large(X: np.ndarray, y: np.ndarray | None = None) -> None:
+    """Linear regression on 24 centred, strongly collinear predictors in unequal units, 5000 rows;
+    a Student-t intercept prior and a half-Student-t noise scale (the kind of posteriordb's
+    ``diamonds``: a published benchmark posterior, not its data).
+
+    Hard because it is ill-conditioned at scale: pairwise correlations 0.92-0.99 (one shared
+    factor, three group factors, small noise) and predictors whose sds span 0.01-100 give the
+    posterior covariance a condition number of ~6e8 (coefficient sds 0.001-2.4), and 5000 rows
+    make the log density steep. L-BFGS stops short of the mode along the ridges, and Adam in a
+    diagonal frame cannot travel along them, yet the posterior is near-Gaussian: the Laplace
+    approximation at the mode is almost exact.
+    """
+    alpha = numpyro.sample("alpha", dist.StudentT(3.0, 0.0, 10.0))
+    beta = numpyro.sample("beta", dist.Normal(0.0, 2.5).expand([X.shape[1]]).to_event(1))
+    sigma = numpyro.sample("sigma", dist.FoldedDistribution(dist.StudentT(3.0, 0.0, 10.0)))
+    with numpyro.plate("data", X.shape[0]):
+        numpyro.sample("y", dist.Normal(alpha + X @ beta, sigma), obs=y)
+
+
+def _collinear_large_data() -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(24)
+    num_rows, num_features = 5000, 24
+    shared = rng.standard_normal(num_rows)
+    groups = rng.standard_normal((num_rows, 3))
+    noise_sd = np.geomspace(0.1, 0.2, num_features)
+    X = shared[:, None] + 0.2 * groups[:, np.arange(num_features) % 3]
+    X = X + noise_sd * rng.standard_normal((num_rows, num_features))
+    X = X - X.mean(axis=0)  # centred
+    X = X * np.geomspace(0.01, 100.0, num_features)[rng.permutation(num_features)]  # unequal units
+    beta = rng.normal(0.0, 1.0, num_features)
+    y = 3.0 + X @ beta + rng.standard_normal(num_rows)
+    return {"X": X, "y": y}
+
+
 def flat_prior(y: np.ndarray) -> None:
     """Normal mean and log-scale with improper flat priors: ``p(mu, log_sigma) = 1``.
 
@@ -201,6 +236,14 @@ ZOO = (
         kwargs=_collinear_data(),
         tags=("correlated", "ill-conditioned"),
         nuts=NutsSettings(),
+    ),
+    ZooModel(
+        name="collinear_large",
+        description="Linear regression, 5000 rows, 24 centred predictors (correlations 0.92-0.99, sds 0.01-100).",
+        model=collinear_large,
+        kwargs=_collinear_large_data(),
+        tags=("correlated", "ill-conditioned", "large-data"),
+        nuts=NutsSettings(dense_mass=True),
     ),
     _flat_prior_zoo(),
 )
