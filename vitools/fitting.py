@@ -76,7 +76,7 @@ def fit(
             from the simple start, the fit runs in the frame of the initial scales
             (:mod:`vitools.frame`), so badly scaled models need no tuning.
         tol: the convergence rule's tolerance, in nats: the loss has converged when its fitted
-            fall over the last 300 steps is below its standard error and below ``tol``
+            fall over the last 500 steps is below its standard error and below ``tol``
             (:class:`vitools.engine.ConvergenceRule`; None: its default, 0.05).
         converge: True: stop once the rule holds (status ``"converged"``); False: run all
             ``num_steps`` (status ``"completed"``); either way ``fit.convergence`` says whether
