@@ -201,3 +201,101 @@ def test_the_default_start_races_the_simple_one_local_level():
     reference = np.asarray(mcmc.get_samples()["level_sd"])
     fitted = vt.fit(local_level, y, progress=False).sample(4000, seed=1)["level_sd"]
     assert abs(fitted.mean() - reference.mean()) < 0.25 * reference.std()
+
+
+def test_newton_path_lands_on_a_gaussian_mode_in_one_step():
+    """On a Gaussian target the Newton step is exact whatever the start, and the decrement at the
+    mode (0) ends the path: every later row repeats the mode."""
+    path = laplace._newton_path(gaussian_target(), MEAN + jnp.array([30.0, -20.0, 5.0]))
+    np.testing.assert_allclose(path[1:], np.broadcast_to(MEAN, path[1:].shape), atol=1e-10)
+
+
+def pseudo_huber_target():
+    """log π(u) = -Σ sqrt(1 + u_i²): concave, but flat far out, so a full Newton step from
+    u_i = 3 jumps to 3 - 3·10 = -27, where log π is lower (the line search must cut it)."""
+    return vt.Target.from_log_density(lambda u: -jnp.sum(jnp.sqrt(1.0 + u**2)), 3)
+
+
+def double_well_target():
+    """log π(u) = -Σ (u_i² - 1)²: not concave between the wells (-Hessian < 0 for |u_i| < 0.58)."""
+    return vt.Target.from_log_density(lambda u: -jnp.sum((u**2 - 1.0) ** 2), 2)
+
+
+def funnel_target():
+    """Neal's funnel in 3-D, v ~ N(0, 3), x_i | v ~ N(0, exp(v / 2)): log π is unbounded as v falls
+    with x = 0, the geometry where the mode is a poor centre."""
+
+    def log_density(u):
+        v, x = u[0], u[1:]
+        return jax.scipy.stats.norm.logpdf(v, 0.0, 3.0) + jnp.sum(
+            jax.scipy.stats.norm.logpdf(x, 0.0, jnp.exp(v / 2))
+        )
+
+    return vt.Target.from_log_density(log_density, 3)
+
+
+@pytest.mark.parametrize(
+    "make_target, point",
+    [
+        (pseudo_huber_target, jnp.array([3.0, -2.0, 4.0])),
+        (double_well_target, jnp.array([0.1, -0.3])),
+        (funnel_target, jnp.array([1.0, 2.0, -1.5])),
+    ],
+)
+def test_newton_steps_never_decrease_the_log_density(make_target, point):
+    target = make_target()
+    path = laplace._newton_path(target, point)
+    values = np.asarray(jax.vmap(target.log_density)(path))
+    assert np.all(np.isfinite(values))
+    assert np.all(np.diff(values) >= 0.0), values
+    assert values[-1] > values[0]  # and it moved uphill
+
+
+def test_a_full_newton_step_would_overshoot_the_pseudo_huber_target():
+    """What the line search guards against, checked on the target above: the undamped step lowers
+    log π, the damped path still reaches the mode at 0."""
+    target, point = pseudo_huber_target(), jnp.array([3.0, -2.0, 4.0])
+    hessian, gradient = jax.hessian(target.log_density)(point), jax.grad(target.log_density)(point)
+    full_step = point - jnp.linalg.solve(hessian, gradient)
+    assert target.log_density(full_step) < target.log_density(point)
+    path = laplace._newton_path(target, point)
+    np.testing.assert_allclose(path[-1], 0.0, atol=1e-3)
+
+
+@pytest.fixture(scope="module")
+def collinear_large():
+    zoo = get_model("collinear_large")
+    return zoo, zoo.reference()
+
+
+def _distances_in_sds(values, reference):
+    return {
+        site: np.abs(np.asarray(values[site]) - reference.mean[site]) / reference.sd[site]
+        for site in reference.mean
+    }
+
+
+def test_laplace_start_reaches_the_mode_of_an_ill_conditioned_regression(collinear_large):
+    """collinear_large (posterior condition number ~6e8): L-BFGS stopped 21 NUTS sds from the mean
+    of one coefficient (median 1.5; 33 in float32); the Newton steps after it reach the mode. The
+    posterior is near-Gaussian, so the mode is within 0.1 sd of the NUTS mean for every latent,
+    alpha and the coefficients (measured: 0.017 at most, float32 and float64; NUTS Monte Carlo error
+    ~0.01 sd with 10,000 draws)."""
+    zoo, reference = collinear_large
+    target = vt.Target.from_model(zoo.model, *zoo.args, **zoo.kwargs)
+    start = initial_gaussian(target, jax.random.PRNGKey(0))
+    assert bool(start.at_mode)
+    distances = _distances_in_sds(target.constrain(start.loc), reference)
+    assert distances["alpha"] < 0.1 and np.all(distances["beta"] < 0.1), distances
+
+
+def test_default_fit_of_an_ill_conditioned_regression_lands_on_the_nuts_mean(collinear_large):
+    """The default fit (full rank, reverse KL, 2000 steps) from the start above: every coefficient's
+    mean within 0.1 NUTS sd (measured: 0.043 at most; float32 0.049; before the Newton steps beta[0]
+    ended 0.54 sd off with status 'converged'). q's mean from 4000 draws has Monte Carlo error
+    1/sqrt(4000) = 0.016 sd."""
+    zoo, reference = collinear_large
+    fit = vt.fit(zoo.model, *zoo.args, progress=False, **zoo.kwargs)
+    draws = fit.sample(4000, seed=1)
+    distances = _distances_in_sds({site: np.mean(value, axis=0) for site, value in draws.items()}, reference)
+    assert distances["alpha"] < 0.1 and np.all(distances["beta"] < 0.1), distances

@@ -239,7 +239,7 @@ ZOO = (
     ),
     ZooModel(
         name="collinear_large",
-        description="Linear regression, 5000 rows, 24 centred predictors (correlations 0.92-0.99, sds 0.01-100).",
+        description="Regression, 5000 rows, 24 centred predictors: correlations 0.92-0.99, sds 0.01-100.",
         model=collinear_large,
         kwargs=_collinear_large_data(),
         tags=("correlated", "ill-conditioned", "large-data"),
