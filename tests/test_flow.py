@@ -277,7 +277,8 @@ def test_forward_kl_on_a_gaussian():
     (covariance, 40,000 draws); the tolerances are about 3x those."""
     mean, cov = LOC[:3], COV[:3, :3]
     target = vt.Target.from_log_density(lambda x: jax.scipy.stats.multivariate_normal.logpdf(x, mean, cov), 3)
-    fit = vt.fit(target, objective="forward_kl", family="iaf", seed=0, progress=False)
+    # converge=False: the tolerances below were measured on the whole 2000-step budget
+    fit = vt.fit(target, objective="forward_kl", family="iaf", seed=0, progress=False, converge=False)
     assert fit.status == "completed" and np.all(np.isfinite(fit.losses))
     draws = np.asarray(fit.sample_flat(40_000, seed=1))
     np.testing.assert_allclose(draws.mean(0), mean, atol=0.1)
