@@ -132,7 +132,8 @@ def summarise(df: pd.DataFrame) -> tuple[str, list[str], str, pd.DataFrame]:
         "NUTS equal-time w1", "NUTS wall / draws",
     ]  # fmt: skip
     full_cols = [
-        "model", "dim", "config", "steps", "grad_evals", "wall_s", "elapsed_s", "compile_s", "init_s",
+        "model", "dim", "config", "steps", "grad_evals", "init_grad_evals", "converged", "wall_s",
+        "elapsed_s", "compile_s", "init_s",
         "khat", "verdict", "ess", "elbo", "missed_mass", "mean_error", "sd_ratio", "w1", "w1_se", "fit_seeds",
         "w1_seed0", "w1_psis", "status", "warnings",
     ]  # fmt: skip

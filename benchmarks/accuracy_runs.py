@@ -79,7 +79,9 @@ def fit_vitools(zoo, objective: str, family: str, steps: int, seed: int = 0) -> 
         "compile_s": fit.compile_time,
         "init_s": wall - fit.elapsed - fit.compile_time,
         "steps": fit.num_steps,
-        "grad_evals": fit.num_grad_evals,
+        "grad_evals": fit.num_grad_evals,  # the start's included (init_grad_evals)
+        "init_grad_evals": fit.init_grad_evals,
+        "converged": fit.converged,
         "status": fit.status,
         "warnings": "; ".join(caught),
     }

@@ -26,7 +26,7 @@ def gaussian_target():
 
 
 def test_laplace_init_is_exact_on_a_gaussian():
-    loc, scale_tril, at_mode, _ = initial_gaussian(gaussian_target(), jax.random.PRNGKey(0))
+    loc, scale_tril, at_mode, *_ = initial_gaussian(gaussian_target(), jax.random.PRNGKey(0))
     assert bool(at_mode)
     # A Gaussian's Laplace approximation is itself: the covariance is exact at every path point.
     # The centre is exact for the Newton candidates; late L-BFGS points are ~2e-5 off, and the
@@ -50,7 +50,7 @@ def _count_evaluations(monkeypatch, max_iters, path_points):
     monkeypatch.setattr(laplace, "_PATH_POINTS", path_points)
     target, calls = _counted_gaussian_target()  # a new target: the program is traced afresh
     jax.block_until_ready(initial_gaussian(target, jax.random.PRNGKey(0)))
-    return len(calls), laplace._lbfgs_path(target, jax.random.PRNGKey(0))
+    return len(calls), laplace._lbfgs_path(target, jax.random.PRNGKey(0))[0]
 
 
 def test_a_converged_path_costs_no_further_evaluations(monkeypatch):
@@ -67,7 +67,7 @@ def test_a_converged_path_costs_no_further_evaluations(monkeypatch):
 
 
 def test_diagonal_structure_gives_the_conditional_sds():
-    loc, scale_tril, _, _ = initial_gaussian(gaussian_target(), jax.random.PRNGKey(0), structure="diagonal")
+    loc, scale_tril, *_ = initial_gaussian(gaussian_target(), jax.random.PRNGKey(0), structure="diagonal")
     precision = np.linalg.inv(np.asarray(COV))
     # The reverse-KL-optimal diagonal Gaussian of N(m, Λ⁻¹) has sds 1/sqrt(Λ_ii) (closed form).
     np.testing.assert_allclose(loc, MEAN, atol=1e-4)  # centre: as in the test above
@@ -206,7 +206,7 @@ def test_the_default_start_races_the_simple_one_local_level():
 def test_newton_path_lands_on_a_gaussian_mode_in_one_step():
     """On a Gaussian target the Newton step is exact whatever the start, and the decrement at the
     mode (0) ends the path: every later row repeats the mode."""
-    path = laplace._newton_path(gaussian_target(), MEAN + jnp.array([30.0, -20.0, 5.0]))
+    path, _ = laplace._newton_path(gaussian_target(), MEAN + jnp.array([30.0, -20.0, 5.0]))
     np.testing.assert_allclose(path[1:], np.broadcast_to(MEAN, path[1:].shape), atol=1e-10)
 
 
@@ -244,7 +244,7 @@ def funnel_target():
 )
 def test_newton_steps_never_decrease_the_log_density(make_target, point):
     target = make_target()
-    path = laplace._newton_path(target, point)
+    path, _ = laplace._newton_path(target, point)
     values = np.asarray(jax.vmap(target.log_density)(path))
     assert np.all(np.isfinite(values))
     assert np.all(np.diff(values) >= 0.0), values
@@ -258,7 +258,7 @@ def test_a_full_newton_step_would_overshoot_the_pseudo_huber_target():
     hessian, gradient = jax.hessian(target.log_density)(point), jax.grad(target.log_density)(point)
     full_step = point - jnp.linalg.solve(hessian, gradient)
     assert target.log_density(full_step) < target.log_density(point)
-    path = laplace._newton_path(target, point)
+    path, _ = laplace._newton_path(target, point)
     np.testing.assert_allclose(path[-1], 0.0, atol=1e-3)
 
 
@@ -299,3 +299,23 @@ def test_default_fit_of_an_ill_conditioned_regression_lands_on_the_nuts_mean(col
     draws = fit.sample(4000, seed=1)
     distances = _distances_in_sds({site: np.mean(value, axis=0) for site, value in draws.items()}, reference)
     assert distances["alpha"] < 0.1 and np.all(distances["beta"] < 0.1), distances
+
+
+def test_the_starts_cost_is_counted_and_included_in_the_fits_total():
+    """Issue 11, item 4: num_grad_evals used to leave out the Laplace start. The L-BFGS path's own
+    count (its first point plus every line-search evaluation) must equal what a callback inside the
+    log density sees; the whole start's count (Hessians at dim gradients, ELBO draws) must be at
+    least what the callback sees, which counts a Hessian as one call."""
+    target, calls = _counted_gaussian_target()
+    calls.clear()  # from_log_density evaluated the density once to check it
+    path, evals = laplace._lbfgs_path(target, jax.random.PRNGKey(0))
+    jax.block_until_ready(path)
+    assert int(evals) == len(calls) > 3
+    calls.clear()
+    fit = vt.fit(target, num_steps=200, converge=False, progress=False)
+    in_start = len(calls) - 200  # the loop evaluates a vmapped batch of draws per step: >= 1 call each
+    assert fit.init_grad_evals >= in_start > 0 and fit.init_time > 0
+    per_step = fit.objective.num_density_evals(target.dim)
+    assert fit.num_grad_evals == 200 * per_step + fit.init_grad_evals
+    simple = vt.fit(target, num_steps=200, init="median", converge=False, progress=False)
+    assert simple.init_grad_evals == 0 and simple.num_grad_evals == 200 * per_step

@@ -159,9 +159,12 @@ def fit(
         print(f"vitools: initialising (Laplace: L-BFGS path, up to 9 Hessians of {target.dim} x "
               f"{target.dim})...", file=sys.stderr, flush=True)  # fmt: skip
     model_target = target
-    target, loc, scale_tril, informed = start.starting_point(init_key, target, family, objective, init)
+    target, loc, scale_tril, informed, init_grad_evals = start.starting_point(
+        init_key, target, family, objective, init
+    )
+    init_time = time.perf_counter() - tic  # compile included: the init is one program, compiled per model
     if announce:
-        print(f"vitools: initialised in {time.perf_counter() - tic:.1f} s", file=sys.stderr, flush=True)
+        print(f"vitools: initialised in {init_time:.1f} s", file=sys.stderr, flush=True)
     params = family.init(params_key, target, loc, scale_tril)
     alerts.warn_large_family(family, params, target.dim)
     if learning_rate is None:
@@ -205,7 +208,9 @@ def fit(
         losses=outcome.losses,
         trace=outcome.trace,
         num_steps=steps,
-        num_grad_evals=steps * num_density_evals + pilot_evals,
+        num_grad_evals=steps * num_density_evals + pilot_evals + init_grad_evals,
+        init_grad_evals=init_grad_evals,
+        init_time=init_time,
         elapsed=outcome.elapsed + pilot_seconds,
         compile_time=outcome.compile_time + pilot_compile,
         status=outcome.status,

@@ -100,6 +100,9 @@ class InitialGaussian(NamedTuple):
     scale_tril: jax.Array
     at_mode: jax.Array  # :func:`is_mode` of this Gaussian (False for "median" and "diagonal")
     informed: jax.Array  # the scales come from the target's curvature (False for the simple start)
+    # The start's cost in gradient evaluations of log π, counted as it ran: one per gradient, one
+    # per density-only evaluation (an upper bound on its cost), dim per Hessian (dim reverse passes).
+    grad_evals: jax.Array
 
 
 def initial_gaussian(
@@ -120,7 +123,7 @@ def initial_gaussian(
             target), and the ELBO scores that, not the full Gaussian the family cannot reach.
     """
     if method == "median":
-        return InitialGaussian(*simple_gaussian(target), jnp.array(False), jnp.array(False))
+        return InitialGaussian(*simple_gaussian(target), jnp.array(False), jnp.array(False), jnp.int32(0))
     if method != "laplace":
         raise ValueError(f"unknown init {method!r}; choose 'laplace' or 'median', or pass (loc, scale_tril)")
     if structure not in ("full", "diagonal"):
@@ -131,10 +134,10 @@ def initial_gaussian(
 @functools.partial(jax.jit, static_argnames=("diagonal", "exact"))
 def _path_laplace(target: Target, key: jax.Array, diagonal: bool, exact: bool = True) -> InitialGaussian:
     path_key, key = jax.random.split(key)
-    path = _lbfgs_path(target, path_key)
+    path, lbfgs_evals = _lbfgs_path(target, path_key)
     # The Newton path's end is one more centre; the earlier points stay candidates, so a funnel,
     # whose mode is a poor centre, can still pick an early one by its ELBO.
-    newton = _newton_path(target, path[-1], exact)
+    newton, newton_evals = _newton_path(target, path[-1], exact)
     centres = jnp.concatenate([path[jnp.array(_PATH_POINTS)], newton[-1:]])
     # A stopped path repeats its last point; a repeat's candidates equal the earlier ones, so they
     # are skipped (ELBO -inf). On a 10^5-row regression that saves 3 of 9 Hessians (measured).
@@ -167,7 +170,11 @@ def _path_laplace(target: Target, key: jax.Array, diagonal: bool, exact: bool = 
     scale_tril = jnp.where(simple, simple_tril, trils[best // 2])
     # Only full-structure families may whiten with the full factor; diagonal ones never ask.
     at_mode = jnp.array(False) if diagonal else is_mode(target, loc, scale_tril, exact=exact) & ~simple
-    return InitialGaussian(loc, scale_tril, at_mode, ~simple)
+    # Each fresh centre: a Hessian and 2 x _NUM_DRAWS densities; the simple start's ELBO; is_mode's
+    # Hessian.
+    candidate_evals = jnp.sum(fresh, dtype=jnp.int32) * (target.dim + 2 * _NUM_DRAWS) + _NUM_DRAWS
+    evals = lbfgs_evals + newton_evals + candidate_evals + (0 if diagonal else target.dim)
+    return InitialGaussian(loc, scale_tril, at_mode, ~simple, evals)
 
 
 def simple_gaussian(target: Target) -> tuple[jax.Array, jax.Array]:
@@ -183,9 +190,10 @@ def _elbo(target: Target, loc: jax.Array, scale_tril: jax.Array, key: jax.Array)
     return jnp.where(jnp.isfinite(elbo), elbo, -jnp.inf)
 
 
-def _lbfgs_path(target: Target, key: jax.Array) -> jax.Array:
-    """Iterates of L-BFGS on -log π, ``(_MAX_ITERS, dim)``; once it has converged or met a
-    non-finite value, the path repeats its last point, and those iterations cost nothing.
+def _lbfgs_path(target: Target, key: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Iterates of L-BFGS on -log π, ``(_MAX_ITERS, dim)``, and the gradient evaluations they took
+    (the first point's, then the line search's); once it has converged or met a non-finite value,
+    the path repeats its last point, and those iterations cost nothing.
 
     The path starts a little off NumPyro's init point (``_JITTER`` sds of noise in the
     unconstrained space): a symmetric target's init point can be a stationary point (the
@@ -209,26 +217,30 @@ def _lbfgs_path(target: Target, key: jax.Array) -> jax.Array:
         failed = ~jnp.all(jnp.isfinite(new_u)) | ~jnp.isfinite(new_value)
         scale = jnp.maximum(jnp.maximum(jnp.abs(value), jnp.abs(new_value)), 1.0)
         converged = (value - new_value <= ftol * scale) | (jnp.max(jnp.abs(new_grad)) <= _GTOL)
+        spent = optax.tree_utils.tree_get(new_state, "num_linesearch_steps").astype(jnp.int32)
         new_u, new_state = jax.tree.map(
             lambda new, old: jnp.where(failed, old, new), (new_u, new_state), (u, state)
         )
-        return new_u, new_state, failed | converged
+        return new_u, new_state, failed | converged, spent
 
     def body(carry, _):
-        u, state, stopped = carry
-        u, state, stopped = jax.lax.cond(stopped, lambda: (u, state, stopped), lambda: advance(u, state))
-        return (u, state, stopped), u
+        u, state, stopped, evals = carry
+        u, state, stopped, spent = jax.lax.cond(
+            stopped, lambda: (u, state, stopped, jnp.int32(0)), lambda: advance(u, state)
+        )
+        return (u, state, stopped, evals + spent), u
 
     point = target.initial_point
     u0 = point + _JITTER * jax.random.normal(key, point.shape, point.dtype)
-    carry = (u0, optimizer.init(u0), jnp.array(False))
-    _, path = jax.lax.scan(body, carry, None, length=_MAX_ITERS - 1)
-    return jnp.concatenate([u0[None], path])
+    carry = (u0, optimizer.init(u0), jnp.array(False), jnp.int32(1))
+    (*_, evals), path = jax.lax.scan(body, carry, None, length=_MAX_ITERS - 1)
+    return jnp.concatenate([u0[None], path]), evals
 
 
-def _newton_path(target: Target, point: jax.Array, exact: bool = True) -> jax.Array:
-    r"""Iterates of damped Newton ascent on log π from ``point``, ``(_NEWTON_STEPS + 1, dim)``;
-    row 0 is ``point``. Once a step is refused or the Newton decrement is below ``_NEWTON_TOL``
+def _newton_path(target: Target, point: jax.Array, exact: bool = True) -> tuple[jax.Array, jax.Array]:
+    r"""Iterates of damped Newton ascent on log π from ``point``, ``(_NEWTON_STEPS + 1, dim)``,
+    and the gradient evaluations they took (dim per Hessian, one per density); row 0 is ``point``.
+    Once a step is refused or the Newton decrement is below ``_NEWTON_TOL``
     the path repeats its last point, and those iterations cost nothing.
 
     Each step is ``p = P⁻¹ ∇log π`` with ``P`` the exact -Hessian made positive definite by
@@ -274,22 +286,25 @@ def _newton_path(target: Target, point: jax.Array, exact: bool = True) -> jax.Ar
         length, new_value = jax.lax.while_loop(
             refused, halve, (jnp.ones((), u.dtype), target.log_density(u + step))
         )
+        densities = 1 - jnp.round(jnp.log2(length)).astype(jnp.int32)  # 1 + the number of halvings
         new_u = u + length * step
         accepted = jnp.isfinite(new_value) & (new_value >= value + _ARMIJO * length * decrement_sq)
         accepted &= jnp.all(jnp.isfinite(new_u)) & jnp.isfinite(decrement_sq)
         converged = jnp.sqrt(jnp.abs(decrement_sq)) <= _NEWTON_TOL
         new_u, new_value = jnp.where(accepted, new_u, u), jnp.where(accepted, new_value, value)
-        return new_u, new_value, ~accepted | converged
+        return new_u, new_value, ~accepted | converged, jnp.int32(target.dim) + densities
 
     def body(carry, _):
-        u, value, stopped = carry
-        u, value, stopped = jax.lax.cond(stopped, lambda: (u, value, stopped), lambda: advance(u, value))
-        return (u, value, stopped), u
+        u, value, stopped, evals = carry
+        u, value, stopped, spent = jax.lax.cond(
+            stopped, lambda: (u, value, stopped, jnp.int32(0)), lambda: advance(u, value)
+        )
+        return (u, value, stopped, evals + spent), u
 
     value = target.log_density(point)
-    carry = (point, value, ~jnp.isfinite(value))
-    _, path = jax.lax.scan(body, carry, None, length=_NEWTON_STEPS)
-    return jnp.concatenate([point[None], path])
+    carry = (point, value, ~jnp.isfinite(value), jnp.int32(1))
+    (*_, evals), path = jax.lax.scan(body, carry, None, length=_NEWTON_STEPS)
+    return jnp.concatenate([point[None], path]), evals
 
 
 def _gaussian_at(

@@ -39,6 +39,7 @@ class Start(NamedTuple):
     loc: jax.Array  # the initial Gaussian in that frame
     scale_tril: jax.Array
     informed: bool  # its scales come from the target (False: NumPyro's simple start)
+    grad_evals: int  # what finding it cost, in gradient evaluations (laplace.InitialGaussian)
 
 
 # The default start races the simple one (NumPyro's init point, scale 0.1) for PILOT_STEPS steps
@@ -111,7 +112,7 @@ def starting_point(key: jax.Array, target: Target, family: Family, objective: Ob
     posterior, so its frame stays the model's.
     """
     if isinstance(init, str):
-        loc, scale_tril, at_mode, informed = initial_gaussian(
+        loc, scale_tril, at_mode, informed, grad_evals = initial_gaussian(
             target, key, init, _structure(family, objective)
         )
     else:
@@ -121,13 +122,15 @@ def starting_point(key: jax.Array, target: Target, family: Family, objective: Ob
                 f"init=(loc, scale_tril) must have shapes ({target.dim},) and ({target.dim}, {target.dim}) "
                 f"(the model's flat unconstrained dimension), got {loc.shape} and {scale_tril.shape}"
             )
-        at_mode, informed = None, True  # at_mode is checked below only if the frame could use it
+        at_mode, informed, grad_evals = None, True, 0  # at_mode: checked below if the frame could use it
     whiten = family_hooks(family).whiten
+    grad_evals = int(grad_evals)  # waits for the start's program: its time is the init's, not the loop's
     if not whiten or not bool(informed):
-        return Start(target, loc, scale_tril, bool(informed))
+        return Start(target, loc, scale_tril, bool(informed), grad_evals)
     if whiten == "full" and at_mode is None:
         at_mode = second_order(is_mode, target, loc, scale_tril)
-    return Start(*_into_frame(target, loc, scale_tril, whiten == "full" and bool(at_mode)), True)
+        grad_evals += target.dim  # its Hessian
+    return Start(*_into_frame(target, loc, scale_tril, whiten == "full" and bool(at_mode)), True, grad_evals)
 
 
 @functools.partial(jax.jit, static_argnums=(3,))
