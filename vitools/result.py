@@ -52,10 +52,14 @@ class Fit:
         losses: the loss of every step run: ``(num_steps,)``, plus the non-finite step's own
             (NaN/inf) loss last when ``status == "nonfinite"``; ``trace`` adds per-step ``ess``
             and ``log_evidence`` where the objective reports them.
-        num_steps: steps applied. num_grad_evals: target log-density evaluations spent (with
-            their gradients for reparameterized objectives; ForwardKL needs values only).
-        elapsed: optimisation wall time in seconds, compile_time: compilation seconds (0 when
-            reused). status: "completed", "converged", "nonfinite" or "interrupted".
+        num_steps: steps applied. num_grad_evals: target log-density evaluations spent in all,
+            the start's included (with their gradients for reparameterized objectives; ForwardKL
+            needs values only). init_grad_evals: the start's share (the Laplace init's L-BFGS
+            path, Newton steps, Hessians at dim gradient evaluations each, and candidate ELBOs).
+        elapsed: optimisation wall time in seconds (the loop and the start race's pilots),
+            compile_time: the loop's compilation seconds (0 when reused), init_time: the start's
+            wall time, its compilation included. status: "completed", "converged", "nonfinite"
+            or "interrupted".
         seed: the ``seed`` of ``vt.fit`` (None when it was given a ``key``).
         convergence: whether the loss had stopped falling (:class:`vitools.engine.Convergence`:
             ``converged``, the fitted fall of the loss over the last window and its standard
@@ -77,6 +81,8 @@ class Fit:
     status: str
     seed: int | None
     convergence: Convergence | None = None
+    init_grad_evals: int = 0
+    init_time: float = 0.0
 
     @classmethod
     def from_gaussian(
@@ -194,14 +200,29 @@ class Fit:
 
     @one_blas_thread
     def sample(
-        self, num_draws: int, seed: int | None = None, *, key: jax.Array | None = None
+        self,
+        num_draws: int,
+        seed: int | None = None,
+        *,
+        key: jax.Array | None = None,
+        resample: str | None = None,
     ) -> dict[str, np.ndarray]:
         """Constrained draws: site name → array ``(num_draws, *site shape)`` (plus deterministic
         sites). ``seed`` (None: 0) or ``key`` (a JAX PRNG key) seeds the draws; give one.
 
+        ``resample="psis"``: draws of q resampled by their PSIS importance weights, approximate
+        draws of p (:func:`vitools.diagnostics.psis_resample`; warns when k̂ is above threshold,
+        where resampling cannot fix q). ``vt.to_datatree(draws)`` makes a tree of them.
+
         Raises:
-            ValueError: ``num_draws`` is not a positive integer, or both seed and key are given.
+            ValueError: ``num_draws`` is not a positive integer (at least 25 to resample), both seed
+                and key are given, or ``resample`` is not None or "psis".
             TypeError: ``key`` is not a PRNG key."""
+        if resample is not None:
+            validate.choice(resample, "resample", ("psis",))
+            from vitools.diagnostics import psis_resample  # diagnostics reads trees made from Fits
+
+            return psis_resample(self, num_draws, seed, key=key)
         return jax.device_get(_constrain_all(self.target, self._sample_frame(num_draws, seed, key)))
 
     @one_blas_thread
@@ -238,8 +259,9 @@ class Fit:
         loss = finite[-1] if len(finite) else float("nan")  # that of the parameters kept
         return (
             f"Fit({self.name}, dim={self.target.dim}, steps={self.num_steps}, "
-            f"grad_evals={self.num_grad_evals}, loss={loss:.4g}, "
-            f"status={self.status!r}, {self.elapsed:.2f}s + {self.compile_time:.2f}s compile"
+            f"grad_evals={self.num_grad_evals} (init {self.init_grad_evals}), loss={loss:.4g}, "
+            f"status={self.status!r}, init {self.init_time:.2f}s, {self.elapsed:.2f}s + "
+            f"{self.compile_time:.2f}s compile"
             + ("" if self.convergence is None else f"; {self.convergence}")
             + ")"
         )
@@ -250,9 +272,14 @@ def _sample_flat(family, params, key, num_draws):
     return draw_many(family.distribution(params), key, num_draws)
 
 
+# Per-draw programs run DRAW_BATCH draws at a time (lax.map over vmapped batches): memory stays
+# that of 1000 draws, e.g. (1000, N) intermediates for an N-row likelihood, whatever S is.
+DRAW_BATCH = 1000
+
+
 @jax.jit
 def _constrain_all(target, flat):
-    return jax.vmap(lambda u: target.constrain(u, deterministic=True))(flat)
+    return jax.lax.map(lambda u: target.constrain(u, deterministic=True), flat, batch_size=DRAW_BATCH)
 
 
 @jax.jit
@@ -262,7 +289,7 @@ def _log_prob_constrained(family, params, target, values):
         log_q = family.distribution(params).log_prob(flat) - target.log_abs_det_jacobian(flat)
         return jnp.where(target.in_support(value), log_q, -jnp.inf)
 
-    return jax.vmap(one)(values)
+    return jax.lax.map(one, values, batch_size=DRAW_BATCH)
 
 
 @jax.jit
@@ -277,4 +304,4 @@ def _densities(family, params, target, flat):
             q.log_prob(u) - log_jac,
         )
 
-    return jax.vmap(one)(flat)
+    return jax.lax.map(one, flat, batch_size=DRAW_BATCH)
