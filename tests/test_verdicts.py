@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import numpyro
 import numpyro.distributions as dist
+import pytest
 
 import vitools as vt
 from vitools.convert import DIAGNOSTIC_DRAWS, to_datatrees
@@ -104,3 +105,26 @@ def test_a_reverse_kl_fit_on_one_of_two_modes_never_reads_good_next_to_a_coverin
         assert table.loc["one mode", "verdict"] == "bad"
         assert "misses ~" in table.loc["one mode", "reasons"] and table.loc["one mode", "missed_mass"] > 0.4
         assert table.loc["covering", "verdict"] != "bad"
+
+
+def test_psis_resampling_corrects_a_shifted_q_and_warns_where_it_cannot():
+    """q = N(0.5, 1) on p = N(0, 1): resampling 4000 draws by their PSIS weights moves the mean
+    from 0.5 to 0 (the resampled mean's sd is ~1/sqrt(ESS) ~ 0.02; ESS ~ 0.78 S, closed form
+    exp(-0.25)), while plain draws keep 0.5. A q far too narrow for p (k̂ above threshold)
+    gets a warning that resampling will not fix it."""
+    target = vt.Target.from_log_density(lambda x: -0.5 * (x**2).sum(), dim=1)
+    shifted = vt.Fit.from_gaussian(target, np.array([0.5]), np.eye(1))
+    plain = shifted.sample(4000, seed=1)["x"]
+    resampled = shifted.sample(4000, seed=1, resample="psis")["x"]
+    assert resampled.shape == plain.shape == (4000, 1)
+    assert abs(plain.mean() - 0.5) < 0.1 and abs(resampled.mean()) < 0.1
+    assert np.isin(resampled, plain).all()  # resampling picks among q's own draws
+    assert vt.to_datatree({"x": resampled})["posterior"]["x"].shape == (1, 4000, 1)
+    # p = N(0, I_4), q = N(0, 0.3² I_4): w grows like exp(0.91 |x|² / 2σ_q²); k̂ read 0.87-1.02 over 4
+    # seeds at S = 4000 (threshold 0.70).
+    wide = vt.Target.from_log_density(lambda x: -0.5 * (x**2).sum(), dim=4)
+    narrow = vt.Fit.from_gaussian(wide, np.zeros(4), 0.3 * np.eye(4))
+    with pytest.warns(UserWarning, match="resampling its draws will not fix the fit"):
+        narrow.sample(4000, resample="psis")
+    with pytest.raises(ValueError, match="resample"):
+        shifted.sample(100, resample="importance")
