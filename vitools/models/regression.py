@@ -130,8 +130,8 @@ def _collinear_data() -> dict[str, np.ndarray]:
 
 def collinear_large(X: np.ndarray, y: np.ndarray | None = None) -> None:
     """Linear regression on 24 centred, strongly collinear predictors in unequal units, 5000 rows;
-    a Student-t intercept prior and a half-Student-t noise scale (the kind of posteriordb's
-    ``diamonds``: a published benchmark posterior, not its data).
+    a Student-t intercept prior and a half-Student-t noise scale: synthetic data of the kind issue
+    11 describes (built here from that description; no held-out posterior was read).
 
     Hard because it is ill-conditioned at scale: pairwise correlations 0.92-0.99 (one shared
     factor, three group factors, small noise) and predictors whose sds span 0.01-100 give the
