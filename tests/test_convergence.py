@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import vitools as vt
-from vitools import engine
+from vitools import convergence
 from vitools.models import get_model
 
 MEAN = jnp.array([1.0, -2.0])
@@ -25,14 +25,14 @@ def test_a_flat_loss_reads_converged_at_the_rate_of_a_one_sided_t_test():
     """Under a flat loss, D / s_D is t-distributed (W - 2 = 298 dof, ~ N(0, 1)): D < 1 s_D holds
     with probability Phi(1) = 0.841. Over 2000 noise seeds its share has se 0.008; +-0.03 is
     3.6 se. (Noise sd 0.01, so tol = 0.05 nats never binds: s_D = 0.01 sqrt(12 / 300) = 0.002.)"""
-    rule = engine.ConvergenceRule(window=300, min_steps=300)
+    rule = convergence.ConvergenceRule(window=300, min_steps=300)
     rng = np.random.default_rng(0)
     share = np.mean([rule.check(5.0 + 0.01 * rng.standard_normal(300)).converged for _ in range(2000)])
     assert share == pytest.approx(0.841, abs=0.03)
 
 
 def test_a_loss_falling_by_ten_standard_errors_is_not_converged():
-    rule = engine.ConvergenceRule(window=300, min_steps=300)
+    rule = convergence.ConvergenceRule(window=300, min_steps=300)
     rng = np.random.default_rng(1)
     steps = np.arange(300)
     se = 0.01 * np.sqrt(12 / 300)  # s_D for noise sd 0.01 over 300 steps
@@ -50,17 +50,17 @@ def test_tol_bounds_the_fall_however_large_the_noise():
     basis = np.stack([np.ones(300), x], 1)
     noise -= basis @ np.linalg.lstsq(basis, noise, rcond=None)[0]
     losses = 100.0 - x / 300 + 20.0 * noise / noise.std()
-    verdict = engine.ConvergenceRule(window=300, min_steps=300).check(losses)
+    verdict = convergence.ConvergenceRule(window=300, min_steps=300).check(losses)
     assert verdict.decrease == pytest.approx(1.0, rel=1e-9) and verdict.decrease_se == pytest.approx(
         4.0, rel=0.01
     )
     assert not verdict.converged
-    assert engine.ConvergenceRule(window=300, min_steps=300, tol=2.0).check(losses).converged
+    assert convergence.ConvergenceRule(window=300, min_steps=300, tol=2.0).check(losses).converged
 
 
 def test_the_rule_says_nothing_before_its_minimum_or_on_non_finite_losses():
     flat = np.full(1000, 3.0)
-    rule = engine.ConvergenceRule(min_steps=600)
+    rule = convergence.ConvergenceRule(min_steps=600)
     early = rule.check(flat[:599])
     assert (early.converged, early.window, early.step) == (False, 0, 599) and np.isnan(early.decrease)
     assert rule.check(flat[:600]).converged
@@ -69,7 +69,7 @@ def test_the_rule_says_nothing_before_its_minimum_or_on_non_finite_losses():
 
 def test_stans_rule_stops_on_a_small_relative_change_of_chunk_means():
     """Kucukelbir et al. 2017: mean or median of the last 2 relative changes below 0.01."""
-    rule = engine.RelativeChangeRule()
+    rule = convergence.RelativeChangeRule()
     means = [100.0, 50.0, 49.8, 49.7]  # relative changes 1.0, 0.004, 0.002
     losses = np.repeat(means, 100)
     assert not rule.check(losses[:300]).converged  # changes 1.0, 0.004: mean 0.5, median 0.5
@@ -95,7 +95,7 @@ def test_the_default_stops_early_on_a_gaussian_and_matches_the_full_run():
 
 
 def test_a_fit_never_stops_before_the_rules_minimum():
-    rule = engine.ConvergenceRule(min_steps=800)
+    rule = convergence.ConvergenceRule(min_steps=800)
     fit = vt.fit(gaussian_target(), converge=rule, progress=False)
     assert fit.status == "converged" and fit.num_steps >= 800
     assert fit.convergence.step >= 800
@@ -135,7 +135,7 @@ def test_the_cool_down_runs_a_quarter_more_steps_within_the_budget():
     fit = vt.fit(gaussian_target(), progress=False)
     k = fit.convergence.step
     assert fit.num_steps == k + 100 * int(np.ceil(0.25 * k / 100))
-    long_tail = engine.ConvergenceRule(cooldown=10.0)  # holds at the same k: the same steps so far
+    long_tail = convergence.ConvergenceRule(cooldown=10.0)  # holds at the same k: the same steps so far
     capped = vt.fit(gaussian_target(), converge=long_tail, progress=False)
     assert capped.status == "converged" and capped.convergence.step == k and capped.num_steps == 2000
 
@@ -144,7 +144,7 @@ def test_the_cool_down_runs_a_quarter_more_steps_within_the_budget():
     "options, error, match",
     [
         (dict(converge="yes"), TypeError, "converge must be True, False or a StoppingRule"),
-        (dict(converge=engine.RelativeChangeRule(), tol=0.1), ValueError, "give tol or a StoppingRule"),
+        (dict(converge=convergence.RelativeChangeRule(), tol=0.1), ValueError, "give tol or a StoppingRule"),
         (dict(tol=-1.0), ValueError, "tol must be a finite positive number"),
     ],
 )
@@ -164,4 +164,4 @@ def test_bad_stopping_options_are_refused(options, error, match):
 )
 def test_bad_rule_arguments_are_refused(options, match):
     with pytest.raises(ValueError, match=match):
-        engine.ConvergenceRule(**options)
+        convergence.ConvergenceRule(**options)

@@ -17,7 +17,8 @@ import optax
 
 from vitools import alerts, start, validate
 from vitools.blas import one_blas_thread
-from vitools.engine import ConvergenceRule, StoppingRule, default_optimizer, init_state, optimize
+from vitools.convergence import ConvergenceRule, StoppingRule
+from vitools.engine import default_optimizer, init_state, optimize
 from vitools.families import Family, get_family
 from vitools.families.base import check_distribution
 from vitools.objectives import Objective, get_objective, objective_hooks
@@ -77,11 +78,11 @@ def fit(
             (:mod:`vitools.frame`), so badly scaled models need no tuning.
         tol: the convergence rule's tolerance, in nats: the loss has converged when its fitted
             fall over the last 500 steps is below its standard error and below ``tol``
-            (:class:`vitools.engine.ConvergenceRule`; None: its default, 0.05).
+            (:class:`vitools.convergence.ConvergenceRule`; None: its default, 0.05).
         converge: True: stop once the rule holds (status ``"converged"``); False: run all
             ``num_steps`` (status ``"completed"``); either way ``fit.convergence`` says whether
-            the loss had stopped falling. A :class:`vitools.engine.StoppingRule` (e.g.
-            ``engine.RelativeChangeRule()``, Stan's) stops on that rule instead (``tol`` unused).
+            the loss had stopped falling. A :class:`vitools.convergence.StoppingRule` (e.g.
+            ``convergence.RelativeChangeRule()``, Stan's) stops on that rule instead (``tol`` unused).
         on_nonfinite: ``"raise"`` (:class:`NonFiniteLossError`, carrying the fit) or ``"warn"``.
         progress: show progress (a bar on a terminal, periodic lines otherwise).
         chunk_size: steps per compiled chunk. Once a chunk is timed, a call runs as many chunks

@@ -20,7 +20,7 @@ from vitools.frame import Frame
 from vitools.targets import Target
 
 if TYPE_CHECKING:
-    from vitools.engine import Convergence
+    from vitools.convergence import Convergence
     from vitools.objectives import Objective
 
 __all__ = ["Fit", "NonFiniteLossError"]
@@ -61,7 +61,7 @@ class Fit:
             wall time, its compilation included. status: "completed", "converged", "nonfinite"
             or "interrupted".
         seed: the ``seed`` of ``vt.fit`` (None when it was given a ``key``).
-        convergence: whether the loss had stopped falling (:class:`vitools.engine.Convergence`:
+        convergence: whether the loss had stopped falling (:class:`vitools.convergence.Convergence`:
             ``converged``, the fitted fall of the loss over the last window and its standard
             error, in nats), assessed where the fit stopped or, after the whole budget, on its
             last window; None for a Gaussian fitted elsewhere. ``status == "completed"`` with
