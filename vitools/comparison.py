@@ -356,4 +356,6 @@ def _number(value: Any) -> str:
         return ""
     if float(value).is_integer() and abs(value) < 1e15:
         return str(int(value))
+    if 1e3 <= abs(value) < 1e15:  # an ESS of 7084.6 reads 7085, not 7.08e+03
+        return f"{value:.0f}"
     return f"{value:.3g}"
