@@ -22,7 +22,9 @@ __all__ = ["Convergence", "ConvergenceRule", "RelativeChangeRule", "StoppingRule
 # (benchmarks/results/convergence_candidates.md): a 300-step window stopped forward-KL fits at
 # the 400-step minimum with W1 2-5x the fixed 2000-step fit's (eight schools centered, radon,
 # earnings, kidiq); 500 steps: median 750 steps, W1/fixed median 1.006, within 2 draw-se in 76%.
-# Without the cool-down W1/fixed had median 1.20 (the stop came at a high learning rate).
+# Without the cool-down W1/fixed had median 1.20 (the stop came at a high learning rate). Those
+# runs used the earlier test "D <= z s_D and D < tol"; the equivalence test now in `check` is
+# measured in benchmarks/results/convergence.md.
 WINDOW = 500
 TOL = 0.05
 MIN_STEPS = 500
@@ -67,12 +69,15 @@ class ConvergenceRule:
     squares), giving the fall over the window :math:`D = -b W` and its standard error
     :math:`s_D = W \hat\sigma / \sqrt{\sum_t (t - \bar t)^2}`. The fit has converged when
 
-    .. math:: D \le z\, s_D \quad\text{and}\quad D < \mathrm{tol},
+    .. math:: D + z\, s_D < \mathrm{tol},
 
-    i.e. the loss no longer falls by more than its noise can hide, *and* by at most ``tol`` nats
-    over the window. The first condition alone would stop a noisy forward-KL loss that still
-    falls by nats per window; the second alone would stop on a loss whose noise is large compared
-    with ``tol`` but whose trend we cannot see. Per-step losses are independent given the
+    i.e. the loss is shown to fall by less than ``tol`` nats over the window: the upper end of
+    the fall's interval lies under ``tol`` (an equivalence test, Schuirmann 1987, one-sided). A
+    loss too noisy to show that runs on to the budget. An earlier form, "D within z s_D and below
+    tol", stopped such losses at the minimum whatever their trend: on gp_poisson (reverse KL,
+    fall -0.08 ± 0.66 nats at step 600) the fit stopped at 800 steps with W1 0.136 against 0.093
+    after 2000, and centred eight schools (forward KL) at 700 with 0.435 against 0.297 (measured).
+    Per-step losses are independent given the
     parameters, but the parameters drift, so residuals are positively autocorrelated and
     :math:`s_D` is too small: that makes the rule stop later, not earlier.
 
@@ -85,7 +90,7 @@ class ConvergenceRule:
 
     Args:
         window: steps regressed, an integer >= 3.
-        z: how many standard errors of a fall count as no fall, a positive number.
+        z: standard errors added to the fall before it is compared with ``tol``, a positive number.
         tol: the largest fall over the window, nats, that counts as flat; a positive number.
         min_steps: no stop before this many steps (at least ``window`` are needed anyway).
         cooldown: after the rule holds at step k, run ``cooldown x k`` more steps (rounded up
@@ -122,7 +127,7 @@ class ConvergenceRule:
         residuals = tail - tail.mean() - slope * x
         sigma = math.sqrt(float(residuals @ residuals) / (self.window - 2))
         decrease, se = -slope * self.window, self.window * sigma / math.sqrt(sxx)
-        converged = decrease <= self.z * se and decrease < self.tol  # <=: a loss exactly flat
+        converged = decrease + self.z * se < self.tol
         return Convergence(bool(converged), decrease, se, self.window, steps)
 
     def final(self, losses: np.ndarray) -> Convergence:
