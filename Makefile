@@ -25,6 +25,8 @@ test-fast: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/run_all.py
 	$(PY) benchmarks/bench_posteriordb.py
+	$(PY) benchmarks/bench_verdicts.py
+	$(PY) benchmarks/bench_convergence.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check vitools tests benchmarks examples
