@@ -151,7 +151,10 @@ def run_svi(
             continue
         record = dict(num_steps=budget, num_grad_evals=info["grad_evals"], elapsed=elapsed)
         record |= dict(compile_time=setup.compile_s, status=info["status"], seed=seed)
-        out.append((svi_fit(fresh.guide, fresh.get_params(state), target, **record), info))
+        try:
+            out.append((svi_fit(fresh.guide, fresh.get_params(state), target, **record), info))
+        except ValueError as err:  # finite losses, non-finite Gaussian (collinear_large): a result
+            out.append((None, info | {"status": f"nonfinite: {err}"}))
     return out
 
 
