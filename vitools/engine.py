@@ -213,6 +213,10 @@ class ProgramCache:
     def __len__(self) -> int:
         return len(self._programs)
 
+    def clear(self) -> None:
+        """Drop every kept program (``num_compiled`` keeps counting)."""
+        self._programs.clear()
+
     def get(self, args: tuple, optimizer, chunk_size: int, max_chunks: int) -> tuple[Any, float]:
         """The compiled :func:`run_chunks` for these arguments ``(state, num_steps, num_chunks,
         objective, family, target)`` and the seconds spent compiling it (0 when kept)."""
