@@ -41,6 +41,7 @@ import sys
 import time
 from pathlib import Path
 
+import jax
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -48,6 +49,7 @@ from accuracy_report import write_report  # noqa: E402
 from accuracy_runs import BUDGETS, QUICK_BUDGETS, QUICK_MODELS, SVI_LEARNING_RATES, run_model  # noqa: E402
 from common import RESULTS_DIR, cpu_model, format_load, load_note, now, versions  # noqa: E402
 
+from vitools.engine import PROGRAMS  # noqa: E402
 from vitools.models import list_models  # noqa: E402
 
 
@@ -79,11 +81,17 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     print(f"# accuracy benchmark, {now()}; {format_load(load)}", flush=True)
     rows = []
+    out.mkdir(parents=True, exist_ok=True)
     for name in models:
         rows.extend(run_model(name, budgets, svi_rates))
+        # Each model's programs go once it is done: XLA maps memory regions per executable, and
+        # the 14 models' programs in one process ran past vm.max_map_count (65530) on the last
+        # model ("Failed to materialize symbols", measured at 5cf2f99).
+        PROGRAMS.clear()
+        jax.clear_caches()
+        pd.DataFrame(rows).to_csv(out / "accuracy_partial.csv", index=False, float_format="%.5g")
     total = time.perf_counter() - start
     df = pd.DataFrame(rows)
-    out.mkdir(parents=True, exist_ok=True)
     df.to_csv(out / "accuracy.csv", index=False, float_format="%.5g")
     header = f"""# Accuracy per compute on the model zoo
 
