@@ -21,7 +21,7 @@ from accuracy_runs import (
 from baselines import SVI_PARTICLES
 from common import markdown_table
 
-from vitools.diagnostics import khat_threshold
+from vitools.importance import khat_threshold
 from vitools.models import get_model
 
 

@@ -17,7 +17,7 @@ For every posterior of ``benchmarks/posteriordb`` (models translated from Stan, 
 
 Scores (``posteriordb/scoring.py``) on 2000 draws of each q, per scalar parameter against the
 reference: mean W1/sd, max |mean error|/sd, and the sd ratio's range; PSIS k̂ of the same draws'
-log weights ``log p - log q`` with :func:`vitools.diagnostics.psis_khat` (the function behind
+log weights ``log p - log q`` with :func:`vitools.importance.psis_khat` (the function behind
 ``vt.diagnose``) for every method, SVI included (its q is scored through the same target).
 
 Outputs ``benchmarks/results/posteriordb.{md,csv}``.
@@ -56,7 +56,7 @@ from benchmarks.common import (  # noqa: E402
 from benchmarks.importance import importance_draws  # noqa: E402
 from benchmarks.posteriordb import POSTERIORS, load  # noqa: E402
 from benchmarks.posteriordb.scoring import headline, reference_summary, score  # noqa: E402
-from vitools.diagnostics import khat_threshold  # noqa: E402
+from vitools.importance import khat_threshold  # noqa: E402
 
 OBJECTIVES = ("reverse_kl", "forward_kl")
 DEFAULT_STEPS = 2000  # vt.fit's default num_steps, for SVI when the reverse-KL fit failed

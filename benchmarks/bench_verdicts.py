@@ -25,7 +25,8 @@ import pandas as pd
 from common import RESULTS_DIR, format_load, load_note, markdown_table, now, versions, vitools_commit
 
 import vitools as vt
-from vitools.diagnostics import khat_threshold, verdict
+from vitools.diagnostics import verdict
+from vitools.importance import khat_threshold
 from vitools.models import MODELS
 
 SIZES = (2000, 5000, 10_000)

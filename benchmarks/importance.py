@@ -1,7 +1,7 @@
 r"""Importance-weighted draws of a fit and marginal W1 in reference units, as the benchmarks score them.
 
 A fit's draws :math:`z_s \sim q` with log weights :math:`\log w_s = \log p(x, z_s) - \log q(z_s)`
-are Pareto-smoothed (:func:`vitools.diagnostics.psis_khat`, the function behind ``vt.diagnose``);
+are Pareto-smoothed (:func:`vitools.importance.psis_khat`, the function behind ``vt.diagnose``);
 k̂ says how far the smoothed weights can be trusted. The W1 of a scalar parameter is
 :math:`W_1\big((z - m)/s, (z^{\rm ref} - m)/s\big)` with the reference's mean :math:`m` and sd
 :math:`s`, the draws weighted or not: ``vt.compare``'s ``w1`` is the unweighted one averaged over
@@ -20,7 +20,7 @@ import numpy as np
 import scipy.stats
 
 from vitools.comparison import reference_draws
-from vitools.diagnostics import psis_khat
+from vitools.importance import psis_khat
 
 
 class ImportanceDraws(NamedTuple):

@@ -14,15 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import vitools as vt
-from vitools.diagnostics import (
-    Diagnostics,
-    diagnose,
-    importance_ess,
-    khat_threshold,
-    log_evidence,
-    psis_khat,
-    verdict,
-)
+from vitools.diagnostics import Diagnostics, diagnose, verdict
+from vitools.importance import importance_ess, khat_threshold, log_evidence, psis_khat
 
 
 def vi_tree(draws: np.ndarray, log_p: np.ndarray, log_q: np.ndarray):

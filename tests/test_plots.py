@@ -15,7 +15,8 @@ from matplotlib.collections import PolyCollection
 
 import vitools as vt
 from vitools.comparison import compare
-from vitools.diagnostics import diagnose, khat_threshold
+from vitools.diagnostics import diagnose
+from vitools.importance import khat_threshold
 from vitools.models import get_model
 from vitools.plots import plot_khat, plot_marginals, plot_pair, plot_traces
 

@@ -21,7 +21,7 @@ __all__ = ["main"]
 
 DEFAULT_MODEL = "bimodal"
 DEFAULT_OBJECTIVES = "reverse_kl,forward_kl"
-MIN_DRAWS = 25  # PSIS needs at least this many draws (vitools.diagnostics.MIN_PSIS_DRAWS)
+MIN_DRAWS = 25  # PSIS needs at least this many draws (vitools.importance.MIN_PSIS_DRAWS)
 
 DESCRIPTION = """\
 Variational inference in both KL directions on NumPyro models, compared with ArviZ diagnostics.

@@ -20,7 +20,7 @@ import pandas as pd
 
 from vitools.comparison import format_table
 from vitools.convert import DIAGNOSTIC_DRAWS, draws_to_datatree, to_datatrees
-from vitools.diagnostics import khat_threshold
+from vitools.importance import khat_threshold
 from vitools.plots import plot_khat, plot_marginals, plot_pair, plot_traces
 
 __all__ = ["ReportPaths", "how_to_read", "write_report"]

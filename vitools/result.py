@@ -189,14 +189,7 @@ class Fit:
     def _sample_frame(self, num_draws: int, seed: int | None, key: jax.Array | None) -> jax.Array:
         """Draws in the frame the fit was optimised in; ``seed`` (None: 0) or ``key``, not both."""
         num_draws = validate.count(num_draws, "num_draws")
-        if key is not None and seed is not None:
-            raise validate.ArgumentValueError("give seed or key, not both (a key replaces the seed)", "key")
-        key = (
-            validate.key(key)
-            if key is not None
-            else jax.random.PRNGKey(validate.seed(0 if seed is None else seed))
-        )
-        return _sample_flat(self.family, self.params, key, num_draws)
+        return _sample_flat(self.family, self.params, validate.seed_or_key(seed, key), num_draws)
 
     @one_blas_thread
     def sample(
@@ -211,7 +204,7 @@ class Fit:
         sites). ``seed`` (None: 0) or ``key`` (a JAX PRNG key) seeds the draws; give one.
 
         ``resample="psis"``: draws of q resampled by their PSIS importance weights, approximate
-        draws of p (:func:`vitools.diagnostics.psis_resample`; warns when k̂ is above threshold,
+        draws of p (:func:`vitools.importance.psis_resample`; warns when k̂ is above threshold,
         where resampling cannot fix q). ``vt.to_datatree(draws)`` makes a tree of them.
 
         Raises:
@@ -220,7 +213,7 @@ class Fit:
             TypeError: ``key`` is not a PRNG key."""
         if resample is not None:
             validate.choice(resample, "resample", ("psis",))
-            from vitools.diagnostics import psis_resample  # diagnostics reads trees made from Fits
+            from vitools.importance import psis_resample  # it draws from Fits: imported on use
 
             return psis_resample(self, num_draws, seed, key=key)
         return jax.device_get(_constrain_all(self.target, self._sample_frame(num_draws, seed, key)))

@@ -154,6 +154,20 @@ def key(value: Any, name: str = "key") -> jax.Array:
     )
 
 
+def seed_or_key(seed_value: Any, key_value: Any) -> jax.Array:
+    """The PRNG key of a call that takes ``seed`` or ``key``: the key, or ``PRNGKey(seed)`` (None: 0).
+
+    Raises:
+        ArgumentValueError: both are given.
+        ArgumentTypeError, ArgumentValueError: as :func:`key` and :func:`seed`.
+    """
+    if key_value is not None and seed_value is not None:
+        raise ArgumentValueError("give seed or key, not both (a key replaces the seed)", "key")
+    if key_value is not None:
+        return key(key_value)
+    return jax.random.PRNGKey(seed(0 if seed_value is None else seed_value))
+
+
 def choice(value: Any, name: str, choices: Sequence[str]) -> str:
     """One of the strings ``choices``. Raises ArgumentValueError for anything else."""
     if not isinstance(value, str) or value not in choices:

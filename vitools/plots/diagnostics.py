@@ -17,7 +17,8 @@ import xarray as xr
 from matplotlib.figure import Figure
 
 from vitools.convert import DIAGNOSTIC_DRAWS, optimization_dataset
-from vitools.diagnostics import KHAT_Z, Diagnostics, khat_threshold
+from vitools.diagnostics import KHAT_Z, Diagnostics
+from vitools.importance import khat_threshold
 from vitools.plots.marginals import limits
 from vitools.result import Fit
 
@@ -56,7 +57,7 @@ def _khat_rows(source: Any, num_draws: int) -> tuple[list[tuple[str, float, floa
 
 def plot_khat(diagnostics_or_table: Any, num_draws: int = DIAGNOSTIC_DRAWS) -> Figure:
     """Pareto k̂ of each fit as a bar with k̂ ± 2 sd (its Monte Carlo uncertainty,
-    :func:`vitools.diagnostics.khat_se`), coloured by verdict, against the threshold
+    :func:`vitools.importance.khat_se`), coloured by verdict, against the threshold
     min(1 - 1/log10 S, 0.7).
 
     Args:
