@@ -84,9 +84,9 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     for name in models:
         rows.extend(run_model(name, budgets, svi_rates))
-        # Each model's programs go once it is done: XLA maps memory regions per executable, and
-        # the 14 models' programs in one process ran past vm.max_map_count (65530) on the last
-        # model ("Failed to materialize symbols", measured at 5cf2f99).
+        # Each model's programs go once it is done: with all 14 models' programs kept, every new
+        # program on the last model failed with "Failed to materialize symbols" (at 7d011b1's
+        # parent; see tests/conftest.py for the likely limit, memory mappings per process).
         PROGRAMS.clear()
         jax.clear_caches()
         pd.DataFrame(rows).to_csv(out / "accuracy_partial.csv", index=False, float_format="%.5g")

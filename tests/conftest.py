@@ -19,14 +19,12 @@ from vitools.engine import PROGRAMS  # noqa: E402  (after the config: vitools ma
 
 @pytest.fixture(autouse=True, scope="module")
 def _release_compiled_programs():
-    """Drop each test module's compiled programs once it is done. XLA's CPU backend maps a few
-    memory regions per executable (3.2 per small program, measured; jax.clear_caches() took 200
-    programs' 1060 mappings back to 475), and the whole suite in one process ran past Linux's
-    vm.max_map_count (65530 here): from test_recovery on, every new program failed with
-    "Failed to materialize symbols"."""
+    """Drop each test module's compiled programs once it is done. Without this, the whole suite in
+    one process failed from test_recovery on: every new program raised "Failed to materialize
+    symbols" (25 failures); with it, all passed. XLA's CPU backend maps a few memory regions per
+    executable (3.2 per small program; jax.clear_caches() took 200 programs' 1060 mappings back to
+    475, measured), so Linux's vm.max_map_count (65530 here) is the likely limit; the count at the
+    failure was not measured."""
     yield
     PROGRAMS.clear()
     jax.clear_caches()
-    if os.environ.get("VITOOLS_TEST_MAPS"):  # how close the process came to the limit
-        with open("/proc/self/maps") as maps:
-            print(f" [memory mappings: {sum(1 for _ in maps)}]", end="")
