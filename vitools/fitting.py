@@ -109,8 +109,6 @@ def fit(
         tol=tol, converge=converge, on_nonfinite=on_nonfinite, init=init, family=family,
         objective=objective, optimizer=optimizer, key=key,
     )  # fmt: skip
-    if seed is not None and key is not None:
-        raise validate.ArgumentValueError("give seed or key, not both (a key replaces the seed)", "key")
     num_steps, chunk_size, seed, learning_rate, tol, init, family, objective, key = (
         options[k]
         for k in (
@@ -125,6 +123,8 @@ def fit(
             "key",
         )
     )
+    seed = 0 if seed is None and key is None else seed  # recorded on the Fit (None: a key was given)
+    key = validate.seed_or_key(seed, key)  # raises when both are given
     rule = _rule(options["converge"], tol)
     if model_kwargs is not None and not isinstance(model_kwargs, dict):
         raise validate.ArgumentTypeError(f"model_kwargs must be a dict, got {type(model_kwargs).__name__}")
@@ -145,9 +145,6 @@ def fit(
             "never evaluates the model's density; use 'reverse_kl' or 'forward_kl', or give them priors",
             "objective",
         )
-    if key is None:
-        seed = 0 if seed is None else seed
-        key = jax.random.PRNGKey(seed)
     init_key, run_key = jax.random.split(key)
     params_key = jax.random.fold_in(run_key, 1)  # whatever a family draws in init (IAF's weights)
     check_distribution(family, params_key, target)  # before the start, so a broken family fails fast
