@@ -279,11 +279,14 @@ def write_report(df: pd.DataFrame, out: Path, header: str, budgets, svi_rates) -
     summary, silent, full, verdicts = summarise(df)
     rates = ", ".join(f"{r:g}" for r in svi_rates)
     text = f"""{header}
-Budgets: {", ".join(map(str, budgets))} steps; the tables below are at vt.fit's default {DEFAULT_STEPS}
-steps (reverse KL: 16 draws/step = {16 * DEFAULT_STEPS} gradient evaluations; forward KL: its default
-max(64, 2 dim) draws/step, density evaluations without gradients).
-**NumPyro SVI: `Trace_ELBO(num_particles={SVI_PARTICLES})` and the same number of steps as vitools**, so
-the same {SVI_PARTICLES} x steps gradient evaluations as vitools' reverse KL; `optax.adam(lr)`, lr in
+Budgets: {", ".join(map(str, budgets))} steps, as vt.fit's `num_steps`: a ceiling, since vt.fit stops
+on convergence; the tables below are at its default {DEFAULT_STEPS} (reverse KL: 16 draws/step =
+{16 * DEFAULT_STEPS} gradient evaluations at most in the loop; forward KL: its default max(64, 2 dim)
+draws/step, density evaluations without gradients). vitools' `grad_evals` count everything a fit
+spent: the start (Laplace path, Newton steps, Hessians at dim evaluations each; `init_grad_evals`),
+the start race's pilots and the loop's steps actually run (`steps`).
+**NumPyro SVI: `Trace_ELBO(num_particles={SVI_PARTICLES})` for the whole budget of steps**, so
+{SVI_PARTICLES} x steps gradient evaluations; `optax.adam(lr)`, lr in
 ({rates}), at constant rate; NumPyro's default init (`init_to_uniform`, scale 0.1).
 vitools families: meanfield, fullrank, lowrank (rank 5, where dim > 5) and iaf (a normalizing flow:
 2 IAF layers under a full affine map) on the models with dim <= {IAF_MAX_DIM} (its log q at a given point
