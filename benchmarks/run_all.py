@@ -67,7 +67,8 @@ def accuracy_findings(out: Path) -> tuple[list[str], str]:
     lines.append(
         _status(not misses)
         + " vitools' default fit (reverse KL, fullrank) at least as accurate (w1, within Monte Carlo noise) "
-        "as NumPyro SVI AutoMultivariateNormal (best of its learning rates) at the same gradient budget "
+        "as NumPyro SVI AutoMultivariateNormal (best of its learning rates) at the same step budget "
+        "(vitools stops early and counts its start: accuracy.md) "
         f"on every zoo model: {len(verdicts) - len(misses)} of {len(verdicts)}"
         + (f"; misses: {', '.join(misses)}" if misses else "")
         + "."
