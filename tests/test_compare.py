@@ -169,8 +169,29 @@ def test_format_table_text_markdown_csv(reference):
     assert markdown.splitlines()[1].startswith("|--")
     back = pd.read_csv(io.StringIO(format_table(table, fmt="csv")), index_col=0)
     np.testing.assert_allclose(back["w1"], table["w1"])
-    with pytest.raises(ValueError, match="fmt must be 'text', 'markdown' or 'csv', got 'html'"):
+    rows = json.loads(format_table(table, fmt="json"))
+    assert rows["bad"]["w1"] == pytest.approx(table.loc["bad", "w1"], rel=1e-12)
+    with pytest.raises(ValueError, match="fmt must be 'text', 'markdown', 'csv' or 'json', got 'html'"):
         format_table(table, fmt="html")
+
+
+def test_the_text_table_fits_its_width_without_cutting_a_number(reference):
+    """Every column of a wide table (long row names, reference columns, k̂ above threshold) fits in
+    100 characters: columns that do not go to a second block, names wrap, numbers stay whole."""
+    long_name = "a rather long fit name that wraps"
+    fits = {long_name: normal_tree(0.0, 1.0, vitools_objective="forward_kl"), "bad": normal_tree(3.0, 0.2)}
+    table = compare(fits, reference=reference)
+    for width in (100, 80):
+        text = format_table(table, width=width)
+        assert max(map(len, text.splitlines())) <= width
+        for column in ("w1", "sd_ratio", "verdict", "objective"):
+            assert column in text
+        block = text.split("Verdicts:")[0]
+        assert f"{table.loc['bad', 'w1']:.3g}" in block and "wraps" in block and long_name not in block
+    tree = normal_tree(0.0, 1.0, vitools_objective="forward_kl", vitools_family="x")
+    assert "objective" in format_table(compare({"forward_kl": tree}))  # the name does not say both
+    named = format_table(compare({"forward_kl/x": tree}))
+    assert "objective" not in named and "family" not in named
 
 
 def hierarchical(y):
@@ -183,7 +204,12 @@ def hierarchical(y):
 def test_end_to_end_with_real_fits_and_nuts_reference():
     y = np.array([-1.0, 0.5, 2.0])
     mcmc = numpyro.infer.MCMC(
-        numpyro.infer.NUTS(hierarchical), num_warmup=200, num_samples=500, progress_bar=False
+        numpyro.infer.NUTS(hierarchical),
+        num_warmup=200,
+        num_samples=500,
+        num_chains=2,  # R-hat needs two
+        chain_method="sequential",
+        progress_bar=False,
     )
     mcmc.run(jax.random.PRNGKey(0), y)
     fits = {  # init="median" skips the Laplace path search (seconds) to keep the test fast
@@ -195,6 +221,13 @@ def test_end_to_end_with_real_fits_and_nuts_reference():
     assert table["w1"].idxmax() == "one step"
     assert table.loc["fullrank", "verdict"] in ("good", "ok") and table.loc["fullrank", "w1"] < 0.2
     assert table.loc["NUTS", "family"] == "NUTS" and table.loc["NUTS", "w1"] == 0.0
+    # the NUTS row carries NUTS's own diagnostics, as az.summary computes them; fits have none
+    summary = az.summary(vt.to_datatree(mcmc))
+    assert table.loc["NUTS", "rhat"] == pytest.approx(summary["r_hat"].astype(float).max(), abs=0.006)
+    assert table.loc["NUTS", "ess"] == pytest.approx(summary["ess_bulk"].astype(float).min(), rel=0.01)
+    diverging = int(np.asarray(mcmc.get_extra_fields()["diverging"]).sum())
+    assert table.loc["NUTS", "divergences"] == diverging
+    assert np.isnan(table.loc["fullrank", "rhat"]) and np.isnan(table.loc["fullrank", "divergences"])
     assert table.loc["fullrank", "steps"] == 300 and table.loc["fullrank", "grad_evals"] > 0
     assert "fullrank" in format_table(table)
 

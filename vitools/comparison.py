@@ -2,7 +2,8 @@ r"""Several approximations of one posterior side by side: one row per fit, one c
 
 Columns: ``objective``, ``family``, ``steps``, ``grad_evals``, ``time_s`` (from the tree's attrs), then
 the importance diagnostics of :func:`vitools.diagnostics.diagnose` (``khat``, ``verdict``, ``ess``,
-``log_evidence`` ± ``log_evidence_se``, ``elbo``; NaN for MCMC, which has no q), and with a reference
+``log_evidence`` ± ``log_evidence_se``, ``elbo``; NaN for MCMC, which has no q), an MCMC run's own
+(``rhat``, its smallest bulk ``ess``, ``divergences``; NaN for fits), and with a reference
 (e.g. long NUTS runs), per scalar parameter j with reference mean :math:`m_j` and sd :math:`s_j`,
 averaged over the P parameters that the fit and the reference share:
 
@@ -35,6 +36,7 @@ for the fit with the highest estimate; read it next to ``log_evidence_se``.
 from __future__ import annotations
 
 import math
+import textwrap
 import warnings
 from collections.abc import Mapping
 from typing import Any
@@ -42,6 +44,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import scipy.stats
+import tabulate
 import xarray as xr
 
 from vitools.convert import DIAGNOSTIC_DRAWS, MODEL_ATTR, draws_to_datatree, to_datatrees
@@ -53,8 +56,11 @@ __all__ = ["compare", "format_table", "reference_draws"]
 
 COLUMNS = [
     "objective", "family", "steps", "grad_evals", "time_s", "khat", "khat_se", "verdict", "ess",
-    "log_evidence", "log_evidence_se", "elbo", "missed_mass", "reasons",
+    "rhat", "divergences", "log_evidence", "log_evidence_se", "elbo", "missed_mass", "reasons",
 ]  # fmt: skip
+# Columns only an MCMC run fills (NaN for fits): its worst R-hat and its divergent transitions; its
+# ``ess`` is the smallest bulk ESS over parameters (a fit's is the importance ESS of its draws).
+MCMC_COLUMNS = ["rhat", "divergences"]
 # Importance-weighted columns: unreliable where k̂ is above its threshold (format_table marks them).
 WEIGHTED_COLUMNS = ["ess", "log_evidence", "missed_mass"]
 # A fit that misses more than this share of the mass another fit covers reads "bad" (when the gap in
@@ -62,6 +68,8 @@ WEIGHTED_COLUMNS = ["ess", "log_evidence", "missed_mass"]
 # misses 0.5.
 MISSED_MASS_TOL = 0.1
 REFERENCE_COLUMNS = ["mean_error", "sd_ratio", "w1"]
+TEXT_WIDTH = 100  # format_table's text: a terminal's width, so nothing wraps mid-number
+LABEL_WIDTH = 22  # row names wrap past this
 
 
 def reference_draws(reference: Any) -> tuple[list[str], np.ndarray]:
@@ -228,6 +236,8 @@ def compare(
     rows = []
     for name, tree in trees.items():
         row = _metadata(tree)
+        if tree.attrs.get("vitools_kind") == "mcmc":
+            row |= _mcmc_stats(tree)
         if has_log_weights(tree):
             try:
                 diag = diagnose(tree, warn=False)
@@ -300,22 +310,53 @@ def _metadata(tree: xr.DataTree) -> dict[str, Any]:
     }
 
 
-def format_table(df: pd.DataFrame, fmt: str = "text") -> str:
-    """Render a :func:`compare` table as ``"text"`` (terminal), ``"markdown"`` or ``"csv"``.
+def _mcmc_stats(tree: xr.DataTree) -> dict[str, float]:
+    """An MCMC run's own diagnostics: ``rhat`` the largest rank-normalized split R-hat and ``ess``
+    the smallest bulk ESS over its scalar parameters (Vehtari et al. 2021, "Rank-normalization,
+    folding, and localization", via arviz-stats; constant parameters, e.g. pinned values, are
+    skipped), ``divergences`` the divergent transitions after warm-up (NaN where the sampler
+    records none)."""
+    import arviz_stats as azs  # imported on use: ~0.5 s, and only MCMC rows need it
+
+    posterior = tree["posterior"].to_dataset()
+    rhat, ess = (
+        np.concatenate([np.ravel(v.values) for v in stat(posterior).data_vars.values()] + [np.zeros(0)])
+        for stat in (azs.rhat, azs.ess)
+    )
+    stats = tree.children.get("sample_stats")
+    diverging = stats["diverging"] if stats is not None and "diverging" in stats.data_vars else None
+    return {
+        "rhat": float(np.nanmax(rhat)) if np.isfinite(rhat).any() else math.nan,
+        "ess": float(np.nanmin(ess)) if np.isfinite(ess).any() else math.nan,
+        "divergences": math.nan if diverging is None else int(diverging.values.sum()),
+    }
+
+
+def format_table(df: pd.DataFrame, fmt: str = "text", width: int = TEXT_WIDTH) -> str:
+    """Render a :func:`compare` table as ``"text"`` (terminal), ``"markdown"``, ``"csv"`` or ``"json"``.
 
     Text and markdown join ``khat ± khat_se`` and ``log_evidence ± log_evidence_se`` into one column
     each, round to 3 significant figures, mark with ``?`` the importance-weighted cells
     (``WEIGHTED_COLUMNS``) of rows whose k̂ is above threshold, and list each fit's ``reasons``
-    under the table instead of in a column. CSV keeps every column at full precision.
+    under the table instead of in a column. They leave out columns that are empty in every row
+    (``rhat`` without an MCMC row) and ``objective``/``family`` where each fit's name already
+    says them (``"forward_kl/iaf"``, the default names). CSV and JSON (an object per row, NaN as null)
+    keep every column at full precision.
+
+    Text fits in ``width`` characters: column names break at their underscores onto two lines,
+    long row names wrap, and columns that still do not fit go to a second block under the first
+    (each block repeats the row names); numbers are never cut. The reasons wrap at ``width`` too.
 
     Raises:
         ValueError: unknown ``fmt``.
     """
     if fmt == "csv":
         return df.to_csv()
+    if fmt == "json":
+        return df.to_json(orient="index", indent=2, double_precision=15)
     if fmt not in ("text", "markdown"):
-        raise ValueError(f"fmt must be 'text', 'markdown' or 'csv', got {fmt!r}")
-    shown = df.copy()
+        raise ValueError(f"fmt must be 'text', 'markdown', 'csv' or 'json', got {fmt!r}")
+    shown = df.drop(columns=_redundant(df))
     reasons = shown.pop("reasons") if "reasons" in shown else pd.Series(dtype=object)
     if "khat" in shown and "khat_se" in shown:  # two decimals, as the thresholds are written
         shown["khat"] = [_khat(k, se) for k, se in zip(shown["khat"], shown.pop("khat_se"), strict=True)]
@@ -326,29 +367,91 @@ def format_table(df: pd.DataFrame, fmt: str = "text") -> str:
             shown[column] = ["" if pd.isna(v) else str(v) for v in shown[column]]
     if "log_evidence" in shown and "log_evidence_se" in shown:
         pairs = zip(shown["log_evidence"], shown.pop("log_evidence_se"), strict=True)
-        shown["log_evidence"] = [f"{v} ± {e}" if v and e else v for v, e in pairs]
+        shown["log_evidence"] = [f"{v} ± {_se(e)}" if v and e else v for v, e in pairs]
     unreliable = [name for name, ok in df.attrs.get("reliable", {}).items() if not ok]
     marked = [c for c in WEIGHTED_COLUMNS if c in shown]
     for name in unreliable:
         shown.loc[name, marked] = [f"{v} ?" if v else v for v in shown.loc[name, marked]]
-    tablefmt = "github" if fmt == "markdown" else "simple"
-    lines = [shown.to_markdown(tablefmt=tablefmt)]
+    if unreliable and fmt == "text":  # so the marked and unmarked numbers stay aligned
+        others = [name for name in shown.index if name not in unreliable]
+        for column in marked:
+            shown.loc[others, column] = [f"{v}  " if v else v for v in shown.loc[others, column]]
+    lines = [shown.to_markdown(tablefmt="github") if fmt == "markdown" else _text_blocks(shown, width)]
     if unreliable and marked:
         lines.append(
             f"\n? importance-weighted, unreliable: k̂ above its threshold ({', '.join(map(str, unreliable))})"
         )
     notes = [(name, text) for name, text in reasons.items() if isinstance(text, str) and text]
-    if notes:
-        bullet = "- " if fmt == "markdown" else "  "
-        lines.append("\nVerdicts:" if fmt == "text" else "\n**Verdicts:**\n")
-        lines += [f"{bullet}{name}: {df.loc[name, 'verdict']}: {text}" for name, text in notes]
+    if notes and fmt == "markdown":
+        lines.append("\n**Verdicts:**\n")
+        lines += [f"- {name}: {df.loc[name, 'verdict']}: {text}" for name, text in notes]
+    elif notes:
+        lines.append("\nVerdicts:")
+        for name, text in notes:
+            wrapped = textwrap.wrap(
+                f"{name}: {df.loc[name, 'verdict']}: {text}", width - 2, subsequent_indent="    "
+            )
+            lines += ["  " + line for line in wrapped]
     return "\n".join(lines)
+
+
+def _text_blocks(shown: pd.DataFrame, width: int) -> str:
+    """The text table in blocks of columns no wider than ``width`` (see :func:`format_table`)."""
+    labels = [
+        "\n".join(textwrap.wrap(str(n), LABEL_WIDTH, break_on_hyphens=False)) or str(n) for n in shown.index
+    ]
+    headers = {c: c.replace("_", "\n", 1) if len(c) > 8 else c for c in shown.columns}
+
+    def render(columns: list[str]) -> str:
+        block = shown[columns].rename(columns=headers)
+        align = ["left"] + ["left" if c in ("objective", "family", "verdict") else "right" for c in columns]
+        padding, tabulate.MIN_PADDING = tabulate.MIN_PADDING, 0  # columns as wide as their widest cell
+        try:
+            return tabulate.tabulate(
+                block,
+                headers="keys",
+                tablefmt="simple",
+                showindex=labels,
+                disable_numparse=True,
+                colalign=align,
+            )
+        finally:
+            tabulate.MIN_PADDING = padding
+
+    blocks, columns = [], []
+    for column in shown.columns:
+        if columns and max(map(len, render(columns + [column]).splitlines())) > width:
+            blocks.append(render(columns))
+            columns = []
+        columns.append(column)
+    if columns or not blocks:
+        blocks.append(render(columns))
+    return "\n\n".join(blocks)
+
+
+def _redundant(df: pd.DataFrame) -> list[str]:
+    """Columns the text table leaves out: empty in every row, or ``objective``/``family`` where every
+    fit's row name holds both (MCMC rows, objective "mcmc", do not count)."""
+    empty = [c for c in df.columns if c != "reasons" and df[c].isna().all()]
+    if not {"objective", "family"} <= set(df.columns):
+        return empty
+    fits = [
+        (str(n), o, f) for n, o, f in zip(df.index, df["objective"], df["family"], strict=True) if o != "mcmc"
+    ]
+    if fits and all(str(o) in name and str(f) in name for name, o, f in fits):
+        return empty + ["objective", "family"]
+    return empty
 
 
 def _khat(khat: float, se: float) -> str:
     if pd.isna(khat):
         return ""
     return f"{khat:.2f}" if pd.isna(se) or not np.isfinite(khat) else f"{khat:.2f} ± {se:.2f}"
+
+
+def _se(text: str) -> str:
+    """A standard error to 2 significant figures (its own error is larger than the third)."""
+    return f"{float(text):.2g}"
 
 
 def _number(value: Any) -> str:
