@@ -51,7 +51,7 @@ from vitools.draws import KINDS, SITE_ATTR, as_container, is_draws
 from vitools.model import ModelDensity
 from vitools.result import Fit
 from vitools.targets import Target
-from vitools.trees import LATENT_ATTR, SAMPLE_DIMS
+from vitools.trees import LATENT_ATTR, SAMPLE_DIMS, as_single_chain
 
 # arviz_base's from_numpyro reads the attribute numpyro.infer.initialization, which Python sets
 # only when that submodule is imported after numpyro.infer's own import completed; make sure it is.
@@ -84,6 +84,13 @@ CONVERGED_ATTR = "vitools_converged"  # root attr: 1/0, whether the optimisation
 # at 2000, 0.87-1.23 at 10,000). Drawing and weighing 10,000 draws took 0.03 s on the zoo's
 # 100-D stochastic-volatility model (compile ~4 s either way); memory is bounded by DRAW_BATCH.
 DIAGNOSTIC_DRAWS = 10_000
+# The posterior group's attr ``vitools_note`` on a fit's tree: what az.summary's ESS and R-hat of
+# these draws mean (vt.summary prints the numbers that do mean something).
+DRAWS_NOTE = (
+    "independent draws from the approximation q, not from the posterior: their ESS (about the number "
+    "of draws) and R-hat say nothing about how close q is to p; read k-hat and the PSIS-reweighted "
+    "moments (vt.summary, vt.diagnose)"
+)
 
 
 def variable_names(sites: Iterable[str]) -> dict[str, str]:
@@ -213,6 +220,7 @@ def fit_to_datatree(fit: Fit, num_draws: int = DIAGNOSTIC_DRAWS, seed: int = 0) 
         _site_dims(fit.target, draws),
     )
     tree["optimization"] = xr.DataTree(optimization_dataset(fit))
+    tree["posterior"].attrs["vitools_note"] = DRAWS_NOTE  # read by whoever opens the tree in ArviZ
     tree.attrs.update(_fit_attrs(fit, num_draws, seed))
     return tree
 
@@ -333,17 +341,30 @@ def to_datatree(obj: Any, num_draws: int = DIAGNOSTIC_DRAWS, seed: int = 0) -> x
 
 
 def to_datatrees(
-    fits: Mapping[str, Any], num_draws: int = DIAGNOSTIC_DRAWS, seed: int = 0
+    fits: Mapping[str, Any], num_draws: int = DIAGNOSTIC_DRAWS, seed: int = 0, *, aligned: bool = False
 ) -> dict[str, xr.DataTree]:
     """``{name: to_datatree(obj, num_draws, seed)}``: every fit drawn with the same ``seed``, so a
     fit's draws (and k̂, and verdict) do not depend on which other fits sit beside it.
 
+    ``aligned=True`` returns trees that arviz-plots can overlay: each as one chain of the same number
+    of draws (the fewest any entry has, kept evenly spaced, :func:`vitools.trees.as_single_chain`).
+    arviz-plots ``xr.concat``-s the trees it is given, so trees of unequal ``(chain, draw)`` sizes
+    are padded with NaN and a NUTS run's intervals vanish from ``azp.plot_forest`` without a word.
+    Compare and diagnose unaligned trees: an MCMC run's R-hat needs its chains.
+
     Raises:
         ValueError: ``fits`` is empty; as :func:`to_datatree`.
         TypeError: ``fits`` is not a dict; as :func:`to_datatree`.
+
+    Example:
+        >>> azp.plot_forest(vt.to_datatrees({"VI": fit, "NUTS": mcmc}, aligned=True))
     """
     if not isinstance(fits, Mapping):
         raise TypeError(f"fits must be a dict {{name: fit}}, got {type(fits).__name__}")
     if not fits:
         raise ValueError("fits is empty: pass {name: Fit | MCMC | DataTree}")
-    return {name: to_datatree(obj, num_draws=num_draws, seed=seed) for name, obj in fits.items()}
+    trees = {name: to_datatree(obj, num_draws=num_draws, seed=seed) for name, obj in fits.items()}
+    if not aligned:
+        return trees
+    sizes = [t["posterior"].sizes["chain"] * t["posterior"].sizes["draw"] for t in trees.values()]
+    return {name: as_single_chain(tree, min(sizes)) for name, tree in trees.items()}
