@@ -13,6 +13,7 @@ from vitools.diagnostics import Diagnostics, diagnose
 from vitools.families import IAF, AutoGuideFamily, FullRank, LowRank, MeanField
 from vitools.fitting import fit
 from vitools.objectives import ForwardKL, ForwardKLFromDraws, RenyiAlpha, ReverseKL, weighted_cross_entropy
+from vitools.predictive import add_predictive, loo
 from vitools.result import Fit, NonFiniteLossError
 from vitools.targets import Target
 from vitools.trees import as_single_chain
@@ -33,12 +34,14 @@ __all__ = [
     "RenyiAlpha",
     "ReverseKL",
     "Target",
+    "add_predictive",
     "as_single_chain",
     "compare",
     "diagnose",
     "enable_compilation_cache",
     "fit",
     "format_table",
+    "loo",
     "to_datatree",
     "weighted_cross_entropy",
 ]

@@ -22,6 +22,7 @@ from vitools.targets import Target
 if TYPE_CHECKING:
     from vitools.convergence import Convergence
     from vitools.objectives import Objective
+    from vitools.predictive import FitGuide
 
 __all__ = ["Fit", "NonFiniteLossError"]
 
@@ -160,6 +161,34 @@ class Fit:
         return dist.TransformedDistribution(
             self.family.distribution(self.params), self.target.frame.transform()
         )
+
+    @property
+    def guide(self) -> FitGuide:
+        """q as a NumPyro guide, for NumPyro code that takes one:
+        ``Predictive(model, guide=fit.guide, num_samples=1000)(key, x_new)``
+        (:class:`vitools.predictive.FitGuide`; its draws are fresh, made with Predictive's key).
+
+        Raises:
+            ValueError: the fit is of a plain log density (no model)."""
+        from vitools.predictive import FitGuide  # it reads fits: imported on use
+
+        return FitGuide(self)
+
+    def predictive(
+        self,
+        num_draws: int,
+        *model_args: Any,
+        seed: int = 0,
+        return_sites: list[str] | None = None,
+        **model_kwargs: Any,
+    ) -> dict[str, np.ndarray]:
+        """Posterior predictive draws ``site -> (num_draws, ...)``, made from the draws
+        ``fit.sample(num_draws, seed)``: ``fit.predictive(1000, x_new)`` with the model's observed
+        argument left None; no model arguments: replicates of the fitted data
+        (:func:`vitools.predictive.predict`, which documents the arguments and errors)."""
+        from vitools.predictive import predict  # it reads fits: imported on use
+
+        return predict(self, num_draws, *model_args, seed=seed, return_sites=return_sites, **model_kwargs)
 
     @one_blas_thread
     def mean_and_covariance(self) -> tuple[np.ndarray, np.ndarray]:
