@@ -13,6 +13,7 @@ from vitools.diagnostics import Diagnostics, diagnose
 from vitools.families import IAF, AutoGuideFamily, FullRank, LowRank, MeanField
 from vitools.fitting import fit
 from vitools.objectives import ForwardKL, ForwardKLFromDraws, RenyiAlpha, ReverseKL, weighted_cross_entropy
+from vitools.persist import load, save
 from vitools.predictive import add_predictive, loo
 from vitools.result import Fit, NonFiniteLossError
 from vitools.targets import Target
@@ -41,7 +42,9 @@ __all__ = [
     "enable_compilation_cache",
     "fit",
     "format_table",
+    "load",
     "loo",
+    "save",
     "to_datatree",
     "weighted_cross_entropy",
 ]

@@ -20,6 +20,9 @@ from vitools.frame import Frame
 from vitools.targets import Target
 
 if TYPE_CHECKING:
+    import os
+    from pathlib import Path
+
     from vitools.convergence import Convergence
     from vitools.objectives import Objective
     from vitools.predictive import FitGuide
@@ -275,6 +278,23 @@ class Fit:
         flat = self._sample_frame(num_draws, seed, key)
         draws, log_p, log_q = _densities(self.family, self.params, self.target, flat)
         return jax.device_get(draws), np.asarray(log_p), np.asarray(log_q)
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write this fit to one file (:func:`vitools.persist.save`); read it back with
+        ``vt.load(path, model, *model_args, **model_kwargs)``.
+
+        Returns:
+            The path written.
+
+        Raises:
+            TypeError: the family or objective has configuration a file cannot hold (code).
+
+        Example:
+            >>> fit.save("model.vitools.npz")
+        """
+        from vitools.persist import save  # persist imports Fit: imported on use
+
+        return save(self, path)
 
     def __repr__(self) -> str:
         finite = self.losses[np.isfinite(self.losses)]
