@@ -19,7 +19,7 @@ from matplotlib.figure import Figure
 from vitools.convert import DIAGNOSTIC_DRAWS, optimization_dataset
 from vitools.diagnostics import KHAT_Z, Diagnostics
 from vitools.importance import khat_threshold
-from vitools.plots.marginals import limits
+from vitools.plots.panels import limits
 from vitools.result import Fit
 
 __all__ = ["KHAT_FLOOR", "VERDICT_COLORS", "plot_khat", "plot_traces"]
@@ -82,13 +82,14 @@ def plot_khat(diagnostics_or_table: Any, num_draws: int = DIAGNOSTIC_DRAWS) -> F
     bars = ax.bar(names, heights, color=colors, width=0.6)
     spans = [KHAT_Z * se if math.isfinite(k) and math.isfinite(se) else 0.0 for _, k, se, _ in rows]
     ax.errorbar(names, heights, yerr=spans, fmt="none", ecolor="0.15", elinewidth=1.0, capsize=4)
+    labels = []
     for bar, span, (_, k, _, _) in zip(bars, spans, rows, strict=True):
         text = "−∞ (flat tail)" if k == -math.inf else ("undefined" if math.isnan(k) else f"{k:.2f}")
         if math.isnan(k):
             bar.set_hatch("//")
             bar.set_alpha(0.5)
-        ax.text(bar.get_x() + bar.get_width() / 2, max(bar.get_height() + span, 0.0) + 0.02, text,
-                ha="center", va="bottom", fontsize=9)  # fmt: skip
+        x, y = bar.get_x() + bar.get_width() / 2, max(bar.get_height() + span, 0.0) + 0.02
+        labels.append(ax.text(x, y, text, ha="center", va="bottom", fontsize=9))  # lifted off lines below
     ax.axhline(threshold, color="k", ls="--", lw=1.2, label=f"threshold {threshold:.2f} (S={size})")
     ax.axhline(0.5, color="0.4", ls=":", lw=1.0, label="0.5 (good below)")
     ax.axhline(0.0, color="0.2", lw=0.6)
@@ -97,7 +98,37 @@ def plot_khat(diagnostics_or_table: Any, num_draws: int = DIAGNOSTIC_DRAWS) -> F
     ax.set_title("PSIS k̂ per fit (lower is better)", fontsize=10)
     fig.legend(loc="outside lower center", ncols=2, fontsize=8, frameon=False)
     ax.tick_params(axis="x", labelrotation=15 if len(rows) > 3 else 0)
+    _clear_of_lines(fig, ax, labels, sorted({threshold, 0.5}))
     return fig
+
+
+def _clear_of_lines(fig: Figure, ax: Any, labels: list[Any], lines: list[float]) -> None:
+    """Lift each k̂ label (bottom-anchored above its whisker) just above any of the horizontal
+    ``lines`` (data y) that its box would cross, then make room for the labels at the top. Text
+    sizes are only known after a layout, so the figure is laid out first, and again after a move
+    (the y range may have grown); labels stay centred on their bars."""
+    for _ in range(3):
+        fig.draw_without_rendering()
+        to_data = ax.transData.inverted()
+        lo, hi = ax.get_ylim()
+        gap = 0.015 * (hi - lo)
+        moved, top = False, hi
+        for label in labels:
+            box = label.get_window_extent()
+            (_, y0), (_, y1) = to_data.transform([[box.x0, box.y0], [box.x1, box.y1]])
+            height, start = y1 - y0, y0
+            for line in sorted(lines):  # lowest first: above one line, the next is checked from there
+                if y0 - gap < line < y0 + height + gap:
+                    y0 = line + gap
+            if y0 != start:
+                label.set_position((label.get_position()[0], y0))
+                moved = True
+            top = max(top, y0 + height + 2 * gap)
+        if top > hi:
+            ax.set_ylim(lo, top)
+            moved = True
+        if not moved:
+            return
 
 
 def _trace(obj: Any) -> tuple[dict[str, np.ndarray], int | None]:
