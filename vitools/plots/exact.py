@@ -50,8 +50,8 @@ __all__ = ["Coordinate", "GaussianDensity", "coordinates", "is_gaussian"]
 GRID_SDS = 7.0  # marginal grids span m ± 7 sd in u: every quantile from 1e-12 to 1 - 1e-12
 MARGINAL_GRID = 561
 PAIR_GRID = 241  # a 240² grid over ± 7 sd: nodes 0.06 sd apart
-# A Jacobian (log |d plotted / du|) that varies less than this over the grid is constant: float32
-# rounding of exp on a log axis is ~1e-7, a varying one changes by O(1) over ± 7 sd.
+# A Jacobian (log |d plotted / du|) that varies less than this (relative) over the grid is constant:
+# float32 rounding of exp on a log axis is ~1e-7, a varying one changes by O(1) over ± 7 sd.
 CONSTANT = 1e-5
 
 
@@ -162,6 +162,10 @@ def is_gaussian(q: dist.Distribution) -> bool:
     return isinstance(q, dist.MultivariateNormal | dist.LowRankMultivariateNormal | dist.Normal)
 
 
+def _constant(log_det: np.ndarray) -> bool:
+    return bool(np.ptp(log_det) < CONSTANT * max(1.0, float(np.max(np.abs(log_det)))))
+
+
 def _plotted(coordinate: Coordinate, u: np.ndarray, log: bool) -> tuple[np.ndarray, np.ndarray]:
     """``(x, log |d plotted / du|)``: the plotted coordinate is x, or log x on a log axis."""
     x, log_det = coordinate.through(u)
@@ -226,7 +230,7 @@ class GaussianDensity:
         log_q_u = -0.5 * mahalanobis - math.log(2 * math.pi) - 0.5 * np.linalg.slogdet(cov)[1]
         log_density = log_q_u - log_det_x[None, :] - log_det_y[:, None]
         probs = np.asarray(probs, dtype=float)
-        if np.ptp(log_det_x) < CONSTANT and np.ptp(log_det_y) < CONSTANT:
+        if _constant(log_det_x) and _constant(log_det_y):
             # The HDR is the chi-square(2) ellipse, mapped: its Mahalanobis distance² is
             # -2 log(1 - p), the chi-square(2) p-quantile, and the Jacobian only shifts the level.
             log_levels = (
