@@ -74,7 +74,7 @@ def test_compare_prints_the_table_and_where_the_report_is(compare_run):
 def test_compare_writes_markdown_with_table_and_linked_images(compare_run):
     _, _, out, _ = compare_run
     text = (out / "report.md").read_text(encoding="utf-8")
-    assert "| objective " in text and "|---" in text  # the markdown table
+    assert "| khat " in text and "|---" in text  # the markdown table
     for name in FIT_NAMES:
         assert f"| {name} " in text
     for figure in FIGURES:
@@ -123,7 +123,8 @@ def test_help_and_models(capsys):
         (["compare", "nope"], "unknown model 'nope'; known models: bimodal, banana"),
         (
             ["compare", "bimodal", "--objectives", "reverse_kl,bogus"],
-            "--objectives must be one of 'reverse_kl', 'forward_kl', 'renyi'; got 'bogus'",
+            "--objectives must be one of 'reverse_kl', 'forward_kl', 'renyi', 'forward_kl_draws'; "
+            "got 'bogus'",
         ),
         (["compare", "bimodal", "--objectives", ","], "--objectives is empty"),
         (["compare", "bimodal", "--family", "diagonal"], "--family must be one of 'meanfield', "),
@@ -137,7 +138,24 @@ def test_help_and_models(capsys):
         (["fit", "bimodal", "--seed", str(2**32)], "--seed must be an integer in [0, 2**32), got 4294967296"),
         (["compare", "bimodal", "--seed", "-1"], "--seed must be an integer in [0, 2**32), got -1"),
         (["fit", "bimodal", "--seed", "0.5"], "invalid int value: '0.5'"),
-        (["compare", "bimodal", "--reference", "mcmc"], "--reference must be one of 'zoo', 'nuts', 'none'"),
+        (
+            ["compare", "bimodal", "--reference", "mcmc"],
+            "--reference 'mcmc': expected zoo, nuts, none, or a .nc, .npz or .json file of draws",
+        ),
+        (["compare", "bimodal", "--reference", "nope.nc"], "--reference: no such file 'nope.nc'"),
+        (
+            ["compare", "bimodal", "--reference", "none", "--objectives", "forward_kl_draws"],
+            "fits q to the reference's draws",
+        ),
+        (
+            ["compare", "bimodal", "--var-names", "z,tau"],
+            "--var-names tau: not latent sites of the model (z)",
+        ),
+        (["compare", "bimodal", "--data", "d.json"], "--data is for a model from a file"),
+        (["fit", "bimodal", "--family", "fullrank,iaf"], "vitools fit takes one --family"),
+        (["compare", "nope.py:model"], "MODEL: no such file 'nope.py'"),
+        (["compare", "bimodal", "--nuts-chains", "0"], "--nuts-chains must be a positive integer, got 0"),
+        (["compare", "bimodal", "--target-accept", "1.5"], "--target-accept must be in [0.0, 1.0), got 1.5"),
         (["fit", "bimodal", "--objective", "kl"], "--objective must be one of 'reverse_kl', "),
         (["frobnicate"], "invalid choice: 'frobnicate'"),
     ],

@@ -8,18 +8,21 @@ Example:
 
 from vitools.cache import enable_compilation_cache
 from vitools.comparison import compare, format_table
-from vitools.convert import to_datatree
+from vitools.convert import to_datatree, to_datatrees
 from vitools.diagnostics import Diagnostics, diagnose
 from vitools.families import IAF, AutoGuideFamily, FullRank, LowRank, MeanField
 from vitools.fitting import fit
 from vitools.objectives import ForwardKL, ForwardKLFromDraws, RenyiAlpha, ReverseKL, weighted_cross_entropy
 from vitools.persist import load, save
 from vitools.predictive import add_predictive, loo
+from vitools.report import report
 from vitools.result import Fit, NonFiniteLossError
+from vitools.summary import summary
 from vitools.targets import Target
 from vitools.trees import as_single_chain
 
 __version__ = "0.1.0"
+
 
 __all__ = [
     "AutoGuideFamily",
@@ -44,7 +47,10 @@ __all__ = [
     "format_table",
     "load",
     "loo",
+    "report",
     "save",
+    "summary",
     "to_datatree",
+    "to_datatrees",
     "weighted_cross_entropy",
 ]

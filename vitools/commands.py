@@ -1,6 +1,7 @@
 """What each ``vitools`` subcommand does, once :mod:`vitools.cli` has parsed and checked its input.
 
-Each ``run_*`` takes the checked ``argparse.Namespace`` (``args.zoo`` is the zoo model) and returns
+Each ``run_*`` takes the checked ``argparse.Namespace`` (``args.zoo`` is the model: a zoo model or
+a :class:`vitools.usermodel.UserModel`) and returns
 the exit status. Heavy imports (JAX, NumPyro, ArviZ, matplotlib) happen here, on first use, so
 ``vitools --help`` and input errors answer at once.
 """
@@ -8,16 +9,31 @@ the exit status. Heavy imports (JAX, NumPyro, ArviZ, matplotlib) happen here, on
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from typing import Any
 
-__all__ = ["fit_one", "run_compare", "run_fit", "run_models", "run_nuts"]
+__all__ = [
+    "fit_one",
+    "next_steps",
+    "read_draws",
+    "reference_for",
+    "run_compare",
+    "run_fit",
+    "run_models",
+    "run_nuts",
+]
 
 NUTS_WARMUP, NUTS_DRAWS, NUTS_CHAINS = 500, 1000, 2  # < 1 min on the small zoo models, 2 CPU cores
 
 
-def fit_one(args: argparse.Namespace, objective: str) -> Any:
+def fit_one(
+    args: argparse.Namespace, objective: str, family: str | None = None, reference: Any = None
+) -> Any:
     """``vt.fit`` of ``args.zoo`` with the command's settings; a non-finite loss warns, not raises.
+
+    ``objective`` "forward_kl_draws" is :class:`vitools.ForwardKLFromDraws` on ``reference`` (a
+    DataTree of posterior draws).
 
     Raises:
         KeyboardInterrupt: Ctrl-C stopped the fit (the engine catches it and returns the fit so far,
@@ -25,13 +41,15 @@ def fit_one(args: argparse.Namespace, objective: str) -> Any:
             :func:`vitools.cli.main` exits 130.
     """
     import vitools as vt
+    from vitools.cli import FROM_DRAWS
 
     zoo = args.zoo
+    chosen: Any = vt.ForwardKLFromDraws(reference) if objective == FROM_DRAWS else objective
     fit = vt.fit(
         zoo.model,
         *zoo.args,
-        objective=objective,
-        family=args.family,
+        objective=chosen,
+        family=family or args.families[0],
         num_steps=args.num_steps,
         seed=args.seed,
         on_nonfinite="warn",
@@ -44,10 +62,18 @@ def fit_one(args: argparse.Namespace, objective: str) -> Any:
 
 
 def run_nuts(
-    zoo: Any, seed: int = 0, progress: bool = True, num_warmup: int = NUTS_WARMUP, num_draws: int = NUTS_DRAWS
+    zoo: Any,
+    seed: int = 0,
+    progress: bool = True,
+    num_warmup: int = NUTS_WARMUP,
+    num_draws: int = NUTS_DRAWS,
+    num_chains: int = NUTS_CHAINS,
+    target_accept_prob: float | None = None,
+    dense_mass: bool = False,
 ) -> Any:
-    """NUTS reference for a zoo model: sequential chains (NumPyro's progress bar), with the step-size
-    target, mass matrix and reparameterization of the zoo's own reference settings where it has them.
+    """NUTS reference for a model: sequential chains (NumPyro's progress bar), with the step-size
+    target, mass matrix and reparameterization of a zoo model's own reference settings where it has
+    them (the arguments given here win; defaults 0.8 and a diagonal mass matrix, NumPyro's).
 
     Returns:
         Its DataTree (through :func:`vitools.convert.to_datatree`), with ``elapsed_s`` (wall time,
@@ -63,105 +89,215 @@ def run_nuts(
     model = zoo.model
     if settings is not None and settings.reparam:
         model = reparam(model, config=dict(settings.reparam))
+    if target_accept_prob is None:
+        target_accept_prob = settings.target_accept_prob if settings else 0.8
     kernel = NUTS(
         model,
-        target_accept_prob=settings.target_accept_prob if settings else 0.9,
-        dense_mass=settings.dense_mass if settings else False,
+        target_accept_prob=target_accept_prob,
+        dense_mass=dense_mass or bool(settings and settings.dense_mass),
     )
     mcmc = MCMC(
         kernel,
         num_warmup=num_warmup,
         num_samples=num_draws,
-        num_chains=NUTS_CHAINS,
+        num_chains=num_chains,
         chain_method="sequential",
         progress_bar=progress,
     )
     start = time.perf_counter()
-    mcmc.run(jax.random.PRNGKey(seed), *zoo.args, extra_fields=("num_steps",), **zoo.kwargs)
+    mcmc.run(jax.random.PRNGKey(seed), *zoo.args, extra_fields=("num_steps", "diverging"), **zoo.kwargs)
     tree = to_datatree(mcmc)
     tree.attrs["elapsed_s"] = time.perf_counter() - start
     return tree
 
 
-def run_compare(args: argparse.Namespace) -> int:
-    """``vitools compare``/``demo``: fit each objective, compare against the reference, write the report.
+class _Say:
+    """Where the command's words go: stdout, or stderr when stdout carries the table (--json/--csv)."""
 
-    Each fit is drawn from once (:func:`vitools.convert.to_datatrees`, every fit with seed
-    ``args.seed``); the table, the plots and the report read those trees. Ctrl-C in a fit ends
-    the command there (:func:`fit_one` raises KeyboardInterrupt): no later objective is fitted and
-    no report is written from the fits done so far.
-    """
-    from vitools.comparison import compare, format_table
-    from vitools.convert import draws_to_datatree, to_datatrees
-    from vitools.report import write_report
+    def __init__(self, args: argparse.Namespace):
+        self.stream = sys.stderr if (args.json or args.csv) else sys.stdout
 
-    zoo = args.zoo
-    print(f"vitools compare {zoo.name}: {zoo.description}", flush=True)
-    fits = {}
-    for objective in args.objectives:
-        fit = fit_one(args, objective)
-        fits[fit.name] = fit
-    trees = to_datatrees(fits, num_draws=args.num_draws, seed=args.seed)
-    rows: dict[str, Any] = dict(trees)
-    reference: Any = None
-    source = "none"
+    def __call__(self, *parts: Any) -> None:
+        print(*parts, file=self.stream, flush=True)
+
+
+def reference_for(args: argparse.Namespace, say: _Say) -> tuple[Any, str, Any]:
+    """``(reference tree or None, where it came from, NUTS's tree or None)`` for ``args.reference``."""
+    from vitools.convert import draws_to_datatree
+
     if args.reference == "zoo":
         stored = args.stored_reference
-        reference = draws_to_datatree(stored.draws, what="reference draws")  # read once, used twice
-        source = f"the zoo's ({stored.source}, {stored.num_draws} draws)"
-    elif args.reference == "nuts":
-        size = f"{NUTS_CHAINS} chains x ({NUTS_WARMUP} warm-up + {NUTS_DRAWS} draws)"
-        print(f"NUTS reference: {size}", flush=True)
-        reference = rows["NUTS"] = run_nuts(zoo, seed=args.seed, progress=not args.quiet)
-        source = f"NUTS run here, {size}; row 'NUTS' (its time_s includes compilation)"
-    table = compare(
-        rows,
-        reference="NUTS" if args.reference == "nuts" else reference,
-        num_draws=args.num_draws,
-        seed=args.seed,
-    )
-    print()
-    print(format_table(table))
+        tree = draws_to_datatree(stored.draws, what="reference draws")  # read once, used twice
+        return tree, f"the zoo's ({stored.source}, {stored.num_draws} draws)", None
+    if args.reference == "file":
+        return read_draws(args.reference_path), f"draws from {args.reference_path}", None
+    if args.reference == "nuts":
+        size = f"{args.nuts_chains} chains x ({args.nuts_warmup} warm-up + {args.nuts_draws} draws)"
+        say(f"NUTS reference: {size}")
+        tree = run_nuts(
+            args.zoo,
+            seed=args.seed,
+            progress=not args.quiet,
+            num_warmup=args.nuts_warmup,
+            num_draws=args.nuts_draws,
+            num_chains=args.nuts_chains,
+            target_accept_prob=args.target_accept,
+            dense_mass=args.dense_mass,
+        )
+        return tree, f"NUTS run here, {size}; row 'NUTS' (its time_s includes compilation)", tree
+    return None, "none", None
+
+
+def read_draws(path: Any) -> Any:
+    """A file of posterior draws as a DataTree: ``.nc`` (an ArviZ DataTree, e.g. ``vitools fit
+    --out x.nc`` or ``tree.to_netcdf``), ``.npz`` or ``.json`` (site -> array with a leading draw
+    axis).
+
+    Raises:
+        ArgumentValueError: the file cannot be read as draws (the reader's message is kept).
+    """
+    import json
+
+    import numpy as np
+    import xarray as xr
+
+    from vitools import validate
+    from vitools.convert import draws_to_datatree
+
+    try:
+        if path.suffix == ".nc":
+            return xr.open_datatree(path).load()
+        if path.suffix == ".npz":
+            with np.load(path, allow_pickle=False) as npz:
+                draws = {k: npz[k] for k in npz.files}
+        else:
+            draws = {k: np.asarray(v) for k, v in json.loads(path.read_text(encoding="utf-8")).items()}
+        return draws_to_datatree(draws, what=f"the draws in {path}")
+    except (ValueError, OSError, TypeError, AttributeError) as err:
+        raise validate.ArgumentValueError(f"--reference {str(path)!r}: {err}", "--reference") from None
+
+
+def run_compare(args: argparse.Namespace) -> int:
+    """``vitools compare``/``demo``: fit each objective with each family, compare against the
+    reference, print the table (text, or --json/--csv on stdout), suggest a next step for each fit
+    that reads bad, and write the report (:func:`vitools.report.report`).
+
+    Each fit is drawn from once; the table, the plots and the report read those draws. Ctrl-C in a
+    fit ends the command there (:func:`fit_one` raises KeyboardInterrupt): no later fit starts and
+    no report is written from the fits done so far.
+    """
+    from vitools.comparison import format_table
+    from vitools.report import report
+
+    say = _Say(args)
+    zoo = args.zoo
+    say(f"vitools {args.command} {zoo.name}: {zoo.description}")
+    reference, source, nuts = reference_for(args, say)
+    fits = {}
+    for objective in args.objectives:
+        for family in args.families:
+            fit = fit_one(args, objective, family, reference)
+            fits[fit.name] = fit
+    rows = {**fits, "NUTS": nuts} if nuts is not None else dict(fits)
     notes = [f"model `{zoo.name}`: {zoo.description}", f"reference: {source}"]
     if zoo.log_normalizer is not None:
         notes.append(f"true log evidence (known for this model): {zoo.log_normalizer:.4g}")
     notes.append(
-        f"family `{args.family}`, {args.num_steps} steps, seed {args.seed}, {args.num_draws} draws per fit; "
-        "time_s is optimisation only (compilation excluded)"
+        f"families {', '.join(args.families)}; at most {args.num_steps} steps, seed {args.seed}, "
+        f"{args.num_draws} draws per fit; time_s is optimisation only (compilation excluded)"
     )
-    paths = write_report(
-        trees,
-        table,
-        args.out,
-        reference=reference,
-        title=f"vitools compare {zoo.name}",
+    paths = report(
+        rows,
+        reference="NUTS" if nuts is not None else reference,
+        out=args.out,
+        title=f"vitools {args.command} {zoo.name}",
         notes=notes,
         num_draws=args.num_draws,
         seed=args.seed,
+        var_names=args.var_names,
     )
-    print(f"\nreport written: {paths.markdown} and {paths.html}")
+    table = paths.table
+    if args.json or args.csv:
+        print(format_table(table, "json" if args.json else "csv").rstrip("\n"))
+    else:
+        say()
+        say(format_table(table))
+    steps = next_steps(table, fits, args)
+    if steps:
+        say("\nNext steps:")
+        for line in steps:
+            say(f"  {line}")
+    say(f"\nreport written: {paths.markdown} and {paths.html}")
     return 0
 
 
+def next_steps(table: Any, fits: dict[str, Any], args: argparse.Namespace) -> list[str]:
+    """One suggestion per fit that reads bad or uncertain, from its reasons, as the option to add.
+
+    The rules follow what measurably helped on the zoo (benchmarks/results/next_steps.md): budget
+    spent while the loss fell -> more steps; a Gaussian with k̂ above threshold or a biased mean/sd
+    -> a flow (IAF: banana k̂ 0.7+ -> good); a reverse-KL fit that misses mass another fit covers ->
+    forward KL with a flow (bimodal: w1 0.91 -> 0.05); k̂ straddling its threshold -> more draws.
+    """
+    from vitools.importance import khat_threshold
+
+    lines = []
+    gaussian = {"meanfield", "fullrank", "lowrank"}
+    threshold = khat_threshold(args.num_draws)
+    for name, fit in fits.items():
+        verdict = table.loc[name, "verdict"]
+        if verdict not in ("bad", "uncertain"):
+            continue
+        reasons = str(table.loc[name, "reasons"])
+        family = fit.family.name
+        khat_above = table.loc[name, "khat"] - 2 * table.loc[name, "khat_se"] > threshold
+        if fit.converged is False:
+            step = f"--num-steps {2 * args.num_steps} (the loss was still falling when the budget ran out)"
+        elif "misses ~" in reasons and not fit.objective_name.startswith("forward_kl"):
+            step = "--objectives forward_kl --family iaf (mass-covering, and a flow can hold several modes)"
+        elif family in gaussian and (khat_above or "PSIS moves" in reasons):
+            step = "--family iaf (a flow can bend where a Gaussian cannot)"
+        elif "straddles" in reasons:
+            step = f"--num-draws {4 * args.num_draws} (more draws decide whether q covers p's tails)"
+        elif family not in gaussian and fit.objective_name == "reverse_kl":
+            step = "--objectives forward_kl (mass-covering)"
+        else:
+            step = "a reference to check it against (--reference nuts), or MCMC for this model"
+        lines.append(f"{name} reads {verdict}: try {step}")
+    return lines
+
+
 def run_fit(args: argparse.Namespace) -> int:
-    """``vitools fit``: one fit, its PSIS diagnostics and its distances to the zoo reference, both
-    from one set of draws (one :func:`vitools.convert.to_datatree`)."""
+    """``vitools fit``: one fit, its posterior summary (:func:`vitools.summary.summary`), its
+    diagnostics and, with a reference, its distances to it, all from one set of draws; saved with
+    ``--out`` (``.nc``: the draws' DataTree; otherwise :func:`vitools.persist.save`)."""
     from vitools.comparison import compare, format_table
     from vitools.convert import to_datatree
     from vitools.diagnostics import diagnose
+    from vitools.persist import save
+    from vitools.summary import summary
 
-    fit = fit_one(args, args.objective)
-    print(fit)
+    say = _Say(args)
+    reference, source, _ = reference_for(args, say)
+    fit = fit_one(args, args.objectives[0], args.families[0], reference)
+    say(fit)
     tree = to_datatree(fit, num_draws=args.num_draws, seed=args.seed)
-    print(diagnose(tree, warn=False))
-    try:
-        reference = args.zoo.reference()
-    except (FileNotFoundError, ValueError) as err:
-        print(f"(no reference to compare with: {err})")
-        return 0
-    table = compare({fit.name: tree}, reference=reference.draws, num_draws=args.num_draws, seed=args.seed)
-    print(f"against the zoo reference ({reference.source}):")
-    print(format_table(table[["mean_error", "sd_ratio", "w1"]]))
+    say(summary(tree, var_names=args.var_names).to_string(float_format=lambda v: f"{v:.3g}"))
+    say(diagnose(tree, warn=False))
+    table = compare({fit.name: tree}, reference=reference, num_draws=args.num_draws, seed=args.seed)
+    if args.json or args.csv:
+        print(format_table(table, "json" if args.json else "csv").rstrip("\n"))
+    elif reference is not None:
+        say(f"against the reference ({source}):")
+        say(format_table(table[["mean_error", "sd_ratio", "w1"]]))
+    for line in next_steps(table, {fit.name: fit}, args):
+        say(f"next: {line}")
+    if args.out is not None:
+        if args.out.suffix == ".nc":
+            tree.to_netcdf(args.out, engine="h5netcdf")
+        else:
+            save(fit, args.out)
+        say(f"saved: {args.out}")
     return 0
 
 

@@ -18,22 +18,25 @@ from typing import Any, NamedTuple
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from vitools.comparison import format_table
+from vitools.comparison import compare, format_table
 from vitools.convert import DIAGNOSTIC_DRAWS, draws_to_datatree, to_datatrees
 from vitools.importance import khat_threshold
-from vitools.plots import plot_khat, plot_marginals, plot_pair, plot_traces
+from vitools.plots import plot_khat, plot_marginal_pages, plot_pair, plot_traces
+from vitools.result import Fit
 
-__all__ = ["ReportPaths", "how_to_read", "write_report"]
+__all__ = ["ReportPaths", "how_to_read", "report", "write_report"]
 
 FIGURES = {  # file stem -> (heading, caption)
     "marginals": (
         "Marginal densities",
-        "Each fit's marginal density per parameter (lines) over the reference (shaded).",
+        "Each fit's marginal density per parameter (lines; exact for Gaussian fits, marked "
+        "*exact*, a KDE of the draws otherwise) over the reference (shaded). Positive parameters "
+        "spread over more than a factor of 20 are on a log axis, with densities of log x.",
     ),
     "pair": (
         "Pair plot",
         "The two most correlated parameters: reference draws (grey points) and each fit's 50% (solid) "
-        "and 90% (dashed) highest-density contours.",
+        "and 90% (dashed) highest-density contours (exact for Gaussian fits, KDE otherwise).",
     ),
     "khat": (
         "Pareto k̂",
@@ -47,11 +50,13 @@ FIGURES = {  # file stem -> (heading, caption)
 
 
 class ReportPaths(NamedTuple):
-    """Where :func:`write_report` wrote: the two documents and the PNGs by plot name."""
+    """Where :func:`write_report` wrote: the two documents and the PNGs by plot name (a list, one
+    per page); with :func:`report`, the table it wrote too."""
 
     markdown: Path
     html: Path
-    images: dict[str, Path]
+    images: dict[str, list[Path]]
+    table: pd.DataFrame | None = None
 
 
 def how_to_read(
@@ -111,12 +116,22 @@ def how_to_read(
     return paragraphs
 
 
-def _figures(trees: Mapping[str, Any], table: pd.DataFrame, reference: Any, num_draws: int) -> dict[str, Any]:
-    """Make each plot from the fits' trees; a plot that cannot be drawn for these fits becomes the
-    reason (a string)."""
+def _figures(
+    trees: Mapping[str, Any],
+    table: pd.DataFrame,
+    reference: Any,
+    num_draws: int,
+    var_names: Any,
+    exact: Mapping[str, Any],
+) -> dict[str, Any]:
+    """Make each plot from the fits' trees (a list of figures for the marginals, a page per 12
+    parameters); a plot that cannot be drawn for these fits becomes the reason (a string)."""
+    exact = {name: fit for name, fit in exact.items() if name in trees}
     makers = {
-        "marginals": lambda: plot_marginals(trees, reference=reference),
-        "pair": lambda: plot_pair(trees, reference=reference),
+        "marginals": lambda: plot_marginal_pages(
+            trees, reference=reference, var_names=var_names, exact=exact
+        ),
+        "pair": lambda: plot_pair(trees, reference=reference, var_names=var_names, exact=exact),
         "khat": lambda: plot_khat(table, num_draws=num_draws),
         "traces": lambda: plot_traces(trees),
     }
@@ -129,6 +144,67 @@ def _figures(trees: Mapping[str, Any], table: pd.DataFrame, reference: Any, num_
     return out
 
 
+def report(
+    fits: Mapping[str, Any],
+    reference: Any = None,
+    out: str | Path = "vitools-report",
+    *,
+    title: str = "vitools comparison",
+    notes: Sequence[str] = (),
+    num_draws: int = DIAGNOSTIC_DRAWS,
+    seed: int = 0,
+    var_names: Sequence[str] | None = None,
+) -> ReportPaths:
+    """Compare fits of one model and write the report: the :func:`vitools.comparison.compare`
+    table, how to read it, and the plots, as ``out/report.md`` (PNGs linked) and ``out/report.html``
+    (one self-contained file).
+
+    Takes exactly what ``vt.compare`` takes; each Fit is drawn from once (``num_draws`` draws with
+    ``seed``, the draws ``vt.diagnose`` uses by default), and the table and every plot read those
+    draws.
+
+    Args:
+        fits: ``{name: Fit | MCMC | DataTree}``, fits of one model.
+        reference: ``None``; a key of ``fits`` (e.g. ``"NUTS"``: that entry is the shaded reference
+            of the plots and is not named closest to itself); or posterior draws: an MCMC that has
+            run, a DataTree, a dict ``site -> (S, ...)`` of constrained draws, a zoo ``Reference``.
+        out: the report folder, created if needed; report files in it are overwritten.
+        title: the report's heading. notes: lines under it (model, data, settings), markdown allowed.
+        num_draws: draws from each Fit's q (at least 25 for PSIS). seed: their seed.
+        var_names: the sites to plot (default: all, over as many marginal figures as they need).
+
+    Returns:
+        :class:`ReportPaths`: ``markdown``, ``html``, the PNGs by plot name, and the ``table``
+        (also written to ``out/table.csv``).
+
+    Raises:
+        ValueError, KeyError, TypeError: as :func:`vitools.comparison.compare` (fits of different
+            models, a reference key that is not in ``fits``, a kind it cannot read).
+        OSError: ``out`` cannot be created or written.
+
+    Example:
+        >>> vt.report({"reverse KL": fit_r, "forward KL": fit_f, "NUTS": mcmc}, reference="NUTS", out="rep")
+        ReportPaths(markdown=PosixPath('rep/report.md'), html=PosixPath('rep/report.html'), ...)
+    """
+    trees = to_datatrees(fits, num_draws=num_draws, seed=seed)
+    table = compare(trees, reference=reference, num_draws=num_draws, seed=seed)
+    paths = write_report(
+        trees,
+        table,
+        out,
+        exact={name: fit for name, fit in fits.items() if isinstance(fit, Fit)},
+        reference=reference,
+        title=title,
+        notes=notes,
+        num_draws=num_draws,
+        seed=seed,
+        var_names=var_names,
+    )
+    table.to_csv(Path(out) / "table.csv")
+    paths = paths._replace(table=table)
+    return paths
+
+
 def write_report(
     fits: Mapping[str, Any],
     table: pd.DataFrame,
@@ -139,8 +215,11 @@ def write_report(
     num_draws: int = DIAGNOSTIC_DRAWS,
     seed: int = 0,
     dpi: int = 110,
+    var_names: Sequence[str] | None = None,
+    exact: Mapping[str, Any] | None = None,
 ) -> ReportPaths:
-    """Write ``out_dir/report.md``, ``out_dir/report.html`` and the plots as PNGs in ``out_dir``.
+    """Write ``out_dir/report.md``, ``out_dir/report.html`` and the plots as PNGs in ``out_dir``,
+    from a table already made (:func:`report` makes it and calls this).
 
     Args:
         fits: ``{name: Fit | MCMC | DataTree}``, the fits in the table (not the reference). Each is
@@ -149,15 +228,19 @@ def write_report(
             table and the plots read the same draws and nothing is drawn twice.
         table: their :func:`vitools.comparison.compare` table.
         out_dir: created if needed; existing report files in it are overwritten.
-        reference: what the fits are plotted against (see :func:`vitools.plots.plot_marginals`).
+        reference: what the fits are plotted against: a key of ``fits`` (that entry becomes the
+            reference) or posterior draws (see :func:`vitools.plots.plot_marginals`).
         title: the report's heading.
         notes: lines under the heading (model, reference source, settings), markdown allowed.
         num_draws: draws per fit behind the table and the plots (compare's ``num_draws``).
         seed: base seed of the draws from Fits (compare's ``seed``, so plots and table see the same draws).
         dpi: resolution of the PNGs.
+        var_names: the sites to plot (default: all, the marginals over as many pages as needed).
+        exact: ``{name: Fit}`` behind tree entries of ``fits``, for exact Gaussian densities in the
+            plots (default: the Fits among ``fits``); nothing is drawn again.
 
     Returns:
-        The paths written.
+        The paths written (``images[name]``: a list of PNGs, one per page).
 
     Raises:
         OSError: ``out_dir`` cannot be created or written.
@@ -172,18 +255,25 @@ def write_report(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     trees = to_datatrees(fits, num_draws=num_draws, seed=seed)
-    if reference is not None and not isinstance(reference, str):  # read once, for both plots
+    if isinstance(reference, str):  # a key of fits: the shaded reference, not a fit among the others
+        if reference not in trees:
+            raise KeyError(f"reference {reference!r} is not one of the fits: {list(trees)}")
+        reference = trees.pop(reference) if len(trees) > 1 else trees[reference]
+    elif reference is not None:  # read once, for both plots
         reference = draws_to_datatree(reference, what="reference draws")
-    figures = _figures(trees, table, reference, num_draws)
-    images: dict[str, Path] = {}
-    for name, fig in figures.items():
-        if isinstance(fig, str):
+    exact = {n: f for n, f in fits.items() if isinstance(f, Fit)} if exact is None else exact
+    figures = _figures(trees, table, reference, num_draws, var_names, exact)
+    images: dict[str, list[Path]] = {}
+    for name, made in figures.items():
+        if isinstance(made, str):
             continue
-        images[name] = out / f"{name}.png"
-        fig.savefig(images[name], dpi=dpi)
-        plt.close(fig)
+        images[name] = []
+        for page, fig in enumerate(made if isinstance(made, list) else [made]):
+            images[name].append(out / (f"{name}.png" if page == 0 else f"{name}_{page + 1}.png"))
+            fig.savefig(images[name][-1], dpi=dpi)
+            plt.close(fig)
     markdown_table = format_table(table, "markdown")
-    paragraphs = how_to_read(table, num_draws, candidates=list(fits))
+    paragraphs = how_to_read(table, num_draws, candidates=list(trees))
     md_path, html_path = out / "report.md", out / "report.html"
     md_path.write_text(_markdown(title, notes, markdown_table, paragraphs, figures, images), encoding="utf-8")
     html_path.write_text(_html(title, notes, markdown_table, paragraphs, figures, images), encoding="utf-8")
@@ -199,7 +289,8 @@ def _markdown(title, notes, markdown_table, paragraphs, figures, images) -> str:
     for name, (heading, caption) in FIGURES.items():
         lines += [f"## {heading}", ""]
         if name in images:
-            lines += [f"![{heading}]({images[name].name})", "", f"*{caption}*", ""]
+            lines += [line for path in images[name] for line in (f"![{heading}]({path.name})", "")]
+            lines += [f"*{caption}*", ""]
         else:
             lines += [f"*Not drawn: {figures[name]}*", ""]
     return "\n".join(lines)
@@ -258,11 +349,12 @@ def _html(title, notes, markdown_table, paragraphs, figures, images) -> str:
     for name, (heading, caption) in FIGURES.items():
         parts.append(f"<h2>{html.escape(heading)}</h2>")
         if name in images:
-            data = base64.b64encode(images[name].read_bytes()).decode("ascii")
-            parts.append(
-                f'<figure><img alt="{html.escape(heading)}" src="data:image/png;base64,{data}">'
-                f"<figcaption>{_inline(caption)}</figcaption></figure>"
+            pictures = "".join(
+                f'<img alt="{html.escape(heading)}" '
+                f'src="data:image/png;base64,{base64.b64encode(path.read_bytes()).decode("ascii")}">'
+                for path in images[name]
             )
+            parts.append(f"<figure>{pictures}<figcaption>{_inline(caption)}</figcaption></figure>")
         else:
             parts.append(f"<p><em>Not drawn: {html.escape(figures[name])}</em></p>")
     parts.append("</body></html>")
