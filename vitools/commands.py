@@ -222,7 +222,7 @@ def run_compare(args: argparse.Namespace) -> int:
     else:
         say()
         say(format_table(table))
-    steps = next_steps(table, fits, args)
+    steps = next_steps(table)
     if steps:
         say("\nNext steps:")
         for line in steps:
@@ -231,39 +231,18 @@ def run_compare(args: argparse.Namespace) -> int:
     return 0
 
 
-def next_steps(table: Any, fits: dict[str, Any], args: argparse.Namespace) -> list[str]:
-    """One suggestion per fit that reads bad or uncertain, from its reasons, as the option to add.
-
-    The rules follow what measurably helped on the zoo (benchmarks/results/next_steps.md): budget
-    spent while the loss fell -> more steps; a Gaussian with k̂ above threshold or a biased mean/sd
-    -> a flow (IAF: banana k̂ 0.7+ -> good); a reverse-KL fit that misses mass another fit covers ->
-    forward KL with a flow (bimodal: w1 0.91 -> 0.05); k̂ straddling its threshold -> more draws.
-    """
-    from vitools.importance import khat_threshold
+def next_steps(table: Any) -> list[str]:
+    """``"<fit> reads bad: try --family iaf (why)"`` for each fit that reads bad or uncertain
+    (:func:`vitools.advice.next_steps`)."""
+    from vitools.advice import next_steps as advise
 
     lines = []
-    gaussian = {"meanfield", "fullrank", "lowrank"}
-    threshold = khat_threshold(args.num_draws)
-    for name, fit in fits.items():
-        verdict = table.loc[name, "verdict"]
-        if verdict not in ("bad", "uncertain"):
-            continue
-        reasons = str(table.loc[name, "reasons"])
-        family = fit.family.name
-        khat_above = table.loc[name, "khat"] - 2 * table.loc[name, "khat_se"] > threshold
-        if fit.converged is False:
-            step = f"--num-steps {2 * args.num_steps} (the loss was still falling when the budget ran out)"
-        elif "misses ~" in reasons and not fit.objective_name.startswith("forward_kl"):
-            step = "--objectives forward_kl --family iaf (mass-covering, and a flow can hold several modes)"
-        elif family in gaussian and (khat_above or "PSIS moves" in reasons):
-            step = "--family iaf (a flow can bend where a Gaussian cannot)"
-        elif "straddles" in reasons:
-            step = f"--num-draws {4 * args.num_draws} (more draws decide whether q covers p's tails)"
-        elif family not in gaussian and fit.objective_name == "reverse_kl":
-            step = "--objectives forward_kl (mass-covering)"
-        else:
-            step = "a reference to check it against (--reference nuts), or MCMC for this model"
-        lines.append(f"{name} reads {verdict}: try {step}")
+    for name, step in advise(table).items():
+        change = step.as_flags()
+        lines.append(
+            f"{name} reads {table.loc[name, 'verdict']}: "
+            + (f"try {change} ({step.why})" if change else step.why)
+        )
     return lines
 
 
@@ -290,7 +269,7 @@ def run_fit(args: argparse.Namespace) -> int:
     elif reference is not None:
         say(f"against the reference ({source}):")
         say(format_table(table[["mean_error", "sd_ratio", "w1"]]))
-    for line in next_steps(table, {fit.name: fit}, args):
+    for line in next_steps(table):
         say(f"next: {line}")
     if args.out is not None:
         if args.out.suffix == ".nc":

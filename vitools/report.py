@@ -18,6 +18,7 @@ from typing import Any, NamedTuple
 import matplotlib.pyplot as plt
 import pandas as pd
 
+from vitools.advice import next_steps
 from vitools.comparison import compare, format_table
 from vitools.convert import DIAGNOSTIC_DRAWS, draws_to_datatree, to_datatrees
 from vitools.importance import khat_threshold
@@ -113,6 +114,9 @@ def how_to_read(
         bad = [str(name) for name, v in table["verdict"].items() if v == "bad"]
         if bad:
             paragraphs.append(f"**Read as bad:** {', '.join(bad)} (reasons under the table).")
+        for name, step in next_steps(table).items():
+            change = f"try `{step.as_arguments()}` ({step.why})" if step.options else step.why
+            paragraphs.append(f"**Next step for {name}** ({table.loc[name, 'verdict']}): {change}.")
     return paragraphs
 
 
@@ -321,7 +325,10 @@ def _table_html(markdown_table: str) -> str:
         return "".join(cell(c, tag) for c in row)
 
     body_html = "".join(f"<tr>{cells(r, 'td')}</tr>" for r in body)
-    table = f"<table><thead><tr>{cells(header, 'th')}</tr></thead><tbody>{body_html}</tbody></table>"
+    table = (
+        f'<div class="wide"><table><thead><tr>{cells(header, "th")}</tr></thead>'
+        f"<tbody>{body_html}</tbody></table></div>"
+    )
     items = [n[2:] for n in notes if n.startswith("- ")]
     other = [n for n in notes if not n.startswith("- ")]
     table += "".join(f"<p>{_inline(n)}</p>" for n in other)
@@ -330,8 +337,8 @@ def _table_html(markdown_table: str) -> str:
 
 _CSS = (
     "body{font-family:system-ui,sans-serif;max-width:1150px;margin:2em auto;padding:0 1em;color:#222}"
-    "table{border-collapse:collapse;font-size:0.85em;margin:1em 0}"
-    "th,td{border:1px solid #ccc;padding:3px 7px;text-align:right}"
+    ".wide{overflow-x:auto}table{border-collapse:collapse;font-size:0.8em;margin:1em 0}"
+    "th,td{border:1px solid #ccc;padding:3px 6px;text-align:right;white-space:nowrap}"
     "th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}td.unreliable{color:#999}"
     "img{max-width:100%}figcaption{color:#555;font-size:0.9em}code{background:#f3f3f3;padding:0 3px}"
 )

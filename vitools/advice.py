@@ -1,0 +1,81 @@
+"""What to try next for a fit that reads *bad* or *uncertain*, read from its row of a comparison.
+
+The rules, in order (the first that applies), and what they were measured to do on the zoo
+(``benchmarks/bench_next_steps.py``, results in ``benchmarks/results/next_steps.md``):
+
+1. the optimisation used its whole budget while the loss still fell -> twice the steps;
+2. a mode-seeking fit misses mass another fit covers -> forward KL with a flow (bimodal, reverse
+   KL full-rank: w1 0.91 -> 0.05 with forward KL + IAF);
+3. a Gaussian whose k̂ lies above threshold, or whose mean or sd PSIS moves -> a flow (banana,
+   forward KL: k̂ 1.57 "bad" -> 0.21 "good", w1 0.157 -> 0.029 with IAF);
+4. k̂ straddles its threshold -> four times the draws (they decide);
+5. a flow fitted by reverse KL -> forward KL; otherwise -> check against MCMC.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import pandas as pd
+
+from vitools.convert import DIAGNOSTIC_DRAWS
+from vitools.importance import khat_threshold
+
+__all__ = ["NextStep", "next_steps"]
+
+GAUSSIAN_FAMILIES = ("meanfield", "fullrank", "lowrank")
+
+
+class NextStep(NamedTuple):
+    """A suggestion: ``options`` of ``vt.fit`` (or ``vt.diagnose`` for ``num_draws``) to change, as
+    ``{name: value}``, and ``why`` in words."""
+
+    options: dict[str, object]
+    why: str
+
+    def as_flags(self) -> str:
+        """The options as command-line flags: ``--family iaf --num-steps 4000``."""
+        names = {"objective": "--objectives", "family": "--family"}
+        return " ".join(f"{names.get(k, '--' + k.replace('_', '-'))} {v}" for k, v in self.options.items())
+
+    def as_arguments(self) -> str:
+        """The options as Python keyword arguments: ``family="iaf", num_steps=4000``."""
+        return ", ".join(f"{k}={v!r}" for k, v in self.options.items())
+
+
+def next_steps(table: pd.DataFrame) -> dict[str, NextStep]:
+    """One :class:`NextStep` per fit of a :func:`vitools.comparison.compare` table that reads bad
+    or uncertain (MCMC rows and good fits get none); the rules are in the module docstring.
+
+    Example:
+        >>> for name, step in next_steps(vt.compare(fits)).items():
+        ...     print(name, step.as_arguments(), step.why)
+    """
+    num_draws = int(table.attrs.get("num_draws", DIAGNOSTIC_DRAWS))
+    threshold = khat_threshold(num_draws)
+    steps: dict[str, NextStep] = {}
+    for name, row in table.iterrows():
+        if row.get("verdict") not in ("bad", "uncertain") or row.get("objective") == "mcmc":
+            continue
+        reasons = str(row.get("reasons", ""))
+        family, objective = str(row.get("family")), str(row.get("objective"))
+        khat_above = row.get("khat", float("nan")) - 2 * row.get("khat_se", 0.0) > threshold
+        if "used its whole budget" in reasons:
+            step = NextStep(
+                {"num_steps": 2 * int(row["steps"])}, "the loss was still falling when the budget ran out"
+            )
+        elif "misses ~" in reasons and not objective.startswith("forward_kl"):
+            step = NextStep(
+                {"objective": "forward_kl", "family": "iaf"},
+                "mass-covering, and a flow can hold several modes",
+            )
+        elif family in GAUSSIAN_FAMILIES and (khat_above or "PSIS moves" in reasons):
+            step = NextStep({"family": "iaf"}, "a flow can bend where a Gaussian cannot")
+        elif "straddles" in reasons:
+            step = NextStep({"num_draws": 4 * num_draws}, "more draws decide whether q covers p's tails")
+        elif family not in GAUSSIAN_FAMILIES and objective == "reverse_kl":
+            step = NextStep({"objective": "forward_kl"}, "mass-covering")
+        else:
+            step = NextStep({}, "check it against an MCMC run of this model")
+        steps[str(name)] = step
+    return steps
