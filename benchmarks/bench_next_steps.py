@@ -24,7 +24,7 @@ from common import RESULTS_DIR, format_load, load_note, markdown_table, now, ver
 
 import vitools as vt
 from vitools.advice import next_steps
-from vitools.engine import ProgramCache
+from vitools.engine import PROGRAMS
 from vitools.models import MODELS
 
 OBJECTIVES = ("reverse_kl", "forward_kl")
@@ -77,7 +77,7 @@ def rows_for(name: str) -> list[dict]:
             }
         rows.append(row)
         print(row, flush=True)
-    ProgramCache.clear()  # many models in one process: release their compiled programs
+    PROGRAMS.clear()  # many models in one process: release their compiled programs
     jax.clear_caches()
     return rows
 
