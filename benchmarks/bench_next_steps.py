@@ -1,7 +1,8 @@
 r"""Does the next step vitools suggests for a bad or uncertain fit help? (issue 12, item 7)
 
-For every zoo model and both KL directions, one default ``vt.fit`` (full-rank, at most 2000 steps,
-seed 0) is compared with the model's reference (``vt.compare``, 10,000 draws). Each fit that reads
+For every zoo model, one default ``vt.fit`` (full-rank, at most 2000 steps, seed 0) in each KL
+direction, both compared in one table with the model's reference (``vt.compare``, 10,000 draws,
+as ``vitools compare`` does, so that a fit missing mass the other covers is seen). Each fit that reads
 bad or uncertain gets its :func:`vitools.advice.next_steps` suggestion, which is applied (a new fit
 with the changed options; more draws re-diagnose the same fit), and compared again. A step
 *helped* when the verdict improved (bad < uncertain < good) or, verdict equal, w1 to the reference
@@ -24,6 +25,7 @@ from common import RESULTS_DIR, format_load, load_note, markdown_table, now, ver
 
 import vitools as vt
 from vitools.advice import next_steps
+from vitools.convert import DIAGNOSTIC_DRAWS
 from vitools.engine import PROGRAMS
 from vitools.models import MODELS
 
@@ -31,26 +33,23 @@ OBJECTIVES = ("reverse_kl", "forward_kl")
 RANK = {"good": 0, "uncertain": 1, "bad": 2, "failed": 3}
 
 
-def fit_and_compare(zoo, reference, options: dict, num_draws: int) -> tuple[pd.Series, float]:
-    tic = time.perf_counter()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        fit = vt.fit(zoo.model, *zoo.args, progress=False, on_nonfinite="warn", **options, **zoo.kwargs)
-        row = vt.compare({"fit": fit}, reference=reference, num_draws=num_draws).loc["fit"]
-    return row, time.perf_counter() - tic
-
-
 def rows_for(name: str) -> list[dict]:
+    """Both directions fitted and compared in one table, as ``vitools compare`` does (so a fit that
+    misses mass the other covers is seen), then each suggestion applied to its fit alone."""
     zoo, rows = MODELS[name], []
     reference = zoo.reference()
-    for objective in OBJECTIVES:
-        options = {"objective": objective, "family": "fullrank"}
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            fit = vt.fit(zoo.model, *zoo.args, progress=False, on_nonfinite="warn", **options, **zoo.kwargs)
-            table = vt.compare({"fit": fit}, reference=reference)
-        before = table.loc["fit"]
-        step = next_steps(table).get("fit")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fits = {
+            objective: vt.fit(
+                zoo.model, *zoo.args, objective=objective, progress=False, on_nonfinite="warn", **zoo.kwargs
+            )
+            for objective in OBJECTIVES
+        }
+        table = vt.compare(fits, reference=reference)
+    steps = next_steps(table)
+    for objective, fit in fits.items():
+        before, step = table.loc[objective], steps.get(objective)
         row = {
             "model": name,
             "objective": objective,
@@ -61,18 +60,22 @@ def rows_for(name: str) -> list[dict]:
         }
         if step is not None and step.options:
             changed = dict(step.options)
-            num_draws = int(changed.pop("num_draws", vt.convert.DIAGNOSTIC_DRAWS))
-            if changed:
-                after, seconds = fit_and_compare(zoo, reference, {**options, **changed}, num_draws)
-            else:  # more draws: the same fit, diagnosed again
-                tic = time.perf_counter()
+            num_draws = int(changed.pop("num_draws", DIAGNOSTIC_DRAWS))
+            tic = time.perf_counter()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                if changed:  # a new fit with the changed options
+                    options = {"objective": objective, **changed}
+                    fit = vt.fit(
+                        zoo.model, *zoo.args, progress=False, on_nonfinite="warn", **options, **zoo.kwargs
+                    )
+                # more draws: the same fit, diagnosed again
                 after = vt.compare({"fit": fit}, reference=reference, num_draws=num_draws).loc["fit"]
-                seconds = time.perf_counter() - tic
             row |= {
                 "verdict_after": after["verdict"],
                 "khat_after": after["khat"],
                 "w1_after": after["w1"],
-                "seconds": round(seconds, 1),
+                "seconds": round(time.perf_counter() - tic, 1),
                 "outcome": outcome(before, after),
             }
         rows.append(row)
