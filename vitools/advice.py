@@ -21,7 +21,7 @@ import pandas as pd
 from vitools.convert import DIAGNOSTIC_DRAWS
 from vitools.importance import khat_threshold
 
-__all__ = ["NextStep", "next_steps"]
+__all__ = ["NextStep", "next_steps", "which_to_trust"]
 
 GAUSSIAN_FAMILIES = ("meanfield", "fullrank", "lowrank")
 
@@ -79,3 +79,28 @@ def next_steps(table: pd.DataFrame) -> dict[str, NextStep]:
             step = NextStep({}, "check it against an MCMC run of this model")
         steps[str(name)] = step
     return steps
+
+
+def which_to_trust(table: pd.DataFrame, candidates: list[str] | None = None) -> str:
+    """One sentence naming the fit to use from a comparison table, and why.
+
+    The fits that read good (of ``candidates``, default every fit row; MCMC rows are not
+    candidates); among them the closest to the reference (lowest ``w1``) when there is one, else the
+    lowest k̂. With none reading good, it says so and points to the next steps.
+    """
+    rows = table if candidates is None else table[table.index.isin(candidates)]
+    rows = rows[rows["objective"] != "mcmc"] if "objective" in rows else rows
+    good = rows[rows["verdict"] == "good"] if "verdict" in rows else rows.iloc[:0]
+    if good.empty:
+        return "No fit reads good: do not use their draws as posterior draws; see the next steps."
+    if "w1" in good and good["w1"].notna().any():
+        best = good["w1"].idxmin()
+        why = f"it reads good and is the closest of those to the reference (w1 {good.loc[best, 'w1']:.3g})"
+    elif "khat" in good and good["khat"].notna().any():
+        best = good["khat"].idxmin()
+        why = f"it reads good with the lowest k̂ ({good.loc[best, 'khat']:.2f})"
+    else:
+        best, why = good.index[0], "it reads good"
+    others = [str(name) for name in rows.index if name != best and rows.loc[name, "verdict"] != "good"]
+    tail = f"; {', '.join(others)} {'does' if len(others) == 1 else 'do'} not read good" if others else ""
+    return f"Trust {best}: {why}{tail}."

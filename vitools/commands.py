@@ -222,6 +222,9 @@ def run_compare(args: argparse.Namespace) -> int:
     else:
         say()
         say(format_table(table))
+    from vitools.advice import which_to_trust
+
+    say("\n" + which_to_trust(table))
     steps = next_steps(table)
     if steps:
         say("\nNext steps:")

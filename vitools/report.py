@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from vitools.advice import next_steps
+from vitools.advice import next_steps, which_to_trust
 from vitools.comparison import compare, format_table
 from vitools.convert import DIAGNOSTIC_DRAWS, draws_to_datatree, to_datatrees
 from vitools.importance import khat_threshold
@@ -114,6 +114,7 @@ def how_to_read(
         bad = [str(name) for name, v in table["verdict"].items() if v == "bad"]
         if bad:
             paragraphs.append(f"**Read as bad:** {', '.join(bad)} (reasons under the table).")
+        paragraphs.append(f"**Which to trust.** {which_to_trust(table, candidates)}")
         for name, step in next_steps(table).items():
             change = f"try `{step.as_arguments()}` ({step.why})" if step.options else step.why
             paragraphs.append(f"**Next step for {name}** ({table.loc[name, 'verdict']}): {change}.")

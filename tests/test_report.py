@@ -1,0 +1,90 @@
+"""vt.report: the public report, with every form of reference vt.compare takes."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+import numpyro
+import numpyro.distributions as dist
+import pandas as pd
+import pytest
+
+import vitools as vt
+from vitools.convert import to_datatree
+
+
+def regression(x, y=None):
+    alpha = numpyro.sample("alpha", dist.Normal(0.0, 5.0))
+    beta = numpyro.sample("beta", dist.Normal(0.0, 5.0))
+    with numpyro.plate("obs", x.shape[0]):
+        numpyro.sample("y", dist.Normal(alpha + beta * x, 1.0), obs=y)
+
+
+@pytest.fixture(scope="module")
+def runs():
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=25)
+    y = 0.5 - x + rng.normal(size=25)
+    fits = {  # init="median" skips the Laplace start (seconds) to keep the test fast
+        name: vt.fit(regression, x, y, family=family, num_steps=num_steps, init="median", progress=False)
+        for name, family, num_steps in [("full", "fullrank", 400), ("one step", "meanfield", 1)]
+    }
+    mcmc = numpyro.infer.MCMC(
+        numpyro.infer.NUTS(regression), num_warmup=200, num_samples=400, progress_bar=False
+    )
+    mcmc.run(jax.random.key(0), x, y)
+    return fits, mcmc
+
+
+@pytest.mark.parametrize("form", ["key", "mcmc", "tree", "dict"])
+def test_report_takes_every_reference_compare_takes(runs, form, tmp_path):
+    fits, mcmc = runs
+    draws = {k: np.asarray(v) for k, v in mcmc.get_samples().items()}
+    reference = {"key": "NUTS", "mcmc": mcmc, "tree": to_datatree(mcmc), "dict": draws}[form]
+    entries = {**fits, "NUTS": mcmc} if form == "key" else dict(fits)
+    paths = vt.report(entries, reference=reference, out=tmp_path, num_draws=500)
+    expected = vt.compare(entries, reference=reference, num_draws=500)
+    pd.testing.assert_frame_equal(paths.table.drop(columns="time_s"), expected.drop(columns="time_s"))
+    assert paths.table.loc["one step", "w1"] > paths.table.loc["full", "w1"]
+    text = paths.markdown.read_text(encoding="utf-8")
+    assert "Closest to the reference: **full**" in text and "furthest: **one step**" in text
+    assert "**NUTS**" not in text  # the reference is never named closest to itself
+    assert paths.html.exists() and (tmp_path / "table.csv").exists()
+    assert all(path.exists() for pages in paths.images.values() for path in pages)
+    saved = pd.read_csv(tmp_path / "table.csv", index_col=0)
+    np.testing.assert_allclose(saved["w1"], paths.table["w1"])
+
+
+def test_report_refuses_a_reference_key_that_is_not_a_fit(runs, tmp_path):
+    with pytest.raises(KeyError, match="reference 'NUTS' is not one of the fits"):
+        vt.report(runs[0], reference="NUTS", out=tmp_path, num_draws=500)
+
+
+def test_report_plots_the_chosen_parameters_and_gives_next_steps(runs, tmp_path):
+    paths = vt.report(runs[0], reference=runs[1], out=tmp_path, num_draws=500, var_names=["beta"])
+    text = paths.markdown.read_text(encoding="utf-8")
+    # the one-step mean-field fit is far off: it reads bad, with something to try
+    assert paths.table.loc["one step", "verdict"] == "bad"
+    assert "**Next step for one step** (bad): try `" in text
+    assert len(paths.images["marginals"]) == 1
+
+
+def test_which_to_trust_names_the_good_fit_closest_to_the_reference():
+    from vitools.advice import which_to_trust
+
+    table = pd.DataFrame(
+        {
+            "objective": ["forward_kl", "forward_kl", "reverse_kl", "mcmc"],
+            "verdict": ["good", "good", "bad", None],
+            "khat": [0.3, 0.2, 0.9, np.nan],
+            "w1": [0.05, 0.2, 0.01, 0.0],
+        },
+        index=["iaf", "fullrank", "mode", "NUTS"],
+    )
+    text = which_to_trust(table)
+    assert text.startswith("Trust iaf: it reads good and is the closest of those to the reference (w1 0.05)")
+    assert "mode does not read good" in text and "NUTS" not in text
+    assert which_to_trust(table.drop(columns="w1")).startswith(
+        "Trust fullrank: it reads good with the lowest k̂"
+    )
+    assert which_to_trust(table.assign(verdict="bad")).startswith("No fit reads good")
