@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import textwrap
 import time
 from typing import Any
 
@@ -24,6 +25,7 @@ __all__ = [
     "run_nuts",
 ]
 
+TEXT_WIDTH = 100  # the terminal width the table is laid out for (vitools.comparison.TEXT_WIDTH)
 NUTS_WARMUP, NUTS_DRAWS, NUTS_CHAINS = 500, 1000, 2  # < 1 min on the small zoo models, 2 CPU cores
 
 
@@ -224,12 +226,12 @@ def run_compare(args: argparse.Namespace) -> int:
         say(format_table(table))
     from vitools.advice import which_to_trust
 
-    say("\n" + which_to_trust(table))
+    say("\n" + textwrap.fill(which_to_trust(table), TEXT_WIDTH))
     steps = next_steps(table)
     if steps:
         say("\nNext steps:")
         for line in steps:
-            say(f"  {line}")
+            say(textwrap.fill(line, TEXT_WIDTH, initial_indent="  ", subsequent_indent="      "))
     say(f"\nreport written: {paths.markdown} and {paths.html}")
     return 0
 
