@@ -264,3 +264,17 @@ def test_loo_needs_a_log_likelihood(fit, tree):
         vt.loo(tree.drop_nodes("log_likelihood"))
     with pytest.raises(TypeError, match="takes a vitools Fit"):
         vt.loo(3.0)
+
+
+def test_a_float32_fit_accepts_its_own_tree(data):
+    """Without x64 (NumPyro's default) log q recomputed at a tree's draws differs from the tree's in
+    the fifth digit; the fit's own tree must still be recognised (vt.loo failed on every fit)."""
+    x, y = (np.asarray(v, dtype=np.float32) for v in data)
+    with jax.enable_x64(False):
+        fit32 = vt.fit(regression, x, y=y, family="fullrank", init="median", num_steps=300, progress=False)
+        tree = vt.to_datatree(fit32, num_draws=2000)
+        assert tree["sample_stats"]["log_q"].dtype == np.float32
+        with_groups = vt.add_predictive(tree, fit32)
+        elpd = quiet_loo(fit32, num_draws=2000).elpd
+    assert with_groups["log_likelihood"]["y"].shape == (1, 2000, NUM_OBS)
+    assert np.isfinite(elpd)
