@@ -149,7 +149,7 @@ def test_help_and_models(capsys):
         ),
         (
             ["compare", "bimodal", "--var-names", "z,tau"],
-            "--var-names tau: not latent sites of the model (z)",
+            "--var-names tau: not sites of the model (z)",
         ),
         (["compare", "bimodal", "--data", "d.json"], "--data is for a model from a file"),
         (["fit", "bimodal", "--family", "fullrank,iaf"], "vitools fit takes one --family"),

@@ -7,6 +7,7 @@ import textwrap
 
 import numpy as np
 import pytest
+import xarray as xr
 
 import vitools as vt
 from vitools.cli import main
@@ -25,6 +26,11 @@ MODEL = textwrap.dedent(
         sigma = numpyro.sample("sigma", dist.HalfNormal(2.0))
         with numpyro.plate("obs", int(N)):  # a size from the data, numpy on the data
             numpyro.sample("y", dist.Normal(alpha + beta * np.asarray(x), sigma), obs=y)
+
+
+    def broken(N, x, y=None):  # x has N entries, the slope 3: shapes that do not broadcast
+        beta = numpyro.sample("beta", dist.Normal(0.0, 1.0).expand([3]))
+        numpyro.sample("y", dist.Normal(beta * np.asarray(x), 1.0), obs=y)
 
 
     def stan_style(data):
@@ -66,6 +72,9 @@ def test_compare_a_user_model_with_nuts_families_json_and_var_names(user, capsys
     assert "my_model.py:model" in html and "data.json" in html
     assert "Closest to the reference: <strong>NUTS" not in html  # the reference is not a candidate
     assert (out / "table.csv").exists() and (out / "marginals.png").exists()
+    assert '"reverse_kl/meanfield"' in captured.out  # JSON keys as written, "/" not escaped
+    nuts = xr.open_datatree(out / "nuts.nc")  # kept for the next run's --reference
+    assert nuts["posterior"]["beta"].shape == (1, 300)
 
 
 @pytest.mark.parametrize("suffix", [".npz", ".csv"])
@@ -106,8 +115,12 @@ def test_fit_a_user_model_saves_it_and_its_draws_for_the_next_run(user, capsys):
     assert main(["fit", spec, "--data", data, "--out", str(draws), *FAST]) == 0
     capsys.readouterr()
     assert main(["fit", spec, "--data", data, "--reference", str(draws), "--csv", *FAST]) == 0
-    table = capsys.readouterr().out.splitlines()
-    assert table[0].startswith(",objective") and "w1" in table[0] and len(table) == 2
+    captured = capsys.readouterr()
+    table = captured.out.splitlines()
+    assert table[0].startswith("fit,objective") and "w1" in table[0] and len(table) == 2
+    assert (
+        "a VI fit's (reverse_kl/fullrank): distances to it are not distances to the posterior" in captured.err
+    )
 
 
 def test_a_stan_style_model_takes_its_data_as_one_dict(user, capsys):
@@ -119,9 +132,10 @@ def test_a_stan_style_model_takes_its_data_as_one_dict(user, capsys):
 @pytest.mark.parametrize(
     ("model", "message"),
     [
-        ("my_model.py:nope", "has no function 'nope' (its functions: model, stan_style)"),
+        ("my_model.py:nope", "has no function 'nope' (its functions: broken, model, stan_style)"),
         ("my_model.py", "MODEL 'my_model.py': name the function too, e.g. my_model.py:model"),
         ("no_such_pkg.mod:model", "importing no_such_pkg.mod failed: ModuleNotFoundError"),
+        ("my_model.py:broken", "running it on --data data.json failed: TypeError: "),
     ],
 )
 def test_a_bad_model_spec_exits_2_naming_it(user, model, message, capsys, monkeypatch):

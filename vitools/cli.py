@@ -161,7 +161,7 @@ def _add_fit_options(parser: argparse.ArgumentParser, several: bool = True) -> N
         "--var-names",
         default=None,
         metavar="LIST",
-        help="comma-separated sites to summarise and plot (default: all)",
+        help="comma-separated sites (latent or deterministic) to summarise and plot (default: all)",
     )
     parser.add_argument(
         "--reference",
@@ -287,13 +287,13 @@ def _checked(args: argparse.Namespace) -> argparse.Namespace:
             "--objectives",
         )
     if args.var_names is not None:
-        from vitools.targets import Target
+        from vitools.usermodel import model_sites
 
-        sites = list(Target.from_model(args.zoo.model, *args.zoo.args, **args.zoo.kwargs).site_names)
+        sites = model_sites(args.zoo.model, args.zoo.args, dict(args.zoo.kwargs))
         unknown = [name for name in args.var_names if name not in sites]
         if unknown:
             raise validate.ArgumentValueError(
-                f"--var-names {', '.join(unknown)}: not latent sites of the model ({', '.join(sites)})",
+                f"--var-names {', '.join(unknown)}: not sites of the model ({', '.join(sites)})",
                 "--var-names",
             )
     if args.command == "fit":

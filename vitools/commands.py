@@ -132,7 +132,13 @@ def reference_for(args: argparse.Namespace, say: _Say) -> tuple[Any, str, Any]:
         tree = draws_to_datatree(stored.draws, what="reference draws")  # read once, used twice
         return tree, f"the zoo's ({stored.source}, {stored.num_draws} draws)", None
     if args.reference == "file":
-        return read_draws(args.reference_path), f"draws from {args.reference_path}", None
+        tree = read_draws(args.reference_path)
+        source = f"draws from {args.reference_path}"
+        if tree.attrs.get("vitools_kind") == "vi":  # vitools fit --out x.nc: an approximation
+            fitted = f"{tree.attrs.get('vitools_objective')}/{tree.attrs.get('vitools_family')}"
+            source += f", a VI fit's ({fitted}): distances to it are not distances to the posterior"
+        say(f"reference: {source}")
+        return tree, source, None
     if args.reference == "nuts":
         size = f"{args.nuts_chains} chains x ({args.nuts_warmup} warm-up + {args.nuts_draws} draws)"
         say(f"NUTS reference: {size}")
@@ -202,6 +208,9 @@ def run_compare(args: argparse.Namespace) -> int:
             fits[fit.name] = fit
     rows = {**fits, "NUTS": nuts} if nuts is not None else dict(fits)
     notes = [f"model `{zoo.name}`: {zoo.description}", f"reference: {source}"]
+    if nuts is not None:  # kept, so the next run can use it: --reference DIR/nuts.nc
+        nuts.to_netcdf(args.out / "nuts.nc", engine="h5netcdf")
+        notes.append(f"NUTS draws saved: `{args.out / 'nuts.nc'}` (use it as --reference next time)")
     if zoo.log_normalizer is not None:
         notes.append(f"true log evidence (known for this model): {zoo.log_normalizer:.4g}")
     notes.append(
@@ -267,7 +276,9 @@ def run_fit(args: argparse.Namespace) -> int:
     say(fit)
     tree = to_datatree(fit, num_draws=args.num_draws, seed=args.seed)
     say(summary(tree, var_names=args.var_names).to_string(float_format=lambda v: f"{v:.3g}"))
-    say(diagnose(tree, warn=False))
+    for line in str(diagnose(tree, warn=False)).splitlines():
+        if not line.startswith("PSIS-corrected"):  # the summary above has psis_mean, psis_sd
+            say(textwrap.fill(line, TEXT_WIDTH, subsequent_indent="      "))
     table = compare({fit.name: tree}, reference=reference, num_draws=args.num_draws, seed=args.seed)
     if args.json or args.csv:
         print(format_table(table, "json" if args.json else "csv").rstrip("\n"))

@@ -35,6 +35,7 @@ for the fit with the highest estimate; read it next to ``log_evidence_se``.
 
 from __future__ import annotations
 
+import json
 import math
 import textwrap
 import warnings
@@ -351,9 +352,10 @@ def format_table(df: pd.DataFrame, fmt: str = "text", width: int = TEXT_WIDTH) -
         ValueError: unknown ``fmt``.
     """
     if fmt == "csv":
-        return df.to_csv()
-    if fmt == "json":
-        return df.to_json(orient="index", indent=2, double_precision=15)
+        return df.rename_axis("fit").to_csv()
+    if fmt == "json":  # Python's shortest float repr; NaN as null; "/" unescaped (pandas escapes it)
+        rows = {str(name): {k: _json_value(v) for k, v in row.items()} for name, row in df.iterrows()}
+        return json.dumps(rows, indent=2, ensure_ascii=False)
     if fmt not in ("text", "markdown"):
         raise ValueError(f"fmt must be 'text', 'markdown', 'csv' or 'json', got {fmt!r}")
     shown = df.drop(columns=_redundant(df))
@@ -447,6 +449,14 @@ def _khat(khat: float, se: float) -> str:
     if pd.isna(khat):
         return ""
     return f"{khat:.2f}" if pd.isna(se) or not np.isfinite(khat) else f"{khat:.2f} ± {se:.2f}"
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, (float, np.floating)):
+        return None if not np.isfinite(value) else float(value)
+    if isinstance(value, np.integer):
+        return int(value)
+    return None if value is None or (not isinstance(value, str) and pd.isna(value)) else value
 
 
 def _se(text: str) -> str:

@@ -89,8 +89,8 @@ def bias_reason(labels: list[str], shift: dict[str, np.ndarray]) -> tuple[str, s
         text = f"PSIS moves the {kind} of {labels[j]} by {size[j]:.2f} sd of q (± {error[j]:.2f})"
         if label == "bad":
             text += (
-                ": q is biased where it puts its draws (while k̂ is good, PSIS-resampled draws "
-                "correct it: fit.sample(..., resample='psis'))"
+                ": q is biased where it puts its draws (when k̂ is below its threshold, "
+                "PSIS-resampled draws correct it: fit.sample(..., resample='psis'))"
             )
         else:
             text += f": more than {SHIFT_TOL} but within its Monte Carlo error; more draws can tell"

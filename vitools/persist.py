@@ -444,7 +444,7 @@ def _read(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, np.ndarray
     except FileNotFoundError:
         raise
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
-        raise ValueError(f"{not_ours} (not an .npz archive: {err})") from None
+        raise ValueError(f"{not_ours} (not an .npz archive: {type(err).__name__})") from None
     if not isinstance(archive, np.lib.npyio.NpzFile):
         raise ValueError(f"{not_ours} (a .npy array, not an .npz archive)")
     with archive:

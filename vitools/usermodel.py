@@ -25,7 +25,15 @@ import numpy as np
 
 from vitools import validate
 
-__all__ = ["DATA_SUFFIXES", "UserModel", "load_data", "load_model", "model_arguments", "user_model"]
+__all__ = [
+    "DATA_SUFFIXES",
+    "UserModel",
+    "load_data",
+    "load_model",
+    "model_arguments",
+    "model_sites",
+    "user_model",
+]
 
 DATA_SUFFIXES = (".json", ".npz", ".csv")
 
@@ -184,5 +192,32 @@ def user_model(spec: str, data_path: str | None) -> UserModel:
     model = load_model(spec)
     data = None if data_path is None else load_data(data_path)
     args, kwargs = model_arguments(model, data)
-    described = f"{spec}" + ("" if data_path is None else f" with data {data_path}")
+    try:
+        model_sites(model, args, kwargs)
+    except Exception as err:  # the user's code on the user's data: any error it raises
+        given = "without data" if data_path is None else f"on --data {data_path}"
+        message = f"MODEL {spec!r}: running it {given} failed: {type(err).__name__}: {err}"
+        raise validate.ArgumentValueError(" ".join(message.split()), "MODEL") from None
+    described = "no data" if data_path is None else f"data from {data_path}"
     return UserModel(name=spec, description=described, model=model, args=args, kwargs=kwargs)
+
+
+def model_sites(model: Callable, args: tuple, kwargs: dict) -> list[str]:
+    """The sites a user can ask for by name: latent sample sites and deterministic sites, in model
+    order, from one run of the model (latent values from NumPyro's ``init_to_uniform``, so improper
+    priors run too).
+
+    Raises:
+        Whatever the model raises on these arguments.
+    """
+    import jax
+    from numpyro import handlers
+    from numpyro.infer.initialization import init_to_uniform
+
+    seeded = handlers.substitute(handlers.seed(model, jax.random.key(0)), substitute_fn=init_to_uniform)
+    trace = handlers.trace(seeded).get_trace(*args, **kwargs)
+    return [
+        name
+        for name, site in trace.items()
+        if (site["type"] == "sample" and not site["is_observed"]) or site["type"] == "deterministic"
+    ]
