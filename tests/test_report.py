@@ -88,3 +88,25 @@ def test_which_to_trust_names_the_good_fit_closest_to_the_reference():
         "Trust fullrank: it reads good with the lowest k̂"
     )
     assert which_to_trust(table.assign(verdict="bad")).startswith("No fit reads good")
+
+
+def test_a_next_step_already_in_the_table_points_to_that_fit():
+    from vitools.advice import next_steps
+
+    table = pd.DataFrame(
+        {
+            "objective": ["forward_kl", "forward_kl"],
+            "family": ["fullrank", "iaf"],
+            "verdict": ["bad", "good"],
+            "khat": [1.57, 0.21],
+            "khat_se": [0.17, 0.06],
+            "reasons": ["k̂ 1.57 ± 0.17 > 0.70: q misses part of the posterior's mass", ""],
+            "steps": [2000, 1900],
+        },
+        index=["forward_kl/fullrank", "forward_kl/iaf"],
+    )
+    table.attrs["num_draws"] = 10_000
+    step = next_steps(table)["forward_kl/fullrank"]
+    assert step.options == {} and step.why.startswith("use forward_kl/iaf instead")
+    alone = next_steps(table.iloc[:1])["forward_kl/fullrank"]  # without the flow beside it
+    assert alone.options == {"family": "iaf"} and alone.as_flags() == "--family iaf"

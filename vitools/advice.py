@@ -77,8 +77,20 @@ def next_steps(table: pd.DataFrame) -> dict[str, NextStep]:
             step = NextStep({"objective": "forward_kl"}, "mass-covering")
         else:
             step = NextStep({}, "check it against an MCMC run of this model")
-        steps[str(name)] = step
+        steps[str(name)] = _already_there(table, objective, family, step)
     return steps
+
+
+def _already_there(table: pd.DataFrame, objective: str, family: str, step: NextStep) -> NextStep:
+    """The step, or "use that fit" when a row of the table already has the suggested objective
+    and family and reads good (the demo's Gaussian was told to try the flow beside it)."""
+    if not step.options or not set(step.options) <= {"objective", "family"}:
+        return step
+    wanted = (step.options.get("objective", objective), step.options.get("family", family))
+    for other, row in table.iterrows():
+        if (row.get("objective"), row.get("family")) == wanted and row.get("verdict") == "good":
+            return NextStep({}, f"use {other} instead: it is that configuration and reads good")
+    return step
 
 
 def which_to_trust(table: pd.DataFrame, candidates: list[str] | None = None) -> str:
