@@ -29,7 +29,7 @@ def runs():
     x = rng.normal(size=40)
     y = 1.0 + 0.5 * x + rng.normal(scale=0.8, size=40)
     fits = {
-        family: vt.fit(regression, x, y, family=family, num_steps=400, progress=False)
+        family: vt.fit(regression, x, y, family=family, num_steps=400, init="median", progress=False)
         for family in ("meanfield", "fullrank")
     }
     mcmc = numpyro.infer.MCMC(
@@ -45,9 +45,9 @@ def runs():
 
 
 def test_the_forest_of_two_fits_and_nuts_has_three_entries(runs):
-    # unaligned, arviz-plots pads NUTS's 2 x 400 draws to the fits' 1 x 10,000 with NaN and draws
+    # unaligned, arviz-plots pads NUTS's 2 x 400 draws to the fits' 1 x 2000 with NaN and draws
     # nothing for it; aligned trees are one chain of 800 draws each
-    trees = vt.to_datatrees(runs, aligned=True)
+    trees = vt.to_datatrees(runs, num_draws=2000, aligned=True)
     assert {tuple(t["posterior"]["alpha"].shape) for t in trees.values()} == {(1, 800)}
     plot = azp.plot_forest(trees, backend="matplotlib")
     twigs = plot.viz["twig"].to_dataset()["alpha"]
@@ -58,7 +58,7 @@ def test_the_forest_of_two_fits_and_nuts_has_three_entries(runs):
 
 
 def test_aligned_trees_keep_every_draw_of_the_smallest(runs):
-    tree = vt.to_datatrees({"NUTS": runs["NUTS"]}, aligned=True)["NUTS"]
+    tree = vt.to_datatrees({"NUTS": runs["NUTS"]}, aligned=True)["NUTS"]  # one chain, all draws
     draws = np.asarray(runs["NUTS"].get_samples()["beta"])
     np.testing.assert_array_equal(tree["posterior"]["beta"].values.ravel(), draws)
 
