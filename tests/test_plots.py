@@ -119,7 +119,8 @@ def test_marginals_var_names_max_params_page_and_reference_key(trees):
     assert [ax.get_xlabel() for ax in panels] == ["theta[0]"]
     assert len(panels[0].lines) == 2  # the reference key is shaded, not drawn as a line
     assert legend_labels(fig.legends[0]) == ["narrow", "shifted", "reference"]
-    assert "parameters 1-1 of 2" in fig.get_supxlabel() and "page" in fig.get_supxlabel()
+    assert fig.get_supxlabel() == "parameters 1-1 of 2, page 1 of 2"  # pages counted from 1
+    assert "page=" not in fig.get_supxlabel()  # the figure does not speak of the argument
     fig = plot_marginals(trees, var_names=["mu", "theta[1]"])  # a site and one element of another
     assert [ax.get_xlabel() for ax in panels_of(fig)] == ["mu", "theta[1]"]
     with pytest.raises(KeyError, match="not one of the fits"):
@@ -141,9 +142,11 @@ def test_pages_reach_every_parameter(trees):
     pages = plot_marginal_pages(trees, max_params=2)
     shown = [ax.get_xlabel() for fig in pages for ax in panels_of(fig)]
     assert shown == ["mu", "theta[0]", "theta[1]"] and len(pages) == 2
-    assert "parameters 3-3 of 3" in pages[1].get_supxlabel()
-    last = plot_marginals(trees, max_params=2, page=1)
+    notes = [fig.get_supxlabel() for fig in pages]
+    assert notes == ["parameters 1-2 of 3, page 1 of 2", "parameters 3-3 of 3, page 2 of 2"]
+    last = plot_marginals(trees, max_params=2, page=1)  # the argument counts from 0
     assert [ax.get_xlabel() for ax in panels_of(last)] == ["theta[1]"]
+    assert last.get_supxlabel() == notes[1]
     with pytest.raises(ValueError, match="page 2 is out of range: 3 parameters make pages 0-1"):
         plot_marginals(trees, max_params=2, page=2)
     with pytest.raises(ValueError, match="max_params must be at least 1"):
@@ -208,6 +211,8 @@ def test_khat_bars_from_a_table_with_threshold_line(trees, reference):
     assert khat_threshold(1000) in [pytest.approx(y) for y in ys] and 0.5 in ys
     labels = legend_labels(fig.legends[0])
     assert labels[0] == f"threshold {khat_threshold(1000):.2f} (S=1000)"
+    assert labels[2] == "k̂ ± 2 Monte Carlo sd (the interval the verdict reads)"
+    assert "± 2 Monte Carlo sd" in ax.get_ylabel()
 
 
 def test_khat_from_diagnostics_and_bad_input(trees):
@@ -222,22 +227,45 @@ def test_khat_from_diagnostics_and_bad_input(trees):
         plot_khat([1, 2])
 
 
+def final_loss(tree) -> float:
+    loss = tree["optimization"]["loss"].values
+    return float(np.median(loss[-NUM_STEPS // 10 :]))
+
+
 def test_traces_two_panels_from_trees(trees):
     fig = plot_traces(trees)
     ax_loss, ax_ess = fig.axes
     assert len(ax_loss.lines) == 2 * 3 + 1  # raw and smoothed per fit, and the zero line
     raw = ax_loss.lines[0].get_ydata()
     assert np.median(raw[-NUM_STEPS // 10 :]) == pytest.approx(0.0)  # loss minus its final value
-    assert legend_labels(ax_loss.get_legend()) == ["good", "narrow", "shifted"]
-    assert len(ax_ess.lines) == 2 * 2  # "narrow" traced no ESS ...
-    assert any("narrow" in t.get_text() for t in ax_ess.texts)  # ... and the panel says so
+    finals = {name: f"final loss {final_loss(tree):.4g}" for name, tree in trees.items()}
+    assert legend_labels(fig.legends[0]) == [  # one legend for both panels, with the final losses ...
+        f"good ({finals['good']})",
+        f"narrow ({finals['narrow']}; no ESS trace)",  # ... and the fit that traced no ESS
+        f"shifted ({finals['shifted']})",
+    ]
+    assert ax_loss.get_legend() is None and not ax_loss.texts and not ax_ess.texts  # no text on the curves
+    assert len(ax_ess.lines) == 2 * 2  # "narrow" traced no ESS
     assert max(ax_ess.lines[1].get_ydata()) <= 1.0  # ESS as a fraction of the 64 draws per step
+
+
+def test_the_traces_legend_lies_outside_both_panels(trees):
+    """The legend (with the final losses) cannot cover a curve: its box meets neither panel's."""
+    fig = plot_traces({**trees, "a fit with a long name, to make the legend wide": trees["good"]})
+    fig.canvas.draw()
+    (legend,) = fig.legends
+    box = legend.get_window_extent()
+    assert box.x0 >= 0 and box.x1 <= fig.bbox.x1  # all of it on the figure
+    for ax in fig.axes:
+        assert not box.overlaps(ax.get_window_extent()), ax.get_title()
+        for text in legend.get_texts():
+            assert not text.get_window_extent().overlaps(ax.get_window_extent())
 
 
 def test_traces_of_real_fits(bimodal_fits):
     fig = plot_traces({**bimodal_fits, "mcmc-like": az.from_dict({"posterior": {"x": np.zeros((1, 10))}})})
     ax_loss, ax_ess = fig.axes
-    assert legend_labels(ax_loss.get_legend()) == ["reverse_kl", "forward_kl"]
+    assert [label.split(" (")[0] for label in legend_labels(fig.legends[0])] == ["reverse_kl", "forward_kl"]
     for line in ax_loss.lines[:-1]:  # the last one is the zero line
         assert len(line.get_xdata()) == NUM_STEPS
     assert ax_ess.get_ylim()[1] == pytest.approx(1.05)
@@ -292,7 +320,7 @@ def contour_sets(ax) -> list:
 
 def test_a_gaussian_fits_pair_contours_are_its_exact_chi_square_ellipses(gaussian_fit):
     (ax,) = plot_pair({"q": gaussian_fit}, num_draws=200).axes
-    assert legend_labels(ax.get_legend()) == ["q (exact)"]
+    assert legend_labels(ax.get_legend()) == ["q (exact density)"]
     (contours,) = contour_sets(ax)
     inverse = np.linalg.inv(COV)
     # levels ascend: the 90% region's (lower density) first, then the 50% region's
@@ -305,7 +333,8 @@ def test_a_gaussian_fits_pair_contours_are_its_exact_chi_square_ellipses(gaussia
 
 def test_a_gaussian_fits_marginals_are_its_exact_normal_densities(gaussian_fit, reference):
     fig = plot_marginals({"q": gaussian_fit}, num_draws=200)
-    assert legend_labels(fig.legends[0]) == ["q (exact)"]
+    assert legend_labels(fig.legends[0]) == ["q (exact density)"]
+    assert fig.get_supxlabel() == ""  # every panel exact, one page: no footnote
     for ax, k in zip(panels_of(fig), range(2), strict=True):
         (line,) = ax.lines
         x = line.get_xdata()
@@ -333,6 +362,32 @@ def test_a_tree_with_its_fit_as_exact_draws_the_exact_density_without_drawing_ag
     )
     with pytest.raises(ValueError, match=r"exact\['p'\] names no entry of fits: \['q'\]"):
         plot_marginals({"q": tree}, exact={"p": gaussian_fit})
+
+
+def deterministic_model():
+    mu = numpyro.sample("mu", dist.Normal(0.0, 1.0))
+    numpyro.deterministic("double", 2.0 * mu)
+
+
+def test_a_deterministic_site_is_named_under_the_panels_as_a_kde_not_in_the_legend():
+    target = vt.Target.from_model(deterministic_model)
+    fit = vt.Fit.from_gaussian(target, np.array([0.5]), np.array([[1.0]]))
+    fig = plot_marginals({"q": fit}, num_draws=500)
+    assert [ax.get_xlabel() for ax in panels_of(fig)] == ["mu", "double"]
+    assert legend_labels(fig.legends[0]) == ["q (exact density)"]  # no "(exact; KDE: double)"
+    assert fig.get_supxlabel() == (
+        "a KDE of the draws for every fit: double (deterministic); "
+        "elsewhere a Gaussian fit's line is its exact density"
+    )
+    only = plot_marginals({"q": fit}, num_draws=500, var_names=["double"])
+    assert legend_labels(only.legends[0]) == ["q"]  # nothing exact on this page
+    assert only.get_supxlabel() == "a KDE of the draws for every fit: double (deterministic)"
+    pages = plot_marginal_pages({"q": fit}, num_draws=500, max_params=1)
+    assert [p.get_supxlabel().split("\n")[-1] for p in pages] == [
+        "parameters 1-1 of 2, page 1 of 2",
+        "parameters 2-2 of 2, page 2 of 2",
+    ]
+    assert "\n" not in pages[0].get_supxlabel()  # the page of mu alone has no KDE to name
 
 
 def test_a_positive_scale_gets_a_log_axis_and_an_exact_density_of_log_x(scale_fit):
@@ -377,8 +432,9 @@ def positive_tree(sd: float, seed: int = 0) -> xr.DataTree:
     return az.from_dict({"posterior": {"s": draws, "m": np.log(draws)}})
 
 
-def test_trees_get_a_log_axis_where_every_draw_is_positive_and_spreads_over_a_factor_of_20():
-    wide, narrow = positive_tree(1.5), positive_tree(0.3)  # 0.1-99.9%: factor e^9.3 and e^1.9
+def test_trees_get_a_log_axis_where_every_draw_is_positive_and_spreads_over_a_factor_of_10():
+    # 0.1-99.9%: factors e^9.3 and e^1.2 = 3.4 (Kelly skewness 0.13, below RIGHT_SKEW = 0.2)
+    wide, narrow = positive_tree(1.5), positive_tree(0.2)
     panels = panels_of(plot_marginals({"wide": wide}, reference={"s": wide.posterior["s"].values[0]}))
     assert [(ax.get_xlabel(), ax.get_xscale()) for ax in panels] == [("s (log scale)", "log")]
     panels = panels_of(plot_marginals({"narrow": narrow, "wide": wide}, var_names=["m", "s"]))
@@ -389,6 +445,50 @@ def test_trees_get_a_log_axis_where_every_draw_is_positive_and_spreads_over_a_fa
     assert panels_of(plot_marginals({"wide": wide}, log_axes=(), var_names=["s"]))[0].get_xscale() == "linear"
     with pytest.raises(ValueError, match="log_axes names m, but some of its draws are not positive"):
         plot_marginals({"wide": wide}, log_axes=["m"])
+
+
+def one_site_tree(values: np.ndarray) -> xr.DataTree:
+    return az.from_dict({"posterior": {"s": values[None]}})
+
+
+def kelly(values: np.ndarray) -> float:
+    low, mid, high = np.quantile(values, (0.1, 0.5, 0.9))
+    return float((high + low - 2 * mid) / (high - low))
+
+
+def test_a_scale_spread_over_a_factor_of_15_or_clearly_right_skewed_gets_a_log_axis():
+    from vitools.plots.panels import LOG_SPREAD, RIGHT_SKEW
+
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=4000)
+    cases = {  # name: (positive draws, spread over LOG_SPREAD?, right-skewed with a more symmetric log?)
+        "group sd": (np.exp(0.44 * z), True, True),  # spread ~15 (sigma_a's): linear under the old 20
+        "1.5 + Gamma(2)": (1.5 + rng.gamma(2.0, size=4000), False, True),  # spread ~7, K 0.32, of log 0.09
+        "5 + Exp(1)": (5.0 + rng.exponential(size=4000), False, False),  # K 0.48, of log 0.41: no help
+        "N(4, 1)": (4.0 + z, False, False),  # spread ~7, symmetric
+    }
+    for name, (values, spread, skewed) in cases.items():
+        ratio = np.quantile(values, 0.999) / np.quantile(values, 0.001)
+        skew, skew_of_log = kelly(values), kelly(np.log(values))
+        assert (ratio > LOG_SPREAD) == spread, (name, ratio)
+        assert (skew > RIGHT_SKEW and abs(skew_of_log) < skew / 2) == skewed, (name, skew, skew_of_log)
+        (ax,) = panels_of(plot_marginals({name: one_site_tree(values)}))
+        assert ax.get_xscale() == ("log" if spread or skewed else "linear"), name
+
+
+def test_a_log_axis_under_two_decades_labels_1_2_5_ticks_as_plain_numbers():
+    z = np.random.default_rng(1).normal(size=4000)
+    fig = plot_marginals({"sd": one_site_tree(np.exp(0.44 * z))})  # ~0.25 to 4: 1.2 decades
+    fig.canvas.draw()
+    (ax,) = panels_of(fig)
+    lo, hi = ax.get_xlim()
+    shown = [t.get_text() for t in ax.get_xticklabels() if lo <= t.get_position()[0] <= hi]
+    assert shown == ["0.5", "1", "2"]  # matplotlib alone labels only 10^0 here
+    fig = plot_marginals({"tau": one_site_tree(np.exp(2.0 * z))})  # 5 decades: powers of ten only
+    fig.canvas.draw()
+    (ax,) = panels_of(fig)
+    lo, hi = ax.get_xlim()
+    assert all("10^" in t.get_text() for t in ax.get_xticklabels() if lo <= t.get_position()[0] <= hi)
 
 
 def test_coordinates_are_exact_only_for_elementwise_bijections_of_fixed_supports():
@@ -417,6 +517,33 @@ def khat_table(khats, errors) -> pd.DataFrame:
     )
     table.attrs["num_draws"] = 10_000  # threshold 0.7
     return table
+
+
+def test_khat_bars_are_coloured_by_what_khat_alone_says_not_by_the_verdict():
+    from matplotlib.colors import to_rgba
+
+    from vitools.plots.diagnostics import VERDICT_COLORS
+
+    # every fit reads bad (for other reasons, say a mean shift), and its k̂ ± 2 sd against 0.7 is:
+    khats, errors = [0.43, 0.66, 0.55, 0.9, math.nan], [0.05, 0.1, 0.06, 0.05, math.nan]
+    readings = ["good", "uncertain", "good", "bad", "bad"]  # an undefined k̂ reads bad, as in verdict()
+    table = khat_table(khats, errors).assign(verdict="bad")
+    (ax,) = plot_khat(table).axes
+    for bar, reading in zip(ax.patches, readings, strict=True):
+        assert bar.get_facecolor()[:3] == pytest.approx(to_rgba(VERDICT_COLORS[reading])[:3])
+    assert ax.patches[-1].get_hatch() == "//"  # undefined k̂: hatched, drawn up to the threshold
+    (bars,) = [c for c in ax.containers if hasattr(c, "has_yerr")]
+    (segments,) = [c.get_segments() for c in bars.lines[2]]
+    for (lo, hi), k, se in zip((s[:, 1] for s in map(np.asarray, segments)), khats, errors, strict=True):
+        if math.isfinite(se):  # the whisker spans k̂ ± 2 sd, as the legend and the y label say
+            assert (lo, hi) == (pytest.approx(k - 2 * se), pytest.approx(k + 2 * se))
+    fig = ax.figure
+    assert legend_labels(fig.legends[0])[3:] == [
+        "k̂ + 2 sd below the threshold",
+        "k̂ ± 2 sd straddles it",
+        "k̂ − 2 sd above it",
+    ]
+    assert "verdict may be worse" in fig.legends[0].get_title().get_text()
 
 
 @pytest.mark.parametrize(

@@ -30,9 +30,10 @@ __all__ = ["ReportPaths", "how_to_read", "report", "write_report"]
 FIGURES = {  # file stem -> (heading, caption)
     "marginals": (
         "Marginal densities",
-        "Each fit's marginal density per parameter (lines; exact for Gaussian fits, marked "
-        "*exact*, a KDE of the draws otherwise) over the reference (shaded). Positive parameters "
-        "spread over more than a factor of 20 are on a log axis, with densities of log x.",
+        "Each fit's marginal density per parameter over the reference (shaded). Lines: a Gaussian "
+        "fit's exact density, marked *exact density*; a KDE of the draws for other fits and for the "
+        "parameters named under the panels. Positive parameters spread over more than a factor of "
+        "10, or clearly skewed to the right, are on a log axis, with densities of log x.",
     ),
     "pair": (
         "Pair plot",
@@ -41,11 +42,17 @@ FIGURES = {  # file stem -> (heading, caption)
     ),
     "khat": (
         "Pareto k̂",
-        "PSIS k̂ of each fit's importance weights against the sample-size threshold (dashed).",
+        "PSIS k̂ of each fit's importance weights against the sample-size threshold (dashed). "
+        "Error bars: k̂ ± 2 Monte Carlo sd, the interval the verdict reads (the table lists "
+        "k̂ ± 1 sd). A bar's colour is what k̂ alone says: green when k̂ + 2 sd is below the "
+        "threshold, amber when k̂ ± 2 sd straddles it, red when k̂ − 2 sd is above it. A fit's "
+        "verdict may be worse for other reasons (a PSIS mean shift, missed mass, no convergence), "
+        "listed under the table.",
     ),
     "traces": (
         "Optimisation traces",
-        "Loss and importance ESS per step (faint: raw, solid: moving average).",
+        "Loss and importance ESS per step (faint: raw, solid: moving average); each loss is drawn "
+        "minus its final value, given in the legend.",
     ),
 }
 
@@ -337,9 +344,9 @@ def _table_html(markdown_table: str) -> str:
 
 
 _CSS = (
-    "body{font-family:system-ui,sans-serif;max-width:1150px;margin:2em auto;padding:0 1em;color:#222}"
-    ".wide{overflow-x:auto}table{border-collapse:collapse;font-size:0.8em;margin:1em 0}"
-    "th,td{border:1px solid #ccc;padding:3px 6px;text-align:right;white-space:nowrap}"
+    "body{font-family:system-ui,sans-serif;max-width:1300px;margin:2em auto;padding:0 1em;color:#222}"
+    ".wide{overflow-x:auto}table{border-collapse:collapse;font-size:0.75em;margin:1em 0}"
+    "th,td{border:1px solid #ccc;padding:2px 4px;text-align:right;white-space:nowrap}"
     "th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}td.unreliable{color:#999}"
     "img{max-width:100%}figcaption{color:#555;font-size:0.9em}code{background:#f3f3f3;padding:0 3px}"
 )

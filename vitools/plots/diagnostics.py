@@ -15,21 +15,26 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 from matplotlib.figure import Figure
+from matplotlib.patches import Patch
 
 from vitools.convert import DIAGNOSTIC_DRAWS, optimization_dataset
-from vitools.diagnostics import KHAT_Z, Diagnostics
+from vitools.diagnostics import KHAT_Z, Diagnostics, verdict
 from vitools.importance import khat_threshold
 from vitools.plots.panels import limits
 from vitools.result import Fit
 
-__all__ = ["KHAT_FLOOR", "VERDICT_COLORS", "plot_khat", "plot_traces"]
+__all__ = ["KHAT_FLOOR", "KHAT_LEGEND", "VERDICT_COLORS", "khat_reading", "plot_khat", "plot_traces"]
 
 KHAT_FLOOR = -0.3  # bars of k̂ below this are drawn down to it, labelled with their value
 VERDICT_COLORS = {"good": "#2e8b57", "uncertain": "#e69f00", "bad": "#c0392b"}
+LEGEND_ROW = 170  # characters of legend text (8 pt, with each entry's handle) in a row of the 11-inch traces
 
 
-def _khat_rows(source: Any, num_draws: int) -> tuple[list[tuple[str, float, float, str]], float, int]:
-    """``([(name, k̂, its sd, verdict)], threshold, S)``."""
+Row = tuple[str, float, float, str, int]  # (name, k̂, its sd, the fit's verdict, S behind k̂)
+
+
+def _khat_rows(source: Any, num_draws: int) -> tuple[list[Row], float, int]:
+    """``([(name, k̂, its sd, verdict, S)], threshold, S)``."""
     if isinstance(source, Diagnostics):
         source = {"fit": source}
     if isinstance(source, pd.DataFrame):
@@ -39,13 +44,13 @@ def _khat_rows(source: Any, num_draws: int) -> tuple[list[tuple[str, float, floa
         verdicts = source["verdict"] if "verdict" in source else pd.Series("", index=source.index)
         errors = source["khat_se"] if "khat_se" in source else pd.Series(0.0, index=source.index)
         rows = [
-            (str(name), float(k), float(se), str(v))
+            (str(name), float(k), float(se), str(v), num_draws)
             for name, k, se, v in zip(source.index, source["khat"], errors, verdicts, strict=True)
             if isinstance(v, str) and v  # MCMC rows have no q, hence no k̂ and no verdict
         ]
         return rows, khat_threshold(num_draws), num_draws
     if isinstance(source, Mapping) and all(isinstance(d, Diagnostics) for d in source.values()):
-        rows = [(str(n), d.khat, d.khat_se, d.verdict) for n, d in source.items()]
+        rows = [(str(n), d.khat, d.khat_se, d.verdict, d.num_draws) for n, d in source.items()]
         sizes = {d.num_draws for d in source.values()}
         size = min(sizes) if sizes else num_draws
         return rows, min(d.khat_threshold for d in source.values()) if source else khat_threshold(size), size
@@ -55,10 +60,30 @@ def _khat_rows(source: Any, num_draws: int) -> tuple[list[tuple[str, float, floa
     )
 
 
+def khat_reading(khat: float, khat_se: float, num_draws: int) -> str:
+    """What k̂ alone says of q as a proposal: ``"good"`` (k̂ + 2 sd below the threshold),
+    ``"uncertain"`` (k̂ ± 2 sd straddles it) or ``"bad"`` (k̂ − 2 sd above it, or k̂ undefined):
+    :func:`vitools.diagnostics.verdict`'s label. A fit's verdict may be worse (a PSIS mean shift,
+    missed mass, no convergence: the reasons under the table), never better."""
+    return verdict(khat, num_draws, khat_se)[0]
+
+
+KHAT_LEGEND = {  # k̂'s reading -> what its bar's colour says
+    "good": f"k̂ + {KHAT_Z:g} sd below the threshold",
+    "uncertain": f"k̂ ± {KHAT_Z:g} sd straddles it",
+    "bad": f"k̂ − {KHAT_Z:g} sd above it",
+}
+
+
 def plot_khat(diagnostics_or_table: Any, num_draws: int = DIAGNOSTIC_DRAWS) -> Figure:
     """Pareto k̂ of each fit as a bar with k̂ ± 2 sd (its Monte Carlo uncertainty,
-    :func:`vitools.importance.khat_se`), coloured by verdict, against the threshold
-    min(1 - 1/log10 S, 0.7).
+    :func:`vitools.importance.khat_se`; the interval the verdict reads, where a table lists
+    k̂ ± 1 sd), against the threshold min(1 - 1/log10 S, 0.7).
+
+    A bar's colour is what k̂ alone says (:func:`khat_reading`): green when k̂ + 2 sd is below the
+    threshold, amber when k̂ ± 2 sd straddles it, red when k̂ − 2 sd is above it. A fit's verdict
+    may be worse for other reasons (a PSIS mean shift, missed mass, no convergence), listed under
+    the table: a k̂ of 0.43 is green even when its fit reads bad.
 
     Args:
         diagnostics_or_table: a :func:`vitools.comparison.compare` table (rows without a verdict, e.g.
@@ -69,34 +94,46 @@ def plot_khat(diagnostics_or_table: Any, num_draws: int = DIAGNOSTIC_DRAWS) -> F
     Returns:
         The figure: one bar per fit, labelled with k̂ (bars below ``KHAT_FLOOR``, including k̂ = -inf
         for a flat tail, stop there; an undefined k̂ is drawn hatched up to the threshold), a dashed
-        line at the threshold, a dotted one at 0.5.
+        line at the threshold, a dotted one at 0.5; a legend below says what the colours and the
+        error bars are.
     """
     rows, threshold, size = _khat_rows(diagnostics_or_table, num_draws)
     if not rows:
         raise ValueError("no fit with a k̂ to plot (MCMC rows have none)")
-    fig, ax = plt.subplots(figsize=(max(4.0, 1.2 * len(rows) + 2.0), 3.6), layout="constrained")
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.2 * len(rows) + 2.0), 3.8), layout="constrained")
     names = [r[0] for r in rows]
     # A negative k̂ (bounded weights) is as good as 0 for the reader: clip its bar at KHAT_FLOOR.
-    heights = [threshold if math.isnan(k) else max(k, KHAT_FLOOR) for _, k, _, _ in rows]
-    colors = [VERDICT_COLORS.get(v, "0.5") for *_, v in rows]
-    bars = ax.bar(names, heights, color=colors, width=0.6)
-    spans = [KHAT_Z * se if math.isfinite(k) and math.isfinite(se) else 0.0 for _, k, se, _ in rows]
-    ax.errorbar(names, heights, yerr=spans, fmt="none", ecolor="0.15", elinewidth=1.0, capsize=4)
+    heights = [threshold if math.isnan(k) else max(k, KHAT_FLOOR) for _, k, *_ in rows]
+    readings = [khat_reading(k, se, s) for _, k, se, _, s in rows]
+    bars = ax.bar(names, heights, color=[VERDICT_COLORS[r] for r in readings], width=0.6)
+    spans = [KHAT_Z * se if math.isfinite(k) and math.isfinite(se) else 0.0 for _, k, se, *_ in rows]
+    errors = ax.errorbar(names, heights, yerr=spans, fmt="none", ecolor="0.15", elinewidth=1.0, capsize=4)
     labels = []
-    for bar, span, (_, k, _, _) in zip(bars, spans, rows, strict=True):
+    for bar, span, (_, k, *_) in zip(bars, spans, rows, strict=True):
         text = "−∞ (flat tail)" if k == -math.inf else ("undefined" if math.isnan(k) else f"{k:.2f}")
         if math.isnan(k):
             bar.set_hatch("//")
             bar.set_alpha(0.5)
         x, y = bar.get_x() + bar.get_width() / 2, max(bar.get_height() + span, 0.0) + 0.02
         labels.append(ax.text(x, y, text, ha="center", va="bottom", fontsize=9))  # lifted off lines below
-    ax.axhline(threshold, color="k", ls="--", lw=1.2, label=f"threshold {threshold:.2f} (S={size})")
-    ax.axhline(0.5, color="0.4", ls=":", lw=1.0, label="0.5 (good below)")
+    limit = ax.axhline(threshold, color="k", ls="--", lw=1.2)
+    half = ax.axhline(0.5, color="0.4", ls=":", lw=1.0)
     ax.axhline(0.0, color="0.2", lw=0.6)
     ax.set_ylim(KHAT_FLOOR - 0.05, max(1.0, *(h + e for h, e in zip(heights, spans, strict=True))) + 0.15)
-    ax.set_ylabel("Pareto k̂ of log p − log q")
+    ax.set_ylabel(f"Pareto k̂ of log p − log q\n(bars: k̂ ± {KHAT_Z:g} Monte Carlo sd)")
     ax.set_title("PSIS k̂ per fit (lower is better)", fontsize=10)
-    fig.legend(loc="outside lower center", ncols=2, fontsize=8, frameon=False)
+    handles = [limit, half, errors] + [Patch(color=VERDICT_COLORS[r]) for r in KHAT_LEGEND]
+    texts = [
+        f"threshold {threshold:.2f} (S={size})",
+        "0.5 (weights of finite variance below)",
+        f"k̂ ± {KHAT_Z:g} Monte Carlo sd (the interval the verdict reads)",
+        *KHAT_LEGEND.values(),
+    ]
+    title = "bar colour: what k̂ alone says (a fit's verdict may be worse for reasons under the table)"
+    fig.legend(
+        handles, texts, loc="outside lower center", ncols=2, fontsize=8, frameon=False, title=title,
+        title_fontsize=8,
+    )  # fmt: skip
     ax.tick_params(axis="x", labelrotation=15 if len(rows) > 3 else 0)
     _clear_of_lines(fig, ax, labels, sorted({threshold, 0.5}))
     return fig
@@ -161,11 +198,13 @@ def plot_traces(fits: Mapping[str, Any]) -> Figure:
 
     Each fit gets a faint raw line and a solid moving average (window: 2% of its steps). Losses of
     different objectives live on different scales (a negative ELBO, a cross-entropy), so each is
-    drawn minus its own final value (the median over the last 10% of steps, listed in the panel):
+    drawn minus its own final value (the median over the last 10% of steps, given in the legend):
     every curve settles at 0 when its fit converged. The loss axis is fitted to the smoothed curves
     after the first 5% of steps, so an initial transient does not flatten the rest. The ESS of each
     step's draws is shown as a fraction of them when every fit says how many it drew (Fits do;
     trees may carry ``num_draws_per_step``), else as a count. Fits without a trace (MCMC) are skipped.
+    One legend below both panels names the fits, with each final loss (and "no ESS trace" where a
+    fit has none), so no text sits over the curves.
 
     Args:
         fits: ``{name: Fit | DataTree}`` (a tree's ``optimization`` group, with its
@@ -174,13 +213,14 @@ def plot_traces(fits: Mapping[str, Any]) -> Figure:
     fig, (ax_loss, ax_ess) = plt.subplots(1, 2, figsize=(11.0, 3.8), layout="constrained")
     traces = {name: _trace(obj) for name, obj in fits.items()}
     relative = all(n is not None for t, n in traces.values() if "ess" in t)
-    tails, finals, without_ess = [], [], []
+    tails, handles, names = [], [], []
     for i, (name, (trace, per_step)) in enumerate(traces.items()):
+        notes, handle = [], None
         for ax, key in ((ax_loss, "loss"), (ax_ess, "ess")):
             values = trace.get(key)
             if values is None or not values.size:
                 if key == "ess" and "loss" in trace:
-                    without_ess.append(name)
+                    notes.append("no ESS trace")
                 continue
             if key == "ess" and relative:
                 values = values / per_step
@@ -190,28 +230,28 @@ def plot_traces(fits: Mapping[str, Any]) -> Figure:
                 final = float(
                     np.median(values[-max(1, values.size // 10) :])
                 )  # robust to the last steps' noise
-                finals.append(f"{name}: {final:.4g}")
+                notes.insert(0, f"final loss {final:.4g}")
                 values, smooth = values - final, smooth - final
                 tails.append(smooth[values.size // 20 :])
             ax.plot(steps, values, color=f"C{i}", alpha=0.25, lw=0.8)
-            ax.plot(steps, smooth, color=f"C{i}", lw=1.6, label=name)
+            (line,) = ax.plot(steps, smooth, color=f"C{i}", lw=1.6)
+            if handle is None:  # the fit's loss, else its ESS, stands for it in the legend
+                handle = line
+        if handle is not None:
+            handles.append(handle)
+            names.append(f"{name} ({'; '.join(notes)})" if notes else name)
     if tails:
         lo, hi = limits([t[np.isfinite(t)] for t in tails] + [np.zeros(1)], 0.0, 1.0)
-        ax_loss.set_ylim(lo, hi + 0.6 * (hi - lo))  # headroom for the legend and the final losses
+        ax_loss.set_ylim(lo, hi + 0.1 * (hi - lo))
         ax_loss.axhline(0.0, color="0.3", lw=0.6)
-        ax_loss.legend(fontsize=8, frameon=False, loc="upper right")
-        below_legend = 0.97 - 0.075 * (len(finals) + 0.3)
-        ax_loss.text(0.98, below_legend, "final loss\n" + "\n".join(finals), ha="right", va="top", fontsize=8,
-                     color="0.35", transform=ax_loss.transAxes)  # fmt: skip
     else:
         ax_loss.text(0.5, 0.5, "no optimisation trace", ha="center", va="center", transform=ax_loss.transAxes)
+    if handles:  # outside the axes: it cannot cover a curve
+        rows = math.ceil(sum(len(name) + 6 for name in names) / LEGEND_ROW)  # balanced rows, none too wide
+        ncols = math.ceil(len(names) / rows)
+        fig.legend(handles, names, loc="outside lower center", ncols=ncols, fontsize=8, frameon=False)
     if ax_ess.lines:
         ax_ess.set_ylim(0, 1.05 if relative else None)
-    if without_ess:
-        note = "no ESS trace:\n" + "\n".join(without_ess)
-        ax_ess.text(
-            0.98, 0.04, note, ha="right", va="bottom", fontsize=8, color="0.35", transform=ax_ess.transAxes
-        )
     ylabel = "ESS / draws of the step" if relative else "importance ESS of the step's draws"
     ax_loss.set(xlabel="step", ylabel="loss − final loss", title="loss per step, relative to its final value")
     ax_ess.set(xlabel="step", ylabel=ylabel, title="importance ESS per step (1 = equal weights on q's draws)")

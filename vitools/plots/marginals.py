@@ -19,7 +19,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from vitools.convert import DIAGNOSTIC_DRAWS
-from vitools.plots.panels import PlotData, axis, column, kde, limits, read, select
+from vitools.plots.panels import PlotData, axis, column, kde, label_log_axis, limits, read, select
 
 __all__ = ["REFERENCE_COLOR", "limits", "plot_marginal_pages", "plot_marginals"]
 
@@ -49,6 +49,7 @@ def _panel(ax: Any, data: PlotData, label: str, log_axes: str | Sequence[str], h
             (handles[name],) = ax.plot(*density, color=f"C{i}", lw=1.6)
     if scale.log:
         ax.set_xscale("log")
+        label_log_axis(ax.xaxis, scale)
     ax.set_xlim(scale.lo, scale.hi)
     ax.set_ylim(bottom=0)
     ax.set_xlabel(f"{label} (log scale)" if scale.log else label, fontsize=9)
@@ -58,15 +59,31 @@ def _panel(ax: Any, data: PlotData, label: str, log_axes: str | Sequence[str], h
 
 
 def _legend_name(data: PlotData, name: str, shown: list[str]) -> str:
-    """``name``, marked "(exact)" for a Gaussian fit, with the sites it shows as a KDE, if any."""
+    """``name``, marked "(exact density)" for a Gaussian fit drawn exactly in some panel shown."""
     gaussian = data.exact.get(name)
     if gaussian is None or name not in data.draws:
         return name
     labels = [label for label in shown if label in data.draws[name][0]]
-    if not any(gaussian.has(label) for label in labels):
-        return name
-    kde_sites = list(dict.fromkeys(label.split("[")[0] for label in labels if not gaussian.has(label)))
-    return f"{name} (exact; KDE: {', '.join(kde_sites)})" if kde_sites else f"{name} (exact)"
+    return f"{name} (exact density)" if any(gaussian.has(label) for label in labels) else name
+
+
+def _kde_note(data: PlotData, shown: list[str]) -> str:
+    """The footnote for the Gaussian fits' parameters shown as a KDE of their draws, naming why:
+    a deterministic site (a function of the others), or a latent one that is not one coordinate
+    of q (a simplex, a support that depends on another site); "" when there are none."""
+    reasons: dict[str, str] = {}
+    for gaussian in data.exact.values():
+        for label in shown:
+            if not gaussian.has(label):
+                site = label.split("[")[0]
+                latent = label in gaussian.coordinates
+                reasons.setdefault(site, "not one coordinate of q" if latent else "deterministic")
+    if not reasons:
+        return ""
+    sites = ", ".join(f"{site} ({why})" for site, why in reasons.items())
+    exact = any(gaussian.has(label) for gaussian in data.exact.values() for label in shown)
+    rest = "; elsewhere a Gaussian fit's line is its exact density" if exact else ""
+    return f"a KDE of the draws for every fit: {sites}{rest}"
 
 
 def _figure(data: PlotData, shown: list[str], log_axes: str | Sequence[str], note: str) -> Figure:
@@ -84,8 +101,9 @@ def _figure(data: PlotData, shown: list[str], log_axes: str | Sequence[str], not
     fig.legend(
         [handles[n] for n in order], names, loc="outside upper center", ncols=len(order), frameon=False
     )
-    if note:
-        fig.supxlabel(note, fontsize=9)
+    footnote = "\n".join(line for line in (_kde_note(data, shown), note) if line)
+    if footnote:
+        fig.supxlabel(footnote, fontsize=9, color="0.3")
     return fig
 
 
@@ -96,14 +114,13 @@ def _pages(labels: list[str], max_params: int) -> list[list[str]]:
 
 
 def _note(pages: list[list[str]], page: int, total: int) -> str:
+    """``parameters 13-18 of 18, page 2 of 2`` (pages counted from 1, as a reader counts them;
+    the ``page`` argument counts from 0); "" for a single page."""
     if len(pages) == 1:
         return ""
     first = sum(len(p) for p in pages[:page]) + 1
     last = first + len(pages[page]) - 1
-    return (
-        f"parameters {first}-{last} of {total}: page {page} of pages 0-{len(pages) - 1} "
-        "(others: page=, var_names=, or plot_marginal_pages for all)"
-    )
+    return f"parameters {first}-{last} of {total}, page {page + 1} of {len(pages)}"
 
 
 def plot_marginals(
@@ -121,12 +138,13 @@ def plot_marginals(
     """Marginal densities of every fit overlaid, one panel per scalar parameter, reference shaded.
 
     A Gaussian fit's density is exact where the parameter is one unconstrained coordinate under an
-    elementwise bijection (:mod:`vitools.plots.exact`; marked "(exact)" in the legend); other
-    fits, other parameters (a simplex, a deterministic site) and the reference are KDEs of their
-    draws. Each axis spans the 0.1%-99.9% range of every fit and of the reference, so a q that is
-    too narrow or too wide in the tails shows. A positive parameter that spreads over more than a
-    factor of 20 (:data:`vitools.plots.panels.LOG_SPREAD`; eight schools' tau) is drawn on a log
-    axis, with densities of log x (labelled so).
+    elementwise bijection (:mod:`vitools.plots.exact`; marked "(exact density)" in the legend);
+    other fits, other parameters (a simplex, a deterministic site: a footnote names them) and the
+    reference are KDEs of their draws. Each axis spans the 0.1%-99.9% range of every fit and of
+    the reference, so a q that is too narrow or too wide in the tails shows. A positive parameter
+    that spreads over more than a factor of 10 (:data:`vitools.plots.panels.LOG_SPREAD`; eight
+    schools' tau, a group sd) or is clearly right-skewed (:data:`vitools.plots.panels.RIGHT_SKEW`)
+    is drawn on a log axis, with densities of log x (labelled so).
 
     Args:
         fits: ``{name: Fit | MCMC | DataTree}``; one coloured line per fit in every panel. Fits are
@@ -142,7 +160,9 @@ def plot_marginals(
         num_draws: draws from each Fit (trees and MCMC keep their own).
         seed: seed of those draws (the same for every fit, as in ``vt.compare``).
         page: which page of ``max_params`` parameters to show (0 first); a note below the panels
-            says which parameters the page holds. :func:`plot_marginal_pages` draws every page.
+            says which parameters the page holds, counting pages from 1 as a reader does
+            ("parameters 13-18 of 18, page 2 of 2" for ``page=1``). Other parameters: another
+            ``page``, ``var_names``, or :func:`plot_marginal_pages` for every page.
         exact: ``{name: Fit}``, the Fits behind tree entries of ``fits`` (same names; entries that
             are not Fits are skipped): their exact densities replace the KDEs of those trees, which
             are not drawn again. A Fit entry of ``fits`` is used so without it.

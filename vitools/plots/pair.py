@@ -17,7 +17,7 @@ from matplotlib.lines import Line2D
 
 from vitools.convert import DIAGNOSTIC_DRAWS
 from vitools.plots.marginals import REFERENCE_COLOR
-from vitools.plots.panels import Labelled, axis, describe, every_label, kde2d, read, select
+from vitools.plots.panels import Labelled, axis, describe, every_label, kde2d, label_log_axis, read, select
 
 __all__ = ["plot_pair"]
 
@@ -127,19 +127,20 @@ def plot_pair(
         if gaussian is not None and all(gaussian.has(p) for p in params):
             gx, gy, log_density, log_levels = gaussian.pair(params, logs, probs)
             _contour(ax, gx, gy, log_density, log_levels, f"C{i}")
-            name = f"{name} (exact)"
+            name = f"{name} (exact density)"
         elif np.ptp(x) == 0 or np.ptp(y) == 0:
             ax.scatter(x[:300], y[:300], s=6, color=f"C{i}")
         else:
             _contour(ax, *kde2d(x, y, logs, probs), f"C{i}")
         handles.append(Line2D([], [], color=f"C{i}"))
         names.append(name)
-    for scale, set_scale, set_lim in (
-        (scales[0], ax.set_xscale, ax.set_xlim),
-        (scales[1], ax.set_yscale, ax.set_ylim),
+    for scale, set_scale, set_lim, ticks in (
+        (scales[0], ax.set_xscale, ax.set_xlim, ax.xaxis),
+        (scales[1], ax.set_yscale, ax.set_ylim, ax.yaxis),
     ):
         if scale.log:
             set_scale("log")
+            label_log_axis(ticks, scale)
         set_lim(scale.lo, scale.hi)
     ax.set_xlabel(params[0] + (" (log scale)" if logs[0] else ""))
     ax.set_ylabel(params[1] + (" (log scale)" if logs[1] else ""))

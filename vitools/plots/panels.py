@@ -23,6 +23,7 @@ from vitools.trees import flatten_draws, site_shapes
 
 __all__ = [
     "LOG_SPREAD",
+    "RIGHT_SKEW",
     "Axis",
     "PlotData",
     "axis",
@@ -31,19 +32,32 @@ __all__ = [
     "every_label",
     "kde",
     "kde2d",
+    "label_log_axis",
     "limits",
     "read",
     "select",
 ]
 
 Labelled = tuple[list[str], np.ndarray]  # scalar parameter labels and a (S, P) draw matrix
-# A positive parameter gets a log axis when its draws spread over more than this factor (the
-# 0.1%-99.9% range over every fit and the reference). On a linear axis from 0 to U, all that lies
-# below U/20 is squeezed into the first 5% of the axis (~10 pixels of a panel), so a scale whose
-# bulk sits there (eight schools' tau: 0.1 to 40) shows as a spike at 0 and its lower tail, where
-# fits differ, is invisible; below a factor of 20 (1.3 decades) a linear axis shows the shape well,
-# and a log axis has one major tick or none. The same rule holds for a Fit and for its tree.
-LOG_SPREAD = 20.0
+# A positive parameter gets a log axis when its draws spread over more than LOG_SPREAD (the
+# 0.1%-99.9% range over every fit and the reference) or when they are clearly right-skewed
+# (RIGHT_SKEW below). A linear axis from L to U = R L gives the lower half of the range in ratio,
+# L to sqrt(R) L, a share 1 / (sqrt(R) + 1) of its width: a third at R = 4, a quarter at R = 10,
+# a fifth at R = 20. That lower tail is where fits of a scale differ (reverse-KL fits miss the
+# small values of eight schools' tau); at R = 15 (a group sd such as sigma_a, 0.1 to 1.5) a linear
+# axis gave it a fifth of the width and the upper half 80%, so the old factor of 20 was too lax.
+# A factor of 10 also guarantees a labelled tick: a range of one decade or more always holds a
+# power of ten (and :func:`label_log_axis` labels 2 and 5 between them below two decades).
+# The same rule holds for a Fit and for its tree.
+LOG_SPREAD = 10.0
+# Right skew by Kelly's quantile skewness, K = (q90 + q10 - 2 q50) / (q90 - q10), robust to the
+# extreme draws that move a moment skewness (its sd is ~0.01 at 10,000 draws). K > 0.2 means the
+# median is at least 1.5 times further from q90 than from q10: a lognormal of sigma > 0.32 or a
+# gamma of shape < 4.8. A log axis only helps where log x is more symmetric, so it also needs
+# |K(log x)| < K(x) / 2: 1.5 + Gamma(2) (K 0.32, of its log 0.09; spread 7) gets one, 5 + Exp(1)
+# (K 0.48, of its log 0.41: a log barely bends a range of a factor 2.4) does not. A symmetric
+# parameter far from 0 (K near 0) keeps its linear axis.
+RIGHT_SKEW = 0.2
 TAILS = (0.001, 0.999)  # axis ranges: the 0.1%-99.9% range over every fit and the reference
 
 
@@ -222,8 +236,9 @@ def _positive_support(data: PlotData, label: str) -> bool | None:
 def axis(data: PlotData, label: str, log_axes: str | Sequence[str] = "auto") -> Axis:
     """The axis of ``label``: log where ``log_axes`` says (``"auto"``: where the parameter is
     positive, as a Fit's target knows or as every fit's and the reference's draws show, and
-    spreads over more than :data:`LOG_SPREAD`), with the range of :func:`limits` over every fit
-    and the reference (taken in log x on a log axis).
+    spreads over more than :data:`LOG_SPREAD` or is clearly right-skewed in some fit or the
+    reference (:data:`RIGHT_SKEW`)), with the range of :func:`limits` over every fit and the
+    reference (taken in log x on a log axis).
 
     Raises:
         ValueError: ``log_axes`` names the label but some draws are not positive.
@@ -238,7 +253,9 @@ def axis(data: PlotData, label: str, log_axes: str | Sequence[str] = "auto") -> 
         log = bool(support) or (support is None and all_positive)
         if log:
             positive = [c[c > 0] for c in columns]
-            log = all(c.size for c in positive) and _spread(positive) > LOG_SPREAD
+            log = all(c.size for c in positive) and (
+                _spread(positive) > LOG_SPREAD or any(_right_skewed(c) for c in positive)
+            )
     else:
         named = [log_axes] if isinstance(log_axes, str) else list(log_axes)
         log = any(label == n or label.startswith(f"{n}[") for n in named)
@@ -255,6 +272,31 @@ def _spread(columns: list[np.ndarray]) -> float:
     lo = min(np.quantile(c, TAILS[0]) for c in columns)
     hi = max(np.quantile(c, TAILS[1]) for c in columns)
     return float(hi / lo)
+
+
+def _kelly(values: np.ndarray) -> float:
+    """Kelly's quantile skewness (q90 + q10 - 2 q50) / (q90 - q10); 0 for constant draws."""
+    low, mid, high = np.quantile(values, (0.1, 0.5, 0.9))
+    return float((high + low - 2 * mid) / (high - low)) if high > low else 0.0
+
+
+def _right_skewed(values: np.ndarray) -> bool:
+    """Positive draws clearly skewed to the right (:data:`RIGHT_SKEW`) that a log makes more symmetric."""
+    skew = _kelly(values)
+    return skew > RIGHT_SKEW and abs(_kelly(np.log(values))) < skew / 2
+
+
+def label_log_axis(axis: Any, scale: Axis) -> None:
+    """Plain-number ticks on a log axis (``axis``: ``ax.xaxis`` or ``ax.yaxis``) that spans under
+    two decades, at 1, 2 and 5 times powers of ten (0.2, 0.5, 1, 2): matplotlib labels only the
+    powers themselves, one or two of them on such a range. Wider ranges keep its 10^k labels."""
+    if not scale.log or scale.hi / scale.lo >= 100:
+        return
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    axis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    axis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    axis.set_minor_formatter(NullFormatter())
 
 
 def kde(values: np.ndarray, log: bool = False) -> tuple[np.ndarray, np.ndarray] | None:
