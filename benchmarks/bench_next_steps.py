@@ -103,7 +103,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", default=",".join(MODELS))
     args = parser.parse_args(argv)
     started, load = now(), load_note()
-    rows = [row for name in args.models.split(",") for row in rows_for(name)]
+    rows = []
+    for name in args.models.split(","):
+        rows += rows_for(name)
+        pd.DataFrame(rows).to_csv(RESULTS_DIR / "next_steps_partial.csv", index=False)  # as it goes
     df = pd.DataFrame(rows)
     RESULTS_DIR.mkdir(exist_ok=True)
     df.to_csv(RESULTS_DIR / "next_steps.csv", index=False)

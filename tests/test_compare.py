@@ -54,6 +54,7 @@ def test_bad_fit_ranks_last_on_w1_and_columns_are_complete(reference):
         warnings.simplefilter("error")  # no k̂ warning: the table's verdict column says it
         table = compare(fits, reference=reference)
     assert list(table.index) == ["good", "narrow", "bad"]
+    assert table.attrs["num_params"] == 3  # mu and theta[2]
     assert list(table.columns) == COLUMNS + REFERENCE_COLUMNS
     assert table["w1"].idxmax() == "bad" and table["w1"].idxmin() == "good"
     assert table.loc["bad", "mean_error"] == pytest.approx(3.0, abs=0.15)

@@ -110,3 +110,29 @@ def test_a_next_step_already_in_the_table_points_to_that_fit():
     assert step.options == {} and step.why.startswith("use forward_kl/iaf instead")
     alone = next_steps(table.iloc[:1])["forward_kl/fullrank"]  # without the flow beside it
     assert alone.options == {"family": "iaf"} and alone.as_flags() == "--family iaf"
+
+
+def test_past_fifty_parameters_no_forward_kl_flow_is_suggested():
+    from vitools.advice import next_steps
+
+    table = pd.DataFrame(
+        {
+            "objective": ["forward_kl", "reverse_kl"],
+            "family": ["fullrank", "fullrank"],
+            "verdict": ["bad", "bad"],
+            "khat": [1.2, 0.3],
+            "khat_se": [0.1, 0.1],
+            "reasons": ["k̂ 1.20 ± 0.10 > 0.70", "misses ~30% of the posterior mass that 'x' covers"],
+            "steps": [2000, 2000],
+        },
+        index=["f", "r"],
+    )
+    table.attrs.update(num_draws=10_000, num_params=103)
+    steps = next_steps(table)
+    assert (
+        steps["f"].options == {"objective": "reverse_kl", "family": "iaf"}
+        and "103 dimensions" in steps["f"].why
+    )
+    assert steps["r"].options == {"objective": "forward_kl"}
+    table.attrs["num_params"] = 3
+    assert next_steps(table)["r"].options == {"objective": "forward_kl", "family": "iaf"}

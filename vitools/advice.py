@@ -7,7 +7,8 @@ The rules, in order (the first that applies), and what they were measured to do 
 2. a mode-seeking fit misses mass another fit covers -> forward KL with a flow (bimodal, reverse
    KL full-rank: w1 0.91 -> 0.05 with forward KL + IAF);
 3. a Gaussian whose k̂ lies above threshold, or whose mean or sd PSIS moves -> a flow (banana,
-   forward KL: k̂ 1.57 "bad" -> 0.21 "good", w1 0.157 -> 0.029 with IAF);
+   forward KL: k̂ 1.57 "bad" -> 0.21 "good", w1 0.157 -> 0.029 with IAF); past
+   ``FLOW_FORWARD_MAX_DIM`` parameters a flow by reverse KL, and rule 2 forward KL without one;
 4. k̂ straddles its threshold -> four times the draws (they decide);
 5. a flow fitted by reverse KL -> forward KL; otherwise -> check against MCMC.
 """
@@ -24,6 +25,10 @@ from vitools.importance import khat_threshold
 __all__ = ["NextStep", "next_steps", "which_to_trust"]
 
 GAUSSIAN_FAMILIES = ("meanfield", "fullrank", "lowrank")
+# Forward KL evaluates log q at the weighted draws: an IAF inverts one network pass per dimension
+# and layer, so past this size forward KL + IAF is suggested no more (the 103-parameter
+# stochastic-volatility model ran for over 15 minutes on 2 cores before it was stopped).
+FLOW_FORWARD_MAX_DIM = 50
 
 
 class NextStep(NamedTuple):
@@ -53,6 +58,8 @@ def next_steps(table: pd.DataFrame) -> dict[str, NextStep]:
     """
     num_draws = int(table.attrs.get("num_draws", DIAGNOSTIC_DRAWS))
     threshold = khat_threshold(num_draws)
+    num_params = int(table.attrs.get("num_params", 0))
+    small, size = num_params <= FLOW_FORWARD_MAX_DIM, f"{num_params} dimensions"
     steps: dict[str, NextStep] = {}
     for name, row in table.iterrows():
         if row.get("verdict") not in ("bad", "uncertain") or row.get("objective") == "mcmc":
@@ -65,12 +72,26 @@ def next_steps(table: pd.DataFrame) -> dict[str, NextStep]:
                 {"num_steps": 2 * int(row["steps"])}, "the loss was still falling when the budget ran out"
             )
         elif "misses ~" in reasons and not objective.startswith("forward_kl"):
-            step = NextStep(
-                {"objective": "forward_kl", "family": "iaf"},
-                "mass-covering, and a flow can hold several modes",
+            step = (
+                NextStep(
+                    {"objective": "forward_kl", "family": "iaf"},
+                    "mass-covering, and a flow can hold several modes",
+                )
+                if small
+                else NextStep(
+                    {"objective": "forward_kl"}, f"mass-covering (a flow by forward KL is slow in {size})"
+                )
             )
         elif family in GAUSSIAN_FAMILIES and (khat_above or "PSIS moves" in reasons):
-            step = NextStep({"family": "iaf"}, "a flow can bend where a Gaussian cannot")
+            step = (
+                NextStep({"family": "iaf"}, "a flow can bend where a Gaussian cannot")
+                if small or objective == "reverse_kl"
+                else NextStep(
+                    {"objective": "reverse_kl", "family": "iaf"},
+                    f"a flow can bend where a Gaussian cannot; by reverse KL, as forward KL with "
+                    f"a flow is slow in {size}",
+                )
+            )
         elif "straddles" in reasons:
             step = NextStep({"num_draws": 4 * num_draws}, "more draws decide whether q covers p's tails")
         elif family not in GAUSSIAN_FAMILIES and objective == "reverse_kl":

@@ -268,6 +268,7 @@ def compare(
     if one_model:  # log evidences of different models are not shares of one posterior's mass
         _flag_missed_mass(table, reliable)
     table.attrs["num_draws"] = num_draws  # the k̂ threshold depends on it (plots, report)
+    table.attrs["num_params"] = _num_params(trees)  # the model's size (vitools.advice reads it)
     table.attrs["reliable"] = reliable.to_dict()  # read by format_table
     return table
 
@@ -298,6 +299,14 @@ def _flag_missed_mass(table: pd.DataFrame, reliable: pd.Series) -> None:
         )
         table.loc[name, "verdict"] = "bad"
         table.loc[name, "reasons"] = f"{table.loc[name, 'reasons']}; {reason}"
+
+
+def _num_params(trees: Mapping[str, xr.DataTree]) -> int:
+    """Scalar latent parameters of the model, from the first tree that lists its latent sites (all
+    variables of the first tree where none does)."""
+    sites = [site_shapes(tree) for tree in trees.values()]
+    listed = next((s.latent for s in sites if s.latent is not None), sites[0].variables)
+    return int(sum(math.prod(shape) for shape in listed.values() if shape is not None))
 
 
 def _metadata(tree: xr.DataTree) -> dict[str, Any]:
