@@ -14,6 +14,8 @@ import textwrap
 import time
 from typing import Any
 
+from vitools.comparison import TEXT_WIDTH  # the terminal width the table is laid out for
+
 __all__ = [
     "fit_one",
     "next_steps",
@@ -25,7 +27,6 @@ __all__ = [
     "run_nuts",
 ]
 
-TEXT_WIDTH = 100  # the terminal width the table is laid out for (vitools.comparison.TEXT_WIDTH)
 NUTS_WARMUP, NUTS_DRAWS, NUTS_CHAINS = 500, 1000, 2  # < 1 min on the small zoo models, 2 CPU cores
 
 
