@@ -97,6 +97,11 @@ def no_latent_model(y=1.0):
     numpyro.sample("y", dist.Normal(0.0, 1.0), obs=y)
 
 
+def bernoulli_model(y):
+    p = numpyro.sample("p", dist.Beta(1.0, 1.0))
+    numpyro.sample("y", dist.Bernoulli(p), obs=y)
+
+
 def nan_data_model(y):
     mu = numpyro.sample("mu", dist.Normal(0.0, 1.0))
     numpyro.sample("y", dist.Normal(mu, 1.0), obs=y)
@@ -110,7 +115,12 @@ def nan_data_model(y):
         (
             lambda: Target.from_model(nan_data_model, jnp.array([1.0, jnp.nan])),
             ValueError,
-            "finite log density",
+            r"finite log density.*observed site 'y' has 1 value\(s\) outside its distribution's support.*nan",
+        ),
+        (
+            lambda: Target.from_model(bernoulli_model, np.array([0, 2, 1])),
+            ValueError,
+            r"observed site 'y' has 1 value\(s\) outside its distribution's support \(BernoulliProbs.*e.g. 2",
         ),
         (lambda: Target.from_model("not a model"), TypeError, "callable NumPyro model, got str"),
         (lambda: Target.from_model(nan_data_model, 1.0, 2.0, 3.0), TypeError, "calling the model"),

@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import warnings
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -204,7 +205,11 @@ def model_density(
     if not bool(ok):
         raise ValueError(
             "no initial point with a finite log density was found (NumPyro's init_to_median, "
-            "then uniform, draws); check the data for NaN/inf and the priors' supports"
+            "then uniform, draws); "
+            + (
+                _outside_support(model, args, kwargs, seed)
+                or "check the data for NaN/inf and the priors' supports"
+            )
         )
     sites = tuple(
         Site(s["name"], tuple(np.shape(init[s["name"]])), math.prod(np.shape(init[s["name"]])))
@@ -218,6 +223,39 @@ def model_density(
     )
     density = ModelDensity(arrays, model_params, model, static, sites, param_sites)
     return density, ravel(sites, init)
+
+
+def _outside_support(model: Callable, args: tuple, kwargs: dict, seed: int) -> str | None:
+    """Which observed site holds values its likelihood gives no density (a 2 under a Bernoulli, a
+    NaN), at latent values from ``init_to_uniform``; None when every observation has a finite log
+    density there, or when the model cannot be run eagerly (the diagnosis is a hint, never an error)."""
+    from numpyro import handlers
+    from numpyro.infer.initialization import init_to_uniform
+
+    try:
+        seeded = handlers.substitute(
+            handlers.seed(model, jax.random.key(seed)), substitute_fn=init_to_uniform
+        )
+        trace = handlers.trace(seeded).get_trace(*args, **kwargs)
+    except Exception:  # the user's model: whatever it raises, the generic message stands
+        return None
+    for site in trace.values():
+        if site["type"] != "sample" or not site["is_observed"]:
+            continue
+        value = np.asarray(site["value"])
+        with warnings.catch_warnings():  # NumPyro warns of out-of-support values: what we look for
+            warnings.simplefilter("ignore")
+            finite = np.isfinite(np.asarray(site["fn"].log_prob(site["value"]), dtype=float))
+        inside = np.asarray(site["fn"].support(site["value"]), dtype=bool)
+        bad = ~np.broadcast_to(finite & inside, np.broadcast_shapes(finite.shape, inside.shape))
+        if bad.any():
+            values = np.broadcast_to(value, bad.shape)[bad] if value.shape == bad.shape else value.ravel()
+            return (
+                f"observed site {site['name']!r} has {int(bad.sum())} value(s) outside its "
+                f"distribution's support ({type(site['fn']).__name__}: {site['fn'].support}), "
+                f"e.g. {values.ravel()[0].item()!r}"
+            )
+    return None
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2))
