@@ -129,10 +129,8 @@ def test_past_fifty_parameters_no_forward_kl_flow_is_suggested():
     )
     table.attrs.update(num_draws=10_000, num_params=103)
     steps = next_steps(table)
-    assert (
-        steps["f"].options == {"objective": "reverse_kl", "family": "iaf"}
-        and "103 dimensions" in steps["f"].why
-    )
+    # forward KL with a flow is too slow in 103 dimensions, and a reverse-KL flow hurt (measured)
+    assert steps["f"].options == {} and "MCMC" in steps["f"].why
     assert steps["r"].options == {"objective": "forward_kl"}
     table.attrs["num_params"] = 3
     assert next_steps(table)["r"].options == {"objective": "forward_kl", "family": "iaf"}
