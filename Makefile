@@ -27,6 +27,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_posteriordb.py
 	$(PY) benchmarks/bench_verdicts.py
 	$(PY) benchmarks/bench_convergence.py
+	$(PY) benchmarks/bench_next_steps.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check vitools tests benchmarks examples
