@@ -34,8 +34,8 @@ def runs():
     }
     mcmc = numpyro.infer.MCMC(
         numpyro.infer.NUTS(regression),
-        num_warmup=300,
-        num_samples=400,
+        num_warmup=200,
+        num_samples=300,
         num_chains=2,
         chain_method="sequential",
         progress_bar=False,
@@ -45,10 +45,10 @@ def runs():
 
 
 def test_the_forest_of_two_fits_and_nuts_has_three_entries(runs):
-    # unaligned, arviz-plots pads NUTS's 2 x 400 draws to the fits' 1 x 2000 with NaN and draws
-    # nothing for it; aligned trees are one chain of 800 draws each
+    # unaligned, arviz-plots pads NUTS's 2 x 300 draws to the fits' 1 x 2000 with NaN and draws
+    # nothing for it; aligned trees are one chain of 600 draws each
     trees = vt.to_datatrees(runs, num_draws=2000, aligned=True)
-    assert {tuple(t["posterior"]["alpha"].shape) for t in trees.values()} == {(1, 800)}
+    assert {tuple(t["posterior"]["alpha"].shape) for t in trees.values()} == {(1, 600)}
     plot = azp.plot_forest(trees, backend="matplotlib")
     twigs = plot.viz["twig"].to_dataset()["alpha"]
     models = twigs.coords["model"].values

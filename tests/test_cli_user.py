@@ -58,12 +58,12 @@ def user(tmp_path_factory):
 def test_compare_a_user_model_with_nuts_families_json_and_var_names(user, capsys):
     out = user / "report"
     argv = ["compare", f"{user}/my_model.py:model", "--data", f"{user}/data.json", "--reference", "nuts"]
-    argv += ["--family", "meanfield,fullrank", "--objectives", "reverse_kl,forward_kl_draws"]
+    argv += ["--family", "meanfield,fullrank", "--objectives", "forward_kl_draws"]  # cheap: no density
     argv += ["--var-names", "beta,sigma", "--json", "--out", str(out), *FAST, *NUTS]
     assert main(argv) == 0
     captured = capsys.readouterr()
     rows = json.loads(captured.out)  # stdout is the table alone
-    fits = [f"{o}/{f}" for o in ("reverse_kl", "forward_kl_draws") for f in ("meanfield", "fullrank")]
+    fits = ["forward_kl_draws/meanfield", "forward_kl_draws/fullrank"]
     assert list(rows) == [*fits, "NUTS"]
     assert rows["NUTS"]["w1"] == 0.0 and rows["NUTS"]["rhat"] is None  # one chain: no R-hat
     assert all(rows[name]["w1"] < 0.3 for name in fits)  # a simple regression: every fit is close
@@ -72,7 +72,7 @@ def test_compare_a_user_model_with_nuts_families_json_and_var_names(user, capsys
     assert "my_model.py:model" in html and "data.json" in html
     assert "Closest to the reference: <strong>NUTS" not in html  # the reference is not a candidate
     assert (out / "table.csv").exists() and (out / "marginals.png").exists()
-    assert '"reverse_kl/meanfield"' in captured.out  # JSON keys as written, "/" not escaped
+    assert '"forward_kl_draws/meanfield"' in captured.out  # JSON keys as written, "/" not escaped
     nuts = xr.open_datatree(out / "nuts.nc")  # kept for the next run's --reference
     assert nuts["posterior"]["beta"].shape == (1, 300)
 
