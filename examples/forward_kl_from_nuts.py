@@ -12,8 +12,8 @@ import jax
 from numpyro.infer import MCMC, NUTS
 
 import vitools as vt
-from vitools.comparison import format_table
 from vitools.models import get_model
+from vitools.tables import format_table
 
 
 def main() -> None:

@@ -11,8 +11,8 @@ import numpyro
 import numpyro.distributions as dist
 
 import vitools as vt
-from vitools.comparison import format_table
 from vitools.plots import plot_marginals
+from vitools.tables import format_table
 
 
 def model(y: np.ndarray) -> None:

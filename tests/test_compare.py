@@ -18,8 +18,9 @@ import pytest
 import scipy.stats
 
 import vitools as vt
-from vitools.comparison import COLUMNS, REFERENCE_COLUMNS, compare, format_table, reference_draws
+from vitools.comparison import COLUMNS, REFERENCE_COLUMNS, compare, reference_draws
 from vitools.models import Reference
+from vitools.tables import format_table
 
 
 def normal_tree(loc: float, scale: float, num_draws: int = 1000, seed: int = 0, **attrs):

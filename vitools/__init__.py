@@ -7,7 +7,7 @@ Example:
 """
 
 from vitools.cache import enable_compilation_cache
-from vitools.comparison import compare, format_table
+from vitools.comparison import compare
 from vitools.convert import to_datatree, to_datatrees
 from vitools.diagnostics import Diagnostics, diagnose
 from vitools.families import IAF, AutoGuideFamily, FullRank, LowRank, MeanField
@@ -18,6 +18,7 @@ from vitools.predictive import add_predictive, loo
 from vitools.report import report
 from vitools.result import Fit, NonFiniteLossError
 from vitools.summary import summary
+from vitools.tables import format_table
 from vitools.targets import Target
 from vitools.trees import as_single_chain
 

@@ -14,7 +14,7 @@ import textwrap
 import time
 from typing import Any
 
-from vitools.comparison import TEXT_WIDTH  # the terminal width the table is laid out for
+from vitools.tables import TEXT_WIDTH  # the terminal width the table is laid out for
 
 __all__ = [
     "fit_one",
@@ -195,8 +195,8 @@ def run_compare(args: argparse.Namespace) -> int:
     fit ends the command there (:func:`fit_one` raises KeyboardInterrupt): no later fit starts and
     no report is written from the fits done so far.
     """
-    from vitools.comparison import format_table
     from vitools.report import report
+    from vitools.tables import format_table
 
     say = _Say(args)
     zoo = args.zoo
@@ -265,11 +265,12 @@ def run_fit(args: argparse.Namespace) -> int:
     """``vitools fit``: one fit, its posterior summary (:func:`vitools.summary.summary`), its
     diagnostics and, with a reference, its distances to it, all from one set of draws; saved with
     ``--out`` (``.nc``: the draws' DataTree; otherwise :func:`vitools.persist.save`)."""
-    from vitools.comparison import compare, format_table
+    from vitools.comparison import compare
     from vitools.convert import to_datatree
     from vitools.diagnostics import diagnose
     from vitools.persist import save
     from vitools.summary import summary
+    from vitools.tables import format_table
 
     say = _Say(args)
     reference, source, _ = reference_for(args, say)

@@ -35,9 +35,7 @@ for the fit with the highest estimate; read it next to ``log_evidence_se``.
 
 from __future__ import annotations
 
-import json
 import math
-import textwrap
 import warnings
 from collections.abc import Mapping
 from typing import Any
@@ -45,7 +43,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import scipy.stats
-import tabulate
 import xarray as xr
 
 from vitools.convert import DIAGNOSTIC_DRAWS, MODEL_ATTR, draws_to_datatree, to_datatrees
@@ -53,7 +50,7 @@ from vitools.diagnostics import diagnose, has_log_weights
 from vitools.draws import KINDS, is_draws
 from vitools.trees import Sites, flatten_draws, site_shapes
 
-__all__ = ["compare", "format_table", "reference_draws"]
+__all__ = ["compare", "reference_draws"]
 
 COLUMNS = [
     "objective", "family", "steps", "grad_evals", "time_s", "khat", "khat_se", "verdict", "ess",
@@ -69,8 +66,6 @@ WEIGHTED_COLUMNS = ["ess", "log_evidence", "missed_mass"]
 # misses 0.5.
 MISSED_MASS_TOL = 0.1
 REFERENCE_COLUMNS = ["mean_error", "sd_ratio", "w1"]
-TEXT_WIDTH = 100  # format_table's text: a terminal's width, so nothing wraps mid-number
-LABEL_WIDTH = 22  # row names wrap past this
 
 
 def reference_draws(reference: Any) -> tuple[list[str], np.ndarray]:
@@ -340,144 +335,3 @@ def _mcmc_stats(tree: xr.DataTree) -> dict[str, float]:
         "ess": float(np.nanmin(ess)) if np.isfinite(ess).any() else math.nan,
         "divergences": math.nan if diverging is None else int(diverging.values.sum()),
     }
-
-
-def format_table(df: pd.DataFrame, fmt: str = "text", width: int = TEXT_WIDTH) -> str:
-    """Render a :func:`compare` table as ``"text"`` (terminal), ``"markdown"``, ``"csv"`` or ``"json"``.
-
-    Text and markdown join ``khat ± khat_se`` and ``log_evidence ± log_evidence_se`` into one column
-    each, round to 3 significant figures, mark with ``?`` the importance-weighted cells
-    (``WEIGHTED_COLUMNS``) of rows whose k̂ is above threshold, and list each fit's ``reasons``
-    under the table instead of in a column. They leave out columns that are empty in every row
-    (``rhat`` without an MCMC row) and ``objective``/``family`` where each fit's name already
-    says them (``"forward_kl/iaf"``, the default names). CSV and JSON (an object per row, NaN as null)
-    keep every column at full precision.
-
-    Text fits in ``width`` characters: column names break at their underscores onto two lines,
-    long row names wrap, and columns that still do not fit go to a second block under the first
-    (each block repeats the row names); numbers are never cut. The reasons wrap at ``width`` too.
-
-    Raises:
-        ValueError: unknown ``fmt``.
-    """
-    if fmt == "csv":
-        return df.rename_axis("fit").to_csv()
-    if fmt == "json":  # Python's shortest float repr; NaN as null; "/" unescaped (pandas escapes it)
-        rows = {str(name): {k: _json_value(v) for k, v in row.items()} for name, row in df.iterrows()}
-        return json.dumps(rows, indent=2, ensure_ascii=False)
-    if fmt not in ("text", "markdown"):
-        raise ValueError(f"fmt must be 'text', 'markdown', 'csv' or 'json', got {fmt!r}")
-    shown = df.drop(columns=_redundant(df))
-    reasons = shown.pop("reasons") if "reasons" in shown else pd.Series(dtype=object)
-    if "khat" in shown and "khat_se" in shown:  # two decimals, as the thresholds are written
-        shown["khat"] = [_khat(k, se) for k, se in zip(shown["khat"], shown.pop("khat_se"), strict=True)]
-    for column in shown.columns:
-        if pd.api.types.is_numeric_dtype(shown[column]):
-            shown[column] = [_number(v) for v in shown[column]]
-        else:
-            shown[column] = ["" if pd.isna(v) else str(v) for v in shown[column]]
-    if "log_evidence" in shown and "log_evidence_se" in shown:
-        pairs = zip(shown["log_evidence"], shown.pop("log_evidence_se"), strict=True)
-        shown["log_evidence"] = [f"{v} ± {_se(e)}" if v and e else v for v, e in pairs]
-    unreliable = [name for name, ok in df.attrs.get("reliable", {}).items() if not ok]
-    marked = [c for c in WEIGHTED_COLUMNS if c in shown]
-    for name in unreliable:
-        shown.loc[name, marked] = [f"{v} ?" if v else v for v in shown.loc[name, marked]]
-    if unreliable and fmt == "text":  # so the marked and unmarked numbers stay aligned
-        others = [name for name in shown.index if name not in unreliable]
-        for column in marked:
-            shown.loc[others, column] = [f"{v}  " if v else v for v in shown.loc[others, column]]
-    lines = [shown.to_markdown(tablefmt="github") if fmt == "markdown" else _text_blocks(shown, width)]
-    if unreliable and marked:
-        lines.append(
-            f"\n? importance-weighted, unreliable: k̂ above its threshold ({', '.join(map(str, unreliable))})"
-        )
-    notes = [(name, text) for name, text in reasons.items() if isinstance(text, str) and text]
-    if notes and fmt == "markdown":
-        lines.append("\n**Verdicts:**\n")
-        lines += [f"- {name}: {df.loc[name, 'verdict']}: {text}" for name, text in notes]
-    elif notes:
-        lines.append("\nVerdicts:")
-        for name, text in notes:
-            wrapped = textwrap.wrap(
-                f"{name}: {df.loc[name, 'verdict']}: {text}", width - 2, subsequent_indent="    "
-            )
-            lines += ["  " + line for line in wrapped]
-    return "\n".join(lines)
-
-
-def _text_blocks(shown: pd.DataFrame, width: int) -> str:
-    """The text table in blocks of columns no wider than ``width`` (see :func:`format_table`)."""
-    labels = [
-        "\n".join(textwrap.wrap(str(n), LABEL_WIDTH, break_on_hyphens=False)) or str(n) for n in shown.index
-    ]
-    headers = {c: c.replace("_", "\n", 1) if len(c) > 8 else c for c in shown.columns}
-
-    def render(columns: list[str]) -> str:
-        block = shown[columns].rename(columns=headers)
-        align = ["left"] + ["left" if c in ("objective", "family", "verdict") else "right" for c in columns]
-        padding, tabulate.MIN_PADDING = tabulate.MIN_PADDING, 0  # columns as wide as their widest cell
-        try:
-            return tabulate.tabulate(
-                block,
-                headers="keys",
-                tablefmt="simple",
-                showindex=labels,
-                disable_numparse=True,
-                colalign=align,
-            )
-        finally:
-            tabulate.MIN_PADDING = padding
-
-    blocks, columns = [], []
-    for column in shown.columns:
-        if columns and max(map(len, render(columns + [column]).splitlines())) > width:
-            blocks.append(render(columns))
-            columns = []
-        columns.append(column)
-    if columns or not blocks:
-        blocks.append(render(columns))
-    return "\n\n".join(blocks)
-
-
-def _redundant(df: pd.DataFrame) -> list[str]:
-    """Columns the text table leaves out: empty in every row, or ``objective``/``family`` where every
-    fit's row name holds both (MCMC rows, objective "mcmc", do not count)."""
-    empty = [c for c in df.columns if c != "reasons" and df[c].isna().all()]
-    if not {"objective", "family"} <= set(df.columns):
-        return empty
-    fits = [
-        (str(n), o, f) for n, o, f in zip(df.index, df["objective"], df["family"], strict=True) if o != "mcmc"
-    ]
-    if fits and all(str(o) in name and str(f) in name for name, o, f in fits):
-        return empty + ["objective", "family"]
-    return empty
-
-
-def _khat(khat: float, se: float) -> str:
-    if pd.isna(khat):
-        return ""
-    return f"{khat:.2f}" if pd.isna(se) or not np.isfinite(khat) else f"{khat:.2f} ± {se:.2f}"
-
-
-def _json_value(value: Any) -> Any:
-    if isinstance(value, (float, np.floating)):
-        return None if not np.isfinite(value) else float(value)
-    if isinstance(value, np.integer):
-        return int(value)
-    return None if value is None or (not isinstance(value, str) and pd.isna(value)) else value
-
-
-def _se(text: str) -> str:
-    """A standard error to 2 significant figures (its own error is larger than the third)."""
-    return f"{float(text):.2g}"
-
-
-def _number(value: Any) -> str:
-    if pd.isna(value):
-        return ""
-    if float(value).is_integer() and abs(value) < 1e15:
-        return str(int(value))
-    if 1e3 <= abs(value) < 1e15:  # an ESS of 7084.6 reads 7085, not 7.08e+03
-        return f"{value:.0f}"
-    return f"{value:.3g}"

@@ -225,18 +225,26 @@ def model_density(
     return density, ravel(sites, init)
 
 
+def trace_at_uniform(model: Callable, args: tuple, kwargs: dict, seed: int = 0) -> dict:
+    """One eager run of a model traced, its latent values from NumPyro's ``init_to_uniform`` (drawn
+    in the unconstrained space, so improper ``ImproperUniform`` priors run too).
+
+    Raises:
+        Whatever the model raises on these arguments.
+    """
+    from numpyro import handlers
+    from numpyro.infer.initialization import init_to_uniform
+
+    seeded = handlers.substitute(handlers.seed(model, jax.random.key(seed)), substitute_fn=init_to_uniform)
+    return handlers.trace(seeded).get_trace(*args, **kwargs)
+
+
 def _outside_support(model: Callable, args: tuple, kwargs: dict, seed: int) -> str | None:
     """Which observed site holds values its likelihood gives no density (a 2 under a Bernoulli, a
     NaN), at latent values from ``init_to_uniform``; None when every observation has a finite log
     density there, or when the model cannot be run eagerly (the diagnosis is a hint, never an error)."""
-    from numpyro import handlers
-    from numpyro.infer.initialization import init_to_uniform
-
     try:
-        seeded = handlers.substitute(
-            handlers.seed(model, jax.random.key(seed)), substitute_fn=init_to_uniform
-        )
-        trace = handlers.trace(seeded).get_trace(*args, **kwargs)
+        trace = trace_at_uniform(model, args, kwargs, seed)
     except Exception:  # the user's model: whatever it raises, the generic message stands
         return None
     for site in trace.values():

@@ -19,11 +19,12 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from vitools.advice import next_steps, which_to_trust
-from vitools.comparison import compare, format_table
+from vitools.comparison import compare
 from vitools.convert import DIAGNOSTIC_DRAWS, draws_to_datatree, to_datatrees
 from vitools.importance import khat_threshold
 from vitools.plots import plot_khat, plot_marginal_pages, plot_pair, plot_traces
 from vitools.result import Fit
+from vitools.tables import format_table
 
 __all__ = ["ReportPaths", "how_to_read", "report", "write_report"]
 

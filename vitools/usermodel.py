@@ -210,12 +210,9 @@ def model_sites(model: Callable, args: tuple, kwargs: dict) -> list[str]:
     Raises:
         Whatever the model raises on these arguments.
     """
-    import jax
-    from numpyro import handlers
-    from numpyro.infer.initialization import init_to_uniform
+    from vitools.model import trace_at_uniform
 
-    seeded = handlers.substitute(handlers.seed(model, jax.random.key(0)), substitute_fn=init_to_uniform)
-    trace = handlers.trace(seeded).get_trace(*args, **kwargs)
+    trace = trace_at_uniform(model, args, kwargs)
     return [
         name
         for name, site in trace.items()
