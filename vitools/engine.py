@@ -37,7 +37,7 @@ import optax
 from vitools import validate
 from vitools.convergence import Convergence, StoppingRule
 from vitools.families.base import Family
-from vitools.objectives.base import Objective
+from vitools.objectives.base import Objective, objective_hooks
 from vitools.progress import Progress
 from vitools.targets import Target
 
@@ -48,6 +48,7 @@ __all__ = [
     "ProgramCache",
     "default_optimizer",
     "make_step",
+    "objective_state",
     "optimize",
     "run_chunk",
     "run_chunks",
@@ -65,6 +66,7 @@ class FitState(NamedTuple):
     nonfinite: jax.Array  # a non-finite loss or gradient was met; params are the last finite ones
     peak_learning_rate: jax.Array  # scheduled into the optimizer when it exposes a learning rate
     model_params: dict  # the target's numpyro.param sites (unconstrained), optimised with q
+    objective_state: Any = ()  # the objective's own (ObjectiveHooks.init_state); () for most
 
 
 @functools.cache
@@ -83,9 +85,12 @@ def learning_rate_factor(step: jax.Array, num_steps: jax.Array) -> jax.Array:
 
 
 @functools.partial(jax.jit, static_argnums=(2,))  # one program, not a few op-by-op compilations
-def init_state(key, params, optimizer, peak_learning_rate, model_params=None) -> FitState:
+def init_state(
+    key, params, optimizer, peak_learning_rate, model_params=None, objective_state=()
+) -> FitState:
     """The state before the first step; ``model_params`` are the target's ``numpyro.param``
-    values (unconstrained, ``Target.model_params``), optimised alongside ``params``."""
+    values (unconstrained, ``Target.model_params``), optimised alongside ``params``;
+    ``objective_state`` is the objective's own (:func:`objective_state`)."""
     model_params = {} if model_params is None else model_params
     opt_state = optimizer.init((params, model_params))
     return FitState(
@@ -96,7 +101,14 @@ def init_state(key, params, optimizer, peak_learning_rate, model_params=None) ->
         jnp.zeros((), bool),
         jnp.asarray(peak_learning_rate, jnp.result_type(float)),
         model_params,
+        objective_state,
     )
+
+
+def objective_state(objective: Objective, key: jax.Array, params: Any, family: Family, target: Target) -> Any:
+    """The objective's state before the first step (``ObjectiveHooks.init_state``), or ``()``."""
+    init = objective_hooks(objective).init_state
+    return () if init is None else init(key, params, family, target)
 
 
 def make_step(
@@ -110,24 +122,54 @@ def make_step(
     with ``lax.cond``: on a 10-row model, one chunk per call, the loop took 1.9x the bare loop's
     time with the branch and 1.6x with the select (measured); the price is up to
     ``chunk_size - 1`` discarded steps in a last partial chunk.
+
+    The objective's optional hooks (:class:`~vitools.objectives.ObjectiveHooks`) shape the step:
+    ``stateful_loss`` replaces ``loss`` and threads the objective's state and the budget's
+    progress; ``update`` replaces the gradient and the optimizer by the objective's own move.
     """
 
-    def loss_fn(trainable, key):
-        params, model_params = trainable
-        return objective.loss(key, params, family, target.with_model_params(model_params))
+    hooks = objective_hooks(objective)
 
-    def step(state: FitState, num_steps: jax.Array):
-        key, step_key = jax.random.split(state.key)
+    def loss_fn(trainable, key, objective_state, progress):
+        params, model_params = trainable
+        framed = target.with_model_params(model_params)
+        if hooks.stateful_loss is None:
+            loss, info = objective.loss(key, params, family, framed)
+            return loss, (info, objective_state)
+        loss, info, objective_state = hooks.stateful_loss(key, params, family, framed, objective_state, progress)
+        return loss, (info, objective_state)
+
+    def gradient_step(state, key, num_steps, progress):
+        """The objective's gradient handed to the optimizer: new (params, model_params, opt_state)."""
         trainable = (state.params, state.model_params)
-        (loss, info), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable, step_key)
-        finite = jnp.isfinite(loss) & jnp.all(
-            jnp.array([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)])
+        (loss, (info, objective_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            trainable, key, state.objective_state, progress
         )
-        active = (state.step < num_steps) & ~state.nonfinite
-        apply = active & finite
         opt_state = _schedule(state.opt_state, state.peak_learning_rate, state.step, num_steps)
         updates, opt_state = optimizer.update(grads, opt_state, trainable)
         params, model_params = optax.apply_updates(trainable, updates)
+        return loss, info, objective_state, (params, model_params, opt_state), grads
+
+    def closed_form_step(state, key, num_steps, progress):
+        """The objective's own update of q; no gradient, the optimizer's state is left as it is."""
+        params, loss, info, objective_state = hooks.update(
+            key, state.params, family, target.with_model_params(state.model_params), state.objective_state,
+            progress,
+        )  # fmt: skip
+        return loss, info, objective_state, (params, state.model_params, state.opt_state), params
+
+    def step(state: FitState, num_steps: jax.Array):
+        key, step_key = jax.random.split(state.key)
+        progress = state.step / jnp.maximum(num_steps, 1)
+        run = gradient_step if hooks.update is None else closed_form_step
+        loss, info, objective_state, (params, model_params, opt_state), checked = run(
+            state, step_key, num_steps, progress
+        )
+        finite = jnp.isfinite(loss) & jnp.all(
+            jnp.array([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(checked)])
+        )
+        active = (state.step < num_steps) & ~state.nonfinite
+        apply = active & finite
 
         def keep(new, old):
             return jax.tree.map(lambda a, b: jnp.where(apply, a, b), new, old)
@@ -140,6 +182,7 @@ def make_step(
             state.nonfinite | (active & ~finite),
             state.peak_learning_rate,
             keep(model_params, state.model_params),
+            keep(objective_state, state.objective_state),
         )
         report = jax.tree.map(lambda x: jnp.where(active, x, jnp.nan), (loss, info))
         return new_state, report

@@ -18,7 +18,7 @@ import optax
 from vitools import alerts, start, validate
 from vitools.blas import one_blas_thread
 from vitools.convergence import ConvergenceRule, StoppingRule
-from vitools.engine import default_optimizer, init_state, optimize
+from vitools.engine import default_optimizer, init_state, objective_state, optimize
 from vitools.families import Family, get_family
 from vitools.families.base import check_distribution
 from vitools.objectives import Objective, get_objective, objective_hooks
@@ -180,7 +180,8 @@ def fit(
     else:
         if pilots:  # the race may have changed the start: q's parameters from the winner's
             params = family.init(params_key, target, loc, scale_tril)
-        state = init_state(run_key, params, optimizer, learning_rate, target.model_params)
+        carried = objective_state(objective, jax.random.fold_in(run_key, 2), params, family, target)
+        state = init_state(run_key, params, optimizer, learning_rate, target.model_params, carried)
         outcome = optimize(
             state,
             num_steps,

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vitools.engine import Outcome, init_state, optimize
+from vitools.engine import Outcome, init_state, objective_state, optimize
 from vitools.families import Family, family_hooks
 from vitools.frame import Frame
 from vitools.laplace import initial_gaussian, is_mode, second_order, simple_gaussian
@@ -63,7 +63,8 @@ def pilot(
 ) -> Pilot:
     """A PILOT_STEPS-step run from N(loc, scale_tril scale_trilᵀ), on the fit's compiled loop."""
     params = family.init(params_key, target, loc, scale_tril)
-    state = init_state(key, params, optimizer, learning_rate, target.model_params)
+    carried = objective_state(objective, jax.random.fold_in(key, 2), params, family, target)
+    state = init_state(key, params, optimizer, learning_rate, target.model_params, carried)
     outcome = optimize(
         state, PILOT_STEPS, objective, family, target, optimizer, chunk_size=chunk_size, progress=False
     )

@@ -50,11 +50,27 @@ class ObjectiveHooks(NamedTuple):
             target worked out once (defaults that depend on the dimension, given draws mapped
             to the flat space), for speed and early errors; ``vt.fit`` calls it before
             compiling. None: nothing to resolve.
+        init_state: ``(key, params, family, target) -> state``, a pytree of arrays the objective
+            carries from step to step in the loop's state (Markovian score climbing's retained
+            draw). None: the objective keeps no state (``()``).
+        stateful_loss: ``(key, params, family, target, state, progress) -> (loss, info, state)``,
+            used by the loop instead of ``loss`` when present: ``state`` is the objective's own
+            (from ``init_state``, then from the previous step; the loop keeps the old one when a
+            step is not applied), ``progress`` the traced fraction of the budget done,
+            ``step / num_steps`` in [0, 1] (annealed objectives). The new state must not carry
+            a gradient (the loop differentiates ``loss`` only).
+        update: ``(key, params, family, target, state, progress) -> (params, loss, info,
+            state)``: an objective that moves q itself, in closed form, instead of handing a
+            gradient to the optimizer (score-based VI). The loop then takes no gradient and
+            the optimizer's state stays as it was; ``loss`` is reported and checked as usual.
     """
 
     mass_covering: bool = False
     default_learning_rate: Callable[[int], float] | None = None
     resolve: Callable[[Target], Objective] | None = None
+    init_state: Callable[..., Any] | None = None
+    stateful_loss: Callable[..., tuple[jax.Array, dict[str, jax.Array], Any]] | None = None
+    update: Callable[..., tuple[Any, jax.Array, dict[str, jax.Array], Any]] | None = None
 
 
 def objective_hooks(objective: Objective) -> ObjectiveHooks:
