@@ -85,9 +85,7 @@ def learning_rate_factor(step: jax.Array, num_steps: jax.Array) -> jax.Array:
 
 
 @functools.partial(jax.jit, static_argnums=(2,))  # one program, not a few op-by-op compilations
-def init_state(
-    key, params, optimizer, peak_learning_rate, model_params=None, objective_state=()
-) -> FitState:
+def init_state(key, params, optimizer, peak_learning_rate, model_params=None, objective_state=()) -> FitState:
     """The state before the first step; ``model_params`` are the target's ``numpyro.param``
     values (unconstrained, ``Target.model_params``), optimised alongside ``params``;
     ``objective_state`` is the objective's own (:func:`objective_state`)."""
@@ -136,7 +134,9 @@ def make_step(
         if hooks.stateful_loss is None:
             loss, info = objective.loss(key, params, family, framed)
             return loss, (info, objective_state)
-        loss, info, objective_state = hooks.stateful_loss(key, params, family, framed, objective_state, progress)
+        loss, info, objective_state = hooks.stateful_loss(
+            key, params, family, framed, objective_state, progress
+        )
         return loss, (info, objective_state)
 
     def gradient_step(state, key, num_steps, progress):
