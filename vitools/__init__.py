@@ -12,7 +12,15 @@ from vitools.convert import to_datatree, to_datatrees
 from vitools.diagnostics import Diagnostics, diagnose
 from vitools.families import IAF, AutoGuideFamily, FullRank, LowRank, MeanField
 from vitools.fitting import fit
-from vitools.objectives import ForwardKL, ForwardKLFromDraws, RenyiAlpha, ReverseKL, weighted_cross_entropy
+from vitools.objectives import (
+    ForwardKL,
+    ForwardKLFromDraws,
+    Hybrid,
+    MarkovianScoreClimbing,
+    RenyiAlpha,
+    ReverseKL,
+    weighted_cross_entropy,
+)
 from vitools.persist import load, save
 from vitools.predictive import add_predictive, loo
 from vitools.report import report
@@ -32,8 +40,10 @@ __all__ = [
     "ForwardKL",
     "ForwardKLFromDraws",
     "FullRank",
+    "Hybrid",
     "IAF",
     "LowRank",
+    "MarkovianScoreClimbing",
     "MeanField",
     "NonFiniteLossError",
     "RenyiAlpha",

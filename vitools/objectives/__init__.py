@@ -1,6 +1,7 @@
 """Objectives: divergence estimators between the posterior and q."""
 
 from vitools import validate
+from vitools.objectives.annealed import Hybrid
 from vitools.objectives.base import (
     Objective,
     ObjectiveHooks,
@@ -10,13 +11,22 @@ from vitools.objectives.base import (
 )
 from vitools.objectives.forward_kl import ForwardKL, ForwardKLFromDraws, draws_to_flat
 from vitools.objectives.reverse_kl import RenyiAlpha, ReverseKL
+from vitools.objectives.score_climbing import MarkovianScoreClimbing
 
-OBJECTIVES = {"reverse_kl": ReverseKL, "forward_kl": ForwardKL, "renyi": RenyiAlpha}
+OBJECTIVES = {
+    "reverse_kl": ReverseKL,
+    "forward_kl": ForwardKL,
+    "renyi": RenyiAlpha,
+    "hybrid": Hybrid,
+    "msc": MarkovianScoreClimbing,
+}
 
 __all__ = [
     "OBJECTIVES",
     "ForwardKL",
     "ForwardKLFromDraws",
+    "Hybrid",
+    "MarkovianScoreClimbing",
     "Objective",
     "ObjectiveHooks",
     "objective_hooks",
@@ -30,7 +40,8 @@ __all__ = [
 
 
 def get_objective(objective: "str | Objective") -> Objective:
-    """An objective from its name (``"reverse_kl"``, ``"forward_kl"``, ``"renyi"``) or itself.
+    """An objective from its name (a key of :data:`OBJECTIVES`: ``"reverse_kl"``, ``"forward_kl"``,
+    ``"renyi"``, ``"hybrid"``, ``"msc"``...) or itself.
 
     Raises:
         ValueError: an unknown name.
