@@ -67,3 +67,17 @@ def test_hybrid_rescues_a_far_start(gaussian):
 def test_hybrid_rejects_bad_arguments(kwargs, error):
     with pytest.raises(error, match="Hybrid"):
         Hybrid(**kwargs)
+
+
+def test_a_hybrid_fit_saves_and_loads(tmp_path):
+    """The objective nests two objectives: the file keeps them as dataclass fields, rebuilt on load."""
+    import numpyro
+    import numpyro.distributions as dist
+
+    def model():
+        numpyro.sample("x", dist.Normal(0.0, 1.0).expand([2]).to_event(1))
+
+    objective = Hybrid(reverse=ReverseKL(num_draws=4), forward=ForwardKL(num_draws=8), start=0.0, end=0.3)
+    fit = vt.fit(model, objective=objective, num_steps=20, progress=False, init="median")
+    loaded = vt.load(fit.save(tmp_path / "hybrid"), model)
+    assert loaded.objective == fit.objective and loaded.objective.forward.num_draws == 8

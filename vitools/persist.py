@@ -226,9 +226,12 @@ def _config(obj: Any, prefix: str, arrays: dict[str, np.ndarray]) -> dict[str, A
 
 def _encode(value: Any, key: str, arrays: dict[str, np.ndarray], what: str) -> Any:
     """A field as JSON: numbers, strings, booleans, None, lists (tuples), dicts with string keys;
-    arrays as ``{"__array__": key}`` with the array in ``arrays``."""
+    arrays as ``{"__array__": key}`` with the array in ``arrays``; a dataclass field (e.g. the
+    ``Hybrid`` objective's two parts) as ``{"__dataclass__": its class, name and fields}``."""
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {"__dataclass__": _config(value, key, arrays)}
     if isinstance(value, np.generic) and value.ndim == 0 and value.dtype.kind in "biuf":
         return value.item()
     if isinstance(value, (np.ndarray, jax.Array)):
@@ -251,6 +254,8 @@ def _decode(value: Any, arrays: dict[str, np.ndarray]) -> Any:
     if isinstance(value, dict):
         if set(value) == {"__array__"}:
             return arrays[value["__array__"]]
+        if set(value) == {"__dataclass__"}:
+            return _build(value["__dataclass__"], arrays)
         return {k: _decode(v, arrays) for k, v in value.items()}
     return value
 
