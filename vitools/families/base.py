@@ -63,12 +63,20 @@ class FamilyHooks(NamedTuple):
         sample_with_log_prob: ``(params, key) -> (draw, log q)`` from one forward pass; reverse
             KL and Rényi use it instead of ``log_prob`` at the draw (flows, whose inverse is
             costly); None: draw, then ``log_prob``.
+        stratified_draws: ``(params, key, num_draws) -> (draws (S, dim), log_q (S,),
+            log_draw_weights (S,))``: reparameterized draws of a family whose ``sample`` is not
+            reparameterized (a mixture: the component is a discrete choice), with normalized log
+            weights ω (``sum(exp(log_draw_weights)) == 1``, differentiable) such that
+            ``sum_i ω_i f(z_i)`` is an unbiased estimate of E_q[f] with unbiased gradients; reverse
+            KL and Rényi then use the weighted estimates (stratified sampling, Morningstar et al.
+            2021; :mod:`vitools.objectives.reverse_kl`). None: ``draw_many``, ω_i = 1/S.
     """
 
     whiten: str | bool = "diagonal"
     structure: str = "full"
     widened: Callable | None = None
     sample_with_log_prob: Callable | None = None
+    stratified_draws: Callable | None = None
 
 
 def family_hooks(family: Family) -> FamilyHooks:
@@ -111,9 +119,18 @@ def check_distribution(family: Family, key: jax.Array, target: Target) -> None:
 
 
 def draw_many(distribution: dist.Distribution, key: jax.Array, num_draws: int) -> jax.Array:
-    """``(num_draws, dim)`` reparameterized draws: one draw per key, then ``vmap``.
+    """``(num_draws, dim)`` draws: one draw per key, then ``vmap``; reparameterized when the
+    distribution's are (``has_rsample``: every Gaussian and flow family).
+
+    A distribution without reparameterized draws (a mixture's ``MixtureSameFamily``) gives plain
+    draws with their gradient stopped: right for every caller that stops it anyway (ForwardKL's
+    proposal, ``Fit.sample``, the diagnostics). Reverse KL and Rényi need the gradient through the
+    draws and refuse such a family unless it has the ``stratified_draws`` hook.
 
     NumPyro's batched ``sample(key, (n,))`` relies on implicit rank promotion; one draw per key
     keeps every shape explicit (our tests run with ``jax_numpy_rank_promotion="raise"``).
     """
-    return jax.vmap(distribution.rsample)(jax.random.split(key, num_draws))
+    keys = jax.random.split(key, num_draws)
+    if distribution.has_rsample:
+        return jax.vmap(distribution.rsample)(keys)
+    return jax.lax.stop_gradient(jax.vmap(distribution.sample)(keys))

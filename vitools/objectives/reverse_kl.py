@@ -20,7 +20,7 @@ __all__ = ["ReverseKL", "RenyiAlpha"]
 def _log_weights(
     key: jax.Array, params: Any, family: Family, target: Target, num_draws: int, stl: bool
 ) -> jax.Array:
-    """log p(z_i) - log q(z_i) at reparameterized draws z_i = T_params(eps_i).
+    """log p(z_i) - log q(z_i) at reparameterized draws z_i = T_params(eps_i): ``(num_draws,)``.
 
     With ``stl`` the parameters of the log q term are stop-gradiented ("sticking the landing"):
     the score-function term, whose expectation is zero, is dropped from the gradient.
@@ -28,16 +28,51 @@ def _log_weights(
     A family with ``sample_with_log_prob(params, key)`` (flows) gives each draw's log q from its
     own forward pass: no inverse, but no STL either (dropping the score term needs log q at a
     fixed draw, i.e. the inverse), so such families get the plain reparameterized gradient.
+
+    A family with ``stratified_draws`` (mixtures) gives ``log w_i + log(S ω_i)``, ω_i its draws'
+    weights (:func:`_stratified_log_weights`): ``logsumexp(.) - log S`` is then the stratified
+    importance-weighted bound (SIWAE, Morningstar et al. 2021), as it is IWAE's for an ordinary
+    family. Their plain mean is *not* the ELBO there: use :func:`_stratified_log_weights`.
+
+    Raises:
+        TypeError: the family's draws are not reparameterized and it has no ``stratified_draws``.
     """
-    sample_with_log_prob = family_hooks(family).sample_with_log_prob
-    if sample_with_log_prob is not None:
+    hooks = family_hooks(family)
+    if hooks.stratified_draws is not None:
+        log_weights, log_draw_weights = _stratified_log_weights(key, params, family, target, num_draws, stl)
+        return log_weights + log_draw_weights + jnp.log(num_draws)
+    if hooks.sample_with_log_prob is not None:
         keys = jax.random.split(key, num_draws)
-        draws, log_q = jax.vmap(sample_with_log_prob, in_axes=(None, 0))(params, keys)
+        draws, log_q = jax.vmap(hooks.sample_with_log_prob, in_axes=(None, 0))(params, keys)
         return jax.vmap(target.log_density)(draws) - log_q
     q = family.distribution(params)
+    if not q.has_rsample:
+        raise TypeError(
+            f"family {family.name!r}: its draws are not reparameterized ({type(q).__name__}), so reverse "
+            "KL and Renyi cannot take gradients through them; give the family a stratified_draws hook "
+            "(vitools.families.FamilyHooks) or fit it with ForwardKL"
+        )
     q_score = family.distribution(jax.lax.stop_gradient(params)) if stl else q
     draws = draw_many(q, key, num_draws)
     return jax.vmap(target.log_density)(draws) - jax.vmap(q_score.log_prob)(draws)
+
+
+def _stratified_log_weights(
+    key: jax.Array, params: Any, family: Family, target: Target, num_draws: int, stl: bool
+) -> tuple[jax.Array, jax.Array]:
+    """``(log w, log ω)``, both ``(num_draws,)``: log w_i = log p(z_i) - log q(z_i) at the family's
+    stratified draws (``FamilyHooks.stratified_draws``) and their normalized log weights log ω_i.
+
+    Gradients flow through the draws (each is a reparameterized draw of one component) and ω
+    (through π); with ``stl`` the parameters inside log q are stop-gradiented. That drops
+    Σ_i ω_i ∇ log q(z_i), whose expectation Σ_k π_k E_{q_k}[∇ log q] = E_q[∇ log q] = 0, so the
+    gradient stays unbiased, and it is exactly zero when q = p (log p - log q is then constant
+    and Σ_i ω_i = 1).
+    """
+    draws, log_q, log_draw_weights = family_hooks(family).stratified_draws(params, key, num_draws)
+    if stl:
+        log_q = jax.vmap(family.distribution(jax.lax.stop_gradient(params)).log_prob)(draws)
+    return jax.vmap(target.log_density)(draws) - log_q, log_draw_weights
 
 
 @jax.tree_util.register_dataclass
@@ -51,8 +86,15 @@ class ReverseKL:
     With ``stick_the_landing`` (Roeder, Wu & Duvenaud 2017) the parameters inside
     :math:`\log q_\phi` are stop-gradiented; the gradient is then exactly zero when q = p.
 
+    Families with ``stratified_draws`` (mixtures, whose sampling is not reparameterized) use the
+    stratified estimator of Morningstar, Vikram, Ham, Gallagher & Dillon (2021):
+    :math:`-\sum_i \omega_i [\log p(x, z_i) - \log q_\phi(z_i)]`, draw i a reparameterized draw
+    of component k(i), S/K draws per component, :math:`\omega_i = \pi_k K / S`; unbiased for
+    the ELBO and its gradient (through the draws, and through ω for the mixture weights).
+
     Args:
-        num_draws: draws per step (S), a positive integer (NumPy integers too).
+        num_draws: draws per step (S), a positive integer (NumPy integers too); at least K for a
+            K-component mixture.
         stick_the_landing: drop the zero-mean score term from the gradient (ignored by families
             with ``sample_with_log_prob``, e.g. IAF, whose log q comes from the forward pass).
 
@@ -78,8 +120,15 @@ class ReverseKL:
         return self.num_draws
 
     def loss(self, key, params, family, target):
-        log_weights = _log_weights(key, params, family, target, self.num_draws, self.stick_the_landing)
-        return -jnp.mean(log_weights), importance_info(log_weights)
+        stl = self.stick_the_landing
+        if family_hooks(family).stratified_draws is None:
+            log_weights = _log_weights(key, params, family, target, self.num_draws, stl)
+            return -jnp.mean(log_weights), importance_info(log_weights)
+        log_weights, log_draw_weights = _stratified_log_weights(
+            key, params, family, target, self.num_draws, stl
+        )
+        elbo = jnp.sum(jnp.exp(log_draw_weights) * log_weights)
+        return -elbo, importance_info(log_weights + log_draw_weights)
 
 
 @jax.tree_util.register_dataclass
@@ -95,9 +144,16 @@ class RenyiAlpha:
     measured); for a mass-covering fit use ``ForwardKL``.
     Gradients flow through the reparameterized draws and through log q (no stop-gradient).
 
+    Families with ``stratified_draws`` (mixtures) use the stratified form (Morningstar et al.
+    2021): :math:`-\frac{1}{1-\alpha}\log\sum_i \omega_i w_i^{1-\alpha}`, ω_i = π_k K/S the
+    weight of draw i from component k, in which :math:`\sum_i \omega_i w_i^{1-\alpha}` is an
+    unbiased estimate of :math:`E_q[w^{1-\alpha}]`; α = 0 is then SIWAE, their stratified IWAE.
+    With ω_i = 1/S this is the estimator above.
+
     Args:
         alpha: the order α, a finite number other than 1.
-        num_draws: draws per step (S), a positive integer (S = 1 gives the ELBO's estimate).
+        num_draws: draws per step (S), a positive integer (S = 1 gives the ELBO's estimate); at
+            least K for a K-component mixture.
 
     Raises:
         TypeError: ``alpha`` is not a number.
@@ -128,7 +184,14 @@ class RenyiAlpha:
         return self.num_draws
 
     def loss(self, key, params, family, target):
-        log_weights = _log_weights(key, params, family, target, self.num_draws, False)
-        scaled = (1.0 - self.alpha) * log_weights
-        bound = (jax.nn.logsumexp(scaled) - jnp.log(self.num_draws)) / (1.0 - self.alpha)
-        return -bound, importance_info(log_weights)
+        if family_hooks(family).stratified_draws is None:
+            log_weights = _log_weights(key, params, family, target, self.num_draws, False)
+            scaled = (1.0 - self.alpha) * log_weights
+            bound = (jax.nn.logsumexp(scaled) - jnp.log(self.num_draws)) / (1.0 - self.alpha)
+            return -bound, importance_info(log_weights)
+        log_weights, log_draw_weights = _stratified_log_weights(
+            key, params, family, target, self.num_draws, False
+        )
+        scaled = (1.0 - self.alpha) * log_weights + log_draw_weights
+        bound = jax.nn.logsumexp(scaled) / (1.0 - self.alpha)
+        return -bound, importance_info(log_weights + log_draw_weights)
