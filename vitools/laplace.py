@@ -22,7 +22,15 @@ import optax
 
 from vitools.targets import Target
 
-__all__ = ["InitialGaussian", "initial_gaussian", "is_mode", "second_order", "simple_gaussian"]
+__all__ = [
+    "InitialGaussian",
+    "PathCandidates",
+    "initial_gaussian",
+    "is_mode",
+    "path_candidates",
+    "second_order",
+    "simple_gaussian",
+]
 
 _PATH_POINTS = (0, 1, 2, 4, 8, 16, 32, 64, 99)  # iterations along the path tried as centres
 _MAX_ITERS = 100
@@ -131,14 +139,46 @@ def initial_gaussian(
     return second_order(_path_laplace, target, key, structure == "diagonal")
 
 
-@functools.partial(jax.jit, static_argnames=("diagonal", "exact"))
-def _path_laplace(target: Target, key: jax.Array, diagonal: bool, exact: bool = True) -> InitialGaussian:
+class PathCandidates(NamedTuple):
+    """The Gaussians along one optimisation path (:func:`path_candidates`).
+
+    ``C = len(points) + 1`` centres: the L-BFGS path's iterations ``points`` and the end
+    of the Newton path from its last point; each gives two candidates (the point, and the point
+    after one Newton step with its covariance), which share one ``scale_tril``.
+    """
+
+    locs: jax.Array  # (C, 2, dim)
+    scale_trils: jax.Array  # (C, dim, dim): inverse -Hessian at the centre (|eigenvalues|, clipped)
+    elbos: jax.Array  # (C, 2): ELBO estimates from _NUM_DRAWS draws; -inf where skipped or not finite
+    num_iters: jax.Array  # L-BFGS iterations plus Newton steps that moved the point
+    grad_evals: jax.Array  # what the path and candidates cost, counted as InitialGaussian.grad_evals
+
+
+def path_candidates(
+    target: Target,
+    key: jax.Array,
+    diagonal: bool = False,
+    exact: bool = True,
+    points: tuple[int, ...] | None = None,
+) -> PathCandidates:
+    """The L-BFGS path from ``target.initial_point`` (plus ``_JITTER`` sds of noise), the damped
+    Newton path from its end, and a Laplace Gaussian at each of the path's iterations ``points``
+    (each in ``[0, _MAX_ITERS)``; None: ``_PATH_POINTS``, read when called) and at the Newton
+    end, scored by its ELBO estimate (:func:`_gaussian_at`); :func:`initial_gaussian` keeps the
+    best of these, Pathfinder (:mod:`vitools.pathfinder`) too. A point that repeats the one
+    before (a stopped path) costs nothing.
+
+    Traceable (call it under ``jax.jit``; ``diagonal``, ``exact`` and ``points`` static). ``key``
+    seeds the path's jitter and the ELBO draws, which are the same for every centre (common
+    random numbers).
+    """
     path_key, key = jax.random.split(key)
     path, lbfgs_evals = _lbfgs_path(target, path_key)
     # The Newton path's end is one more centre; the earlier points stay candidates, so a funnel,
     # whose mode is a poor centre, can still pick an early one by its ELBO.
     newton, newton_evals = _newton_path(target, path[-1], exact)
-    centres = jnp.concatenate([path[jnp.array(_PATH_POINTS)], newton[-1:]])
+    points = _PATH_POINTS if points is None else points
+    centres = jnp.concatenate([path[jnp.array(points)], newton[-1:]])
     # A stopped path repeats its last point; a repeat's candidates equal the earlier ones, so they
     # are skipped (ELBO -inf). On a 10^5-row regression that saves 3 of 9 Hessians (measured).
     fresh = jnp.concatenate([jnp.array([True]), jnp.any(centres[1:] != centres[:-1], axis=-1)])
@@ -153,6 +193,21 @@ def _path_laplace(target: Target, key: jax.Array, diagonal: bool, exact: bool = 
     # One path point at a time: the cond skips a repeat's work (a vmap would compute it), and
     # nine Hessians in sequence took 165 ms against 195 ms vmapped (10^5 rows, measured).
     locs, trils, elbos = jax.lax.map(candidates, (centres, fresh))
+    # Each fresh centre: a Hessian and 2 x _NUM_DRAWS densities.
+    candidate_evals = jnp.sum(fresh, dtype=jnp.int32) * (target.dim + 2 * _NUM_DRAWS)
+    num_iters = _num_moves(path) + _num_moves(newton)
+    return PathCandidates(locs, trils, elbos, num_iters, lbfgs_evals + newton_evals + candidate_evals)
+
+
+def _num_moves(path: jax.Array) -> jax.Array:
+    """How many of a path's iterations moved its point (a stopped path repeats its last one)."""
+    return jnp.sum(jnp.any(path[1:] != path[:-1], axis=-1), dtype=jnp.int32)
+
+
+@functools.partial(jax.jit, static_argnames=("diagonal", "exact"))
+def _path_laplace(target: Target, key: jax.Array, diagonal: bool, exact: bool = True) -> InitialGaussian:
+    locs, trils, elbos, _, path_evals = path_candidates(target, key, diagonal, exact)
+    key = jax.random.split(key)[1]  # path_candidates' ELBO key, for the simple start's ELBO
     best = jnp.argmax(elbos.ravel())
     # The simple start ("median": NumPyro's init point, scale 0.1) replaces the best path Gaussian
     # when its ELBO estimate is higher by more than _SIMPLE_MARGIN nats per dimension, so the
@@ -170,10 +225,8 @@ def _path_laplace(target: Target, key: jax.Array, diagonal: bool, exact: bool = 
     scale_tril = jnp.where(simple, simple_tril, trils[best // 2])
     # Only full-structure families may whiten with the full factor; diagonal ones never ask.
     at_mode = jnp.array(False) if diagonal else is_mode(target, loc, scale_tril, exact=exact) & ~simple
-    # Each fresh centre: a Hessian and 2 x _NUM_DRAWS densities; the simple start's ELBO; is_mode's
-    # Hessian.
-    candidate_evals = jnp.sum(fresh, dtype=jnp.int32) * (target.dim + 2 * _NUM_DRAWS) + _NUM_DRAWS
-    evals = lbfgs_evals + newton_evals + candidate_evals + (0 if diagonal else target.dim)
+    # The path and its candidates; the simple start's ELBO; is_mode's Hessian.
+    evals = path_evals + _NUM_DRAWS + (0 if diagonal else target.dim)
     return InitialGaussian(loc, scale_tril, at_mode, ~simple, evals)
 
 
