@@ -2,8 +2,9 @@ r"""Several approximations of one posterior side by side: one row per fit, one c
 
 Columns: ``objective``, ``family``, ``steps``, ``grad_evals``, ``time_s`` (from the tree's attrs), then
 the importance diagnostics of :func:`vitools.diagnostics.diagnose` (``khat``, ``verdict``, ``ess``,
-``log_evidence`` ± ``log_evidence_se``, ``elbo``; NaN for MCMC, which has no q), an MCMC run's own
-(``rhat``, its smallest bulk ``ess``, ``divergences``; NaN for fits), and with a reference
+``log_evidence`` ± ``log_evidence_se``, ``elbo``, ``cubo``; NaN for MCMC, which has no q; a row reads
+elbo ≤ log_evidence ≤ cubo, an interval for log Z where k̂ < 0.5, see ``diagnose``), an MCMC run's
+own (``rhat``, its smallest bulk ``ess``, ``divergences``; NaN for fits), and with a reference
 (e.g. long NUTS runs), per scalar parameter j with reference mean :math:`m_j` and sd :math:`s_j`,
 averaged over the P parameters that the fit and the reference share:
 
@@ -54,13 +55,14 @@ __all__ = ["compare", "reference_draws"]
 
 COLUMNS = [
     "objective", "family", "steps", "grad_evals", "time_s", "khat", "khat_se", "verdict", "ess",
-    "rhat", "divergences", "log_evidence", "log_evidence_se", "elbo", "missed_mass", "reasons",
+    "rhat", "divergences", "elbo", "log_evidence", "log_evidence_se", "cubo", "missed_mass",
+    "reasons",
 ]  # fmt: skip
 # Columns only an MCMC run fills (NaN for fits): its worst R-hat and its divergent transitions; its
 # ``ess`` is the smallest bulk ESS over parameters (a fit's is the importance ESS of its draws).
 MCMC_COLUMNS = ["rhat", "divergences"]
 # Importance-weighted columns: unreliable where k̂ is above its threshold (format_table marks them).
-WEIGHTED_COLUMNS = ["ess", "log_evidence", "missed_mass"]
+WEIGHTED_COLUMNS = ["ess", "log_evidence", "cubo", "missed_mass"]
 # A fit that misses more than this share of the mass another fit covers reads "bad" (when the gap in
 # log evidence exceeds twice its Monte Carlo error): a reverse-KL fit on one of two equal modes
 # misses 0.5.
@@ -251,6 +253,7 @@ def compare(
                 "log_evidence": diag.log_evidence,
                 "log_evidence_se": diag.log_evidence_se,
                 "elbo": diag.elbo,
+                "cubo": diag.cubo,
             }
         if ref is not None:
             row |= _distances(*flatten_draws(tree), *ref)

@@ -24,7 +24,8 @@ def format_table(df: pd.DataFrame, fmt: str = "text", width: int = TEXT_WIDTH) -
 
     Text and markdown join ``khat ± khat_se`` and ``log_evidence ± log_evidence_se`` into one column
     each, round to 3 significant figures, mark with ``?`` the importance-weighted cells
-    (``WEIGHTED_COLUMNS``) of rows whose k̂ is above threshold, and list each fit's ``reasons``
+    (``WEIGHTED_COLUMNS``) of rows whose k̂ is above threshold (``cubo`` already from k̂ ≥ 0.5,
+    where :math:`E_q[w^2]` may be infinite), and list each fit's ``reasons``
     under the table instead of in a column. They leave out columns that are empty in every row
     (``rhat`` without an MCMC row) and ``objective``/``family`` where each fit's name already
     says them (``"forward_kl/iaf"``, the default names). CSV and JSON (an object per row, NaN as null)
@@ -57,17 +58,26 @@ def format_table(df: pd.DataFrame, fmt: str = "text", width: int = TEXT_WIDTH) -
         pairs = zip(shown["log_evidence"], shown.pop("log_evidence_se"), strict=True)
         shown["log_evidence"] = [f"{v} ± {_se(e)}" if v and e else v for v, e in pairs]
     unreliable = [name for name, ok in df.attrs.get("reliable", {}).items() if not ok]
-    marked = [c for c in WEIGHTED_COLUMNS if c in shown]
-    for name in unreliable:
-        shown.loc[name, marked] = [f"{v} ?" if v else v for v in shown.loc[name, marked]]
-    if unreliable and fmt == "text":  # so the marked and unmarked numbers stay aligned
-        others = [name for name in shown.index if name not in unreliable]
-        for column in marked:
+    flagged = {c: list(unreliable) for c in WEIGHTED_COLUMNS if c in shown}
+    # CUBO₂ bounds log Z only while E_q[w²] is finite, i.e. k < 1/2: a stricter line than k̂'s threshold.
+    infinite = [n for n in shown.index if n not in unreliable and "khat" in df and df.loc[n, "khat"] >= 0.5]
+    if "cubo" in flagged:
+        flagged["cubo"] += infinite
+    for column, names in flagged.items():
+        shown.loc[names, column] = [f"{v} ?" if v else v for v in shown.loc[names, column]]
+        if names and fmt == "text":  # so the marked and unmarked numbers stay aligned
+            others = [name for name in shown.index if name not in names]
             shown.loc[others, column] = [f"{v}  " if v else v for v in shown.loc[others, column]]
     lines = [shown.to_markdown(tablefmt="github") if fmt == "markdown" else _text_blocks(shown, width)]
-    if unreliable and marked:
+    if unreliable and flagged:
         lines.append(
             f"\n? importance-weighted, unreliable: k̂ above its threshold ({', '.join(map(str, unreliable))})"
+        )
+    if infinite and "cubo" in flagged:
+        gap = "" if unreliable else "\n"  # one blank line between the table and its notes
+        lines.append(
+            f"{gap}? cubo: k̂ ≥ 0.5, E_q[w²] may be infinite, so cubo need not bound log Z "
+            f"({', '.join(map(str, infinite))})"
         )
     notes = [(name, text) for name, text in reasons.items() if isinstance(text, str) and text]
     if notes and fmt == "markdown":
