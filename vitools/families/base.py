@@ -122,15 +122,36 @@ def draw_many(distribution: dist.Distribution, key: jax.Array, num_draws: int) -
     """``(num_draws, dim)`` draws: one draw per key, then ``vmap``; reparameterized when the
     distribution's are (``has_rsample``: every Gaussian and flow family).
 
-    A distribution without reparameterized draws (a mixture's ``MixtureSameFamily``) gives plain
-    draws with their gradient stopped: right for every caller that stops it anyway (ForwardKL's
-    proposal, ``Fit.sample``, the diagnostics). Reverse KL and Rényi need the gradient through the
-    draws and refuse such a family unless it has the ``stratified_draws`` hook.
+    A distribution without reparameterized draws (a mixture's ``MixtureSameFamily``: the component
+    is a discrete choice) gives plain draws that must not be differentiated: fine wherever q's
+    parameters are stop-gradiented or nothing is differentiated (ForwardKL's proposal,
+    ``Fit.sample``, the diagnostics), while a gradient taken through them raises (it would
+    silently miss the component choice's part). Objectives that differentiate through draws use
+    the family's ``stratified_draws`` hook instead (:class:`FamilyHooks`).
 
     NumPyro's batched ``sample(key, (n,))`` relies on implicit rank promotion; one draw per key
     keeps every shape explicit (our tests run with ``jax_numpy_rank_promotion="raise"``).
+
+    Raises:
+        TypeError: at trace time, a gradient is taken through draws that are not reparameterized.
     """
     keys = jax.random.split(key, num_draws)
     if distribution.has_rsample:
         return jax.vmap(distribution.rsample)(keys)
-    return jax.lax.stop_gradient(jax.vmap(distribution.sample)(keys))
+    return _not_differentiable(jax.vmap(distribution.sample)(keys))
+
+
+@jax.custom_jvp
+def _not_differentiable(draws: jax.Array) -> jax.Array:
+    """The identity, whose derivative raises: JAX skips it when no tangent reaches the draws."""
+    return draws
+
+
+@_not_differentiable.defjvp
+def _not_differentiable_jvp(primals, tangents):
+    raise TypeError(
+        "a gradient was taken through draws of a distribution whose draws are not reparameterized "
+        "(e.g. a mixture's MixtureSameFamily: the component is a discrete choice), which would be "
+        "biased; objectives that differentiate through q's draws need the family's stratified_draws "
+        "hook (vitools.families.FamilyHooks), or use ForwardKL, whose draws carry no gradient"
+    )

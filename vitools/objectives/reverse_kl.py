@@ -89,8 +89,12 @@ class ReverseKL:
     Families with ``stratified_draws`` (mixtures, whose sampling is not reparameterized) use the
     stratified estimator of Morningstar, Vikram, Ham, Gallagher & Dillon (2021):
     :math:`-\sum_i \omega_i [\log p(x, z_i) - \log q_\phi(z_i)]`, draw i a reparameterized draw
-    of component k(i), S/K draws per component, :math:`\omega_i = \pi_k K / S`; unbiased for
-    the ELBO and its gradient (through the draws, and through ω for the mixture weights).
+    of component k(i), S/K draws per component, :math:`\omega_i = \pi_k K / S` (π_k / n_k with
+    n_k draws of component k when K does not divide S); unbiased for the ELBO and its gradient
+    (through the draws, and through ω for the mixture weights). STL there drops
+    :math:`\sum_i \omega_i \nabla_\phi \log q_\phi(z_i)`, whose expectation is
+    :math:`E_q[\nabla_\phi \log q_\phi] = 0`. The step's ``ess`` and ``log_evidence`` are those
+    of the weights :math:`S\omega_i w_i` (the stratified estimate of Z).
 
     Args:
         num_draws: draws per step (S), a positive integer (NumPy integers too); at least K for a
