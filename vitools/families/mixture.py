@@ -79,9 +79,11 @@ class GaussianMixture:
     ``RenyiAlpha`` use :meth:`stratified_draws`: a mixture's draws are not reparameterized (the
     component is a discrete choice), so those objectives draw from each component and weight by
     π (Morningstar et al. 2021). ``distribution(params).sample`` (``Fit.sample``, the
-    diagnostics) draws the component at random and carries no gradient.
+    diagnostics) draws the component at random; a gradient through those draws raises
+    (:func:`vitools.families.base.draw_many`).
 
-    ``Fit.mean_and_covariance`` does not apply (q is not Gaussian): estimate moments from draws.
+    ``Fit.mean_and_covariance`` gives q's mean but only the diagonal of its covariance (it reads
+    ``variance`` from a q that is not Gaussian): estimate covariances from draws.
 
     Args:
         num_components: K, a positive integer (K = 1 is :class:`FullRank`, or :class:`MeanField`
