@@ -10,7 +10,7 @@ from vitools.cache import enable_compilation_cache
 from vitools.comparison import compare
 from vitools.convert import to_datatree, to_datatrees
 from vitools.diagnostics import Diagnostics, diagnose
-from vitools.families import IAF, AutoGuideFamily, FullRank, LowRank, MeanField
+from vitools.families import IAF, AutoGuideFamily, FullRank, GaussianMixture, LowRank, MeanField
 from vitools.fitting import fit
 from vitools.objectives import (
     ForwardKL,
@@ -40,6 +40,7 @@ __all__ = [
     "ForwardKL",
     "ForwardKLFromDraws",
     "FullRank",
+    "GaussianMixture",
     "Hybrid",
     "IAF",
     "LowRank",

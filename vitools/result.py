@@ -197,19 +197,16 @@ class Fit:
     def mean_and_covariance(self) -> tuple[np.ndarray, np.ndarray]:
         """Exact mean ``(dim,)`` and covariance ``(dim, dim)`` of q in the model's flat
         unconstrained space (Gaussian families: any q whose distribution has ``mean`` and
-        ``covariance_matrix``, or ``variance`` for a diagonal one).
+        ``covariance_matrix``, or ``variance`` for a diagonal one; mixtures of those).
 
         Raises:
             NotImplementedError: q has no closed-form moments (IAF); estimate them from
                 :meth:`sample_flat`.
         """
         q = self.family.distribution(self.params)
-        if isinstance(q, dist.MultivariateNormal | dist.LowRankMultivariateNormal):
-            cov = q.covariance_matrix
-        else:  # a diagonal q (or one that raises, like IAF's, with what to do instead)
-            cov = jnp.diag(q.variance)
+        mean, cov = _moments(q)
         frame = self.target.frame
-        return np.asarray(frame.forward(q.mean)), np.asarray(frame.covariance_to_model(cov))
+        return np.asarray(frame.forward(mean)), np.asarray(frame.covariance_to_model(cov))
 
     @one_blas_thread
     def sample_flat(
@@ -307,6 +304,23 @@ class Fit:
             + ("" if self.convergence is None else f"; {self.convergence}")
             + ")"
         )
+
+
+def _moments(q: dist.Distribution) -> tuple[jax.Array, jax.Array]:
+    """Mean and covariance of a Gaussian q, diagonal or full, or of a mixture of such (the law of
+    total covariance: the components' average covariance plus the covariance of their means).
+    Batched Gaussians (a mixture's components) give ``(..., dim)`` and ``(..., dim, dim)``."""
+    if isinstance(q, dist.MixtureSameFamily):
+        weights = q.mixing_distribution.probs
+        means, covs = _moments(q.component_distribution)
+        mean = weights @ means
+        centred = means - mean[None, :]
+        spread = jnp.einsum("k,ki,kj->ij", weights, centred, centred)
+        return mean, jnp.einsum("k,kij->ij", weights, covs) + spread
+    if isinstance(q, dist.MultivariateNormal | dist.LowRankMultivariateNormal):
+        return q.mean, q.covariance_matrix
+    variance = q.variance  # a diagonal q (or one that raises, like IAF's, saying why)
+    return q.mean, variance[..., :, None] * jnp.eye(variance.shape[-1], dtype=variance.dtype)
 
 
 @functools.partial(jax.jit, static_argnums=(3,))

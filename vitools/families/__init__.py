@@ -5,8 +5,15 @@ from vitools.families.autoguide import AutoGuideFamily, GuideParams
 from vitools.families.base import Family, FamilyHooks, draw_many, family_hooks
 from vitools.families.flow import IAF, IAFParams
 from vitools.families.gaussian import FullRank, LowRank, MeanField
+from vitools.families.mixture import GaussianMixture, MixtureParams
 
-FAMILIES = {"meanfield": MeanField, "fullrank": FullRank, "lowrank": LowRank, "iaf": IAF}
+FAMILIES = {
+    "meanfield": MeanField,
+    "fullrank": FullRank,
+    "lowrank": LowRank,
+    "iaf": IAF,
+    "mixture": GaussianMixture,
+}
 
 __all__ = [
     "AutoGuideFamily",
@@ -15,18 +22,21 @@ __all__ = [
     "FamilyHooks",
     "family_hooks",
     "FullRank",
+    "GaussianMixture",
     "GuideParams",
     "IAF",
     "IAFParams",
     "LowRank",
     "MeanField",
+    "MixtureParams",
     "draw_many",
     "get_family",
 ]
 
 
 def get_family(family: "str | Family") -> Family:
-    """A family from its name (``"meanfield"``, ``"fullrank"``, ``"lowrank"``, ``"iaf"``) or itself.
+    """A family from its name (a key of :data:`FAMILIES`: ``"meanfield"``, ``"fullrank"``,
+    ``"lowrank"``, ``"iaf"``, ``"mixture"``...) or itself.
 
     A NumPyro ``AutoContinuous`` guide is wrapped in :class:`AutoGuideFamily`.
 
