@@ -47,7 +47,7 @@ def mass() -> None:
     objectives = {
         "reverse_kl": "reverse_kl",
         "forward_kl": "forward_kl",
-        "iwae S=16": IWAE(16),
+        "iwae S=16": IWAE(16, dreg=False),
         "iwae S=16 dreg": IWAE(16, dreg=True),
         "chi2 S=16": ChiSquare(16),
         "chi2 S=64": ChiSquare(64),
@@ -136,9 +136,9 @@ def recover() -> None:
     cov = jnp.array([[2.0, 0.6, 0.0], [0.6, 1.0, -0.3], [0.0, -0.3, 0.5]])
     target = vt.Target.from_log_density(lambda x: jax.scipy.stats.multivariate_normal.logpdf(x, mean, cov), 3)
     objectives = {
-        "iwae S=4": IWAE(4),
+        "iwae S=4": IWAE(4, dreg=False),
         "iwae S=4 dreg": IWAE(4, dreg=True),
-        "iwae S=16": IWAE(16),
+        "iwae S=16": IWAE(16, dreg=False),
         "iwae S=16 dreg": IWAE(16, dreg=True),
         "chi2 S=16": ChiSquare(16),
         "reverse_kl S=16 no STL": vt.ReverseKL(16, stick_the_landing=False),

@@ -58,7 +58,7 @@ def at_one_key():
     @jax.jit
     def run(key, off, exact):
         return {
-            "iwae": loss_and_grad(IWAE(num_draws=16), key, off, family, target),
+            "iwae": loss_and_grad(IWAE(num_draws=16, dreg=False), key, off, family, target),
             "renyi0": loss_and_grad(RenyiAlpha(alpha=0.0, num_draws=16), key, off, family, target),
             "dreg": loss_and_grad(IWAE(16, dreg=True), key, off, family, target),
             "dreg_exact": loss_and_grad(IWAE(16, dreg=True), key, exact, family, target),
@@ -95,7 +95,7 @@ def gradients_over_keys():
             one = jax.grad(lambda p, k: objective.loss(k, p, family, target)[0])
             return flat(jax.vmap(one, in_axes=(None, 0))(params, keys))
 
-        return grads(IWAE(16)), grads(IWAE(16, dreg=True))
+        return grads(IWAE(16, dreg=False)), grads(IWAE(16, dreg=True))
 
     return tuple(np.asarray(g) for g in both(params, keys))
 
@@ -142,7 +142,7 @@ def test_model_param_gradients_are_the_plain_importance_weighted_ones():
             loss = lambda mp: objective.loss(key, params, family, target.with_model_params(mp))[0]  # noqa: E731
             return jax.grad(loss)(model_params)
 
-        objectives = (IWAE(16, dreg=True), IWAE(16), ChiSquare(16), ForwardKL(16, defensive=0.0))
+        objectives = (IWAE(16, dreg=True), IWAE(16, dreg=False), ChiSquare(16), ForwardKL(16, defensive=0.0))
         return [theta_grad(objective) for objective in objectives]
 
     dreg, plain, chi2, forward = theta_grads(target.model_params)
@@ -357,3 +357,16 @@ def test_objectives_are_static_pytrees_accepted_by_get_objective():
 def test_bad_arguments_raise_naming_them(build, error, match):
     with pytest.raises(error, match=match):
         build()
+
+
+def test_dreg_refuses_a_mixture_with_the_way_out():
+    """A mixture's draws are stratified by component, not reparameterized: DReG says to use SIWAE."""
+    from vitools.families.mixture import GaussianMixture
+
+    target = vt.Target.from_log_density(lambda z: -0.5 * jnp.sum(z**2), 2)
+    family = GaussianMixture(2)
+    params = family.init(jax.random.PRNGKey(0), target, jnp.zeros(2), jnp.eye(2))
+    with pytest.raises(ValueError, match=r"IWAE\(dreg=False\)"):
+        IWAE(4).loss(jax.random.PRNGKey(1), params, family, target)
+    loss, _ = IWAE(4, dreg=False).loss(jax.random.PRNGKey(1), params, family, target)
+    assert np.isfinite(float(loss))

@@ -10,9 +10,11 @@ from vitools.cache import enable_compilation_cache
 from vitools.comparison import compare
 from vitools.convert import to_datatree, to_datatrees
 from vitools.diagnostics import Diagnostics, diagnose
-from vitools.families import IAF, AutoGuideFamily, FullRank, GaussianMixture, LowRank, MeanField
+from vitools.families import IAF, AutoGuideFamily, Coupling, FullRank, GaussianMixture, LowRank, MeanField
 from vitools.fitting import fit
 from vitools.objectives import (
+    IWAE,
+    ChiSquare,
     ForwardKL,
     ForwardKLFromDraws,
     Hybrid,
@@ -35,6 +37,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AutoGuideFamily",
+    "ChiSquare",
+    "Coupling",
     "Diagnostics",
     "Fit",
     "ForwardKL",
@@ -43,6 +47,7 @@ __all__ = [
     "GaussianMixture",
     "Hybrid",
     "IAF",
+    "IWAE",
     "LowRank",
     "MarkovianScoreClimbing",
     "MeanField",

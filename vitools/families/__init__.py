@@ -3,6 +3,7 @@
 from vitools import validate
 from vitools.families.autoguide import AutoGuideFamily, GuideParams
 from vitools.families.base import Family, FamilyHooks, draw_many, family_hooks
+from vitools.families.coupling import Coupling, CouplingParams
 from vitools.families.flow import IAF, IAFParams
 from vitools.families.gaussian import FullRank, LowRank, MeanField
 from vitools.families.mixture import GaussianMixture, MixtureParams
@@ -12,10 +13,13 @@ FAMILIES = {
     "fullrank": FullRank,
     "lowrank": LowRank,
     "iaf": IAF,
+    "coupling": Coupling,
     "mixture": GaussianMixture,
 }
 
 __all__ = [
+    "Coupling",
+    "CouplingParams",
     "AutoGuideFamily",
     "FAMILIES",
     "Family",
@@ -36,7 +40,7 @@ __all__ = [
 
 def get_family(family: "str | Family") -> Family:
     """A family from its name (a key of :data:`FAMILIES`: ``"meanfield"``, ``"fullrank"``,
-    ``"lowrank"``, ``"iaf"``, ``"mixture"``...) or itself.
+    ``"lowrank"``, ``"iaf"``, ``"coupling"``, ``"mixture"``...) or itself.
 
     A NumPyro ``AutoContinuous`` guide is wrapped in :class:`AutoGuideFamily`.
 

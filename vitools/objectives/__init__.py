@@ -9,6 +9,7 @@ from vitools.objectives.base import (
     objective_hooks,
     weighted_cross_entropy,
 )
+from vitools.objectives.bounds import IWAE, ChiSquare
 from vitools.objectives.forward_kl import ForwardKL, ForwardKLFromDraws, draws_to_flat
 from vitools.objectives.reverse_kl import RenyiAlpha, ReverseKL
 from vitools.objectives.score_climbing import MarkovianScoreClimbing
@@ -17,11 +18,15 @@ OBJECTIVES = {
     "reverse_kl": ReverseKL,
     "forward_kl": ForwardKL,
     "renyi": RenyiAlpha,
+    "iwae": IWAE,
+    "chi2": ChiSquare,
     "hybrid": Hybrid,
     "msc": MarkovianScoreClimbing,
 }
 
 __all__ = [
+    "ChiSquare",
+    "IWAE",
     "OBJECTIVES",
     "ForwardKL",
     "ForwardKLFromDraws",
@@ -41,7 +46,7 @@ __all__ = [
 
 def get_objective(objective: "str | Objective") -> Objective:
     """An objective from its name (a key of :data:`OBJECTIVES`: ``"reverse_kl"``, ``"forward_kl"``,
-    ``"renyi"``, ``"hybrid"``, ``"msc"``...) or itself.
+    ``"renyi"``, ``"iwae"``, ``"chi2"``, ``"hybrid"``, ``"msc"``...) or itself.
 
     Raises:
         ValueError: an unknown name.

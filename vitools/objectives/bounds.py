@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vitools import validate
-from vitools.families.base import draw_many
+from vitools.families.base import draw_many, family_hooks
 from vitools.objectives.base import importance_info, weighted_cross_entropy
 from vitools.objectives.forward_kl import ForwardKL
 from vitools.objectives.reverse_kl import _log_weights
@@ -69,7 +69,7 @@ class IWAE:
     is not. Full-rank fits of a correlated 3-D Gaussian from N(0, I), 1000 steps, seeds 0-2:
     plain IWAE left the mean off by 0.23-0.27 (S = 4) and 0.15-0.45 (S = 16) and the covariance
     by up to 0.42 and 1.65; with ``dreg``, 0.006 and 0.011-0.025; ``ReverseKL`` without STL
-    (S = 16) 0.016-0.036 (measured, benchmarks/bench_bounds.py). Prefer ``dreg=True`` for q.
+    (S = 16) 0.016-0.036 (measured, benchmarks/bench_bounds.py). Hence ``dreg=True`` by default.
 
     With ``dreg`` the gradient in q's parameters φ is the doubly-reparameterized one (Tucker,
     Lawson, Gu & Maddison 2019):
@@ -94,18 +94,20 @@ class IWAE:
 
     Args:
         num_draws: draws per step (S), a positive integer (NumPy integers too).
-        dreg: use the doubly-reparameterized gradient, True or False.
+        dreg: use the doubly-reparameterized gradient (default), True or False. A mixture family
+            (draws that are not reparameterized, stratified instead) needs ``dreg=False``: plain
+            IWAE on its stratified draws is SIWAE (Morningstar et al. 2021).
 
     Raises:
         ValueError: ``num_draws`` is not a positive integer.
         TypeError: ``dreg`` is not a bool.
 
     Example:
-        >>> fit = vt.fit(model, objective=IWAE(num_draws=32, dreg=True))
+        >>> fit = vt.fit(model, objective=IWAE(num_draws=32))
     """
 
     num_draws: int = dataclasses.field(default=16, metadata=dict(static=True))
-    dreg: bool = dataclasses.field(default=False, metadata=dict(static=True))
+    dreg: bool = dataclasses.field(default=True, metadata=dict(static=True))
     name: str = dataclasses.field(default="iwae", metadata=dict(static=True))
 
     def __post_init__(self):
@@ -119,6 +121,13 @@ class IWAE:
         if not self.dreg:
             log_weights = _log_weights(key, params, family, target, self.num_draws, False)
             return -_log_mean_exp(log_weights), importance_info(log_weights)
+        if family_hooks(family).stratified_draws is not None:
+            raise validate.ArgumentValueError(
+                f"IWAE(dreg=True) differentiates through q's draws, which family {family.name!r} draws "
+                "by component (stratified), not by reparameterization: use IWAE(dreg=False), the "
+                "stratified bound (SIWAE), or ForwardKL",
+                "objective",
+            )
         has_model_params = bool(target.param_sites)
         # q's path: θ stopped, so the θ-gradient comes only from the term below, with weights w̄.
         path_target = jax.lax.stop_gradient(target) if has_model_params else target
