@@ -55,6 +55,7 @@ def rows_for(name: str) -> list[tuple]:
             seconds[label] = time.perf_counter() - tic  # compile included, as a user waits for it
         table = compare(fits, reference=reference)
         resampled = fits["pathfinder x4"].sample(NUM_RESAMPLED, seed=1, resample="psis")
+        resampled = {site: resampled[site] for site in fits["pathfinder x4"].target.site_names}  # latent
         psis_w1 = compare({"psis": vt.to_datatree(resampled)}, reference=reference).loc["psis", "w1"]
     rows = []
     for label, fit in fits.items():
@@ -79,6 +80,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default=",".join(list_models()))
     parser.add_argument("--skip", default="")
+    parser.add_argument("--out", default="pathfinder.md", help="file name in benchmarks/results")
     args = parser.parse_args()
     skipped = [m for m in args.skip.split(",") if m]
     names = [m for m in args.models.split(",") if m and m not in skipped]
@@ -107,12 +109,12 @@ def main() -> None:
         except Exception as err:  # a model that fails is a row, not the end of the run
             rows.append((name, None, f"failed: {type(err).__name__}: {err}"[:120], *[None] * 6))
         print(f"{name}: {time.perf_counter() - tic:.0f} s", flush=True)
-        write_text("pathfinder.md", "\n".join(intro) + "\n" + markdown_table(HEADER, rows))
+        write_text(args.out, "\n".join(intro) + "\n" + markdown_table(HEADER, rows))
         PROGRAMS.clear()  # many models in one process: release their compiled programs
         pathfinder_module._PROGRAMS.clear()
         jax.clear_caches()
     summary = _summary(rows)
-    write_text("pathfinder.md", "\n".join(intro) + "\n" + markdown_table(HEADER, rows) + "\n\n" + summary)
+    write_text(args.out, "\n".join(intro) + "\n" + markdown_table(HEADER, rows) + "\n\n" + summary)
 
 
 def _summary(rows: list[tuple]) -> str:
