@@ -284,10 +284,15 @@ def test_fitting_commands_keep_compiled_programs_on_disk(capsys, monkeypatch):
 
 
 def test_the_cache_goes_where_vitools_cache_dir_says(capsys):
-    # conftest points VITOOLS_CACHE_DIR at a throw-away folder; the earlier `fit` tests already
-    # enabled the cache in this process if they ran, and a second call keeps the same setting.
-    assert main(["fit", "bimodal", "--num-steps", "10", "--num-draws", "100", "--quiet"]) == 0
-    assert jax.config.jax_compilation_cache_dir == os.environ["VITOOLS_CACHE_DIR"]
+    # conftest points VITOOLS_CACHE_DIR at a throw-away folder and turns the cache on there for the
+    # suite: unset here, so that it is the command that sets it.
+    before = jax.config.jax_compilation_cache_dir
+    jax.config.update("jax_compilation_cache_dir", None)
+    try:
+        assert main(["fit", "bimodal", "--num-steps", "10", "--num-draws", "100", "--quiet"]) == 0
+        assert jax.config.jax_compilation_cache_dir == os.environ["VITOOLS_CACHE_DIR"]
+    finally:
+        jax.config.update("jax_compilation_cache_dir", before)
 
 
 def test_the_demo_ends_on_which_fit_to_trust(compare_run):

@@ -147,7 +147,9 @@ class BatchAndMatch:
     against 0.040-0.071. But far from it q's covariance first shrinks to the local curvature
     and the mean then moves by steps that need λ >> 1: from NumPyro's simple start on logistic
     regression (B = 16), w1 was 0.050 after 80 steps and 0.043 after 320 at 1, still 2.85 and
-    2.80 at 0.1 (measured). So the default is the paper's.
+    2.80 at 0.1 (measured); on radon from vt.fit's (float32) Laplace start, w1 0.76-1.25, it
+    was still 0.64-0.68 after 640 steps at 0.1 while 1 reached 0.11-0.14 by step 320-640
+    (benchmarks/results/score.md). So the default is the paper's.
     On a Gaussian target the target is a fixed point of every batch's update (for any λ),
     so there is no noise floor; a constant λ converges geometrically there, the decaying one
     more slowly once λ_t < 1.
