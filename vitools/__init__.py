@@ -14,6 +14,7 @@ from vitools.families import IAF, AutoGuideFamily, Coupling, FullRank, GaussianM
 from vitools.fitting import fit
 from vitools.objectives import (
     IWAE,
+    BatchAndMatch,
     ChiSquare,
     ForwardKL,
     ForwardKLFromDraws,
@@ -23,6 +24,7 @@ from vitools.objectives import (
     ReverseKL,
     weighted_cross_entropy,
 )
+from vitools.pathfinder import Pathfinder, pathfinder
 from vitools.persist import load, save
 from vitools.predictive import add_predictive, loo
 from vitools.report import report
@@ -37,6 +39,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AutoGuideFamily",
+    "BatchAndMatch",
     "ChiSquare",
     "Coupling",
     "Diagnostics",
@@ -52,6 +55,7 @@ __all__ = [
     "MarkovianScoreClimbing",
     "MeanField",
     "NonFiniteLossError",
+    "Pathfinder",
     "RenyiAlpha",
     "ReverseKL",
     "Target",
@@ -64,6 +68,7 @@ __all__ = [
     "format_table",
     "load",
     "loo",
+    "pathfinder",
     "report",
     "save",
     "summary",

@@ -25,6 +25,7 @@ DEFAULT_MODEL = "banana"
 DEFAULT_OBJECTIVES = "reverse_kl,forward_kl"
 DEMO_OBJECTIVES, DEMO_FAMILIES = "forward_kl", "fullrank,iaf"
 FROM_DRAWS = "forward_kl_draws"  # the objective name for vt.ForwardKLFromDraws on the reference's draws
+PATHFINDER = "pathfinder"  # vt.pathfinder (4 paths), fitted once whatever the families
 MIN_DRAWS = 25  # PSIS needs at least this many draws (vitools.importance.MIN_PSIS_DRAWS)
 
 DESCRIPTION = """\
@@ -94,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument(
         "--objective",
         default="reverse_kl",
-        help="reverse_kl, forward_kl, renyi or forward_kl_draws (default: %(default)s)",
+        help=f"{_objective_names()} (default: %(default)s)",
     )
     fit.add_argument(
         "--out",
@@ -213,13 +214,21 @@ def _add_fit_options(parser: argparse.ArgumentParser, several: bool = True) -> N
     )
 
 
+def _objective_names() -> str:
+    from vitools.objectives import OBJECTIVES
+
+    return (
+        f"{', '.join(OBJECTIVES)}, {FROM_DRAWS} (forward KL from the reference's draws), "
+        f"{PATHFINDER} (Pathfinder, 4 paths; one fit whatever the families)"
+    )
+
+
 def _add_compare_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--objectives",
         default=DEFAULT_OBJECTIVES,
         metavar="LIST",
-        help="comma-separated: reverse_kl, forward_kl, renyi, forward_kl_draws (forward KL from the "
-        "reference's draws) (default: %(default)s)",
+        help=f"comma-separated: {_objective_names()} (default: %(default)s)",
     )
     parser.add_argument(
         "--out", default=None, metavar="DIR", help="report folder (default: vitools-report/MODEL)"
@@ -261,7 +270,7 @@ def _checked(args: argparse.Namespace) -> argparse.Namespace:
                 "--data is for a model from a file (file.py:function)", "--data"
             )
         args.zoo = validate.option(get_model, args.model, "MODEL")
-    objectives = [*OBJECTIVES, FROM_DRAWS]
+    objectives = [*OBJECTIVES, FROM_DRAWS, PATHFINDER]
     args.families = _names(args.family, "--family", list(FAMILIES))
     validate.count(args.num_steps, "--num-steps")
     validate.count(args.num_draws, "--num-draws", minimum=MIN_DRAWS)

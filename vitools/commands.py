@@ -14,6 +14,7 @@ import textwrap
 import time
 from typing import Any
 
+from vitools import validate
 from vitools.tables import TEXT_WIDTH  # the terminal width the table is laid out for
 
 __all__ = [
@@ -36,7 +37,8 @@ def fit_one(
     """``vt.fit`` of ``args.zoo`` with the command's settings; a non-finite loss warns, not raises.
 
     ``objective`` "forward_kl_draws" is :class:`vitools.ForwardKLFromDraws` on ``reference`` (a
-    DataTree of posterior draws).
+    DataTree of posterior draws); "pathfinder" is :func:`vitools.pathfinder` with 4 paths (the
+    family is then a mixture of the paths' Gaussians, ``family`` unused).
 
     Raises:
         KeyboardInterrupt: Ctrl-C stopped the fit (the engine catches it and returns the fit so far,
@@ -44,9 +46,13 @@ def fit_one(
             :func:`vitools.cli.main` exits 130.
     """
     import vitools as vt
-    from vitools.cli import FROM_DRAWS
+    from vitools.cli import FROM_DRAWS, PATHFINDER
 
     zoo = args.zoo
+    if objective == PATHFINDER:  # Stan's default of 4 paths, resampled across paths by PSIS
+        return vt.pathfinder(
+            zoo.model, *zoo.args, num_paths=4, seed=args.seed, progress=not args.quiet, **zoo.kwargs
+        )
     chosen: Any = vt.ForwardKLFromDraws(reference) if objective == FROM_DRAWS else objective
     fit = vt.fit(
         zoo.model,
@@ -195,6 +201,7 @@ def run_compare(args: argparse.Namespace) -> int:
     fit ends the command there (:func:`fit_one` raises KeyboardInterrupt): no later fit starts and
     no report is written from the fits done so far.
     """
+    from vitools.cli import PATHFINDER
     from vitools.report import report
     from vitools.tables import format_table
 
@@ -202,13 +209,22 @@ def run_compare(args: argparse.Namespace) -> int:
     zoo = args.zoo
     say(f"vitools {args.command} {zoo.name}: {zoo.description}")
     reference, source, nuts = reference_for(args, say)
-    fits = {}
+    fits, refused = {}, []
     for objective in args.objectives:
-        for family in args.families:
-            fit = fit_one(args, objective, family, reference)
+        for family in args.families[:1] if objective == PATHFINDER else args.families:
+            try:
+                fit = fit_one(args, objective, family, reference)
+            except validate.ArgumentError as err:  # e.g. batch-and-match with a flow: say so, go on
+                refused.append(f"{objective}/{family} not fitted: {err}")
+                say(refused[-1])
+                continue
             fits[fit.name] = fit
+    if not fits:
+        raise validate.ArgumentValueError(
+            "no objective/family combination could be fitted: " + "; ".join(refused), "--objectives"
+        )
     rows = {**fits, "NUTS": nuts} if nuts is not None else dict(fits)
-    notes = [f"model `{zoo.name}`: {zoo.description}", f"reference: {source}"]
+    notes = [f"model `{zoo.name}`: {zoo.description}", f"reference: {source}", *refused]
     if nuts is not None:  # kept, so the next run can use it: --reference DIR/nuts.nc
         nuts.to_netcdf(args.out / "nuts.nc", engine="h5netcdf")
         notes.append(f"NUTS draws saved: `{args.out / 'nuts.nc'}` (use it as --reference next time)")

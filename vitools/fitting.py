@@ -56,9 +56,13 @@ def fit(
             NumPy or pandas values, dicts of data, Python numbers (see :meth:`Target.from_model`).
         model_kwargs: the model's keyword arguments as a dict, for those whose names are also
             options of ``vt.fit`` (``init``, ``family``, ``seed``...); merged with ``**kwargs``.
-        objective: ``"reverse_kl"``, ``"forward_kl"``, ``"renyi"`` or an Objective object.
-        family: ``"meanfield"``, ``"fullrank"``, ``"lowrank"``, ``"iaf"`` (a normalizing flow,
-            for curved posteriors such as funnels), a Family, or a NumPyro ``AutoContinuous`` guide.
+        objective: a name of :data:`vitools.objectives.OBJECTIVES` (``"reverse_kl"``,
+            ``"forward_kl"``, ``"renyi"``, ``"iwae"``, ``"chi2"``, ``"hybrid"``, ``"msc"``,
+            ``"batch_and_match"``) or an Objective object. (Pathfinder is :func:`vitools.pathfinder`.)
+        family: a name of :data:`vitools.families.FAMILIES` (``"meanfield"``, ``"fullrank"``,
+            ``"lowrank"``, ``"iaf"`` and ``"coupling"`` (normalizing flows, for curved posteriors
+            such as funnels), ``"mixture"`` (K Gaussians, for several modes, with forward KL)), a
+            Family, or a NumPyro ``AutoContinuous`` guide.
         num_steps: the budget: at most this many optimisation steps (the learning-rate schedule
             spans it, so an early stop leaves part of the decay unused).
         seed: the one seed of the run (initialisation and every step): same seed, same result.
@@ -135,6 +139,8 @@ def fit(
     target = model if isinstance(model, Target) else Target.from_model(model, *model_args, **kwargs)
 
     hooks = objective_hooks(objective)
+    if hooks.check_family is not None:  # before the start: a refusal compiles nothing
+        hooks.check_family(family)
     if hooks.resolve is not None:  # what depends on the target, worked out once and checked early
         objective = hooks.resolve(target)
     num_density_evals = objective.num_density_evals(target.dim)

@@ -12,6 +12,7 @@ from vitools.objectives.base import (
 from vitools.objectives.bounds import IWAE, ChiSquare
 from vitools.objectives.forward_kl import ForwardKL, ForwardKLFromDraws, draws_to_flat
 from vitools.objectives.reverse_kl import RenyiAlpha, ReverseKL
+from vitools.objectives.score import BatchAndMatch
 from vitools.objectives.score_climbing import MarkovianScoreClimbing
 
 OBJECTIVES = {
@@ -22,9 +23,11 @@ OBJECTIVES = {
     "chi2": ChiSquare,
     "hybrid": Hybrid,
     "msc": MarkovianScoreClimbing,
+    "batch_and_match": BatchAndMatch,
 }
 
 __all__ = [
+    "BatchAndMatch",
     "ChiSquare",
     "IWAE",
     "OBJECTIVES",
@@ -46,7 +49,7 @@ __all__ = [
 
 def get_objective(objective: "str | Objective") -> Objective:
     """An objective from its name (a key of :data:`OBJECTIVES`: ``"reverse_kl"``, ``"forward_kl"``,
-    ``"renyi"``, ``"iwae"``, ``"chi2"``, ``"hybrid"``, ``"msc"``...) or itself.
+    ``"renyi"``, ``"iwae"``, ``"chi2"``, ``"hybrid"``, ``"msc"``, ``"batch_and_match"``) or itself.
 
     Raises:
         ValueError: an unknown name.

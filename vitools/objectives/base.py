@@ -50,6 +50,9 @@ class ObjectiveHooks(NamedTuple):
             target worked out once (defaults that depend on the dimension, given draws mapped
             to the flat space), for speed and early errors; ``vt.fit`` calls it before
             compiling. None: nothing to resolve.
+        check_family: ``(family) -> None``, raising :class:`vitools.validate.ArgumentError` for a
+            family the objective cannot fit (batch-and-match: full-rank Gaussians only); ``vt.fit``
+            calls it before anything is traced or compiled. None: every family.
         init_state: ``(key, params, family, target) -> state``, a pytree of arrays the objective
             carries from step to step in the loop's state (Markovian score climbing's retained
             draw). None: the objective keeps no state (``()``).
@@ -68,6 +71,7 @@ class ObjectiveHooks(NamedTuple):
     mass_covering: bool = False
     default_learning_rate: Callable[[int], float] | None = None
     resolve: Callable[[Target], Objective] | None = None
+    check_family: Callable[[Family], None] | None = None
     init_state: Callable[..., Any] | None = None
     stateful_loss: Callable[..., tuple[jax.Array, dict[str, jax.Array], Any]] | None = None
     update: Callable[..., tuple[Any, jax.Array, dict[str, jax.Array], Any]] | None = None

@@ -205,8 +205,12 @@ class BatchAndMatch:
             )
         return self
 
+    def check_family(self, family: Family) -> None:
+        """Refuse any family but :class:`~vitools.FullRank` (``vt.fit`` calls this first)."""
+        _check_family(family)
+
     def init_state(self, key: jax.Array, params: Any, family: Family, target: Target) -> BatchAndMatchState:
-        """``step = 0``; checks the family first (``vt.fit`` calls this before compiling the loop)."""
+        """``step = 0``; checks the family first (for callers of the loop other than ``vt.fit``)."""
         _check_family(family)
         return BatchAndMatchState(jnp.zeros((), jnp.int32))
 
