@@ -37,6 +37,21 @@ FAMILIES = ("meanfield", "fullrank", "lowrank", "iaf")
 # stochastic_volatility).
 IAF_MAX_DIM = 30
 DEFAULT_CONFIG = ("reverse_kl", "fullrank")
+# Issue 13's objectives and families, at the default budget only (one fit each, 3 sets of draws):
+# each new objective with the full-rank Gaussian (batch-and-match fits nothing else), the new
+# families with the objective they suit (forward KL; the coupling flow in both directions), and
+# Pathfinder with 4 paths (vt.pathfinder; its "budget" is its own L-BFGS run).
+BREADTH_CONFIGS = (
+    ("iwae", "fullrank"),
+    ("chi2", "fullrank"),
+    ("hybrid", "fullrank"),
+    ("msc", "fullrank"),
+    ("batch_and_match", "fullrank"),
+    ("forward_kl", "coupling"),
+    ("reverse_kl", "coupling"),
+    ("forward_kl", "mixture"),
+    ("pathfinder", "mixture"),
+)
 NUM_DRAWS = 2000  # draws of each q for the distances and k-hat
 NOISE_SEEDS = 3  # at the default budget, w1 is averaged over this many sets of draws (and its noise)
 # The fits the targets compare (vitools' reverse KL fullrank and meanfield, every SVI row) are
@@ -58,17 +73,22 @@ def fit_vitools(zoo, objective: str, family: str, steps: int, seed: int = 0) -> 
     try:
         with warnings.catch_warnings(record=True) as record:
             warnings.simplefilter("always")
-            fit = vt.fit(
-                zoo.model,
-                *zoo.args,
-                objective=objective,
-                family=family,
-                num_steps=steps,
-                seed=seed,
-                progress=False,
-                on_nonfinite="warn",
-                **zoo.kwargs,
-            )
+            if objective == "pathfinder":
+                fit = vt.pathfinder(
+                    zoo.model, *zoo.args, num_paths=4, seed=seed, progress=False, **zoo.kwargs
+                )
+            else:
+                fit = vt.fit(
+                    zoo.model,
+                    *zoo.args,
+                    objective=objective,
+                    family=family,
+                    num_steps=steps,
+                    seed=seed,
+                    progress=False,
+                    on_nonfinite="warn",
+                    **zoo.kwargs,
+                )
         caught = sorted({_short_warning(w) for w in record if _short_warning(w)})
     except Exception as err:  # a failing configuration is a result, not a crash
         return None, {"wall_s": time.perf_counter() - start, "status": f"error: {type(err).__name__}: {err}"}
@@ -274,9 +294,10 @@ def run_model(name: str, budgets, svi_rates) -> list[dict]:
         and not (f == "iaf" and target.dim > IAF_MAX_DIM)
     ]
     order = [DEFAULT_STEPS] + [b for b in budgets if b != DEFAULT_STEPS]
+    breadth = [(o, f) for o, f in BREADTH_CONFIGS if not (f == "coupling" and target.dim < 2)]
     default_wall = math.nan
-    for objective, family in configs:
-        for steps in order:
+    for objective, family in configs + breadth:
+        for steps in order if (objective, family) in configs else [DEFAULT_STEPS]:
             fit, info = fit_vitools(zoo, objective, family, steps)
             if (objective, family, steps) == (*DEFAULT_CONFIG, DEFAULT_STEPS):
                 default_wall = info["wall_s"]

@@ -10,6 +10,10 @@ For every zoo model (``vitools.models``):
   loop (``fit.compile_time``, first call of a configuration only) and the rest (tracing the
   model and the default Laplace-path initialisation, with its own compilation on the model's
   first fit).
+- **vitools, issue 13's breadth** (``BREADTH_CONFIGS``): IWAE (DReG), χ²/CUBO, the reverse-to-forward
+  hybrid, Markovian score climbing and batch-and-match with the full-rank family; forward KL with
+  the coupling flow and the Gaussian mixture, reverse KL with the coupling flow; ``vt.pathfinder``
+  with 4 paths. At the default budget only.
 - **NumPyro SVI**: ``AutoNormal`` (~ meanfield) and ``AutoMultivariateNormal`` (~ fullrank) with
   ``Trace_ELBO(num_particles=16)`` (vectorized) and ``optax.adam(lr)`` at constant rate, the same
   number of steps as vitools, hence the same number of gradient evaluations as vitools' reverse
