@@ -19,12 +19,13 @@ candidates.
 Several paths (``num_paths > 1``) start from independent uniform(-2, 2) points in the
 unconstrained space (Stan's and NumPyro's ``init_to_uniform``; the first path starts from
 NumPyro's initial point, as the init does). q is then the mixture of the paths' Gaussians
-(:class:`vitools.families.mixture.GaussianMixture`), each weighted by its path's importance
-weight: ``logits[k] = log Ẑ_k = logmeanexp(log π(z) - log q_k(z))`` over ``num_draws`` draws of
-path k's Gaussian, the estimate of the evidence that Gaussian sees (unbiased in Ẑ_k, biased
-low in log Ẑ_k; a path whose draws are all outside the support gets weight 0). Two paths that
-found the same mode both keep it, so q over-weights a mode more paths found;
-``fit.sample(num_draws, resample="psis")`` corrects that: draws of the mixture resampled by their
+(:class:`vitools.families.mixture.GaussianMixture`). Each path's evidence estimate
+``log Ẑ_k = logmeanexp(log π(z) - log q_k(z))`` over ``num_draws`` draws of its Gaussian marks a
+path whose draws all fall outside the support (weight 0); the weights themselves come from one
+importance-weighted EM step over the pooled draws (:func:`_mixture_logits`), so that paths which
+found the same mode share its mass instead of each claiming all of it (weighting by Ẑ_k gave a
+mode 3 of 4 paths found 3/4 of q; measured on bimodal, W1 0.42). Beyond what q gets right,
+``fit.sample(num_draws, resample="psis")`` corrects the rest: draws of the mixture resampled by their
 PSIS-smoothed weights π(z) / q(z), the paper's importance resampling across paths (with the
 mixture's density as the proposal, not each draw's own path's; Vehtari et al. 2024 for PSIS).
 ``fit.sample`` without ``resample`` returns q's own draws, because ``vt.diagnose`` needs q's
@@ -35,6 +36,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import sys
 import time
 from collections.abc import Callable
@@ -300,7 +302,7 @@ def pathfinder(
             FullRank().init(None, target, paths.loc[0], paths.scale_tril[0]),
             record,
         )
-    return _mixture_fit(target, objective, paths, record)
+    return _mixture_fit(target, objective, paths, record, jax.random.fold_in(run_key, 1))
 
 
 def _fit(target: Target, family: Any, objective: Pathfinder, params: Any, record: dict[str, Any]) -> Fit:
@@ -308,20 +310,64 @@ def _fit(target: Target, family: Any, objective: Pathfinder, params: Any, record
     return Fit(target, family, objective, params, empty, {"loss": empty}, **record)
 
 
-def _mixture_fit(target: Target, objective: Pathfinder, paths: PathResult, record: dict[str, Any]) -> Fit:
-    """q = Σ_k softmax(log Ẑ)_k N(loc_k, scale_tril_k scale_tril_kᵀ) (:class:`GaussianMixture`).
-    A path without a finite Gaussian keeps the first good path's in its slot, at weight 0."""
+def _mixture_fit(
+    target: Target, objective: Pathfinder, paths: PathResult, record: dict[str, Any], key: jax.Array
+) -> Fit:
+    """q = Σ_k π_k N(loc_k, scale_tril_k scale_tril_kᵀ) (:class:`GaussianMixture`), π from
+    :func:`_mixture_logits`. A path without a finite Gaussian keeps the first good path's in its
+    slot, at weight 0."""
     found = np.isfinite(paths.elbo)
     first = int(np.argmax(found))
     loc = np.where(found[:, None], paths.loc, paths.loc[first])
     scale_tril = np.where(found[:, None, None], paths.scale_tril, paths.scale_tril[first])
-    logits = np.where(found & ~np.isnan(paths.log_evidence), paths.log_evidence, -np.inf)
-    if not np.isfinite(logits).any():
+    usable = found & np.isfinite(paths.log_evidence)
+    if not usable.any():
         raise FloatingPointError(
             "pathfinder: every path's Gaussian put all its draws where the log density is -inf or "
             "NaN (no importance weight); check the model's support, or try more paths"
         )
+    logits = _mixture_logits(target, jnp.asarray(loc), jnp.asarray(scale_tril), jnp.asarray(usable), key,
+                             objective.num_draws)  # fmt: skip
+    record = {**record, "num_grad_evals": record["num_grad_evals"] + int(usable.sum()) * objective.num_draws}
     family = GaussianMixture(objective.num_paths)
     raw_tril = jax.vmap(lambda m, s: FullRank().init(None, target, m, s).raw_tril)(loc, scale_tril)
     params = MixtureParams(jnp.asarray(logits), jnp.asarray(loc), raw_tril)
     return _fit(target, family, objective, params, record)
+
+
+@functools.partial(jax.jit, static_argnums=(5,))
+def _mixture_logits(target, loc, scale_tril, usable, key, num_draws: int) -> jax.Array:
+    r"""The mixture's log weights by one importance-weighted EM step from equal weights:
+    :math:`\pi_k \propto \sum_i w_i\, r_{ik}`, over ``num_draws`` draws of each usable path's Gaussian
+    (a stratified sample of the equal-weight mixture :math:`ar q`), :math:`w_i = \pi(z_i)/ar
+    q(z_i)`, :math:`r_{ik} = q_k(z_i) / (K ar q(z_i))` the component's responsibility.
+
+    Each path's own evidence :math:`\hat Z_k` would weight every path by the mass of the mode it
+    found, so a mode that 3 of 4 paths found got 3/4 of q (bimodal, 4 paths: W1 0.42 to the
+    reference, measured); here paths that share a mode share its mass, and with exact components
+    :math:`\pi` is exact (3 paths on mode A of mass 1/2: 1/6 each; the fourth, on B: 1/2).
+    Unusable paths get weight 0 (log weight -inf).
+    """
+    num, dim = loc.shape
+    eps = jax.random.normal(key, (num, num_draws, dim), loc.dtype)
+    draws = (loc[:, None, :] + jnp.einsum("kij,knj->kni", scale_tril, eps)).reshape(-1, dim)
+
+    def component_log_q(m, s):
+        return jax.vmap(lambda z: _gaussian_log_pdf(z, m, s))(draws)
+
+    log_components = jnp.where(usable[:, None], jax.vmap(component_log_q)(loc, scale_tril), -jnp.inf)
+    log_count = jnp.log(jnp.sum(usable))
+    log_q = jax.nn.logsumexp(log_components, axis=0) - log_count  # the equal-weight mixture
+    log_p = jax.lax.map(target.log_density, draws, batch_size=1000)
+    from_usable = jnp.repeat(usable, num_draws)
+    log_w = jnp.where(from_usable & jnp.isfinite(log_p), log_p - log_q, -jnp.inf)
+    log_resp = log_components - log_count - log_q[None, :]
+    logits = jax.nn.logsumexp(log_w[None, :] + log_resp, axis=1)
+    return logits - jax.nn.logsumexp(logits)
+
+
+def _gaussian_log_pdf(z, loc, scale_tril):
+    """log N(z; loc, L Lᵀ) for one point."""
+    white = jax.scipy.linalg.solve_triangular(scale_tril, z - loc, lower=True)
+    half_log_det = jnp.sum(jnp.log(jnp.diagonal(scale_tril)))
+    return -0.5 * jnp.sum(white**2) - half_log_det - 0.5 * loc.shape[0] * jnp.log(2 * jnp.pi)
