@@ -123,8 +123,8 @@ def test_help_and_models(capsys):
         (["compare", "nope"], "unknown model 'nope'; known models: bimodal, banana"),
         (
             ["compare", "bimodal", "--objectives", "reverse_kl,bogus"],
-            "--objectives must be one of 'reverse_kl', 'forward_kl', 'renyi', 'forward_kl_draws'; "
-            "got 'bogus'",
+            "--objectives must be one of 'reverse_kl', 'forward_kl', 'renyi', 'iwae', 'chi2', 'hybrid', "
+            "'msc', 'batch_and_match', 'forward_kl_draws', 'pathfinder'; got 'bogus'",
         ),
         (["compare", "bimodal", "--objectives", ","], "--objectives is empty"),
         (["compare", "bimodal", "--family", "diagonal"], "--family must be one of 'meanfield', "),

@@ -209,20 +209,19 @@ def run_compare(args: argparse.Namespace) -> int:
     zoo = args.zoo
     say(f"vitools {args.command} {zoo.name}: {zoo.description}")
     reference, source, nuts = reference_for(args, say)
-    fits, refused = {}, []
+    fits, refused, errors = {}, [], []
     for objective in args.objectives:
         for family in args.families[:1] if objective == PATHFINDER else args.families:
             try:
                 fit = fit_one(args, objective, family, reference)
             except validate.ArgumentError as err:  # e.g. batch-and-match with a flow: say so, go on
                 refused.append(f"{objective}/{family} not fitted: {err}")
+                errors.append(err)
                 say(refused[-1])
                 continue
             fits[fit.name] = fit
-    if not fits:
-        raise validate.ArgumentValueError(
-            "no objective/family combination could be fitted: " + "; ".join(refused), "--objectives"
-        )
+    if not fits:  # nothing to compare: the first refusal is the command's error
+        raise errors[0]
     rows = {**fits, "NUTS": nuts} if nuts is not None else dict(fits)
     notes = [f"model `{zoo.name}`: {zoo.description}", f"reference: {source}", *refused]
     if nuts is not None:  # kept, so the next run can use it: --reference DIR/nuts.nc
