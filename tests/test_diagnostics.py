@@ -95,6 +95,9 @@ def test_verdicts_read_the_khat_interval_against_the_threshold():
     # threshold 0.67 at S = 1000; the interval is k̂ ± 2 sd
     assert verdict(0.2, 1000)[0] == "good" and "finite variance" in verdict(0.2, 1000)[1]
     assert verdict(0.6, 1000, 0.03)[0] == "good" and "infinite variance" in verdict(0.6, 1000, 0.03)[1]
+    # k̂ 0.48 ± 0.08: the interval spans 1/2, so neither claim holds; the reason says "may be"
+    # (a fresh user read "0.48 < 0.70: infinite variance" as a contradiction)
+    assert "may be infinite" in verdict(0.48, 10_000, 0.08)[1]
     assert verdict(0.6, 1000, 0.1)[0] == "uncertain" and "straddles" in verdict(0.6, 1000, 0.1)[1]
     assert verdict(0.9, 1000, 0.1)[0] == "bad" and "0.67" in verdict(0.9, 1000, 0.1)[1]
     assert verdict(0.9, 1000, 0.2)[0] == "uncertain"

@@ -61,7 +61,14 @@ def verdict(khat: float, num_draws: int, khat_se: float = 0.0) -> tuple[str, str
             "or importance-weighted estimates"
         )
     if high <= threshold:
-        weights = "finite variance" if high < 0.5 else "infinite variance, but PSIS estimates are usable"
+        if high < 0.5:
+            weights = "finite variance"
+        elif low >= 0.5:
+            weights = "infinite variance, but PSIS estimates are usable"
+        else:  # the interval spans 1/2, where the variance stops being finite: say no more than that
+            weights = (
+                "a variance that may be infinite (k̂'s interval spans 0.5), but PSIS estimates are usable"
+            )
         return "good", f"{shown} < {threshold:.2f}: importance weights have {weights}"
     return "uncertain", (
         f"{shown} straddles the threshold {threshold:.2f} at S = {num_draws}: more draws "

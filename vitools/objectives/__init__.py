@@ -58,7 +58,9 @@ def get_objective(objective: "str | Objective") -> Objective:
     """
     if isinstance(objective, str):
         if objective not in OBJECTIVES:
-            raise ValueError(f"unknown objective {objective!r}; choose one of {sorted(OBJECTIVES)}")
+            pathfinder = objective == "pathfinder"
+            hint = "; Pathfinder is a method of its own: vt.pathfinder(model, ...)" if pathfinder else ""
+            raise ValueError(f"unknown objective {objective!r}; choose one of {sorted(OBJECTIVES)}{hint}")
         return OBJECTIVES[objective]()
     if isinstance(objective, type) or isinstance(objective, Objective):
         return validate.static_pytree(objective, "objective")
