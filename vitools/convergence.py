@@ -52,7 +52,7 @@ class Convergence(NamedTuple):
 
     def __str__(self) -> str:
         if self.window == 0:
-            return f"not converged (too few finite steps to tell at step {self.step})"
+            return f"too few finite steps to tell at step {self.step}"
         word = "converged" if self.converged else "not converged"
         return (
             f"{word} (loss fell {self.decrease:.3g} ± {self.decrease_se:.2g} nats over steps "

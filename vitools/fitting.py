@@ -25,7 +25,7 @@ from vitools.objectives import Objective, get_objective, objective_hooks
 from vitools.result import Fit, NonFiniteLossError
 from vitools.targets import Target
 
-__all__ = ["default_learning_rate", "fit"]
+__all__ = ["default_learning_rate", "fit", "target_of"]
 
 
 @one_blas_thread
@@ -130,13 +130,7 @@ def fit(
     seed = 0 if seed is None and key is None else seed  # recorded on the Fit (None: a key was given)
     key = validate.seed_or_key(seed, key)  # raises when both are given
     rule = _rule(options["converge"], tol)
-    if model_kwargs is not None and not isinstance(model_kwargs, dict):
-        raise validate.ArgumentTypeError(f"model_kwargs must be a dict, got {type(model_kwargs).__name__}")
-    both = sorted(set(model_kwargs or {}) & set(kwargs))
-    if both:
-        raise validate.ArgumentValueError(f"model argument(s) {both} given in model_kwargs and by name")
-    kwargs = {**(model_kwargs or {}), **kwargs}
-    target = model if isinstance(model, Target) else Target.from_model(model, *model_args, **kwargs)
+    target = target_of(model, model_args, kwargs, model_kwargs)
 
     hooks = objective_hooks(objective)
     if hooks.check_family is not None:  # before the start: a refusal compiles nothing
@@ -234,6 +228,26 @@ def fit(
     alerts.warn_low_ess(result)
     alerts.warn_improper(result, jax.random.fold_in(key, 1))
     return result
+
+
+def target_of(
+    model: Callable | Target, model_args: tuple, kwargs: dict[str, Any], model_kwargs: dict[str, Any] | None
+) -> Target:
+    """The Target of ``model(*model_args, **model_kwargs, **kwargs)`` (a Target is itself), as
+    ``vt.fit`` and ``vt.pathfinder`` take a model's arguments.
+
+    Raises:
+        vitools.validate.ArgumentError: ``model_kwargs`` is not a dict, or names an argument also
+            given by name.
+        TypeError, ValueError: as :meth:`Target.from_model`.
+    """
+    if model_kwargs is not None and not isinstance(model_kwargs, dict):
+        raise validate.ArgumentTypeError(f"model_kwargs must be a dict, got {type(model_kwargs).__name__}")
+    both = sorted(set(model_kwargs or {}) & set(kwargs))
+    if both:
+        raise validate.ArgumentValueError(f"model argument(s) {both} given in model_kwargs and by name")
+    kwargs = {**(model_kwargs or {}), **kwargs}
+    return model if isinstance(model, Target) else Target.from_model(model, *model_args, **kwargs)
 
 
 def default_learning_rate(dim: int) -> float:

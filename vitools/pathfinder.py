@@ -50,6 +50,7 @@ from vitools import alerts, validate
 from vitools.blas import one_blas_thread
 from vitools.families import FullRank
 from vitools.families.mixture import GaussianMixture, MixtureParams
+from vitools.fitting import target_of
 from vitools.laplace import _MAX_ITERS, path_candidates, second_order
 from vitools.result import Fit
 from vitools.targets import Target
@@ -253,13 +254,7 @@ def pathfinder(
         raise validate.ArgumentTypeError(f"progress must be True or False, got {type(progress).__name__}")
     recorded_seed = 0 if seed is None and key is None else seed
     key = validate.seed_or_key(recorded_seed, key)
-    if model_kwargs is not None and not isinstance(model_kwargs, dict):
-        raise validate.ArgumentTypeError(f"model_kwargs must be a dict, got {type(model_kwargs).__name__}")
-    both = sorted(set(model_kwargs or {}) & set(kwargs))
-    if both:
-        raise validate.ArgumentValueError(f"model argument(s) {both} given in model_kwargs and by name")
-    kwargs = {**(model_kwargs or {}), **kwargs}
-    target = model if isinstance(model, Target) else Target.from_model(model, *model_args, **kwargs)
+    target = target_of(model, model_args, kwargs, model_kwargs)
     if target.param_sites:
         names = [name for name, _ in target.param_sites]
         raise validate.ArgumentValueError(

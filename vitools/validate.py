@@ -39,6 +39,7 @@ __all__ = [
     "key",
     "seed",
     "static_pytree",
+    "widths",
 ]
 
 INT32_MAX = 2**31 - 1  # step and draw counts are int32 in the compiled loop and in array shapes
@@ -79,6 +80,25 @@ def count(value: Any, name: str, minimum: int = 1, maximum: int = INT32_MAX) -> 
             name,
         )
     return int(value)
+
+
+def widths(value: Any, name: str, kind: str = "positive integers") -> tuple[int, ...]:
+    """A network's hidden widths: a non-empty sequence of positive integers, as a hashable tuple
+    (so the family holding it stays usable as static configuration).
+
+    Raises:
+        ArgumentValueError: anything else; the message says the option takes ``kind``.
+    """
+    bad = ArgumentValueError(f"{name} must be None or a non-empty sequence of {kind}, got {value!r}", name)
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+        raise bad
+    try:
+        result = tuple(count(entry, f"{name} entry") for entry in value)
+    except ArgumentError:
+        raise bad from None
+    if not result:
+        raise bad
+    return result
 
 
 def finite(value: Any, name: str) -> float:

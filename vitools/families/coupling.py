@@ -27,7 +27,6 @@ structure, which :func:`_structure` rebuilds from the configuration alone.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import equinox as eqx
@@ -42,7 +41,7 @@ from numpyro.distributions.transforms import LowerCholeskyAffine, Transform
 from paramax import Parameterize
 
 from vitools import validate
-from vitools.families.flow import _soft_clip
+from vitools.families.flow import _FlowDistribution, _soft_clip
 from vitools.families.gaussian import FullRank, FullRankParams, _check_whiten
 from vitools.targets import Target
 
@@ -56,11 +55,6 @@ class CouplingParams(NamedTuple):
     # with a leading layer axis; Linear weights stored times their fan-in (see _stored).
     layers: Any
 
-
-_NO_MOMENTS = (
-    "a coupling flow has no closed-form mean or covariance; estimate them from draws, e.g. "
-    "draws = fit.sample_flat(4000); draws.mean(0), numpy.cov(draws, rowvar=False)"
-)
 
 # The spline acts on [-4, 4] of the frame's standard-normal scale (the identity outside: 6e-5 of
 # N(0, 1) mass), with 8 bins, flowjax's and the paper's usual choice.
@@ -193,7 +187,7 @@ class _BijectionTransform(Transform):
         return (self.bijection,), (("bijection",), {})
 
 
-class _CouplingDistribution(dist.TransformedDistribution):
+class _CouplingDistribution(_FlowDistribution):
     """q: base, then the coupling flow, then the affine map. ``log_prob`` inverts each layer and
     reads its log det in the same pass (NumPyro's would redo the forward pass for it)."""
 
@@ -204,14 +198,6 @@ class _CouplingDistribution(dist.TransformedDistribution):
         x = affine.inv(value)
         eps, log_det_inverse = flow.bijection.inverse_and_log_det(x)
         return self.base_dist.log_prob(eps) + log_det_inverse - affine.log_abs_det_jacobian(x, value)
-
-    @property
-    def mean(self):
-        raise NotImplementedError(_NO_MOMENTS)
-
-    @property
-    def variance(self):
-        raise NotImplementedError(_NO_MOMENTS)
 
 
 @jax.tree_util.register_dataclass
@@ -259,19 +245,13 @@ class Coupling:
     def __post_init__(self):
         object.__setattr__(self, "num_layers", validate.count(self.num_layers, "Coupling num_layers"))
         if self.hidden_dims is not None:
-            bad = validate.ArgumentValueError(
-                "Coupling hidden_dims must be None or a non-empty sequence of equal positive integers "
-                f"(flowjax's MLP has one width), got {self.hidden_dims!r}",
-                "Coupling hidden_dims",
-            )
-            if isinstance(self.hidden_dims, (str, bytes)) or not isinstance(self.hidden_dims, Sequence):
-                raise bad
-            try:  # a hashable tuple of ints, so the family stays usable as a static jit argument
-                hidden = tuple(validate.count(h, "Coupling hidden_dims entry") for h in self.hidden_dims)
-            except validate.ArgumentError:
-                raise bad from None
-            if not hidden or len(set(hidden)) > 1:
-                raise bad
+            kind = "equal positive integers (flowjax's MLP has one width)"
+            hidden = validate.widths(self.hidden_dims, "Coupling hidden_dims", kind)
+            if len(set(hidden)) > 1:
+                raise validate.ArgumentValueError(
+                    f"Coupling hidden_dims must be None or a non-empty sequence of {kind}, got {hidden!r}",
+                    "Coupling hidden_dims",
+                )
             object.__setattr__(self, "hidden_dims", hidden)
         validate.choice(self.transformer, "Coupling transformer", ("affine", "spline"))
         _check_whiten(self.whiten, "Coupling whiten")

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -44,13 +43,14 @@ class IAFParams(NamedTuple):
 
 
 _NO_MOMENTS = (
-    "an IAF flow has no closed-form mean or covariance; estimate them from draws, e.g. "
+    "a normalizing flow has no closed-form mean or covariance; estimate them from draws, e.g. "
     "draws = fit.sample_flat(4000); draws.mean(0), numpy.cov(draws, rowvar=False)"
 )
 
 
 class _FlowDistribution(dist.TransformedDistribution):
-    """NumPyro's TransformedDistribution, whose ``mean``/``variance`` raise with a message."""
+    """NumPyro's TransformedDistribution, whose ``mean``/``variance`` raise with a message (the
+    base of both flow families' distributions)."""
 
     @property
     def mean(self):
@@ -122,20 +122,7 @@ class IAF:
     def __post_init__(self):
         object.__setattr__(self, "num_flows", validate.count(self.num_flows, "IAF num_flows"))
         if self.hidden_dims is not None:
-            bad = validate.ArgumentValueError(
-                "IAF hidden_dims must be None or a non-empty sequence of positive integers, got "
-                f"{self.hidden_dims!r}",
-                "IAF hidden_dims",
-            )
-            if isinstance(self.hidden_dims, (str, bytes)) or not isinstance(self.hidden_dims, Sequence):
-                raise bad
-            try:  # a hashable tuple of ints, so the family stays usable as a static jit argument
-                hidden = tuple(validate.count(h, "IAF hidden_dims entry") for h in self.hidden_dims)
-            except validate.ArgumentError:
-                raise bad from None
-            if not hidden:
-                raise bad
-            object.__setattr__(self, "hidden_dims", hidden)
+            object.__setattr__(self, "hidden_dims", validate.widths(self.hidden_dims, "IAF hidden_dims"))
         _check_whiten(self.whiten, "IAF whiten")
 
     def _hidden(self, dim: int) -> tuple[int, ...]:
