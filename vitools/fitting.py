@@ -138,13 +138,9 @@ def fit(
     if hooks.resolve is not None:  # what depends on the target, worked out once and checked early
         objective = hooks.resolve(target)
     num_density_evals = objective.num_density_evals(target.dim)
-    if target.param_sites and num_density_evals == 0:
-        names = [name for name, _ in target.param_sites]
-        raise validate.ArgumentValueError(
-            f"the model has numpyro.param site(s) {names}, which {objective.name} cannot fit: it "
-            "never evaluates the model's density; use 'reverse_kl' or 'forward_kl', or give them priors",
-            "objective",
-        )
+    if num_density_evals == 0:
+        why = "it never evaluates the model's density"
+        validate.no_param_sites(target.param_sites, objective.name, why, "objective")
     init_key, run_key = jax.random.split(key)
     params_key = jax.random.fold_in(run_key, 1)  # whatever a family draws in init (IAF's weights)
     check_distribution(family, params_key, target)  # before the start, so a broken family fails fast

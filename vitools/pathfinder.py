@@ -255,13 +255,7 @@ def pathfinder(
     recorded_seed = 0 if seed is None and key is None else seed
     key = validate.seed_or_key(recorded_seed, key)
     target = target_of(model, model_args, kwargs, model_kwargs)
-    if target.param_sites:
-        names = [name for name, _ in target.param_sites]
-        raise validate.ArgumentValueError(
-            f"the model has numpyro.param site(s) {names}, which pathfinder cannot fit (it fits "
-            "latent sites only); use vt.fit, or give them priors",
-            "model",
-        )
+    validate.no_param_sites(target.param_sites, "pathfinder", "it fits latent sites only", "model")
     alerts.warn_large_init(target.dim)
     start_key, run_key = jax.random.split(key)
     point = target.initial_point

@@ -34,6 +34,7 @@ __all__ = [
     "finite",
     "gaussian",
     "in_range",
+    "no_param_sites",
     "option",
     "positive",
     "key",
@@ -80,6 +81,22 @@ def count(value: Any, name: str, minimum: int = 1, maximum: int = INT32_MAX) -> 
             name,
         )
     return int(value)
+
+
+def no_param_sites(param_sites: Any, method: str, why: str, argument: str) -> None:
+    """Refuse a model with ``numpyro.param`` sites (``Target.param_sites``) for a method that
+    cannot fit them, saying ``why`` and what to do instead.
+
+    Raises:
+        ArgumentValueError: there are such sites; the message names them.
+    """
+    if param_sites:
+        names = [name for name, _ in param_sites]
+        raise ArgumentValueError(
+            f"the model has numpyro.param site(s) {names}, which {method} cannot fit ({why}); use "
+            "'reverse_kl' or 'forward_kl' with vt.fit, or give them priors",
+            argument,
+        )
 
 
 def widths(value: Any, name: str, kind: str = "positive integers") -> tuple[int, ...]:

@@ -8,10 +8,24 @@ from typing import Any, NamedTuple, Protocol, runtime_checkable
 import jax
 import jax.numpy as jnp
 
+from vitools import validate
 from vitools.families.base import Family
 from vitools.targets import Target
 
-__all__ = ["Objective", "ObjectiveHooks", "importance_info", "objective_hooks", "weighted_cross_entropy"]
+__all__ = [
+    "Objective",
+    "ObjectiveHooks",
+    "SNIS_ONE_DRAW",
+    "at_least_two_draws",
+    "importance_info",
+    "objective_hooks",
+    "weighted_cross_entropy",
+]
+
+# Why a self-normalized estimator needs two draws or more.
+SNIS_ONE_DRAW = (
+    "the self-normalized weight of a single draw is always 1, so the fit would learn nothing from the target"
+)
 
 
 @runtime_checkable
@@ -112,3 +126,16 @@ def importance_info(log_weights: jax.Array) -> dict[str, jax.Array]:
         "ess": 1.0 / jnp.sum(weights**2),
         "log_evidence": jax.nn.logsumexp(log_weights) - jnp.log(num_draws),
     }
+
+
+def at_least_two_draws(value: Any, name: str, why: str = SNIS_ONE_DRAW) -> int:
+    """A number of draws per step, an integer >= 2 (NumPy integers too); ``why`` says what a
+    single draw would do.
+
+    Raises:
+        ValueError (:class:`vitools.validate.ArgumentValueError`): not an integer, or below 2.
+    """
+    count = validate.count(value, name)
+    if count < 2:
+        raise validate.ArgumentValueError(f"{name} must be at least 2: {why}", name)
+    return count

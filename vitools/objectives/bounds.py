@@ -22,7 +22,7 @@ import numpy as np
 
 from vitools import validate
 from vitools.families.base import draw_many, family_hooks
-from vitools.objectives.base import importance_info, weighted_cross_entropy
+from vitools.objectives.base import at_least_two_draws, importance_info, weighted_cross_entropy
 from vitools.objectives.forward_kl import ForwardKL
 from vitools.objectives.reverse_kl import _log_weights
 
@@ -211,14 +211,7 @@ class ChiSquare:
     mass_covering: ClassVar[bool] = True  # read by vt.fit's choice of initial Gaussian (measured above)
 
     def __post_init__(self):
-        num_draws = validate.count(self.num_draws, "ChiSquare num_draws")
-        if num_draws < 2:
-            raise validate.ArgumentValueError(
-                "ChiSquare num_draws must be at least 2: the self-normalized weight of a single draw is "
-                "always 1, so the fit would learn nothing from the target",
-                "ChiSquare num_draws",
-            )
-        object.__setattr__(self, "num_draws", num_draws)
+        object.__setattr__(self, "num_draws", at_least_two_draws(self.num_draws, "ChiSquare num_draws"))
         n = validate.finite(self.n, "ChiSquare n")
         if not n > 1.0:
             raise validate.ArgumentValueError(

@@ -21,7 +21,7 @@ from vitools import validate
 from vitools.draws import draws_dict, is_draws_container
 from vitools.families.base import draw_many, family_hooks
 from vitools.importance import MIN_PSIS_DRAWS
-from vitools.objectives.base import importance_info, weighted_cross_entropy
+from vitools.objectives.base import at_least_two_draws, importance_info, weighted_cross_entropy
 from vitools.objectives.psis import psis_smooth
 from vitools.targets import Target
 
@@ -101,13 +101,7 @@ class ForwardKL:
             )
         object.__setattr__(self, "pareto_smooth", bool(self.pareto_smooth))
         if self.num_draws is not None:
-            num_draws = validate.count(self.num_draws, "ForwardKL num_draws")
-            if num_draws < 2:
-                raise validate.ArgumentValueError(
-                    "ForwardKL num_draws must be at least 2: the self-normalized weight of a single "
-                    "draw is always 1, so the fit would learn nothing from the target",
-                    "ForwardKL num_draws",
-                )
+            num_draws = at_least_two_draws(self.num_draws, "ForwardKL num_draws")
             if self.pareto_smooth and num_draws < MIN_PSIS_DRAWS:
                 raise validate.ArgumentValueError(
                     f"ForwardKL num_draws={num_draws} is too few for pareto_smooth=True: PSIS fits a "

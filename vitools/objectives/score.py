@@ -196,13 +196,8 @@ class BatchAndMatch:
 
     def resolve(self, target: Target) -> BatchAndMatch:
         """Check the target before anything compiles: BaM cannot fit ``numpyro.param`` sites."""
-        if target.param_sites:
-            names = [name for name, _ in target.param_sites]
-            raise validate.ArgumentValueError(
-                f"the model has numpyro.param site(s) {names}, which batch_and_match cannot fit (it "
-                "moves q in closed form, without gradients); use 'reverse_kl', or give them priors",
-                "objective",
-            )
+        why = "it moves q in closed form, without gradients"
+        validate.no_param_sites(target.param_sites, "batch_and_match", why, "objective")
         return self
 
     def check_family(self, family: Family) -> None:

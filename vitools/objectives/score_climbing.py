@@ -20,7 +20,7 @@ import numpy as np
 
 from vitools import validate
 from vitools.families.base import draw_many
-from vitools.objectives.base import importance_info, weighted_cross_entropy
+from vitools.objectives.base import at_least_two_draws, importance_info, weighted_cross_entropy
 from vitools.objectives.forward_kl import ForwardKL
 from vitools.targets import Target
 
@@ -65,13 +65,8 @@ class MarkovianScoreClimbing:
 
     def __post_init__(self):
         if self.num_draws is not None:
-            num_draws = validate.count(self.num_draws, "MarkovianScoreClimbing num_draws")
-            if num_draws < 2:
-                raise validate.ArgumentValueError(
-                    "MarkovianScoreClimbing num_draws must be at least 2: the retained draw and at least "
-                    "one new draw, or the kernel never moves",
-                    "MarkovianScoreClimbing num_draws",
-                )
+            why = "the retained draw and at least one new draw, or the kernel never moves"
+            num_draws = at_least_two_draws(self.num_draws, "MarkovianScoreClimbing num_draws", why)
             object.__setattr__(self, "num_draws", num_draws)
         if not isinstance(self.rao_blackwell, (bool, np.bool_)):
             raise validate.ArgumentTypeError(
