@@ -221,7 +221,9 @@ def test_stratified_elbo_and_its_gradient_are_unbiased():
 
 def test_stratified_renyi_and_siwae_weights():
     """Rényi's stratified bound is (1/(1-α)) log Σ ω_i w_i^(1-α) on the same draws, and
-    ``_log_weights`` gives log w + log(S ω): its logsumexp minus log S is that bound at α = 0 (SIWAE)."""
+    ``_log_weights`` gives log w + log(S ω): its logsumexp minus log S is that bound at α = 0 (SIWAE).
+    The last identity holds by construction once ``_log_weights`` takes the stratified draws: what
+    it checks is that a mixture is routed through them, with the same key as Rényi's."""
     target, family, params, key = (
         gaussian_target(),
         GaussianMixture(3),

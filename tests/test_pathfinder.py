@@ -85,7 +85,8 @@ def test_multi_path_recovers_both_modes_after_resampling(bimodal_fit):
     upper = z[:, 0] > 0
     # Half the mass on each mode. Resampled draws repeat: their effective size is about the
     # importance ESS (~num_draws here, k̂ low), so the fraction's sd is ~0.5/sqrt(4000) = 0.008;
-    # 0.05 is 6 sds, and a q weighted 3:1 or worse (two of eight paths' gap) fails.
+    # 0.05 is 6 sds. (Resampling corrects q's weights where q covers both modes, so this checks the
+    # resampling; the weights themselves are checked below.)
     assert abs(np.mean(upper) - 0.5) < 0.05
     # Each mode's mean: sd 1 per coordinate over ~2000 draws, se 0.022; 0.15 is ~7 se.
     np.testing.assert_allclose(z[upper].mean(axis=0), [2.5, 2.5], atol=0.15)
@@ -95,7 +96,9 @@ def test_multi_path_recovers_both_modes_after_resampling(bimodal_fit):
 def test_diagnose_compare_sample_save_and_load_take_it(bimodal_fit, tmp_path):
     zoo, fit = bimodal_fit
     diagnosis = vt.diagnose(fit, num_draws=1000)
-    assert diagnosis.verdict in ("good", "uncertain", "bad")
+    # Both modes, weighted by the paths that found them: q is close to p (seeds 0-2: k̂ -0.23, -0.68,
+    # -inf, all good; measured), where one mode's q reads bad.
+    assert diagnosis.verdict == "good", diagnosis
     table = vt.compare({"pf": fit}, reference=zoo.reference(), num_draws=1000)
     assert table.loc["pf", "objective"] == "pathfinder" and table.loc["pf", "steps"] == fit.num_steps
     assert table.loc["pf", "grad_evals"] == fit.num_grad_evals

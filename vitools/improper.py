@@ -33,7 +33,7 @@ SUSPICIOUS_SD = 10.0  # unconstrained units: a log-scale sd of 10 is e^10-fold; 
 WIDEN = 100.0
 _MAX_COST = 1.0  # nats
 _NUM_DRAWS = 64
-_RESOLUTION = 1e-8  # a spread below this fraction of the location is float64 rounding, not q's width
+_RESOLUTION = 1e-8  # float64: a spread below this fraction of the location is rounding, not q's width
 
 
 def flat_sites(target: Target, family: Family, params: Any, key: jax.Array) -> dict[str, float]:
@@ -50,12 +50,14 @@ def flat_sites(target: Target, family: Family, params: Any, key: jax.Array) -> d
     """
     draws, sds = _unconstrained_draws(target, family, params, key)
     sds, centres = np.asarray(sds), np.abs(np.asarray(jnp.mean(draws, axis=0)))
+    # float32's rounding step (1.2e-7) is above float64's threshold: scale it, 100 ulps at least
+    resolution = max(_RESOLUTION, 100 * float(jnp.finfo(draws.dtype).eps))
     flagged, start = {}, 0
     for site in target.sites:
         block = slice(start, start + site.size)
         if not np.all(np.isfinite(sds[block])):  # q ran away past floating point
             flagged[site.name] = float("inf")
-        elif sds[block].max() > SUSPICIOUS_SD and np.any(sds[block] < _RESOLUTION * centres[block]):
+        elif sds[block].max() > SUSPICIOUS_SD and np.any(sds[block] < resolution * centres[block]):
             # q so far out that its spread is rounding error of its location (u ~ 1e70, sd ~ 1e55):
             # ran away too, and the widening test would only measure the rounding (at LLVM's -O0
             # an improper posterior's fit came out so and went unflagged; measured)

@@ -45,6 +45,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+import numpyro.distributions as dist
 
 from vitools import alerts, validate
 from vitools.blas import one_blas_thread
@@ -263,7 +264,8 @@ def pathfinder(
     starts = jnp.concatenate([point[None, :], others])
     announce = progress and target.dim >= alerts.LARGE_DIM
     if announce:
-        print(f"vitools: pathfinder: {num_paths} path(s), up to 10 Hessians of {target.dim} x "
+        hessians = len(PATH_POINTS) + 1  # every L-BFGS iterate, and the Newton end
+        print(f"vitools: pathfinder: {num_paths} path(s), up to {hessians} Hessians of {target.dim} x "
               f"{target.dim} each...", file=sys.stderr, flush=True)  # fmt: skip
     weigh = num_paths > 1
     paths, compile_time, elapsed = second_order(_run, target, starts, run_key, num_draws, weigh)
@@ -342,7 +344,7 @@ def _mixture_logits(target, loc, scale_tril, usable, key, num_draws: int) -> jax
     draws = (loc[:, None, :] + jnp.einsum("kij,knj->kni", scale_tril, eps)).reshape(-1, dim)
 
     def component_log_q(m, s):
-        return jax.vmap(lambda z: _gaussian_log_pdf(z, m, s))(draws)
+        return jax.vmap(dist.MultivariateNormal(m, scale_tril=s, validate_args=False).log_prob)(draws)
 
     log_components = jnp.where(usable[:, None], jax.vmap(component_log_q)(loc, scale_tril), -jnp.inf)
     log_count = jnp.log(jnp.sum(usable))
@@ -353,10 +355,3 @@ def _mixture_logits(target, loc, scale_tril, usable, key, num_draws: int) -> jax
     log_resp = log_components - log_count - log_q[None, :]
     logits = jax.nn.logsumexp(log_w[None, :] + log_resp, axis=1)
     return logits - jax.nn.logsumexp(logits)
-
-
-def _gaussian_log_pdf(z, loc, scale_tril):
-    """log N(z; loc, L Lᵀ) for one point."""
-    white = jax.scipy.linalg.solve_triangular(scale_tril, z - loc, lower=True)
-    half_log_det = jnp.sum(jnp.log(jnp.diagonal(scale_tril)))
-    return -0.5 * jnp.sum(white**2) - half_log_det - 0.5 * loc.shape[0] * jnp.log(2 * jnp.pi)

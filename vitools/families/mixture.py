@@ -82,8 +82,7 @@ class GaussianMixture:
     diagnostics) draws the component at random; a gradient through those draws raises
     (:func:`vitools.families.base.draw_many`).
 
-    ``Fit.mean_and_covariance`` gives q's mean but only the diagonal of its covariance (it reads
-    ``variance`` from a q that is not Gaussian): estimate covariances from draws.
+    ``Fit.mean_and_covariance`` gives q's exact mean and covariance (the law of total covariance).
 
     Args:
         num_components: K, a positive integer (K = 1 is :class:`FullRank`, or :class:`MeanField`
