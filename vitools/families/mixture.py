@@ -206,7 +206,9 @@ class GaussianMixture:
                 return dist.Normal(loc[k], scale[k], validate_args=False).to_event(1).rsample(key_i)
             return dist.MultivariateNormal(loc[k], scale_tril=scale[k], validate_args=False).rsample(key_i)
 
-        draws = jax.vmap(one)(jax.random.split(key, num_draws), jnp.asarray(component))
+        from vitools.sharding import constrain_draws  # split over devices under a mesh (vitools.sharding)
+
+        draws = constrain_draws(jax.vmap(one)(jax.random.split(key, num_draws), jnp.asarray(component)))
         log_q = jax.vmap(self.distribution(params).log_prob)(draws)
         log_pi = jax.nn.log_softmax(params.logits)
         log_draw_weights = log_pi[component] - jnp.log(jnp.asarray(counts[component], log_pi.dtype))

@@ -1,0 +1,175 @@
+"""vitools.sharding: split fits equal unsplit ones, the arrays really are split, no host syncs, float32.
+
+The multi-device checks run in one subprocess (``tests/sharding_check.py``) with four virtual CPU
+devices (``XLA_FLAGS=--xla_force_host_platform_device_count=4``) and x64 off, so the rest of the
+suite keeps its one device and float64; the tests below read its JSON report. The argument
+checks run here, on this process's one device.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import Mesh
+
+from vitools import sharding, validate
+
+CHECK = Path(__file__).with_name("sharding_check.py")
+FLOAT32_EPS = float(np.finfo(np.float32).eps)
+
+
+@pytest.fixture(scope="module")
+def report() -> dict:
+    """The subprocess's report (one run for the module: ~10 s of CPU, mostly imports and the
+    three loops' compilations)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("JAX_ENABLE_X64", "JAX_PLATFORMS")}
+    done = subprocess.run(
+        [sys.executable, str(CHECK)], capture_output=True, text=True, env=env, timeout=300, check=False
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_the_check_ran_on_four_cpu_devices_in_float32(report):
+    assert report["num_devices"] == 4
+    assert report["platform"] == "cpu"
+    assert report["x64"] is False
+
+
+@pytest.mark.parametrize("split", ["draws", "data"])
+def test_a_split_fit_equals_the_unsplit_fit_to_float32_rounding(report, split):
+    # The draws are the same numbers split or not (threefry is partitionable; checked below), so
+    # the fits differ only where a sum over draws or rows is added in another order: a relative
+    # rounding error of ~log2(256 rows) eps per gradient. Adam's step is scale-free (m / sqrt(v)),
+    # so a relative error d in the gradient moves a step by at most ~lr d; over 200 steps at a
+    # peak rate of 0.05 that is 200 x 0.05 x 8 eps = 80 eps ~ 1e-5, the bound used (measured:
+    # 1.2e-7 and 5.6e-9 to 1.2e-7, i.e. one float32 ulp of parameters of size ~1.8).
+    steps, learning_rate, log2_rows = 200, 0.05, 8
+    bound = steps * learning_rate * log2_rows * FLOAT32_EPS
+    fit = report[split]
+    assert fit["status"] == "completed" and fit["steps"] == report["unsplit"]["steps"] == steps
+    assert fit["max_param_diff"] <= bound * max(1.0, report["param_scale"])
+    # the loss is a sum over 256 rows of terms ~1 (159 at the end): relative rounding ~log2(256)
+    # eps per sum, the same 80 eps relative bound (measured: 3e-5 to 4.6e-5 absolute, ~2e-7 relative)
+    assert fit["max_loss_diff"] <= bound * abs(report["unsplit"]["final_loss"])
+
+
+def test_the_data_rows_are_split_over_the_data_axis(report):
+    fit = report["data"]
+    assert fit["mesh"] == {"draws": 1, "data": 4}
+    X, y = fit["data"]
+    assert X == {"spec": ["data"], "num_devices": 4, "shard_shape": [64, 4], "dtype": "float32"}
+    assert y == {"spec": ["data"], "num_devices": 4, "shard_shape": [64], "dtype": "float32"}
+
+
+def test_with_the_draws_split_the_data_are_copied_to_every_device(report):
+    fit = report["draws"]
+    assert fit["mesh"] == {"draws": 4, "data": 1}
+    X, y = fit["data"]
+    assert X["spec"] == [] and X["num_devices"] == 4 and X["shard_shape"] == [256, 4]
+    assert y["spec"] == [] and y["shard_shape"] == [256]
+
+
+@pytest.mark.parametrize("split", ["draws", "data"])
+def test_the_parameters_stay_replicated_on_every_device(report, split):
+    for param in report[split]["params"].values():
+        assert param["spec"] == [] and param["num_devices"] == 4
+    assert report["unsplit"]["params"]["raw_tril"]["num_devices"] == 1
+
+
+def test_q_draws_and_mixture_draws_are_split_over_the_draws_axis(report):
+    draws = report["draws"]
+    # 16 draws of a 5-dimensional q: 4 on each device
+    assert draws["q_draws"] == {
+        "spec": ["draws"],
+        "num_devices": 4,
+        "shard_shape": [4, 5],
+        "dtype": "float32",
+    }
+    assert draws["mixture_draws"]["spec"] == ["draws"] and draws["mixture_draws"]["shard_shape"] == [4, 5]
+    # 18 draws do not split over 4 devices: left to XLA, whole on each device, not an error
+    assert draws["odd_draws"]["shard_shape"] == [18, 5]
+    # the same numbers as unsplit, bit for bit (jax_threefry_partitionable)
+    assert draws["draws_equal_unsplit"] == [True, True, True]
+
+
+def test_rows_that_do_not_split_evenly_are_copied_with_a_warning(report):
+    uneven = report["uneven_rows"]
+    assert [x["shard_shape"][0] for x in uneven["data"]] == [255, 255]
+    assert len(uneven["warnings"]) == 1 and "255 rows do not split evenly" in uneven["warnings"][0]
+
+
+def test_mesh_for_splits_the_longer_axis(report):
+    assert report["mesh_for"]["logistic"] == {"draws": 1, "data": 4}  # 256 rows > 16 draws
+    assert report["mesh_for"]["few_rows"] == {"draws": 4, "data": 1}  # 256 rows < 512 draws
+
+
+def test_one_device_traces_no_constraint(report):
+    assert report["one_device_mesh"] is True
+    assert report["unsplit"]["constraint_in_jaxpr"] is False
+
+
+def test_the_compiled_loop_has_no_host_transfers(report):
+    host = report["host"]
+    assert host["ran_under_transfer_guard"] is True and host["steps"] == 100  # two chunks of 50 ran
+    assert host["host_ops_in_hlo"] == []
+
+
+def test_without_x64_everything_is_float32(report):
+    dtypes = report["dtypes"]
+    assert dtypes["params"] == dtypes["opt_state_floats"] == ["float32"]
+    assert dtypes["losses"] == dtypes["draws"] == dtypes["target_initial_point"] == "float32"
+    assert report["unsplit"]["loss_dtype"] == "float32"
+    assert report["host"]["f64_in_hlo"] is False
+    assert report["float64_warnings"] == []  # no float64 asked for and silently truncated
+
+
+# ------------------------------------------------------------------------------------------
+# on this process's one device
+
+
+def test_one_device_gives_no_mesh_and_placement_changes_nothing():
+    assert sharding.mesh_of("all") is None  # the suite runs on one CPU device
+    assert sharding.mesh_of(None) is None
+    assert sharding.mesh_of(jax.devices()[:1]) is None
+    tree = {"a": jnp.ones(3)}
+    assert sharding.place(tree, None) is tree
+    assert sharding.place_target(tree, None) is tree
+    draws = jnp.ones((4, 2))
+    assert sharding.constrain_draws(draws) is draws  # no mesh active
+    with sharding.active(None):
+        assert sharding.constrain_draws(draws) is draws
+
+
+def test_a_mesh_with_vitools_axis_names_is_used_as_it_is():
+    mesh = Mesh(np.array(jax.devices()[:1]), ("draws",))
+    assert sharding.mesh_of(mesh) is mesh
+    assert sharding.mesh_for(mesh, None, 16) is mesh
+
+
+@pytest.mark.parametrize(
+    ("devices", "data_shards", "error", "match"),
+    [
+        ("gpus", 1, validate.ArgumentValueError, "devices"),
+        (3, 1, validate.ArgumentTypeError, "devices must be"),
+        ([], 1, validate.ArgumentValueError, "empty sequence"),
+        ("all", 2, validate.ArgumentValueError, "data_shards=2 does not divide the 1 devices"),
+        ("all", 0, validate.ArgumentValueError, "data_shards"),
+    ],
+)
+def test_bad_devices_are_refused_naming_the_argument(devices, data_shards, error, match):
+    with pytest.raises(error, match=match):
+        sharding.mesh_of(devices, data_shards=data_shards)
+
+
+def test_a_mesh_with_other_axis_names_is_refused():
+    with pytest.raises(validate.ArgumentValueError, match="axes must be named 'draws' and/or 'data'"):
+        sharding.mesh_of(Mesh(np.array(jax.devices()[:1]), ("batch",)))
