@@ -2,9 +2,9 @@
 
 ``XLA_FLAGS=--xla_force_host_platform_device_count=4`` must be set before JAX starts, and the
 rest of the suite must keep its one device, so ``test_sharding.py`` runs this script in a
-subprocess (``python tests/sharding_check.py``) and reads the JSON it prints. It also runs by
-hand, e.g. on a GPU machine (it then uses the GPUs, however many there are; with one, the split
-fits are skipped and ``num_devices`` says so).
+subprocess (``python tests/sharding_check.py``) and reads the JSON it prints. On a machine with
+accelerators, ``python tests/sharding_check.py --gpu`` runs it on those instead (however many
+there are; with one, the split fits are skipped and ``num_devices`` says so).
 
 x64 stays off, JAX's default and what a GPU user runs: the fits are float32 end to end.
 
@@ -22,21 +22,21 @@ What it measures (all on a logistic regression of 256 generated rows and 4 featu
 from __future__ import annotations
 
 import os
+import sys
 import time
 
 STARTED = time.perf_counter()
 
-if "--gpu" not in os.sys.argv:  # virtual CPU devices unless run on a machine with accelerators
-    os.environ["XLA_FLAGS"] = (
-        os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
-    ).strip()
-    os.environ.setdefault("JAX_PLATFORMS", "cpu")
-os.environ.pop("JAX_ENABLE_X64", None)
+if __name__ == "__main__":  # before JAX starts; importing this module changes nothing
+    os.environ.pop("JAX_ENABLE_X64", None)  # float32, JAX's default
+    if "--gpu" not in sys.argv:  # four virtual CPU devices
+        flags = os.environ.get("XLA_FLAGS", "")
+        os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count=4".strip()
+        os.environ["JAX_PLATFORMS"] = "cpu"
 
 import dataclasses  # noqa: E402
 import json  # noqa: E402
 import re  # noqa: E402
-import sys  # noqa: E402
 import warnings  # noqa: E402
 
 import jax  # noqa: E402

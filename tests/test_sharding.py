@@ -17,25 +17,96 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+import numpyro.distributions as dist
 import pytest
 from jax.sharding import Mesh
 
 from vitools import sharding, validate
+from vitools.families.base import draw_many
 
 CHECK = Path(__file__).with_name("sharding_check.py")
 FLOAT32_EPS = float(np.finfo(np.float32).eps)
 
 
-@pytest.fixture(scope="module")
-def report() -> dict:
-    """The subprocess's report (one run for the module: ~10 s of CPU, mostly imports and the
-    three loops' compilations)."""
+@pytest.fixture(scope="module", autouse=True)
+def check_process():
+    """The subprocess, started with the module's first test so that it runs while the tests of
+    this process do (~10 s of CPU, mostly imports and three loops' compilations)."""
     env = {k: v for k, v in os.environ.items() if k not in ("JAX_ENABLE_X64", "JAX_PLATFORMS")}
-    done = subprocess.run(
-        [sys.executable, str(CHECK)], capture_output=True, text=True, env=env, timeout=300, check=False
+    process = subprocess.Popen(
+        [sys.executable, str(CHECK)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
     )
-    assert done.returncode == 0, done.stderr[-4000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    yield process
+    if process.poll() is None:  # the module ended early (e.g. -x): end the subprocess
+        process.kill()
+        process.communicate()
+
+
+@pytest.fixture(scope="module")
+def report(check_process) -> dict:
+    """The subprocess's JSON report."""
+    stdout, stderr = check_process.communicate(timeout=300)
+    assert check_process.returncode == 0, stderr[-4000:]
+    return json.loads(stdout.strip().splitlines()[-1])
+
+
+# ------------------------------------------------------------------------------------------
+# on this process's one device (first: they run while the subprocess does)
+
+
+def test_one_device_gives_no_mesh_and_placement_changes_nothing():
+    assert sharding.mesh_of("all") is None  # the suite runs on one CPU device
+    assert sharding.mesh_of(None) is None
+    assert sharding.mesh_of(jax.devices()[:1]) is None
+    tree = {"a": jnp.ones(3)}
+    assert sharding.place(tree, None) is tree
+    assert sharding.place_target(tree, None) is tree
+    draws = jnp.ones((4, 2))
+    assert sharding.constrain_draws(draws) is draws  # no mesh active
+    with sharding.active(None):
+        assert sharding.constrain_draws(draws) is draws
+
+
+def test_a_mesh_with_vitools_axis_names_is_used_as_it_is():
+    mesh = Mesh(np.array(jax.devices()[:1]), ("draws",))
+    assert sharding.mesh_of(mesh) is mesh
+    assert sharding.mesh_for(mesh, None, 16) is mesh
+
+
+@pytest.mark.parametrize(
+    ("devices", "data_shards", "error", "match"),
+    [
+        ("gpus", 1, validate.ArgumentValueError, "devices"),
+        (3, 1, validate.ArgumentTypeError, "devices must be"),
+        ([], 1, validate.ArgumentValueError, "empty sequence"),
+        ("all", 2, validate.ArgumentValueError, "data_shards=2 does not divide the 1 devices"),
+        ("all", 0, validate.ArgumentValueError, "data_shards"),
+    ],
+)
+def test_bad_devices_are_refused_naming_the_argument(devices, data_shards, error, match):
+    with pytest.raises(error, match=match):
+        sharding.mesh_of(devices, data_shards=data_shards)
+
+
+def test_a_mesh_with_other_axis_names_is_refused():
+    with pytest.raises(validate.ArgumentValueError, match="axes must be named 'draws' and/or 'data'"):
+        sharding.mesh_of(Mesh(np.array(jax.devices()[:1]), ("batch",)))
+
+
+def test_draw_many_on_one_device_gives_the_draws_it_gave_before():
+    # draw_many's body gained constrain_draws, a no-op without a mesh: one rsample per split key
+    q = dist.MultivariateNormal(jnp.arange(3.0), scale_tril=jnp.eye(3))
+    key = jax.random.PRNGKey(5)
+    draws, expected = jax.jit(lambda k: (draw_many(q, k, 6), jax.vmap(q.rsample)(jax.random.split(k, 6))))(
+        key
+    )
+    np.testing.assert_array_equal(draws, expected)
+    jaxpr = str(jax.make_jaxpr(lambda k: draw_many(q, k, 6))(key))
+    assert "sharding_constraint" not in jaxpr
+
+
+# ------------------------------------------------------------------------------------------
+# in the subprocess: four virtual CPU devices, x64 off
 
 
 def test_the_check_ran_on_four_cpu_devices_in_float32(report):
@@ -130,46 +201,3 @@ def test_without_x64_everything_is_float32(report):
     assert report["unsplit"]["loss_dtype"] == "float32"
     assert report["host"]["f64_in_hlo"] is False
     assert report["float64_warnings"] == []  # no float64 asked for and silently truncated
-
-
-# ------------------------------------------------------------------------------------------
-# on this process's one device
-
-
-def test_one_device_gives_no_mesh_and_placement_changes_nothing():
-    assert sharding.mesh_of("all") is None  # the suite runs on one CPU device
-    assert sharding.mesh_of(None) is None
-    assert sharding.mesh_of(jax.devices()[:1]) is None
-    tree = {"a": jnp.ones(3)}
-    assert sharding.place(tree, None) is tree
-    assert sharding.place_target(tree, None) is tree
-    draws = jnp.ones((4, 2))
-    assert sharding.constrain_draws(draws) is draws  # no mesh active
-    with sharding.active(None):
-        assert sharding.constrain_draws(draws) is draws
-
-
-def test_a_mesh_with_vitools_axis_names_is_used_as_it_is():
-    mesh = Mesh(np.array(jax.devices()[:1]), ("draws",))
-    assert sharding.mesh_of(mesh) is mesh
-    assert sharding.mesh_for(mesh, None, 16) is mesh
-
-
-@pytest.mark.parametrize(
-    ("devices", "data_shards", "error", "match"),
-    [
-        ("gpus", 1, validate.ArgumentValueError, "devices"),
-        (3, 1, validate.ArgumentTypeError, "devices must be"),
-        ([], 1, validate.ArgumentValueError, "empty sequence"),
-        ("all", 2, validate.ArgumentValueError, "data_shards=2 does not divide the 1 devices"),
-        ("all", 0, validate.ArgumentValueError, "data_shards"),
-    ],
-)
-def test_bad_devices_are_refused_naming_the_argument(devices, data_shards, error, match):
-    with pytest.raises(error, match=match):
-        sharding.mesh_of(devices, data_shards=data_shards)
-
-
-def test_a_mesh_with_other_axis_names_is_refused():
-    with pytest.raises(validate.ArgumentValueError, match="axes must be named 'draws' and/or 'data'"):
-        sharding.mesh_of(Mesh(np.array(jax.devices()[:1]), ("batch",)))
