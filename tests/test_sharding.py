@@ -93,6 +93,18 @@ def test_a_mesh_with_other_axis_names_is_refused():
         sharding.mesh_of(Mesh(np.array(jax.devices()[:1]), ("batch",)))
 
 
+def test_placement_across_processes_gives_each_process_its_slices(monkeypatch):
+    # jax.make_array_from_callback, the multi-host path, runs in one process too: pretend there are two
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    mesh = Mesh(np.array(jax.devices()[:1]), ("data",))
+    tree = {"x": np.arange(6.0).reshape(3, 2), "key": jax.random.key(1), "raw_key": jax.random.PRNGKey(2)}
+    placed = sharding.place(tree, mesh)
+    np.testing.assert_array_equal(placed["x"], tree["x"])
+    np.testing.assert_array_equal(jax.random.key_data(placed["key"]), jax.random.key_data(tree["key"]))
+    np.testing.assert_array_equal(placed["raw_key"], tree["raw_key"])
+    assert all(isinstance(x.sharding, jax.sharding.NamedSharding) for x in jax.tree.leaves(placed))
+
+
 def test_draw_many_on_one_device_gives_the_draws_it_gave_before():
     # draw_many's body gained constrain_draws, a no-op without a mesh: one rsample per split key
     q = dist.MultivariateNormal(jnp.arange(3.0), scale_tril=jnp.eye(3))

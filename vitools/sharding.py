@@ -262,5 +262,7 @@ def _put(x: Any, sharding: NamedSharding) -> jax.Array:
     gives its own devices' slices of its full copy (``jax.make_array_from_callback``)."""
     if jax.process_count() == 1:
         return jax.device_put(x, sharding)
+    if jax.dtypes.issubdtype(jax.numpy.result_type(x), jax.dtypes.prng_key):  # a typed key: its data
+        return jax.random.wrap_key_data(_put(jax.random.key_data(x), sharding), impl=jax.random.key_impl(x))
     host = np.asarray(x)
     return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
