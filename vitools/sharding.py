@@ -83,6 +83,7 @@ __all__ = [
     "mesh_of",
     "place",
     "place_target",
+    "placement",
 ]
 
 DRAWS = "draws"  # the mesh axis over which q's draws are split
@@ -251,6 +252,16 @@ def constrain_draws(draws: jax.Array) -> jax.Array:
     if size == 1 or np.ndim(draws) == 0 or np.shape(draws)[0] % size:
         return draws
     return jax.lax.with_sharding_constraint(draws, P(DRAWS))
+
+
+def placement(x: Any) -> NamedSharding | None:
+    """What of ``x``'s placement a compiled program depends on: its ``NamedSharding`` (an array
+    placed by :func:`place` or :func:`place_target`), else None (an array of one device, committed
+    or not, a NumPy array, a Python number). For keying compiled programs: an executable refuses
+    arguments placed otherwise than those it was compiled for, while one device's arrays all
+    share its programs as before."""
+    sharding = getattr(x, "sharding", None)
+    return sharding if isinstance(sharding, NamedSharding) else None
 
 
 def _is_array(x: Any) -> bool:
