@@ -103,6 +103,11 @@ def test_placement_across_processes_gives_each_process_its_slices(monkeypatch):
     np.testing.assert_array_equal(jax.random.key_data(placed["key"]), jax.random.key_data(tree["key"]))
     np.testing.assert_array_equal(placed["raw_key"], tree["raw_key"])
     assert all(isinstance(x.sharding, jax.sharding.NamedSharding) for x in jax.tree.leaves(placed))
+    # what keys a compiled program: the NamedSharding of a placed array, None for one device's
+    assert sharding.placement(placed["x"]) == placed["x"].sharding
+    assert (
+        sharding.placement(jnp.ones(2)) is sharding.placement(np.ones(2)) is sharding.placement(3.0) is None
+    )
 
 
 def test_draw_many_on_one_device_gives_the_draws_it_gave_before():
