@@ -12,10 +12,11 @@ from numpyro.distributions import constraints
 
 import vitools as vt
 from vitools import FullRank, LowRank, Target, validate
+from vitools.convergence import ConvergenceRule
 from vitools.engine import default_optimizer, init_state, objective_state, optimize
 from vitools.models import MODELS
 from vitools.objectives import Objective, get_objective, objective_hooks
-from vitools.objectives.score import BatchAndMatch, BatchAndMatchState, bam_update
+from vitools.objectives.score import BatchAndMatch, BatchAndMatchState, LossFallRule, bam_update
 
 DIM = 5
 _RNG = np.random.default_rng(0)
@@ -126,7 +127,8 @@ def test_vt_fit_on_a_zoo_model_gives_a_fit_that_diagnoses_well():
     the 0.7 threshold; a broken update (q far off or too narrow) reads above 1."""
     zoo = MODELS["logistic_regression"]
     fit = vt.fit(
-        zoo.model, *zoo.args, objective=BatchAndMatch(), num_steps=60, init="median", progress=False,
+        zoo.model, *zoo.args, objective=BatchAndMatch(batch_size=16), num_steps=60, init="median",
+        progress=False,
         **zoo.kwargs,
     )  # fmt: skip
     assert fit.status == "completed" and fit.num_steps == 60
@@ -143,10 +145,46 @@ def test_is_an_objective_with_the_update_hooks():
     assert get_objective(objective) is objective  # a static pytree: vt.fit accepts it
     hooks = objective_hooks(objective)
     assert hooks.update is not None and hooks.init_state is not None and hooks.resolve is not None
-    assert objective.num_density_evals(7) == objective.batch_size == 16
+    assert objective.num_density_evals(7) == objective.batch_size == 8
     assert objective.name == "batch_and_match"
-    assert float(objective.schedule(jnp.asarray(0), 5)) == 16 * 5  # λ_0 = B d (Cai et al. 2024)
-    assert float(BatchAndMatch(learning_rate=0.5).schedule(jnp.asarray(9), 5)) == 0.5 * 16 * 5 / 10
+    assert float(objective.schedule(jnp.asarray(0), 5)) == 8 * 5  # λ_0 = B d (Cai et al. 2024)
+    assert float(BatchAndMatch(learning_rate=0.5).schedule(jnp.asarray(9), 5)) == 0.5 * 8 * 5 / 10
+    assert hooks.races_start is False and objective_hooks(get_objective("reverse_kl")).races_start
+    assert hooks.stopping_rule(None) == LossFallRule() and hooks.stopping_rule(0.2) == LossFallRule(tol=0.2)
+
+
+def test_its_rule_stops_on_a_flat_or_rising_loss_and_not_on_a_falling_one():
+    """LossFallRule compares the fitted fall over the last 100 steps with tol (0.05 nats). The
+    falling loss drops 1 nat per 100 steps under noise of sd 0.3 (radon's BaM fit in the funnel's
+    neck, measured): its fitted fall has se 0.3·√(12/100) ≈ 0.1, so 0.05 is 9.5 se below it; the
+    flat and rising ones have sd 0.01 (se 0.0035), so their fall is 14 se under 0.05 at most."""
+    rule, rng, steps = LossFallRule(), np.random.default_rng(0), np.arange(300)
+    falling = 100.0 - steps / 100 + 0.3 * rng.normal(size=300)
+    flat = 100.0 + 0.01 * rng.normal(size=300)
+    rising = flat + steps / 100
+    assert not rule.check(falling).converged
+    assert rule.check(flat).converged and rule.check(rising).converged
+    verdict = rule.check(falling)
+    expected = ConvergenceRule(window=100, min_steps=100).check(falling)  # the same regression
+    assert (verdict.decrease, verdict.decrease_se, verdict.window) == (
+        expected.decrease,
+        expected.decrease_se,
+        100,
+    )
+    assert rule.check(flat[:99]).window == 0 and not rule.check(flat[:99]).converged  # under min_steps
+    assert rule.final(falling) == rule.check(falling)
+
+
+def test_vt_fit_at_its_defaults_stops_on_bams_rule_without_a_start_race():
+    """vt.fit's defaults (2000 steps, converge=True, Laplace start): on the Gaussian target BaM is
+    exact within tens of steps (test above), so its rule holds at the first check, step 100 (the
+    rule's window and the loop's chunk). No race: every evaluation is the start's or the loop's
+    8 a step (a race would add 2 x 100 pilot steps, 1,600)."""
+    fit = vt.fit(TARGET, objective=BatchAndMatch(), progress=False)
+    assert fit.status == "converged" and fit.num_steps == 100
+    assert fit.num_grad_evals == 100 * 8 + fit.init_grad_evals
+    assert fit.convergence.converged and fit.convergence.window == 100
+    np.testing.assert_allclose(fit.mean_and_covariance()[0], MEAN, atol=1e-6)  # exact, as above
 
 
 def test_another_family_is_refused_before_the_loop_compiles():
@@ -185,3 +223,17 @@ def test_a_model_with_param_sites_is_refused():
 def test_bad_arguments_are_refused_by_name(kwargs, error, match):
     with pytest.raises(error, match=f"BatchAndMatch {match}"):
         BatchAndMatch(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(window=2), "window"),
+        (dict(tol=0.0), "tol"),
+        (dict(min_steps=0), "min_steps"),
+        (dict(cooldown=-1), "cooldown"),
+    ],
+)
+def test_bad_rule_arguments_are_refused_by_name(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        LossFallRule(**kwargs)

@@ -129,10 +129,10 @@ def fit(
     )
     seed = 0 if seed is None and key is None else seed  # recorded on the Fit (None: a key was given)
     key = validate.seed_or_key(seed, key)  # raises when both are given
-    rule = _rule(options["converge"], tol)
     target = target_of(model, model_args, kwargs, model_kwargs)
 
     hooks = objective_hooks(objective)
+    rule = _rule(options["converge"], tol, hooks.stopping_rule)
     if hooks.check_family is not None:  # before the start: a refusal compiles nothing
         hooks.check_family(family)
     if hooks.resolve is not None:  # what depends on the target, worked out once and checked early
@@ -165,7 +165,9 @@ def fit(
         learning_rate = (hooks.default_learning_rate or default_learning_rate)(target.dim)
     optimizer = optimizer or default_optimizer()
     pilots = []
-    if laplace and informed and num_steps >= start.RACE_MIN_STEPS and not hooks.mass_covering:
+    # Nor for an objective that says so (ObjectiveHooks.races_start: batch-and-match).
+    racing = hooks.races_start and not hooks.mass_covering
+    if laplace and informed and num_steps >= start.RACE_MIN_STEPS and racing:
         run = functools.partial(
             start.pilot, family, objective, optimizer, learning_rate, run_key, params_key, chunk_size
         )
@@ -312,12 +314,15 @@ def _converge(value: Any, name: str) -> bool | StoppingRule:
     return bool(value)
 
 
-def _rule(converge: bool | StoppingRule, tol: float | None) -> StoppingRule:
-    """The rule that stops (or, with ``converge=False``, only assesses) the fit."""
+def _rule(converge: bool | StoppingRule, tol: float | None, own: Callable | None = None) -> StoppingRule:
+    """The rule that stops (or, with ``converge=False``, only assesses) the fit; ``own``: the
+    objective's (``ObjectiveHooks.stopping_rule``), used unless ``converge`` is a rule."""
     if isinstance(converge, StoppingRule):
         if tol is not None:
             raise validate.ArgumentValueError("give tol or a StoppingRule as converge, not both", "tol")
         return converge
+    if own is not None:
+        return own(tol)
     return ConvergenceRule() if tol is None else ConvergenceRule(tol=tol)
 
 

@@ -80,6 +80,13 @@ class ObjectiveHooks(NamedTuple):
             state)``: an objective that moves q itself, in closed form, instead of handing a
             gradient to the optimizer (score-based VI). The loop then takes no gradient and
             the optimizer's state stays as it was; ``loss`` is reported and checked as usual.
+        stopping_rule: ``(tol) -> StoppingRule``, the rule ``vt.fit`` stops on (or, with
+            ``converge=False``, reports) unless given one, ``tol`` being ``vt.fit``'s (None: the
+            rule's default). None: :class:`vitools.convergence.ConvergenceRule`, built for
+            Adam's steps (batch-and-match's closed-form steps bring their own).
+        races_start: False: ``vt.fit`` fits from its Laplace start without racing NumPyro's
+            simple start for 2 x 100 pilot steps (batch-and-match: the pilots would cost more
+            than its fit).
     """
 
     mass_covering: bool = False
@@ -89,6 +96,8 @@ class ObjectiveHooks(NamedTuple):
     init_state: Callable[..., Any] | None = None
     stateful_loss: Callable[..., tuple[jax.Array, dict[str, jax.Array], Any]] | None = None
     update: Callable[..., tuple[Any, jax.Array, dict[str, jax.Array], Any]] | None = None
+    stopping_rule: Callable[[float | None], Any] | None = None
+    races_start: bool = True
 
 
 def objective_hooks(objective: Objective) -> ObjectiveHooks:
