@@ -363,3 +363,115 @@ def test_reverse_kl_refuses_a_non_reparameterized_family_without_the_hook():
 
     with pytest.raises(TypeError, match="not reparameterized .*stratified_draws hook"):
         ReverseKL(4).loss(jax.random.PRNGKey(0), uneven_params(2), NoHook(), gaussian_target())
+
+
+# The mode search (GaussianMixture.searched_init, the family's search_start hook): two unit
+# Gaussians 14 sds apart, at ±(5, 5). From vt.fit's start on one mode, the components of init sit
+# within 1 sd of it and forward KL never sees the other: both on (5, 5) in 3 seeds of 3 at vt.fit
+# defaults (measured before the search existed).
+FAR_MODES = np.array([[-5.0, -5.0], [5.0, 5.0]])
+
+
+def far_target():
+    modes = jnp.asarray(FAR_MODES)
+
+    def log_density(z):
+        log_components = jax.vmap(lambda m: jax.scipy.stats.multivariate_normal.logpdf(z, m, jnp.eye(2)))(
+            modes
+        )
+        return jax.nn.logsumexp(log_components) - jnp.log(2.0)
+
+    return Target.from_log_density(log_density, DIM)
+
+
+@pytest.fixture(scope="module")
+def far_search():
+    """The search from N((5, 5), I), as vt.fit's Laplace start finds it, in a correlated matrix
+    frame (as vt.fit's full whitening) so the frame's round trip is checked too."""
+    from vitools.frame import Frame
+
+    frame = Frame(jnp.array([5.0, 5.0]), jnp.array([[1.0, 0.0], [0.5, 0.8]]))
+    target = far_target().in_frame(frame)
+    loc, tril = jnp.zeros(2), jnp.linalg.inv(frame.scale)  # N((5, 5), I) in the frame
+    family = GaussianMixture(2)
+    params, evals = family_hooks(family).search_start(jax.random.PRNGKey(0), target, loc, tril)
+    return family, target, params, evals
+
+
+def test_the_search_puts_a_component_on_each_far_mode(far_search):
+    """Each component is the Laplace Gaussian at a mode: centre within 0.05 of it (Newton steps
+    end within 0.01 sd of the mode; the other mode's pull there is e^-50) and covariance within
+    0.05 of I; weights from one EM step over 128 draws of each of the 9 Gaussians, whose sd is
+    about 0.5/sqrt(128) = 0.044 per Gaussian: 0.5 ± 0.15 is over 3 sds of the sum's."""
+    family, target, params, evals = far_search
+    centres = np.asarray(jax.vmap(target.frame.forward)(params.loc))
+    order = np.argsort(centres.sum(axis=1))
+    np.testing.assert_allclose(centres[order], FAR_MODES, atol=0.05)
+    scale = np.asarray(target.frame.scale)
+    for tril in np.asarray(family.scale_trils(params)):
+        np.testing.assert_allclose(scale @ tril @ tril.T @ scale.T, np.eye(2), atol=0.05)
+    np.testing.assert_allclose(np.asarray(jax.nn.softmax(params.logits)), 0.5, atol=0.15)
+    assert evals > 8 * 128  # 8 paths (each an L-BFGS path and Hessians) and the weights' draws
+
+
+def test_forward_kl_from_the_searched_start_fits_both_far_modes(far_search):
+    """vt.fit's loop (ForwardKL, its default rate, 400 steps) from the searched start: both modes
+    keep their component. Tolerances as test_forward_kl_mixture_finds_both_modes_of_bimodal
+    (weights 0.05, centres 0.25; the exact answer is weights 0.5, centres ±(5, 5))."""
+    from vitools.engine import default_optimizer, init_state, optimize
+    from vitools.objectives.forward_kl import ForwardKL
+
+    family, target, params, _ = far_search
+    objective, optimizer = ForwardKL(), default_optimizer()
+    state = init_state(jax.random.PRNGKey(1), params, optimizer, ForwardKL.default_learning_rate(DIM))
+    outcome = optimize(state, 400, objective, family, target, optimizer, progress=False)
+    fitted = outcome.state.params
+    centres = np.asarray(jax.vmap(target.frame.forward)(fitted.loc))
+    order = np.argsort(centres.sum(axis=1))
+    np.testing.assert_allclose(centres[order], FAR_MODES, atol=0.25)
+    np.testing.assert_allclose(np.asarray(jax.nn.softmax(fitted.logits)), 0.5, atol=0.05)
+
+
+def test_reduce_merges_gaussians_on_one_mode_first():
+    """Runnalls' reduction: three Gaussians on mode A and one on B become one on each, with A's
+    three weights summed and the merge's moments those of the merged mixture."""
+    from vitools.families.mixture import _reduce
+
+    locs = np.array([[0.0, 0.0], [0.1, 0.0], [0.0, -0.1], [6.0, 6.0]])
+    covs = np.stack([np.eye(2)] * 4)
+    weights = np.array([0.2, 0.2, 0.1, 0.5])
+    new_weights, new_locs, new_covs = _reduce(weights, locs, covs, 2)
+    order = np.argsort(new_locs.sum(axis=1))
+    np.testing.assert_allclose(new_weights[order], [0.5, 0.5], atol=1e-12)
+    mean_a = weights[:3] @ locs[:3] / 0.5
+    np.testing.assert_allclose(new_locs[order[0]], mean_a, atol=1e-12)
+    spread = np.einsum("k,ki,kj->ij", weights[:3] / 0.5, locs[:3] - mean_a, locs[:3] - mean_a)
+    np.testing.assert_allclose(new_covs[order[0]], np.eye(2) + spread, atol=1e-12)
+    np.testing.assert_allclose(new_locs[order[1]], [6.0, 6.0])
+
+
+def test_reduce_and_separate_give_distinct_components_when_fewer_modes_are_found():
+    """One Gaussian and K = 3: split in three equal weights, then moved apart (identical
+    components would get identical gradients forever); a component far from the others stays."""
+    from vitools.families.mixture import SPREAD, _reduce, _separate
+
+    weights, locs, covs = _reduce(np.array([1.0]), np.zeros((1, 2)), np.eye(2)[None], 3)
+    np.testing.assert_allclose(weights, 1 / 3)
+    directions = np.array([[1.0, 0.0], [0.0, 1.0], [-1.0, -1.0]])
+    moved = _separate(directions, locs, np.linalg.cholesky(covs))
+    np.testing.assert_allclose(moved, SPREAD / np.sqrt(2) * directions)
+    apart = np.array([[0.0, 0.0], [5.0, 5.0]])
+    np.testing.assert_allclose(_separate(directions[:2], apart, np.stack([np.eye(2)] * 2)), apart)
+
+
+def test_the_hook_is_off_for_one_component_or_no_paths():
+    assert family_hooks(GaussianMixture(1)).search_start is None
+    assert family_hooks(GaussianMixture(2, num_paths=0)).search_start is None
+    assert family_hooks(GaussianMixture(2)).search_start is not None
+    assert GaussianMixture(3)._num_paths == 12 and GaussianMixture(2, num_paths=3)._num_paths == 3
+
+
+@pytest.mark.parametrize("value", [-1, 1.5, True, "8"])
+def test_bad_num_paths(value):
+    with pytest.raises(ValueError, match="GaussianMixture num_paths must be an integer >= 0"):
+        GaussianMixture(2, num_paths=value)

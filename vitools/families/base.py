@@ -70,6 +70,12 @@ class FamilyHooks(NamedTuple):
             ``sum_i ω_i f(z_i)`` is an unbiased estimate of E_q[f] with unbiased gradients; reverse
             KL and Rényi then use the weighted estimates (stratified sampling, Morningstar et al.
             2021; :mod:`vitools.objectives.reverse_kl`). None: ``draw_many``, ω_i = 1/S.
+        search_start: ``(key, target, loc, scale_tril) -> (params, grad_evals)``: a start that
+            searches the target beyond the initial Gaussian N(loc, scale_tril scale_trilᵀ) (a
+            mixture: a component on each mode that Pathfinder paths from dispersed points find),
+            with its cost in gradient evaluations; ``vt.fit`` calls it instead of ``init`` for
+            the fit's start (``target`` and the parameters in the fit's frame) and adds the cost
+            to ``Fit.num_grad_evals``. None: ``init``.
     """
 
     whiten: str | bool = "diagonal"
@@ -77,6 +83,7 @@ class FamilyHooks(NamedTuple):
     widened: Callable | None = None
     sample_with_log_prob: Callable | None = None
     stratified_draws: Callable | None = None
+    search_start: Callable | None = None
 
 
 def family_hooks(family: Family) -> FamilyHooks:
