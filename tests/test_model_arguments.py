@@ -161,14 +161,15 @@ def test_param_sites_are_refused_by_an_objective_that_never_evaluates_the_model(
         vt.fit(param_model, PARAM_Y, objective=vt.ForwardKLFromDraws(draws), progress=False)
 
 
-def test_a_subsampling_plate_gets_a_vitools_error_that_says_what_to_do():
+def test_a_subsampling_plate_fits_and_an_objective_that_needs_the_full_joint_says_what_works():
     def model(y):
         mu = numpyro.sample("mu", dist.Normal(0.0, 1.0))
         with numpyro.plate("rows", 100, subsample_size=10) as index:
             numpyro.sample("y", dist.Normal(mu, 1.0), obs=y[index])
 
-    with pytest.raises(ValueError, match="plate 'rows' subsamples 10 of 100.*drop subsample_size"):
-        vt.fit(model, jnp.zeros(100), progress=False)
+    assert vt.Target.from_model(model, jnp.zeros(100)).subsamples  # fits (tests/test_subsample.py)
+    with pytest.raises(ValueError, match=r"'forward_kl' needs the full-data.*'rows' \(10 of 100.*reverse_kl"):
+        vt.fit(model, jnp.zeros(100), objective="forward_kl", progress=False)
 
 
 def test_log_q_is_minus_infinity_outside_the_support_and_bad_shapes_are_named():

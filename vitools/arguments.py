@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -23,10 +23,11 @@ __all__ = [
     "DATA_MODES",
     "Static",
     "StaticData",
-    "check_no_subsampling",
+    "SubsamplePlate",
     "is_array",
     "join_data",
     "split_data",
+    "subsample_plates",
     "trace_in_first_mode",
     "trace_once",
     "try_hash",
@@ -126,8 +127,11 @@ def split_data(args: tuple, kwargs: dict, mode: str = "traced") -> tuple[tuple, 
     """The model's arguments as ``(traced arrays, static part)`` under a :data:`DATA_MODES` mode."""
     leaves, treedef = jax.tree.flatten((args, kwargs), is_leaf=lambda x: x is None)
     arrays = tuple(jnp.asarray(x) for x in leaves if _traced_in(mode, x))
+    # None marks a traced leaf, so a None argument is held as Static(None).
+    plain = [try_hash(x) and not is_array(x) and x is not None for x in leaves]
     static = tuple(
-        None if _traced_in(mode, x) else (x if try_hash(x) and not is_array(x) else Static(x)) for x in leaves
+        None if _traced_in(mode, x) else (x if keep else Static(x))
+        for x, keep in zip(leaves, plain, strict=True)
     )
     return arrays, StaticData(treedef, static)
 
@@ -146,17 +150,49 @@ def join_data(arrays: tuple, static: StaticData) -> tuple[tuple, dict]:
     return jax.tree.unflatten(static.treedef, leaves)
 
 
-def check_no_subsampling(trace: dict) -> None:
-    """Plates with ``subsample_size`` are refused with what to do (vitools fits the full-data
-    posterior; NumPyro's own error would point at SVI or HMCECS)."""
+class SubsamplePlate(NamedTuple):
+    """A plate that subsamples: NumPyro's ``plate(name, size, subsample_size=...)``."""
+
+    name: str
+    size: int
+    subsample_size: int
+
+
+def subsample_plates(trace: dict) -> tuple[SubsamplePlate, ...]:
+    """The plates of a traced model that subsample (``subsample_size < size``), in model order,
+    each once (a plate entered twice under one name shares its indices).
+
+    Raises:
+        ValueError: a plate name is used with two sizes or batch sizes, or a latent sample
+            site lies inside a subsampling plate (a local latent: q is over all of them, while a
+            minibatch density sees only the batch's).
+    """
+    plates: dict[str, SubsamplePlate] = {}
     for site in trace.values():
-        if site["type"] == "plate" and site["args"][1] is not None and site["args"][1] < site["args"][0]:
-            size, subsample = site["args"]
+        if site["type"] != "plate":
+            continue
+        size, subsample_size = site["args"]
+        if subsample_size is None or subsample_size >= size:
+            continue
+        plate = SubsamplePlate(site["name"], int(size), int(subsample_size))
+        if plates.setdefault(plate.name, plate) != plate:
             raise ValueError(
-                f"plate {site['name']!r} subsamples {subsample} of {size} (subsample_size={subsample}); "
-                "vitools does not subsample data yet: drop subsample_size to fit on all "
-                f"{size} (every step then evaluates the whole likelihood)"
+                f"plate {plate.name!r} is entered with size/subsample_size {plates[plate.name][1:]} and "
+                f"{plate[1:]}: a plate name must keep one size and one batch size"
             )
+    for site in trace.values():
+        if site["type"] != "sample" or site["is_observed"]:
+            continue
+        inside = [f.name for f in site["cond_indep_stack"] if f.name in plates]
+        if inside:
+            plate = plates[inside[0]]
+            raise ValueError(
+                f"latent site {site['name']!r} lies inside plate {plate.name!r}, which subsamples "
+                f"{plate.subsample_size} of {plate.size}: vitools subsamples the likelihood of global "
+                "latents only (q is over every local latent, a minibatch density sees the batch's); "
+                f"move {site['name']!r} out of the plate or drop subsample_size"
+            )
+    return tuple(plates.values())
 
 
 def trace_in_first_mode(model: Callable, args: tuple, kwargs: dict, seed: int) -> tuple[tuple, Any, dict]:

@@ -22,8 +22,9 @@ from vitools.engine import default_optimizer, init_state, objective_state, optim
 from vitools.families import Family, get_family
 from vitools.families.base import check_distribution
 from vitools.objectives import Objective, get_objective, objective_hooks
+from vitools.objectives.base import check_subsampling
 from vitools.result import Fit, NonFiniteLossError
-from vitools.targets import Target
+from vitools.targets import INIT_ROWS, Target
 
 __all__ = ["default_learning_rate", "fit", "target_of"]
 
@@ -49,6 +50,14 @@ def fit(
     **kwargs: Any,
 ) -> Fit:
     """Fit q to the posterior of a NumPyro model (or a :class:`Target`).
+
+    A model with ``numpyro.plate(..., subsample_size=B)`` is fitted on a fresh minibatch of B rows
+    a step (likelihood scaled by N / B, unbiased), so a step costs what B rows cost; the init runs
+    on a fixed random :data:`~vitools.targets.INIT_ROWS` rows, the diagnostics, draws and
+    predictions on all rows. Reverse KL and forward KL from draws take minibatches; objectives that
+    need the full joint (``forward_kl``, ``iwae``, ``renyi``, ``chi2``, ``hybrid``, ``msc``,
+    ``batch_and_match``) are refused. The gradient noise grows like sqrt(N / B), so a subsampled
+    fit needs more steps or a larger B than a full-data one.
 
     Args:
         model: a NumPyro model, or a Target (e.g. ``Target.from_log_density(fn, dim)``).
@@ -133,6 +142,7 @@ def fit(
 
     hooks = objective_hooks(objective)
     rule = _rule(options["converge"], tol, hooks.stopping_rule)
+    check_subsampling(objective, target)  # before the start: a refusal compiles nothing
     if hooks.check_family is not None:  # before the start: a refusal compiles nothing
         hooks.check_family(family)
     if hooks.resolve is not None:  # what depends on the target, worked out once and checked early
@@ -152,10 +162,14 @@ def fit(
     if announce:  # the Laplace init is one compiled program: say what it does before it starts
         print(f"vitools: initialising (Laplace: L-BFGS path, up to 9 Hessians of {target.dim} x "
               f"{target.dim})...", file=sys.stderr, flush=True)  # fmt: skip
-    model_target = target
+    model_target, subsampled = target, target.subsamples
+    # A subsampling model's init runs on a fixed random INIT_ROWS rows a plate (Target.subset), its fit
+    # on a fresh minibatch a step, everything else on all rows.
+    start_target = target.subset(jax.random.fold_in(init_key, 1), INIT_ROWS) if subsampled else target
     target, loc, scale_tril, informed, init_grad_evals = start.starting_point(
-        init_key, target, family, objective, init
+        init_key, start_target, family, objective, init
     )
+    target = target.full_data()
     init_time = time.perf_counter() - tic  # compile included: the init is one program, compiled per model
     if announce:
         print(f"vitools: initialised in {init_time:.1f} s", file=sys.stderr, flush=True)
@@ -165,8 +179,10 @@ def fit(
         learning_rate = (hooks.default_learning_rate or default_learning_rate)(target.dim)
     optimizer = optimizer or default_optimizer()
     pilots = []
+    # No race under subsampling: the pilots' minibatch losses are too noisy to rank the starts (see
+    # benchmarks/bench_subsample.py).
     # Nor for an objective that says so (ObjectiveHooks.races_start: batch-and-match).
-    racing = hooks.races_start and not hooks.mass_covering
+    racing = hooks.races_start and not (hooks.mass_covering or subsampled)
     if laplace and informed and num_steps >= start.RACE_MIN_STEPS and racing:
         run = functools.partial(
             start.pilot, family, objective, optimizer, learning_rate, run_key, params_key, chunk_size

@@ -57,6 +57,7 @@ class Hybrid:
     end: float = dataclasses.field(default=0.5, metadata=dict(static=True))
     name: str = dataclasses.field(default="hybrid", metadata=dict(static=True))
     mass_covering: ClassVar[bool] = True  # it ends forward: start from the marginal sds, no race
+    full_joint: ClassVar[bool] = True  # its forward phase is ForwardKL's SNIS: no minibatches
 
     def __post_init__(self):
         for field, kind in (("reverse", ReverseKL), ("forward", ForwardKL)):

@@ -17,6 +17,7 @@ __all__ = [
     "ObjectiveHooks",
     "SNIS_ONE_DRAW",
     "at_least_two_draws",
+    "check_subsampling",
     "importance_info",
     "objective_hooks",
     "weighted_cross_entropy",
@@ -58,6 +59,14 @@ class ObjectiveHooks(NamedTuple):
         mass_covering: True for forward-KL objectives: a diagonal family then starts from the
             marginal sds (their projection) rather than the conditional ones, and ``vt.fit``
             does not race starts by their loss (a narrow q reads low on its own draws).
+        full_joint: True for objectives whose estimate needs the full-data log joint: those that
+            exponentiate it or compare it between draws (self-normalized importance weights,
+            Metropolis-Hastings ratios, the log-mean-exp of IWAE and Rényi bounds, CUBO's moments,
+            score covariances). A minibatch log
+            density is unbiased for the full one (:meth:`vitools.targets.Target.minibatch`), so
+            a gradient linear in it (the ELBO's) stays unbiased, but its exponential is not:
+            :func:`check_subsampling` refuses these objectives on a subsampling model before
+            anything compiles. False: the objective takes a minibatch log density.
         default_learning_rate: ``(dim) -> float``, the peak rate ``vt.fit`` uses when given
             none; None: :func:`vitools.fitting.default_learning_rate`.
         resolve: ``(target) -> Objective``, the same objective with whatever depends on the
@@ -90,6 +99,7 @@ class ObjectiveHooks(NamedTuple):
     """
 
     mass_covering: bool = False
+    full_joint: bool = False
     default_learning_rate: Callable[[int], float] | None = None
     resolve: Callable[[Target], Objective] | None = None
     check_family: Callable[[Family], None] | None = None
@@ -105,6 +115,28 @@ def objective_hooks(objective: Objective) -> ObjectiveHooks:
     else the defaults. The one place vitools reads an objective's optional members."""
     fields = ObjectiveHooks._fields
     return ObjectiveHooks(**{name: getattr(objective, name) for name in fields if hasattr(objective, name)})
+
+
+def check_subsampling(objective: Objective, target: Target) -> None:
+    """Refuse an objective that needs the full joint (``ObjectiveHooks.full_joint``) on a target
+    whose model subsamples data; nothing is traced.
+
+    Raises:
+        ValueError (:class:`vitools.validate.ArgumentValueError`, argument ``objective``): the
+            target subsamples and the objective needs the full-data log joint.
+    """
+    if not target.subsamples or not objective_hooks(objective).full_joint:
+        return
+    plate = target.density.plates[0]
+    raise validate.ArgumentValueError(
+        f"objective {objective.name!r} needs the full-data log joint, but the model subsamples plate "
+        f"{plate.name!r} ({plate.subsample_size} of {plate.size} rows a step): a minibatch estimate of "
+        "log p(x, z) is unbiased, but its exponential in importance weights, acceptance ratios or "
+        "moments is not, so the fit would follow the minibatches' noise. Under subsampling use "
+        "reverse_kl (unbiased minibatch gradients) or forward KL from posterior draws "
+        "(ForwardKLFromDraws, 'forward_kl_draws'); or drop subsample_size to fit on all rows",
+        "objective",
+    )
 
 
 def weighted_cross_entropy(log_q: jax.Array, log_weights: jax.Array) -> jax.Array:

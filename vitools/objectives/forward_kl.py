@@ -92,6 +92,7 @@ class ForwardKL:
     pareto_smooth: bool = dataclasses.field(default=False, metadata=dict(static=True))
     name: str = dataclasses.field(default="forward_kl", metadata=dict(static=True))
     mass_covering: ClassVar[bool] = True  # read by vt.fit's choice of initial Gaussian
+    full_joint: ClassVar[bool] = True  # its weights are ratios of full-data joints: no minibatches
 
     def __post_init__(self):
         if not isinstance(self.pareto_smooth, (bool, np.bool_)):  # "no" would read as True

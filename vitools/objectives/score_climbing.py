@@ -62,6 +62,7 @@ class MarkovianScoreClimbing:
     rao_blackwell: bool = dataclasses.field(default=True, metadata=dict(static=True))
     name: str = dataclasses.field(default="msc", metadata=dict(static=True))
     mass_covering: ClassVar[bool] = True
+    full_joint: ClassVar[bool] = True  # the CIS kernel keeps p invariant with exact weights only
 
     def __post_init__(self):
         if self.num_draws is not None:

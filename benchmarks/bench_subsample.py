@@ -1,0 +1,203 @@
+r"""Data subsampling (``numpyro.plate(..., subsample_size=B)``): cost per step against N, recovery of
+the full-data posterior at 10^6 rows, and the init on a subset of rows.
+
+1. ``steps``: a logistic regression with 3 coefficients, reverse KL (16 draws), full-rank q: seconds
+   per step of the compiled loop (:func:`vitools.engine.run_chunk`, 500 steps a call, after a warm-up
+   call) at fixed B = 256 and 4096 for N = 10^4, 10^5, 10^6, against the same model without
+   ``subsample_size`` (every row every step). The minibatch step should be flat in N.
+2. ``recover``: ``vt.fit`` at N = 10^6, B = 4096, ``ReverseKL(num_draws=4)`` (seeds 0-9) and, with
+   its refusal lifted, ``IWAE(num_draws=4)`` (seeds 0-4): q's mean against the full-data posterior
+   (Newton's mode, float64) in posterior sds, and q's sds over the Laplace sds. The test's
+   tolerances come from here; IWAE's rows are why vt.fit refuses it under subsampling.
+3. ``init``: vt.fit's Laplace start (``vitools.start.starting_point``) on all 10^6 rows against the
+   fixed random ``INIT_ROWS`` of :meth:`Target.subset`: seconds (compiled once before timing) and the
+   start's distance to the full-data mode in posterior sds.
+
+Run: ``.venv/bin/python benchmarks/bench_subsample.py [steps] [recover] [init]`` (all three by
+default); writes ``benchmarks/results/subsample.md`` (a part run alone: ``subsample_<part>.md``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+import time
+from pathlib import Path
+from typing import ClassVar
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro
+import numpyro.distributions as dist
+
+import vitools as vt
+from vitools.engine import default_optimizer, init_state, run_chunk
+from vitools.families import get_family
+from vitools.objectives.bounds import IWAE
+from vitools.objectives.reverse_kl import ReverseKL
+from vitools.start import starting_point
+from vitools.targets import INIT_ROWS, Target
+
+jax.config.update("jax_enable_x64", True)
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class MinibatchIWAE(IWAE):
+    """IWAE with vt.fit's refusal under subsampling lifted, to measure what the refusal avoids."""
+
+    full_joint: ClassVar[bool] = False
+
+
+RESULTS = Path(__file__).parent / "results" / "subsample.md"
+COEFFICIENTS = np.array([1.0, -0.5, 0.25])
+
+
+def make_model(batch):
+    def logistic(x, y=None):
+        w = numpyro.sample("w", dist.Normal(0.0, 1.0).expand([x.shape[1]]).to_event(1))
+        with numpyro.plate("rows", x.shape[0], subsample_size=batch):
+            xb = numpyro.subsample(x, event_dim=1)
+            yb = numpyro.subsample(y, event_dim=0)
+            numpyro.sample("y", dist.Bernoulli(logits=xb @ w), obs=yb)
+
+    return logistic
+
+
+def data(num_rows, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(num_rows, COEFFICIENTS.size)).astype(np.float32)
+    y = (rng.random(num_rows) < 1.0 / (1.0 + np.exp(-x @ COEFFICIENTS))).astype(np.float32)
+    return x, y
+
+
+def reference(x, y):
+    """Full-data posterior mode and sds (Newton, float64, prior N(0, 1))."""
+    x, y, w = x.astype(float), y.astype(float), np.zeros(x.shape[1])
+    for _ in range(8):
+        p = 1.0 / (1.0 + np.exp(-x @ w))
+        hessian = (x * (p * (1 - p))[:, None]).T @ x + np.eye(x.shape[1])
+        w = w + np.linalg.solve(hessian, x.T @ (y - p) - w)
+    return w, np.sqrt(np.diag(np.linalg.inv(hessian)))
+
+
+def seconds_per_step(target, num_steps=500, repeats=3):
+    family, objective, optimizer = get_family("fullrank"), ReverseKL(), default_optimizer()
+    params = family.init(jax.random.key(1), target, target.initial_point, 0.1 * jnp.eye(target.dim))
+    state = init_state(jax.random.key(0), params, optimizer, 0.01, target.model_params)
+    run = jax.jit(run_chunk, static_argnums=(5, 6))
+    total = jnp.asarray(10**9, jnp.int32)
+    jax.block_until_ready(run(state, total, objective, family, target, optimizer, num_steps))
+    times = []
+    for _ in range(repeats):
+        tic = time.perf_counter()
+        state, _ = jax.block_until_ready(run(state, total, objective, family, target, optimizer, num_steps))
+        times.append((time.perf_counter() - tic) / num_steps)
+    return min(times)
+
+
+def steps() -> list[str]:
+    lines = [
+        "## Seconds per step against N (reverse KL, 16 draws, full-rank q, 3 coefficients)",
+        "",
+        "| N | B = 256 | B = 4096 | all rows (no subsample_size) |",
+        "|---|---|---|---|",
+    ]
+    for exponent in (4, 5, 6):
+        x, y = data(10**exponent)
+        row = [f"10^{exponent}"]
+        for batch in (256, 4096, None):
+            if batch is None and exponent == 6:
+                row.append(
+                    f"{seconds_per_step(Target.from_model(make_model(None), x, y=y), 20, 2) * 1e6:.0f} µs"
+                )
+                continue
+            target = Target.from_model(make_model(batch), x, y=y)
+            row.append(f"{seconds_per_step(target) * 1e6:.0f} µs")
+        lines.append("| " + " | ".join(row) + " |")
+        print(lines[-1], flush=True)
+    return lines + [""]
+
+
+def recover() -> list[str]:
+    x, y = data(10**6)
+    mode, sds = reference(x, y)
+    lines = [
+        "## Recovery at N = 10^6, B = 4096 (vt.fit defaults: 2000 steps, Laplace start on INIT_ROWS rows)",
+        "",
+        f"Full-data posterior mode {np.round(mode, 5).tolist()}, sds {np.round(sds, 5).tolist()}.",
+        "",
+        "| objective | seed | (mean - mode) / sd | q sd / Laplace sd | fit seconds |",
+        "|---|---|---|---|---|",
+    ]
+    model = make_model(4096)
+    worst = {}
+    for objective, seeds in ((ReverseKL(num_draws=4), range(10)), (MinibatchIWAE(num_draws=4), range(5))):
+        for seed in seeds:
+            tic = time.perf_counter()
+            fit = vt.fit(model, x, y=y, objective=objective, seed=seed, progress=False)
+            seconds = time.perf_counter() - tic
+            mean, covariance = fit.mean_and_covariance()
+            z, ratio = (mean - mode) / sds, np.sqrt(np.diag(covariance)) / sds
+            lines.append(
+                f"| {objective.name} | {seed} | {np.round(z, 2).tolist()} | {np.round(ratio, 2).tolist()} "
+                f"| {seconds:.1f} |"
+            )
+            print(lines[-1], flush=True)
+            w = worst.setdefault(objective.name, [0.0, np.inf, 0.0])
+            w[:] = [max(w[0], np.abs(z).max()), min(w[1], ratio.min()), max(w[2], ratio.max())]
+    lines.append("")
+    for name, (z, low, high) in worst.items():
+        lines.append(f"- {name}: largest |mean - mode| {z:.2f} sds; sd ratios {low:.2f}-{high:.2f}.")
+    return lines + [""]
+
+
+def init() -> list[str]:
+    x, y = data(10**6)
+    mode, sds = reference(x, y)
+    target = Target.from_model(make_model(4096), x, y=y)
+    family, objective = get_family("fullrank"), ReverseKL()
+    key = jax.random.key(0)
+    lines = [
+        "## Laplace start at N = 10^6: all rows against a subset (Target.subset)",
+        "",
+        "| start on | rows | seconds (compiled) | gradient evaluations | (start - mode) / sd |",
+        "|---|---|---|---|---|",
+    ]
+    for name, start_target in (
+        ("all rows", target),
+        ("subset", target.subset(jax.random.fold_in(key, 1), INIT_ROWS)),
+    ):
+        starting_point(key, start_target, family, objective, "laplace")  # compile
+        tic = time.perf_counter()
+        framed, loc, _, _, evals = starting_point(key, start_target, family, objective, "laplace")
+        seconds = time.perf_counter() - tic
+        z = (np.asarray(framed.to_unconstrained(loc)) - mode) / sds
+        rows = 10**6 if start_target.density.indices is None else INIT_ROWS
+        lines.append(f"| {name} | {rows} | {seconds:.2f} | {evals} | {np.round(z, 2).tolist()} |")
+        print(lines[-1], flush=True)
+    return lines + [""]
+
+
+def main(parts: list[str]) -> None:
+    out = RESULTS if not parts else RESULTS.with_name(f"subsample_{'_'.join(parts)}.md")  # a part alone
+    parts = parts or ["steps", "recover", "init"]
+    header = [
+        "# Data subsampling (benchmarks/bench_subsample.py)",
+        "",
+        f"{os.cpu_count()}-core CPU, float64, {time.strftime('%Y-%m-%d')}; other jobs shared the machine "
+        "(wall-clock figures are upper bounds).",
+        "",
+    ]
+    body = []
+    for part in parts:
+        body += {"steps": steps, "recover": recover, "init": init}[part]()
+    out.parent.mkdir(exist_ok=True)
+    out.write_text("\n".join(header + body))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
