@@ -258,6 +258,9 @@ class BatchAndMatch:
     batch_size: int = dataclasses.field(default=8, metadata=dict(static=True))  # see Batch size
     learning_rate: float = dataclasses.field(default=1.0, metadata=dict(static=True))  # see Step size
     name: str = dataclasses.field(default="batch_and_match", metadata=dict(static=True))
+    # The update is quadratic in the scores (their batch covariance): minibatch noise in the
+    # scores inflates it, so the fixed point moves; it needs the full-data scores.
+    full_joint: ClassVar[bool] = True
     races_start: ClassVar[bool] = False  # see Under vt.fit
 
     def __post_init__(self):
