@@ -181,7 +181,7 @@ def fit(
     pilots = []
     # No race under subsampling: the pilots' minibatch losses are too noisy to rank the starts. With it,
     # 10^6-row logistic regression, B = 4096, seed 0: the simple start won, and q's mean ended 3.0 sds
-    # off with sds 1.9-2.4x the posterior's; without it, 0.2 sds and 0.83-1.15x (measured).
+    # off with sds 1.9-2.4x the posterior's; without it, 0.2 sds and 0.95-1.19x (16 draws; measured).
     # Nor for an objective that says so (ObjectiveHooks.races_start: batch-and-match).
     racing = hooks.races_start and not (hooks.mass_covering or subsampled)
     if laplace and informed and num_steps >= start.RACE_MIN_STEPS and racing:
