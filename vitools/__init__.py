@@ -6,6 +6,7 @@ Example:
     >>> draws = fit.sample(1000, seed=1)
 """
 
+from vitools.auto import AutoPath, auto_fit
 from vitools.cache import enable_compilation_cache
 from vitools.comparison import compare
 from vitools.convert import to_datatree, to_datatrees
@@ -39,6 +40,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AutoGuideFamily",
+    "AutoPath",
     "BatchAndMatch",
     "ChiSquare",
     "Coupling",
@@ -61,6 +63,7 @@ __all__ = [
     "Target",
     "add_predictive",
     "as_single_chain",
+    "auto_fit",
     "compare",
     "diagnose",
     "enable_compilation_cache",

@@ -98,6 +98,12 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"{_objective_names()} (default: %(default)s)",
     )
     fit.add_argument(
+        "--auto",
+        action="store_true",
+        help="choose the objective and the family: fit the default, read its diagnostics and escalate "
+        "(more steps, a mode search, a flow, forward KL) until the fit reads good (vt.auto_fit)",
+    )
+    fit.add_argument(
         "--out",
         default=None,
         metavar="FILE",
@@ -287,6 +293,12 @@ def _checked(args: argparse.Namespace) -> argparse.Namespace:
                 "vitools fit takes one --family; use compare for several", "--family"
             )
         args.objectives = [validate.choice(args.objective, "--objective", objectives)]
+        if args.auto:
+            if (args.objective, args.family) != ("reverse_kl", "fullrank"):
+                raise validate.ArgumentValueError(
+                    "--auto chooses the objective and the family: leave out --objective and --family", "--auto"
+                )
+            args.objectives, args.families = ["auto"], ["auto"]
     else:
         args.objectives = _names(args.objectives, "--objectives", objectives)
     _check_reference(args)

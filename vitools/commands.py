@@ -291,6 +291,8 @@ def run_fit(args: argparse.Namespace) -> int:
     reference, source, _ = reference_for(args, say)
     fit = fit_one(args, args.objectives[0], args.families[0], reference)
     say(fit)
+    if fit.auto is not None:
+        say(fit.auto)
     tree = to_datatree(fit, num_draws=args.num_draws, seed=args.seed)
     say(summary(tree, var_names=args.var_names).to_string(float_format=lambda v: f"{v:.3g}"))
     for line in str(diagnose(tree, warn=False)).splitlines():

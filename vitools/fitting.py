@@ -65,7 +65,9 @@ def fit(
             NumPy or pandas values, dicts of data, Python numbers (see :meth:`Target.from_model`).
         model_kwargs: the model's keyword arguments as a dict, for those whose names are also
             options of ``vt.fit`` (``init``, ``family``, ``seed``...); merged with ``**kwargs``.
-        objective: a name of :data:`vitools.objectives.OBJECTIVES` (``"reverse_kl"``,
+        objective: ``"auto"`` (with ``family="auto"``: :func:`vitools.auto_fit` chooses both,
+            escalating until the diagnostics say the fit can be trusted), a name of
+            :data:`vitools.objectives.OBJECTIVES` (``"reverse_kl"``,
             ``"forward_kl"``, ``"renyi"``, ``"iwae"``, ``"chi2"``, ``"hybrid"``, ``"msc"``,
             ``"batch_and_match"``) or an Objective object. (Pathfinder is :func:`vitools.pathfinder`.)
         family: a name of :data:`vitools.families.FAMILIES` (``"meanfield"``, ``"fullrank"``,
@@ -117,6 +119,10 @@ def fit(
         >>> fit = vt.fit(model, x, y=y, objective="forward_kl", family="fullrank", num_steps=2000)
         >>> draws = fit.sample(1000, seed=1)
     """
+    if isinstance(objective, str) and objective == "auto" or isinstance(family, str) and family == "auto":
+        return _auto(model, model_args, kwargs, model_kwargs, objective=objective, family=family,
+                     num_steps=num_steps, seed=seed, key=key, progress=progress, learning_rate=learning_rate,
+                     optimizer=optimizer, init=init, tol=tol, converge=converge)  # fmt: skip
     options = _checked_options(
         num_steps=num_steps, chunk_size=chunk_size, seed=seed, learning_rate=learning_rate,
         tol=tol, converge=converge, on_nonfinite=on_nonfinite, init=init, family=family,
@@ -243,6 +249,31 @@ def fit(
     alerts.warn_low_ess(result)
     alerts.warn_improper(result, jax.random.fold_in(key, 1))
     return result
+
+
+def _auto(model, model_args, kwargs, model_kwargs, *, objective, family, num_steps, seed, key, progress,
+          **fixed) -> Fit:
+    """``objective="auto", family="auto"``: :func:`vitools.auto.auto_fit`, which chooses both (and the
+    options in ``fixed``, which must be left at their defaults)."""
+    from vitools.auto import auto_fit  # auto calls vt.fit: imported on use
+
+    if (objective, family) != ("auto", "auto"):
+        fixed_one = "family" if objective == "auto" else "objective"
+        raise validate.ArgumentValueError(
+            f"the automatic mode chooses the objective and the family together: give objective='auto' "
+            f"and family='auto' (got {fixed_one}={(family if objective == 'auto' else objective)!r})",
+            fixed_one,
+        )
+    defaults = dict(learning_rate=None, optimizer=None, init="laplace", tol=None, converge=True)
+    for name, value in fixed.items():
+        if not (value is defaults[name] or (isinstance(value, str | bool) and value == defaults[name])):
+            raise validate.ArgumentValueError(
+                f"{name} cannot be set with objective='auto': the automatic mode runs each attempt at "
+                "vt.fit's defaults (vt.auto_fit takes the budget: max_grad_evals, max_time)",
+                name,
+            )
+    return auto_fit(model, *model_args, num_steps=num_steps, seed=seed, key=key, progress=progress,
+                    model_kwargs=model_kwargs, **kwargs)  # fmt: skip
 
 
 def target_of(

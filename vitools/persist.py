@@ -124,6 +124,7 @@ def save(fit: Fit, path: str | os.PathLike) -> Path:
             "convergence": None
             if convergence is None
             else {name: _scalar(value) for name, value in convergence._asdict().items()},
+            "auto": None if fit.auto is None else _auto_record(fit.auto),
         },
     }
     arrays["header"] = np.array(json.dumps(header, indent=1))
@@ -195,6 +196,8 @@ def load(path: str | os.PathLike, model: Any, /, *model_args: Any, **model_kwarg
     if record["convergence"] is not None:  # JSON null for a NaN (not assessed)
         fields = {k: float("nan") if v is None else v for k, v in record["convergence"].items()}
         record["convergence"] = Convergence(**fields)
+    if record.get("auto") is not None:  # files written before the automatic mode have no entry
+        record["auto"] = _auto_path(record["auto"])
     return Fit(
         target=target,
         family=family,
@@ -204,6 +207,22 @@ def load(path: str | os.PathLike, model: Any, /, *model_args: Any, **model_kwarg
         trace={name: arrays[f"trace/{name}"] for name in header["trace"]},
         **record,
     )
+
+
+def _auto_record(path: Any) -> dict:
+    """The automatic mode's path (:class:`vitools.auto.AutoPath`) as JSON values."""
+    record = dataclasses.asdict(path)
+    record["attempts"] = [{k: _scalar(v) for k, v in a.items()} for a in record["attempts"]]
+    return record
+
+
+def _auto_path(record: dict) -> Any:
+    from vitools.auto import Attempt, AutoPath  # auto imports the fitting layer: imported on use
+
+    attempts = tuple(
+        Attempt(**{k: float("nan") if v is None else v for k, v in a.items()}) for a in record["attempts"]
+    )
+    return AutoPath(**{**record, "attempts": attempts})
 
 
 # ---------------------------------------------------------------------------------------------

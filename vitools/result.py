@@ -70,6 +70,9 @@ class Fit:
             error, in nats), assessed where the fit stopped or, after the whole budget, on its
             last window; None for a Gaussian fitted elsewhere. ``status == "completed"`` with
             ``converged`` False: the budget ran out while the loss still fell.
+        auto: the automatic mode's path to this fit (:class:`vitools.auto.AutoPath`: every
+            attempt's configuration, verdict, gradient evaluations and time), None for a fit
+            made otherwise.
     """
 
     target: Target
@@ -87,6 +90,7 @@ class Fit:
     convergence: Convergence | None = None
     init_grad_evals: int = 0
     init_time: float = 0.0
+    auto: Any = None
 
     @classmethod
     def from_gaussian(

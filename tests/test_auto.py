@@ -1,0 +1,109 @@
+"""The automatic mode (``vt.auto_fit``, ``vt.fit(objective="auto", family="auto")``): it stops at
+the first fit that reads good, escalates where the diagnostics say so, respects its budget, and
+keeps the path it took."""
+
+import jax.numpy as jnp
+import numpy as np
+import numpyro
+import numpyro.distributions as dist
+import pytest
+
+import vitools as vt
+from vitools import validate
+from vitools.importance import khat_threshold
+from vitools.models import get_model
+from vitools.models.toy import BIMODAL_LOCS
+
+COV = np.array([[1.0, 0.8, 0.3], [0.8, 1.0, 0.5], [0.3, 0.5, 2.0]])
+
+
+def correlated_gaussian():
+    numpyro.sample("z", dist.MultivariateNormal(jnp.zeros(3), jnp.asarray(COV)))
+
+
+def run(name: str, **options):
+    zoo = get_model(name)
+    return zoo, vt.auto_fit(zoo.model, *zoo.args, progress=False, **zoo.kwargs, **options)
+
+
+@pytest.fixture(scope="module")
+def bimodal():
+    return run("bimodal")
+
+
+@pytest.fixture(scope="module")
+def banana():
+    return run("banana")
+
+
+def test_a_gaussian_posterior_stops_at_the_default_fit():
+    fit = vt.fit(correlated_gaussian, objective="auto", family="auto", progress=False)
+    assert [a.name for a in fit.auto.attempts] == ["1: reverse_kl/fullrank"]
+    assert fit.auto.stopped == "trusted" and fit.auto.chosen == "1: reverse_kl/fullrank"
+    assert fit.auto.attempts[0].verdict == "good"
+    assert fit.auto.grad_evals == fit.num_grad_evals  # one attempt: the path's cost is the fit's
+
+
+def test_bimodal_ends_on_a_q_that_covers_both_modes(bimodal):
+    zoo, fit = bimodal
+    assert fit.auto.stopped == "trusted", str(fit.auto)
+    assert fit.auto.attempts[0].verdict == "bad"  # the default sits on one mode
+    z = fit.sample(4000, seed=1)["z"]
+    nearest = np.argmin(((z[:, None, :] - BIMODAL_LOCS[None]) ** 2).sum(-1), axis=1)
+    share = np.mean(nearest == 0)
+    # equal modes: each holds half the mass; 4000 draws have a binomial sd of 0.008, and a fit
+    # that covers both modes within 0.1 of their weights is what "covers both" asks (one mode: 0 or 1)
+    assert abs(share - 0.5) < 0.1, share
+    table = vt.compare({"auto": fit}, reference=zoo.reference())
+    assert table.loc["auto", "verdict"] == "good"
+    assert table.loc["auto", "w1"] < 0.15  # one-mode fits read 0.9 (benchmarks/results/divergences.md)
+
+
+def test_banana_ends_on_a_flow_with_khat_under_threshold(banana):
+    _, fit = banana
+    assert fit.auto.stopped == "trusted", str(fit.auto)
+    assert fit.family.name in ("iaf", "coupling", "mixture")  # not a Gaussian: the banana is curved
+    chosen = next(a for a in fit.auto.attempts if a.name == fit.auto.chosen)
+    assert chosen.verdict == "good" and chosen.khat < khat_threshold(fit.auto.num_draws)
+    assert fit.auto.grad_evals == sum(a.grad_evals for a in fit.auto.attempts)
+
+
+def test_a_budget_cap_is_respected_and_said():
+    zoo, fit = run("banana", max_grad_evals=40_000)
+    assert fit.auto.grad_evals <= 40_000
+    assert fit.auto.stopped == "budget" and fit.auto.budget_hit, str(fit.auto)
+    assert len(fit.auto.attempts) >= 1
+
+
+def test_the_path_is_saved_with_the_fit(tmp_path, bimodal):
+    zoo, fit = bimodal
+    path = vt.save(fit, tmp_path / "auto.vitools.npz")
+    loaded = vt.load(path, zoo.model, *zoo.args, **zoo.kwargs)
+    assert [a.name for a in loaded.auto.attempts] == [a.name for a in fit.auto.attempts]
+    assert loaded.auto.chosen == fit.auto.chosen and loaded.auto.stopped == fit.auto.stopped
+
+
+@pytest.mark.parametrize(
+    "options, match",
+    [
+        (dict(objective="auto"), "objective='auto' and family='auto'"),
+        (dict(objective="auto", family="auto", learning_rate=0.1), "learning_rate cannot be set"),
+    ],
+)
+def test_auto_options_are_checked_before_fitting(options, match):
+    with pytest.raises(validate.ArgumentValueError, match=match):
+        vt.fit(correlated_gaussian, progress=False, **options)
+
+
+def test_the_cli_fits_with_auto_and_prints_the_path(capsys):
+    from vitools.cli import main
+
+    assert main(["fit", "bad_scaling", "--auto", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "auto: chose 1: reverse_kl/fullrank; stopped: trusted" in out
+
+
+def test_the_cli_refuses_auto_beside_an_objective():
+    from vitools.cli import main
+
+    assert main(["fit", "bad_scaling", "--auto", "--objective", "forward_kl", "--quiet"]) == 2

@@ -1,0 +1,419 @@
+"""Choose for the user: fit the cheap default, read its verdict, escalate until it can be trusted.
+
+:func:`auto_fit` (also ``vt.fit(model, ..., objective="auto", family="auto")``) runs a short ladder
+of ``vt.fit`` attempts. After each, every attempt so far is compared
+(:func:`vitools.comparison.compare`: k̂ with its interval, the mean-shift check, convergence, and the
+mass one attempt misses that another covers), and the next attempt is what
+:func:`vitools.advice.next_steps` suggests for the latest one: the rules the report and
+``vitools compare`` print as next steps, so the automatic mode does what the report would tell a
+user to do, and its path reads in the same words. In short (the measured rules are in
+:mod:`vitools.advice`):
+
+1. reverse KL with a full-rank Gaussian (the default fit);
+2. its loss still falling when the budget ran out -> the same fit with twice the steps;
+3. a fit that misses mass another covers, or a Gaussian whose k̂ or mean-shift check fails -> a
+   flow, by forward KL where the model is small enough for it (``advice.FLOW_FORWARD_MAX_DIM``);
+4. k̂ straddling its threshold -> the same fits diagnosed from four times the draws;
+5. a suggestion already tried -> the first untried configuration of :data:`FALLBACK`.
+
+It stops at the first attempt that reads good, when no step is left to try, after ``max_attempts``,
+or when the budget (``max_grad_evals``, ``max_time``) is spent, and returns the best attempt (good
+before uncertain before bad, then the lowest k̂) with the path it took in :attr:`Fit.auto`.
+
+Measured on the zoo and the posteriordb corpus: ``benchmarks/bench_auto.py``
+(``benchmarks/results/auto.md``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+
+from vitools import validate
+from vitools.advice import FLOW_FORWARD_MAX_DIM, next_steps
+from vitools.comparison import compare
+from vitools.convert import DIAGNOSTIC_DRAWS, to_datatree
+from vitools.diagnostics import VERDICTS
+from vitools.objectives import get_objective
+from vitools.result import Fit
+from vitools.targets import Target
+
+__all__ = ["FALLBACK", "PROBE_PATHS", "Attempt", "AutoPath", "auto_fit"]
+
+# Tried in this order when advice's suggestion was tried already (a flow by forward KL failed, say):
+# the flow by the other direction, then a mixture by forward KL (several modes).
+FALLBACK = (("forward_kl", "flow"), ("reverse_kl", "flow"), ("forward_kl", "mixture"))
+# Paths of the mode probe run after a first fit that is not trusted (vitools.pathfinder). Paths start
+# at NumPyro's uniform(-2, 2) init: on the zoo's bimodal target each path ends at one of the two modes,
+# so 4 paths all miss one mode with probability 1/8 (seen at seed 0 with x64: the probe read bad at
+# k̂ 0.88) and 8 paths with 1/128; 8-path Pathfinder reads good there at seeds 0-2
+# (tests/test_pathfinder.py), 4 paths cost 5,218 gradient evaluations against the default fit's 14,705.
+PROBE_PATHS = 8
+# Where k̂ straddles its threshold, advice asks for 4x the draws; once only (each comparison draws every
+# attempt again, and 160,000 draws of a flow took longer than the fits).
+MAX_DRAWS_FACTOR = 4
+# An attempt the budget leaves fewer steps than this is not started: it could not converge
+# (the convergence rule reads the last 500 steps; vitools.convergence).
+MIN_STEPS = 500
+
+
+@dataclasses.dataclass(frozen=True)
+class Attempt:
+    """One fit of the automatic mode's path.
+
+    Attributes:
+        name: its row name in the comparison (``"2: forward_kl/iaf"``).
+        objective, family: the configuration's names; num_steps: the budget it was given.
+        why: why it was tried (the advice that led to it; ``"the default fit"`` first).
+        verdict, khat, reasons: what :func:`vitools.diagnose` says of it (``khat`` NaN if the
+            diagnostics failed); steps: steps run; status: the fit's status.
+        grad_evals: log-density gradient evaluations it spent, its start included.
+        seconds: its wall time (start, compilation and loop).
+    """
+
+    name: str
+    objective: str
+    family: str
+    num_steps: int
+    why: str
+    verdict: str
+    khat: float
+    reasons: str
+    steps: int
+    status: str
+    grad_evals: int
+    seconds: float
+
+    def __str__(self) -> str:
+        return (
+            f"{self.name}: {self.verdict} (k̂ {self.khat:.2f}), {self.steps} steps, "
+            f"{self.grad_evals} gradient evaluations, {self.seconds:.1f} s; tried because {self.why}"
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class AutoPath:
+    """The automatic mode's record, kept on the returned fit as ``fit.auto``.
+
+    Attributes:
+        attempts: every attempt in order (:class:`Attempt`).
+        chosen: the name of the attempt returned.
+        stopped: why the ladder ended: ``"trusted"`` (an attempt read good), ``"budget"``
+            (``max_grad_evals`` would be passed by the next attempt), ``"time"`` (``max_time``
+            spent), ``"attempts"`` (``max_attempts`` made) or ``"no step left"`` (nothing
+            untried to suggest).
+        num_draws: the draws from q its last comparison used (more when k̂ straddled its threshold).
+    """
+
+    attempts: tuple[Attempt, ...]
+    chosen: str
+    stopped: str
+    num_draws: int
+
+    @property
+    def grad_evals(self) -> int:
+        """Gradient evaluations of all attempts together."""
+        return sum(a.grad_evals for a in self.attempts)
+
+    @property
+    def seconds(self) -> float:
+        """Wall time of all attempts together (the comparisons between them not included)."""
+        return sum(a.seconds for a in self.attempts)
+
+    @property
+    def budget_hit(self) -> bool:
+        """Whether the ladder ended on ``max_grad_evals`` or ``max_time``."""
+        return self.stopped in ("budget", "time")
+
+    def __str__(self) -> str:
+        lines = [f"  {a}" for a in self.attempts]
+        return "\n".join(
+            [f"auto: chose {self.chosen}; stopped: {self.stopped}; {self.grad_evals} gradient evaluations"]
+            + lines
+        )
+
+
+def auto_fit(
+    model: Callable | Target,
+    *model_args: Any,
+    max_grad_evals: int | None = 1_000_000,
+    max_time: float | None = None,
+    max_attempts: int = 5,
+    num_steps: int = 2000,
+    num_draws: int = DIAGNOSTIC_DRAWS,
+    seed: int | None = None,
+    key: jax.Array | None = None,
+    progress: bool = True,
+    model_kwargs: dict[str, Any] | None = None,
+    **kwargs: Any,
+) -> Fit:
+    """Fit the default, then escalate objective, family and budget until the fit reads good.
+
+    The rules are in the module docstring (:mod:`vitools.auto`); each attempt is a ``vt.fit`` with
+    the same seed, diagnosed from ``num_draws`` draws of q with that seed.
+
+    Args:
+        model, *model_args, **kwargs, model_kwargs: as :func:`vitools.fit`.
+        max_grad_evals: the budget in log-density gradient evaluations, starts included (None: no
+            cap). An attempt is started only with at least ``MIN_STEPS`` steps' worth left, its
+            steps cut to what is left after its start; a start's cost is known after it ran, so
+            the first attempt reserves ``_first_start_reserve(dim)`` for it.
+        max_time: the budget in seconds of wall time, checked between attempts (None: no cap); an
+            attempt is not started once the time is spent, or when the last attempt's pace says
+            it would not end in time. An attempt in progress is not cut.
+        max_attempts: at most this many fits.
+        num_steps: the first attempt's budget of steps (later ones double it where advised).
+        num_draws: draws of q per diagnosis (the k̂ threshold depends on it).
+        seed, key: as :func:`vitools.fit` (one seed for every attempt).
+        progress: each fit's progress, and a line per attempt on stderr.
+
+    Returns:
+        The best attempt's :class:`~vitools.result.Fit`, with ``fit.auto`` (:class:`AutoPath`)
+        holding every attempt: its configuration, verdict, gradient evaluations and time.
+
+    Raises:
+        vitools.validate.ArgumentError: an option is invalid (the message names it).
+        As :func:`vitools.fit`; an attempt that fails on a non-finite loss is recorded as bad
+        and the ladder goes on.
+
+    Example:
+        >>> fit = vt.auto_fit(model, x, y=y, max_grad_evals=300_000)
+        >>> print(fit.auto)
+    """
+    from vitools.fitting import target_of  # fitting routes objective="auto" here: imported on use
+
+    max_grad_evals = None if max_grad_evals is None else validate.count(max_grad_evals, "max_grad_evals")
+    max_time = None if max_time is None else validate.positive(max_time, "max_time")
+    max_attempts = validate.count(max_attempts, "max_attempts")
+    num_steps = validate.count(num_steps, "num_steps")
+    num_draws = validate.count(num_draws, "num_draws")
+    seed = 0 if seed is None and key is None else seed
+    key = validate.seed_or_key(seed, key)
+    target = target_of(model, model_args, kwargs, model_kwargs)
+    path = _Path(num_draws, 0 if seed is None else seed, progress)
+    tic = time.perf_counter()
+    config = ("reverse_kl", "fullrank", num_steps, "the default fit")
+    tried: set[tuple[str, str, int]] = set()
+    stopped, probed = "attempts", False
+    while len(path.attempts) < max_attempts:
+        objective, family, wanted, why = config
+        tried.add((objective, family, wanted))
+        steps, stop = _afford(wanted, objective, target.dim, path.attempts, max_grad_evals, max_time, tic)
+        if stop is not None:
+            stopped = stop
+            break
+        name = path.next_name(f"{objective}/{family}")
+        path.say(f"{name}, {steps} steps ({why})")
+        fit, seconds = _attempt(target, objective, family, steps, key, progress)
+        current = path.add(name, fit, objective, family, steps, why, seconds)
+        if path.trusted:
+            stopped = "trusted"
+            break
+        step = path.advice(name)
+        if (
+            not probed
+            and fit is not None
+            and _probe_affordable(target.dim, path, max_grad_evals, max_time, tic)
+        ):
+            probed = True  # the first fit is not trusted: look for other modes before escalating
+            probe, seconds = _probe(target, key, progress)
+            why = "a search for other modes (its paths start apart)"
+            path.add(path.next_name(f"pathfinder x{PROBE_PATHS}"), probe, "pathfinder", probe.family.name, 0,
+                     why, seconds)  # fmt: skip
+            if path.trusted:
+                stopped = "trusted"
+                break
+            step = path.advice(name)  # the fit's advice, now beside the probe's mass
+        config = _next_config(step, current, tried, target.dim, num_steps)
+        if config is None:
+            stopped = "no step left"
+            break
+    return path.result(stopped)
+
+
+class _Path:
+    """The attempts so far, their draws (one tree per fit, drawn once) and their comparison."""
+
+    def __init__(self, num_draws: int, seed: int, progress: bool):
+        self.num_draws, self.seed, self.progress = num_draws, seed, progress
+        self.initial_draws = num_draws
+        self.attempts: list[Attempt] = []
+        self.fits: dict[str, Fit] = {}
+        self.trees: dict[str, Any] = {}
+        self.table = None
+
+    def say(self, text: str) -> None:
+        if self.progress:
+            print(f"vitools auto: {text}", file=sys.stderr, flush=True)
+
+    def next_name(self, what: str) -> str:
+        return f"{len(self.attempts) + 1}: {what}"
+
+    def add(self, name, fit, objective, family, num_steps, why, seconds) -> Attempt:
+        """Record an attempt (``fit`` None: it failed at its first step) and compare it with the rest."""
+        if fit is None:
+            failed = "the loss became non-finite at the first step"
+            attempt = Attempt(name, objective, family, num_steps, why, "bad", math.nan, failed, 0,
+                              "nonfinite", 0, seconds)  # fmt: skip
+        else:
+            self.fits[name] = fit
+            self.trees[name] = to_datatree(fit, num_draws=self.num_draws, seed=self.seed)
+            attempt = Attempt(name, objective, family, num_steps, why, "", math.nan, "", fit.num_steps,
+                              fit.status, fit.num_grad_evals, seconds)  # fmt: skip
+        self.attempts.append(attempt)
+        self._compare()
+        self.say(str(self.attempts[-1]))
+        return self.attempts[-1]
+
+    def advice(self, name: str) -> Any:
+        """:func:`vitools.advice.next_steps`' step for ``name`` (None: none); where it asks for more
+        draws (k̂ straddles its threshold), every fit is drawn again with them first."""
+        if name not in self.fits:
+            return None
+        step = next_steps(self.table).get(name)
+        more = None if step is None else step.options.get("num_draws")
+        if more is not None and self.num_draws < more <= MAX_DRAWS_FACTOR * self.initial_draws:
+            self.num_draws = int(more)
+            self.trees = {
+                n: to_datatree(f, num_draws=self.num_draws, seed=self.seed) for n, f in self.fits.items()
+            }
+            self._compare()
+            step = next_steps(self.table).get(name)
+        return step
+
+    @property
+    def trusted(self) -> bool:
+        return self.table is not None and bool((self.table["verdict"] == "good").any())
+
+    def _compare(self) -> None:
+        if self.trees:
+            self.table = compare(self.trees, num_draws=self.num_draws, seed=self.seed)
+            self.attempts = [self._reread(a) for a in self.attempts]
+
+    def _reread(self, attempt: Attempt) -> Attempt:
+        """The attempt with the latest comparison's verdict (more draws may have changed it)."""
+        if attempt.name not in self.table.index:
+            return attempt
+        row = self.table.loc[attempt.name]
+        return dataclasses.replace(
+            attempt, verdict=str(row["verdict"]), khat=float(row["khat"]), reasons=str(row["reasons"])
+        )
+
+    def result(self, stopped: str) -> Fit:
+        """The best attempt's fit (good before uncertain before bad, then the lowest k̂), its path attached."""
+        if not self.fits:
+            raise RuntimeError(
+                f"no attempt of the automatic mode produced a fit: {'; '.join(map(str, self.attempts))}"
+            )
+        rank = {v: i for i, v in enumerate(VERDICTS)}
+        chosen = min(
+            (a for a in self.attempts if a.name in self.fits),
+            key=lambda a: (rank.get(a.verdict, len(VERDICTS)), math.inf if math.isnan(a.khat) else a.khat),
+        ).name
+        path = AutoPath(tuple(self.attempts), chosen, stopped, self.num_draws)
+        return dataclasses.replace(self.fits[chosen], auto=path)
+
+
+def _probe(target: Target, key: jax.Array, progress: bool) -> tuple[Fit, float]:
+    """Multi-path Pathfinder from dispersed starts (:func:`vitools.pathfinder`): cheap, and its
+    mixture's log evidence covers every mode a path found, so the comparison's missed-mass check
+    flags a fit that sits on one of several modes (k̂ alone cannot see mass q never draws)."""
+    from vitools.pathfinder import pathfinder
+
+    tic = time.perf_counter()
+    probe = pathfinder(target, num_paths=PROBE_PATHS, key=jax.random.fold_in(key, 7), progress=progress)
+    return probe, time.perf_counter() - tic
+
+
+def _probe_affordable(dim, path, max_grad_evals, max_time, tic) -> bool:
+    """Whether the budget leaves room for the probe: its worst case is every path's L-BFGS
+    iterations with their line searches and a Hessian (``dim`` gradients) at each iterate."""
+    if max_time is not None and time.perf_counter() - tic >= max_time:
+        return False
+    cost = PROBE_PATHS * (100 * 25 + 101 * dim)
+    return max_grad_evals is None or max_grad_evals - sum(a.grad_evals for a in path.attempts) >= cost
+
+
+def _flow(dim: int) -> str:
+    """The flow for a model of ``dim`` parameters: the IAF at small size, the coupling flow (cheap
+    in both directions) above it."""
+    return "iaf" if dim <= FLOW_FORWARD_MAX_DIM else "coupling"
+
+
+def _afford(
+    steps: int,
+    objective: str,
+    dim: int,
+    attempts: list[Attempt],
+    max_grad_evals: int | None,
+    max_time: float | None,
+    tic: float,
+) -> tuple[int, str | None]:
+    """The steps the budget allows for the next attempt, or why none can start."""
+    if max_time is not None:
+        spent = time.perf_counter() - tic
+        pace = attempts[-1].seconds / max(attempts[-1].steps, 1) if attempts else 0.0
+        if spent >= max_time or spent + pace * min(steps, MIN_STEPS) > max_time:
+            return steps, "time"
+    if max_grad_evals is None:
+        return steps, None
+    per_step = get_objective(objective).num_density_evals(dim)
+    fits = [a for a in attempts if a.objective != "pathfinder"]  # the probe has no steps
+    start = max((_start_cost(a, dim) for a in fits), default=_first_start_reserve(dim))
+    left = max_grad_evals - sum(a.grad_evals for a in attempts) - start
+    affordable = left // max(per_step, 1)
+    if affordable < min(steps, MIN_STEPS):
+        return steps, "budget"
+    return min(steps, affordable), None
+
+
+def _start_cost(attempt: Attempt, dim: int) -> int:
+    """What an attempt spent besides its steps (start and pilots), an estimate of the next's."""
+    per_step = get_objective(attempt.objective).num_density_evals(dim)
+    return max(attempt.grad_evals - attempt.steps * per_step, 0)
+
+
+def _first_start_reserve(dim: int) -> int:
+    """Gradient evaluations set aside for the first attempt's start: the Laplace init's path (at
+    most 100 L-BFGS iterations with their line searches), its Hessians (``dim`` evaluations each,
+    at most 9) and the start race's two 100-step pilots of the default reverse KL."""
+    return 100 * 25 + 9 * dim + 2 * 100 * get_objective("reverse_kl").num_density_evals(dim)
+
+
+def _attempt(target, objective, family, steps, key, progress) -> tuple[Fit | None, float]:
+    """One ``vt.fit``; a non-finite loss keeps the fit's last finite parameters as the attempt."""
+    from vitools.fitting import fit as vt_fit
+    from vitools.result import NonFiniteLossError
+
+    tic = time.perf_counter()
+    try:
+        fit = vt_fit(target, objective=objective, family=family, num_steps=steps, key=key, progress=progress)
+    except NonFiniteLossError as err:
+        fit = err.fit if err.fit.num_steps > 0 else None
+    return fit, time.perf_counter() - tic
+
+
+def _next_config(step, last: Attempt, tried: set, dim: int, num_steps: int) -> tuple | None:
+    """The next configuration ``(objective, family, num_steps, why)``: advice's step for the last
+    attempt unless it was tried (or is only more draws), else the first untried of :data:`FALLBACK`;
+    None when every one was tried."""
+    options = {} if step is None else {k: v for k, v in step.options.items() if k != "num_draws"}
+    objective = str(options.get("objective", last.objective))
+    family = str(options.get("family", last.family))
+    if family == "iaf" and objective == "forward_kl":
+        family = _flow(dim)
+    candidate = (objective, family, int(options.get("num_steps", num_steps)))
+    if options and candidate not in tried:
+        return (*candidate, step.why)
+    for objective, family in FALLBACK:
+        family = _flow(dim) if family == "flow" else family
+        if (objective, family, num_steps) not in tried:
+            why = "advice's step was tried already" if options else f"{last.name} read {last.verdict}"
+            return objective, family, num_steps, f"{why}; next on the fallback ladder"
+    return None
