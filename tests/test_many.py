@@ -50,11 +50,9 @@ def test_fit_many_over_64_seeds_compiles_one_loop(many_seeds):
     fits, compiled, compiled_single = many_seeds
     assert len(fits) == NUM_SEEDS and fits.num_compiled == 1
     assert compiled == 1 and compiled_single == 0  # one vmapped loop (pilots too), no single-fit loop
-    traces = many._START_TRACES[0]
     # Other seeds and budget (the budget is traced; 200 steps run no race): the same programs.
     again = fit_many(noisy_regression, X, y=Y, seeds=range(100, 164), num_steps=200, progress=False)
     assert again.num_compiled == 0 and again.compile_time == 0.0
-    assert many._START_TRACES[0] == traces
     assert again.num_grad_evals == sum(f.num_grad_evals for f in again)
 
 
@@ -68,14 +66,22 @@ def test_fit_many_matches_64_separate_fits(many_seeds):
         np.testing.assert_allclose(fits[seed].losses, one.losses, rtol=1e-9)
         for a, b in zip(jax.tree.leaves(fits[seed].params), jax.tree.leaves(one.params), strict=True):
             np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
-        np.testing.assert_allclose(
-            fits[seed].target.frame.shift, one.target.frame.shift, rtol=1e-9, atol=1e-12
-        )
-        np.testing.assert_allclose(
-            fits[seed].target.frame.scale, one.target.frame.scale, rtol=1e-9, atol=1e-12
-        )
+        # q in the model's space (also where a frame were held another way: before issue 14's fix
+        # vt.fit held a start away from a mode as a vector; the test passed against that too)
+        for a, b in zip(fits[seed].mean_and_covariance(), one.mean_and_covariance(), strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
         assert (fits[seed].num_steps, fits[seed].num_grad_evals) == (one.num_steps, one.num_grad_evals)
         assert fits[seed].seed == seed and fits[seed].status == one.status == "completed"
+
+
+def test_the_race_of_starts_goes_both_ways(many_seeds):
+    # Where the simple start won (measured: seeds 22, 42, 50, 56, 60), the fit runs in the model's
+    # frame, the identity; elsewhere in the Laplace factor's. Both kinds are among the 64 matched.
+    simple = [
+        np.allclose(f.target.frame.scale, np.eye(3)) and np.allclose(f.target.frame.shift, 0.0)
+        for f in many_seeds[0]
+    ]
+    assert 0 < sum(simple) < NUM_SEEDS
 
 
 def test_a_fit_of_fit_many_is_a_fit(many_seeds):
@@ -150,6 +156,7 @@ def test_vsbc_flags_mean_field_on_a_correlated_gaussian_and_passes_full_rank(fam
     # at 0.0125 needs with 100 datasets. Its mean is right, so the symmetry test (VSBC proper)
     # passes it: the flag is "overconfident", not "biased". The simple start keeps the test short
     # (the Laplace start's program compiles for seconds) and the 500 steps reach the optimum.
+    # Were fit i given another dataset than i, full rank's p would not be uniform.
     check = vsbc(
         regression, X, y=None, family=family, num_datasets=VSBC_DATASETS, num_steps=VSBC_STEPS,
         init="median", seed=0, progress=False,
@@ -161,20 +168,6 @@ def test_vsbc_flags_mean_field_on_a_correlated_gaussian_and_passes_full_rank(fam
     assert check.probabilities["beta"].shape == (VSBC_DATASETS, 2)
     counts = check.probabilities["beta"] * 1000  # each p counts 1000 draws of q
     np.testing.assert_allclose(counts, np.round(counts), atol=1e-9)
-    if calibrated:  # fit i is vt.fit on dataset i with its seed (fit_many over datasets)
-        fit = check.fits[7]
-        y = np.asarray(fit.target.density.arguments()[1]["y"])
-        one = vt.fit(
-            regression,
-            X,
-            y=y,
-            seed=fit.seed,
-            num_steps=VSBC_STEPS,
-            init="median",
-            converge=False,
-            progress=False,
-        )
-        np.testing.assert_allclose(fit.losses, one.losses, rtol=1e-9)  # as in the test over seeds
     assert np.all(check.table["symmetry_pvalue"] > check.threshold)
     fig = check.plot()
     assert len([ax for ax in fig.axes if ax.patches]) == 2 and expected in fig.axes[0].get_title()

@@ -3,16 +3,16 @@ r"""Many fits of one model in one compiled program: :func:`fit_many` over seeds 
 Multi-start (one model, many seeds) and simulation-based calibration (one model, many datasets of
 the same shapes, :mod:`vitools.vsbc`) fit the same model again and again. ``vt.fit`` in a Python
 loop pays the host loop's calls per fit; :func:`fit_many` stacks the fits along a leading axis
-and runs them as one ``jax.vmap`` of the engine's own chunk program (:func:`vitools.engine.run_chunks`)
-and of the Laplace start (:func:`vitools.laplace.initial_gaussian`), each compiled once for the
-batch. Fit ``i`` is ``vt.fit(model, ..., seed=seeds[i])`` (with ``datasets`` given:
+and runs them as one ``jax.vmap`` of the engine's own chunk program
+(:func:`vitools.engine.run_chunks`), compiled once for a batch size. Each fit starts from
+``vt.fit``'s own start (:func:`vitools.start.starting_point`, whose program ``vt.fit`` shares).
+Fit ``i`` is ``vt.fit(model, ..., seed=seeds[i])`` (with ``datasets`` given:
 ``vt.fit(model, ..., **{name: datasets[name][i]})``) up to float rounding: the same keys, start,
 frame, race of starts and steps (see :func:`fit_many` for the differences that remain).
 
-One structure for all fits: a family that whitens ``"full"`` runs every fit in a matrix frame,
-holding the Laplace factor (a start at a mode), ``diag(sds)`` (elsewhere) or the identity
-(NumPyro's simple start), so seeds whose start does or does not sit at a mode share one program
-(``vt.fit``'s own choice is per seed; a diagonal matrix maps draws exactly as its vector does).
+One structure for all fits: ``vitools.start`` holds every fit's frame the same way for a family
+(a family that whitens ``"full"`` holds the Laplace factor, ``diag(sds)`` or the identity as a
+matrix), never by seed, so the fits stack.
 """
 
 from __future__ import annotations
@@ -31,11 +31,11 @@ import optax
 
 from vitools import engine, start, validate
 from vitools.blas import one_blas_thread
-from vitools.families import Family, family_hooks
+from vitools.families import Family
 from vitools.families.base import check_distribution
 from vitools.fitting import _checked_options, _rule, default_learning_rate, target_of
 from vitools.frame import Frame
-from vitools.laplace import initial_gaussian, is_mode, second_order, simple_gaussian
+from vitools.laplace import simple_gaussian
 from vitools.objectives import Objective, objective_hooks
 from vitools.progress import Progress
 from vitools.result import Fit
@@ -165,7 +165,6 @@ def fit_many(
 
     - no early stop: every fit runs ``num_steps`` (one program steps all fits: ``vt.fit``'s
       ``converge=False``); each fit's ``convergence`` is still assessed on its losses;
-    - a family that whitens ``"full"`` runs every fit in a matrix frame (see the module's doc);
     - each fit's ``init_time``, ``elapsed`` and ``compile_time`` are its share of the batch's
       (the totals are on :class:`FitMany`); no per-fit warnings (low ESS, improper posterior):
       run ``vt.diagnose`` on the fits that matter;
@@ -220,9 +219,13 @@ def fit_many(
 
     if datasets is None:
         shared = target_of(model, model_args, kwargs, model_kwargs)
-        targets = _broadcast_target(shared, num_fits, density=bool(shared.param_sites))
+        targets, fit_targets = (
+            _broadcast_target(shared, num_fits, density=bool(shared.param_sites)),
+            [shared] * num_fits,
+        )
     else:
-        shared, targets = _dataset_targets(model, model_args, kwargs, model_kwargs, datasets)
+        fit_targets = _dataset_targets(model, model_args, kwargs, model_kwargs, datasets)
+        shared, targets = fit_targets[0], jax.tree.map(lambda *leaves: jnp.stack(leaves), *fit_targets)
     # Data shared by every fit is held once (axis None); per-fit numpy.param values need their own.
     density_axis = 0 if datasets is not None or shared.param_sites else None
     axes = Target(density_axis, 0, 0)
@@ -243,20 +246,31 @@ def fit_many(
     state_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(run_keys, 2)
     check_distribution(family, params_keys[0], shared)
 
+    # Each fit's start is vt.fit's own (vitools.start.starting_point), one after another: the
+    # Laplace program is compiled once per model and shapes, and shared with vt.fit. A lax.map of
+    # it in one program of our own compiled in another 5 s of CPU (LLVM -O0, 3-D regression) and
+    # ran 64 starts in 0.14 s; vmapped, 15.4 s of compile (its loops made selects), 0.11 s run
+    # (measured on a loaded 2-core CPU).
     tic = time.perf_counter()
-    method, given = (init, None) if isinstance(init, str) else ("given", tuple(jnp.asarray(a) for a in init))
-    if given is not None and (given[0].shape != (shared.dim,) or given[1].shape != (shared.dim,) * 2):
-        raise validate.ArgumentValueError(
-            f"init=(loc, scale_tril) must have shapes ({shared.dim},) and ({shared.dim}, {shared.dim}), "
-            f"got {given[0].shape} and {given[1].shape}",
-            "init",
-        )
-    whiten = family_hooks(family).whiten
-    framed, loc, scale_tril, informed, init_evals = _start_program(
-        targets, init_keys, given, method, whiten, start._structure(family, objective), density_axis
+    starts = [
+        start.starting_point(k, t, family, objective, init)
+        for k, t in zip(init_keys, fit_targets, strict=True)
+    ]
+    structures = {jax.tree.structure(s.target.frame) for s in starts} | {
+        s.target.frame.scale.shape for s in starts
+    }
+    if len(structures) != 2:  # one treedef and one scale shape: vitools.start holds frames one way per family
+        raise RuntimeError(f"the fits' frames differ in structure ({structures}); fit_many needs one")
+    stacked = jax.tree.map(
+        lambda *xs: jnp.stack(xs),
+        *[(s.target.frame, s.target.initial_point, s.loc, s.scale_tril) for s in starts],
     )
-    init_evals, informed = np.asarray(init_evals, np.int64), np.asarray(informed)  # waits for the start
+    framed = Target(targets.density, stacked[0], stacked[1])
+    loc, scale_tril = stacked[2], stacked[3]
+    informed = np.array([s.informed for s in starts])
+    init_evals = np.array([s.grad_evals for s in starts], np.int64)
     init_time = time.perf_counter() - tic
+    method = init if isinstance(init, str) else "given"
 
     if learning_rate is None:
         learning_rate = (hooks.default_learning_rate or default_learning_rate)(shared.dim)
@@ -379,8 +393,8 @@ def _broadcast_target(target: Target, num_fits: int, density: bool) -> Target:
     )
 
 
-def _dataset_targets(model, model_args, kwargs, model_kwargs, datasets) -> tuple[Target, Target]:
-    """``(the first dataset's target, every dataset's target stacked)``.
+def _dataset_targets(model, model_args, kwargs, model_kwargs, datasets) -> list[Target]:
+    """Each dataset's target, all of one structure and shapes.
 
     Raises:
         ValueError: two datasets trace to different structures or shapes.
@@ -400,71 +414,11 @@ def _dataset_targets(model, model_args, kwargs, model_kwargs, datasets) -> tuple
                 "needs its own program); fit_many needs datasets that share one program: compute on them "
                 "with jax.numpy, or fit each with vt.fit"
             )
-    return targets[0], jax.tree.map(lambda *leaves: jnp.stack(leaves), *targets)
+    return targets
 
 
 # ------------------------------------------------------------------------------------------------
 # the start
-
-
-# The starts run one fit after another (lax.map), not vmapped: the vmapped Laplace program (while
-# loops and conds made selects) compiled in 15.4 s against 12.1 s, and ran 64 starts of a 3-D
-# regression in 0.11 s against 0.14 s (measured at LLVM -O0 on a loaded 2-core CPU); each fit's
-# start is then exactly vt.fit's. A batch size vmaps within batches (for accelerators).
-START_BATCH_SIZE = None
-_START_TRACES = [0]  # traces of the batched start program (tests of compile-once)
-
-
-@functools.partial(jax.jit, static_argnames=("method", "whiten", "structure", "density_axis"))
-def _start_program(targets, keys, given, method, whiten, structure, density_axis):
-    """Every fit's start, one program (``lax.map`` over the fits): ``(framed targets, loc,
-    scale_tril, informed, grad_evals)`` as :func:`vitools.start.starting_point` gives them."""
-    _START_TRACES[0] += 1
-
-    def one(target, key):
-        if method == "given":
-            loc, scale_tril = given
-            informed, evals = jnp.array(True), jnp.int32(0)
-            at_mode = jnp.array(False)
-            if whiten == "full":  # starting_point checks a given Gaussian only where it could whiten
-                at_mode, evals = second_order(is_mode, target, loc, scale_tril), jnp.int32(target.dim)
-        else:
-            loc, scale_tril, at_mode, informed, evals = initial_gaussian(target, key, method, structure)
-        if whiten and method != "median":  # else the model's frame, whatever the seed
-            full = at_mode if whiten == "full" else jnp.array(False)
-            target, loc, scale_tril = _into_frame(target, loc, scale_tril, informed, full, whiten == "full")
-        return (target.frame, target.initial_point), loc, scale_tril, informed, evals
-
-    def each(args):
-        density, frame, point, key = args
-        return one(Target(targets.density if density_axis is None else density, frame, point), key)
-
-    # The frames come out stacked, the density as it went in (shared data is not copied per fit).
-    density = None if density_axis is None else targets.density
-    xs = (density, targets.frame, targets.initial_point, keys)
-    (frame, point), *rest = jax.lax.map(each, xs, batch_size=START_BATCH_SIZE)
-    return (Target(targets.density, frame, point), *rest)
-
-
-def _into_frame(target: Target, loc, scale_tril, informed, full, matrix: bool):
-    """``(target, loc, scale_tril)`` in the frame of N(loc, scale_tril scale_trilᵀ): its full
-    factor where ``full``, else its sds, held as a matrix when ``matrix``; an uninformed start
-    keeps the target's frame (in the same structure) and q starts where it was given.
-
-    The rule of ``vitools.start`` (whose own copy a helper is rewriting to this traced form as
-    this is written; one of the two should go once it lands).
-    """
-    sds = jnp.sqrt(jnp.sum(scale_tril**2, axis=-1))
-    correlation_factor = scale_tril / sds[:, None]
-    if matrix:
-        identity = jnp.eye(target.dim, dtype=scale_tril.dtype)
-        scale = jnp.where(informed, jnp.where(full, scale_tril, jnp.diag(sds)), identity)
-        inner = jnp.where(full, identity, correlation_factor)
-    else:
-        scale, inner = jnp.where(informed, sds, jnp.ones_like(sds)), correlation_factor
-    framed = target.in_frame(target.frame.compose(jnp.where(informed, loc, jnp.zeros_like(loc)), scale))
-    begin = jnp.where(informed, jnp.zeros_like(loc), framed.frame.inverse(target.frame.forward(loc)))
-    return framed, begin, jnp.where(informed, inner, scale_tril)
 
 
 def _simple_targets(targets: Target, like: Target) -> Target:

@@ -154,6 +154,7 @@ def vsbc(
     if alpha >= 1:
         raise validate.ArgumentValueError(f"alpha must be in (0, 1), got {alpha!r}", "alpha")
     seed = validate.seed(seed, "seed")
+    init = validate.choice(init, "init", ("laplace", "median"))
     if observed is None:
         observed = [name for name, value in kwargs.items() if value is None]
     else:
@@ -170,7 +171,6 @@ def vsbc(
         )
     datasets = {name: np.asarray(simulated[name]) for name in observed}
     seeds = tuple(int(s) for s in np.random.SeedSequence(seed).generate_state(num_datasets))
-    init = validate.choice(init, "init", ("laplace", "median"))
     others = {k: v for k, v in kwargs.items() if k not in datasets}
     fits = fit_many(
         model, *model_args, datasets=datasets, seeds=seeds, objective=objective, family=family,
