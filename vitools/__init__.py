@@ -13,6 +13,7 @@ from vitools.convert import to_datatree, to_datatrees
 from vitools.diagnostics import Diagnostics, diagnose
 from vitools.families import IAF, AutoGuideFamily, Coupling, FullRank, GaussianMixture, LowRank, MeanField
 from vitools.fitting import fit
+from vitools.many import FitMany, fit_many
 from vitools.objectives import (
     IWAE,
     BatchAndMatch,
@@ -34,6 +35,7 @@ from vitools.summary import summary
 from vitools.tables import format_table
 from vitools.targets import Target
 from vitools.trees import as_single_chain
+from vitools.vsbc import VSBC, vsbc
 
 __version__ = "0.1.0"
 
@@ -46,6 +48,7 @@ __all__ = [
     "Coupling",
     "Diagnostics",
     "Fit",
+    "FitMany",
     "ForwardKL",
     "ForwardKLFromDraws",
     "FullRank",
@@ -61,6 +64,7 @@ __all__ = [
     "RenyiAlpha",
     "ReverseKL",
     "Target",
+    "VSBC",
     "add_predictive",
     "as_single_chain",
     "auto_fit",
@@ -68,6 +72,7 @@ __all__ = [
     "diagnose",
     "enable_compilation_cache",
     "fit",
+    "fit_many",
     "format_table",
     "load",
     "loo",
@@ -77,5 +82,6 @@ __all__ = [
     "summary",
     "to_datatree",
     "to_datatrees",
+    "vsbc",
     "weighted_cross_entropy",
 ]
