@@ -219,8 +219,8 @@ class BatchAndMatch:
     Batch size: the default B = 8 rather than 16. Once λ_t < 1 a step moves q by about
     λ_t/(1+λ_t) of the way to its batch's answer, so q averages about 2t/(``learning_rate`` d)
     batches' answers whatever B: at equal steps, B = 4, 8 and 16 gave the same w1 on logistic
-    regression (0.046-0.050 over steps 80-640, lr 1), collinear (0.031-0.044) and non-centred
-    eight schools (0.049-0.066), so gradient evaluations scale with B. But B = 4 did not leave
+    regression (0.046-0.061 over steps 80-640, lr 1), collinear (0.031-0.044) and non-centred
+    eight schools (0.042-0.066), so gradient evaluations scale with B. But B = 4 did not leave
     radon's funnel neck (w1 0.63-0.69 over steps 5-640, learning_rate 1 or 3) where B = 8 and
     16 did by step 320 (w1 0.12-0.13; seed 0, float32, measured).
 
