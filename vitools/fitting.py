@@ -20,7 +20,7 @@ from vitools.blas import one_blas_thread
 from vitools.convergence import ConvergenceRule, StoppingRule
 from vitools.engine import default_optimizer, init_state, objective_state, optimize
 from vitools.families import Family, get_family
-from vitools.families.base import check_distribution
+from vitools.families.base import check_distribution, family_hooks
 from vitools.objectives import Objective, get_objective, objective_hooks
 from vitools.objectives.base import check_subsampling
 from vitools.result import Fit, NonFiniteLossError
@@ -201,6 +201,11 @@ def fit(
     else:
         if pilots:  # the race may have changed the start: q's parameters from the winner's
             params = family.init(params_key, target, loc, scale_tril)
+        search = family_hooks(family).search_start
+        if search is not None:  # a start that searches the target (a mixture: one component a mode)
+            tic = time.perf_counter()
+            params, search_evals = search(jax.random.fold_in(init_key, 1), target, loc, scale_tril)
+            init_grad_evals, init_time = init_grad_evals + search_evals, init_time + time.perf_counter() - tic
         carried = objective_state(objective, jax.random.fold_in(run_key, 2), params, family, target)
         state = init_state(run_key, params, optimizer, learning_rate, target.model_params, carried)
         outcome = optimize(
