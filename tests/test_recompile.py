@@ -132,3 +132,25 @@ def test_the_frame_has_one_structure_and_its_values_encode_the_choice(matrix):
         np.testing.assert_allclose(dense(framed.frame.scale), jnp.eye(3))
         np.testing.assert_allclose(start, loc)
         np.testing.assert_allclose(inner, tril)
+
+
+def three_correlated(y):
+    covariance = 0.5 * jnp.eye(3) + 0.5
+    z = numpyro.sample("z", dist.MultivariateNormal(jnp.zeros(3), covariance))
+    numpyro.sample("y", dist.Normal(z.sum(), 1.0), obs=y)
+
+
+@pytest.mark.parametrize(("family", "init"), [(vt.FullRank(), "laplace"), (vt.MeanField(), "median")])
+def test_a_prefetched_loop_is_the_program_the_fit_runs(family, init):
+    """prefetch_loop compiles the loop from shapes alone, before the start is known; the fit then
+    runs that program (one compilation in all, not two), in a matrix and in a vector frame."""
+    target = vt.Target.from_model(three_correlated, jnp.asarray(0.5))
+    objective = vt.ReverseKL()
+    before = engine.num_compilations()
+    key = jax.random.PRNGKey(0)
+    assert vitools.start.prefetch_loop(key, target, family, objective, init, engine.default_optimizer(), 100)
+    fit = vt.fit(
+        target, objective=objective, family=family, init=init, key=key, num_steps=200, progress=False
+    )
+    assert engine.num_compilations() == before + 1
+    assert fit.status in ("completed", "converged")

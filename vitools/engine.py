@@ -23,8 +23,10 @@ last finite parameters and sets ``nonfinite``, after which every step is a no-op
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import functools
 import math
+import threading
 import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -37,7 +39,7 @@ import optax
 from vitools import validate
 from vitools.convergence import Convergence, StoppingRule
 from vitools.families.base import Family
-from vitools.objectives.base import Objective, check_subsampling, objective_hooks
+from vitools.objectives.base import Objective, objective_hooks
 from vitools.progress import Progress
 from vitools.targets import Target
 
@@ -124,30 +126,13 @@ def make_step(
     The objective's optional hooks (:class:`~vitools.objectives.ObjectiveHooks`) shape the step:
     ``stateful_loss`` replaces ``loss`` and threads the objective's state and the budget's
     progress; ``update`` replaces the gradient and the optimizer by the objective's own move.
-
-    Data subsampling: when the target's model subsamples (``target.subsamples``), each step
-    draws one fresh minibatch (:meth:`Target.minibatch`) from its key, shared by all the
-    objective's draws of q in the step, so a step costs what the minibatch costs whatever N.
-    Targets that do not subsample get the step's key as before (same draws, same results).
-
-    Raises:
-        ValueError: the target subsamples and the objective needs the full joint
-            (:func:`~vitools.objectives.base.check_subsampling`), before anything is traced.
     """
 
     hooks = objective_hooks(objective)
-    check_subsampling(objective, target)
-
-    def on_batch(target, key):
-        """The step's target (a fresh minibatch when the model subsamples) and its own key."""
-        if not target.subsamples:
-            return target, key
-        batch_key, key = jax.random.split(key)
-        return target.minibatch(batch_key), key
 
     def loss_fn(trainable, key, objective_state, progress):
         params, model_params = trainable
-        framed, key = on_batch(target.with_model_params(model_params), key)
+        framed = target.with_model_params(model_params)
         if hooks.stateful_loss is None:
             loss, info = objective.loss(key, params, family, framed)
             return loss, (info, objective_state)
@@ -169,10 +154,10 @@ def make_step(
 
     def closed_form_step(state, key, num_steps, progress):
         """The objective's own update of q; no gradient, the optimizer's state is left as it is."""
-        framed, key = on_batch(target.with_model_params(state.model_params), key)
         params, loss, info, objective_state = hooks.update(
-            key, state.params, family, framed, state.objective_state, progress
-        )
+            key, state.params, family, target.with_model_params(state.model_params), state.objective_state,
+            progress,
+        )  # fmt: skip
         return loss, info, objective_state, (params, state.model_params, state.opt_state), params
 
     def step(state: FitState, num_steps: jax.Array):
@@ -261,6 +246,11 @@ class ProgramCache:
     the accuracy benchmark's 13 models x 9 configurations per model at one budget without an
     eviction within a model.
 
+    :meth:`prefetch` lowers a program from the arguments' shapes alone and compiles it in a
+    background thread, so ``vt.fit`` can compile its loop while its start (the Laplace init, one
+    program of its own) compiles and runs; :meth:`get` then waits for it. XLA compiles with
+    Python's lock released.
+
     Args:
         max_size: programs kept, a positive integer.
     """
@@ -268,6 +258,7 @@ class ProgramCache:
     def __init__(self, max_size: int = 64):
         self.max_size = validate.count(max_size, "max_size")
         self._programs: collections.OrderedDict[Any, Any] = collections.OrderedDict()
+        self._lock = threading.Lock()
         self.num_compiled = 0  # programs compiled since the cache was made, evicted ones included
 
     def __len__(self) -> int:
@@ -277,28 +268,72 @@ class ProgramCache:
         """Drop every kept program (``num_compiled`` keeps counting)."""
         self._programs.clear()
 
-    def get(self, args: tuple, optimizer, chunk_size: int, max_chunks: int) -> tuple[Any, float]:
-        """The compiled :func:`run_chunks` for these arguments ``(state, num_steps, num_chunks,
-        objective, family, target)`` and the seconds spent compiling it (0 when kept)."""
+    @staticmethod
+    def _signature(args: tuple, optimizer, chunk_size: int, max_chunks: int) -> tuple:
         leaves, treedef = jax.tree.flatten(args)
-        signature = (
-            treedef,
-            tuple((jnp.shape(x), jnp.result_type(x)) for x in leaves),
-            optimizer,
-            chunk_size,
-            max_chunks,
-        )
-        if signature in self._programs:
-            self._programs.move_to_end(signature)
-            return self._programs[signature], 0.0
+        shapes = tuple((tuple(np.shape(x)), jnp.result_type(x)) for x in leaves)
+        return (treedef, shapes, optimizer, chunk_size, max_chunks)
+
+    def _compile(self, lowered) -> tuple[Any, float]:
         start = time.perf_counter()
-        jitted = jax.jit(run_chunks, static_argnums=(6, 7, 8))
-        executable = jitted.lower(*args, optimizer, chunk_size, max_chunks).compile()
-        self._programs[signature] = executable
-        self.num_compiled += 1
+        executable = lowered.compile()
+        with self._lock:
+            self.num_compiled += 1
+        return executable, time.perf_counter() - start
+
+    def _keep(self, signature, program) -> None:
+        self._programs[signature] = program
         while len(self._programs) > self.max_size:
             self._programs.popitem(last=False)
+
+    def get(self, args: tuple, optimizer, chunk_size: int, max_chunks: int) -> tuple[Any, float]:
+        """The compiled :func:`run_chunks` for these arguments ``(state, num_steps, num_chunks,
+        objective, family, target)`` and the seconds spent compiling it: 0 when kept, the wait
+        when :meth:`prefetch` started it (its compilation overlapped other work)."""
+        signature = self._signature(args, optimizer, chunk_size, max_chunks)
+        program = self._programs.get(signature)
+        if isinstance(program, concurrent.futures.Future):
+            start = time.perf_counter()
+            try:
+                executable, _ = program.result()
+            except Exception:  # the background compilation failed: compile here, where errors surface
+                del self._programs[signature]
+                return self.get(args, optimizer, chunk_size, max_chunks)
+            self._programs[signature] = executable
+            self._programs.move_to_end(signature)
+            return executable, time.perf_counter() - start
+        if program is not None:
+            self._programs.move_to_end(signature)
+            return program, 0.0
+        start = time.perf_counter()
+        executable, _ = self._compile(_lower(args, optimizer, chunk_size, max_chunks))
+        self._keep(signature, executable)
         return executable, time.perf_counter() - start
+
+    def prefetch(self, args: tuple, optimizer, chunk_size: int, max_chunks: int) -> bool:
+        """Lower :func:`run_chunks` for these arguments here and compile it in a background thread,
+        unless the program is kept or on its way; :meth:`get` with arguments of the same shapes
+        waits for it. ``args`` as :meth:`get`'s; the arrays may be ``jax.ShapeDtypeStruct``
+        (``jax.eval_shape``'s results). Returns whether a compilation started."""
+        signature = self._signature(args, optimizer, chunk_size, max_chunks)
+        if signature in self._programs:
+            return False
+        # Traced and lowered in this thread, compiled in the other: tracing runs the model under
+        # NumPyro's effect handlers, whose stack is one per process, so a model traced in two
+        # threads at once mixes the two traces ("all sites must have unique names", measured).
+        # Lowering here also keeps this thread's settings (``with jax.enable_x64(False)``).
+        lowered = _lower(args, optimizer, chunk_size, max_chunks)
+        self._keep(signature, _BACKGROUND.submit(self._compile, lowered))
+        return True
+
+
+def _lower(args: tuple, optimizer, chunk_size: int, max_chunks: int):
+    """:func:`run_chunks` traced and lowered for these arguments (concrete or abstract)."""
+    return jax.jit(run_chunks, static_argnums=(6, 7, 8)).lower(*args, optimizer, chunk_size, max_chunks)
+
+
+# One thread: a second compilation at once would compete for the cores with the init's.
+_BACKGROUND = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="vitools-compile")
 
 
 PROGRAMS = ProgramCache()  # the process's programs; `optimize` takes another with `programs=`

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vitools.engine import Outcome, init_state, objective_state, optimize
+from vitools.engine import MAX_CHUNKS_PER_CALL, PROGRAMS, Outcome, init_state, objective_state, optimize
 from vitools.families import Family, family_hooks
 from vitools.frame import Frame
 from vitools.laplace import initial_gaussian, is_mode, second_order, simple_gaussian
@@ -28,6 +28,7 @@ __all__ = [
     "Pilot",
     "Start",
     "pilot",
+    "prefetch_loop",
     "race",
     "simple_start",
     "starting_point",
@@ -175,6 +176,60 @@ def _into_frame(
     # Uninformed: the same frame as target's, held as `scale` is; q starts where it was given.
     start = jnp.where(informed, jnp.zeros_like(loc), framed.frame.inverse(target.frame.forward(loc)))
     return framed, start, jnp.where(informed, inner, scale_tril)
+
+
+def prefetch_loop(
+    key: jax.Array,
+    target: Target,
+    family: Family,
+    objective: Objective,
+    init: Any,
+    optimizer: Any,
+    chunk_size: int,
+    programs: Any = None,
+) -> bool:
+    """Start compiling ``vt.fit``'s loop in a background thread (:meth:`ProgramCache.prefetch`)
+    before :func:`starting_point` runs, so the two compile at once.
+
+    The loop's shapes are known before its start: the frame's structure depends on the family
+    and ``init`` alone (:func:`_into_frame`), never on the start's values. ``key`` is ``vt.fit``'s
+    (its shape and dtype are used); ``objective`` the one the loop runs (after ``resolve``). The
+    pilots of the start race run the same program. Families whose ``init`` cannot be traced
+    (NumPyro autoguides set themselves up on their first call) are skipped: returns False, as
+    when the program is already kept.
+
+    Measured, a fresh process's first default ``vt.fit`` (fullrank, Laplace init) of the engine
+    benchmark's logistic regressions: see ``benchmarks/results/first_fit.md``.
+    """
+    whiten = family_hooks(family).whiten
+    dtype = target.initial_point.dtype
+    loc = jax.ShapeDtypeStruct((target.dim,), dtype)
+    scale_tril = jax.ShapeDtypeStruct((target.dim, target.dim), dtype)
+    framed = whiten and not (isinstance(init, str) and init == "median")
+
+    def loop_args(key, target, loc, scale_tril):
+        if framed:
+            full = jnp.zeros((), bool)
+            target, loc, scale_tril = _into_frame(
+                target, loc, scale_tril, full, full, matrix=whiten == "full"
+            )
+        run_key = jax.random.split(key)[1]
+        params = family.init(jax.random.fold_in(run_key, 1), target, loc, scale_tril)
+        carried = objective_state(objective, jax.random.fold_in(run_key, 2), params, family, target)
+        state = init_state(run_key, params, optimizer, 0.01, target.model_params, carried)
+        return state, target
+
+    try:
+        state, framed_target = jax.eval_shape(
+            loop_args, jax.ShapeDtypeStruct(key.shape, key.dtype), target, loc, scale_tril
+        )
+    except Exception:  # an init that needs concrete values: the loop compiles when it is first run
+        return False
+    steps = jax.ShapeDtypeStruct((), jnp.int32)
+    args = (state, steps, steps, objective, family, framed_target)
+    return (PROGRAMS if programs is None else programs).prefetch(
+        args, optimizer, chunk_size, MAX_CHUNKS_PER_CALL
+    )
 
 
 def _structure(family: Family, objective: Objective) -> str:
