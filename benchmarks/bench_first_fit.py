@@ -1,0 +1,149 @@
+"""A user's first fit in a new process: ``vt.fit`` vs ``SVI.run``, each in a fresh subprocess.
+
+Every engine benchmark configuration (``engine_runs.GRID``, both families): the logistic regression
+of ``bench_engine`` with its seeded data, reverse KL, 16 draws, Adam, the same steps on both sides.
+Each number is one call in a fresh Python process, timed after the imports and the data (the backend
+is up), with JAX's persistent compilation cache off:
+
+- ``SVI.run`` with its progress bar (NumPyro's autoguide, ``Trace_ELBO(16)``);
+- ``vt.fit`` with its defaults (Laplace init, start race, the loop), tracing the model included;
+- ``vt.fit`` after ``vitools.start.prefetch_loop`` (the loop compiles in a background thread while
+  the Laplace init compiles and runs), as ``vt.fit`` runs once it calls it itself.
+
+Wall seconds are what a user waits; CPU seconds (``time.process_time``, all threads) are reported
+beside them because the machine may be shared: under load wall times are inflated, CPU much less.
+The calls of one configuration run interleaved (SVI, vt, vt + prefetch, then again for
+``--repeats``) and the best of each is kept.
+
+Run: ``.venv/bin/python benchmarks/bench_first_fit.py [--quick] [--repeats 2]``; writes
+``benchmarks/results/first_fit.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import format_load, load_note, markdown_table, now, versions, write_text  # noqa: E402
+
+METHODS = ("svi_bar", "vt", "vt_prefetch")
+
+
+def child(rows: int, features: int, steps: int, family: str, method: str) -> dict:
+    """One first call in this fresh process: wall and CPU seconds."""
+    import jax
+    import jax.numpy as jnp
+    from engine_runs import DRAWS, make_data, svi_runner, vt_runner
+
+    X, y = make_data(rows, features)
+    jax.block_until_ready(jnp.sum(X))  # the backend is up before the clock starts
+    wall, cpu = time.perf_counter(), time.process_time()
+    if method == "svi_bar":
+        jax.block_until_ready(svi_runner(family, X, y, steps, True)())
+    elif method == "vt":
+        jax.block_until_ready(vt_runner(family, X, y, steps, "laplace")().losses)
+    else:
+        from engine_runs import family_object, logistic_regression
+
+        import vitools as vt
+        from vitools.engine import default_optimizer
+        from vitools.start import prefetch_loop
+
+        target = vt.Target.from_model(logistic_regression, X, y=y)
+        fam, objective = family_object(family), vt.ReverseKL(DRAWS)
+        prefetch_loop(jax.random.PRNGKey(0), target, fam, objective, "laplace", default_optimizer(), 100)
+        fit = vt.fit(
+            target, objective=objective, family=fam, num_steps=steps, progress=False, on_nonfinite="warn"
+        )
+        jax.block_until_ready(fit.losses)
+    return {"wall": time.perf_counter() - wall, "cpu": time.process_time() - cpu}
+
+
+def run_child(spec: str) -> dict:
+    env = dict(os.environ)
+    env.pop("VITOOLS_CACHE_DIR", None)  # no persistent compilation cache
+    env.pop("JAX_COMPILATION_CACHE_DIR", None)
+    result = subprocess.run(
+        [sys.executable, __file__, "--child", spec], capture_output=True, text=True, check=False, env=env
+    )
+    for line in result.stdout.splitlines()[::-1]:
+        if line.startswith("{"):
+            return json.loads(line)
+    print(result.stderr[-2000:], file=sys.stderr)
+    return {"wall": float("nan"), "cpu": float("nan")}
+
+
+def main(argv: list[str] | None = None) -> int:
+    from engine_runs import FAMILIES, GRID, QUICK_GRID
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help=f"grid {QUICK_GRID}, fullrank only")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--child", default="", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        rows, features, steps, family, method = args.child.split(",")
+        print(json.dumps(child(int(rows), int(features), int(steps), family, method)))
+        return 0
+    grid = QUICK_GRID if args.quick else GRID
+    families = ("fullrank",) if args.quick else tuple(FAMILIES)
+    start_load, start = load_note(), time.perf_counter()
+    print(f"# first fit, {now()}; {format_load(start_load)}", flush=True)
+    rows_out, peak_load = [], start_load["load_1m"]
+    for rows, features, steps in grid:
+        for family in families:
+            best = {m: {"wall": float("inf"), "cpu": float("inf")} for m in METHODS}
+            for _ in range(args.repeats):
+                for method in METHODS:
+                    out = run_child(f"{rows},{features},{steps},{family},{method}")
+                    for k in ("wall", "cpu"):
+                        best[method][k] = min(best[method][k], out[k])
+                    peak_load = max(peak_load, load_note()["load_1m"])
+            svi, plain, pre = (best[m] for m in METHODS)
+            row = (
+                rows, features + 1, family, steps,
+                svi["wall"], plain["wall"], svi["wall"] / plain["wall"],
+                pre["wall"], svi["wall"] / pre["wall"],
+                svi["cpu"], plain["cpu"], svi["cpu"] / plain["cpu"],
+                pre["cpu"], svi["cpu"] / pre["cpu"],
+            )  # fmt: skip
+            print("  " + ", ".join(f"{v:.3g}" if isinstance(v, float) else str(v) for v in row), flush=True)
+            rows_out.append(row)
+    header = (
+        "rows", "params", "family", "steps",
+        "SVI.run bar wall (s)", "vt.fit wall (s)", "SVI / vt",
+        "vt.fit + prefetch wall (s)", "SVI / vt+prefetch",
+        "SVI.run bar CPU (s)", "vt.fit CPU (s)", "SVI / vt (CPU)", "vt.fit + prefetch CPU (s)",
+        "SVI / vt+prefetch (CPU)",
+    )  # fmt: skip
+    minutes = (time.perf_counter() - start) / 60
+    stack = versions()
+    text = "\n".join(
+        [
+            "# A user's first fit in a new process (no persistent compilation cache)",
+            "",
+            f"Run {now()} ({minutes:.1f} min), best of {args.repeats} fresh processes per cell, interleaved;"
+            f" {format_load(start_load)}; highest 1-min load seen: {peak_load}.",
+            f"Versions: {', '.join(f'{k} {v}' for k, v in stack.items())}.",
+            "",
+            "What is timed: see `benchmarks/bench_first_fit.py`. Wall is what a user waits; CPU (all",
+            "threads) is less sensitive to other processes' load on a shared machine, but it does not",
+            "show the gain of compiling two programs at once (prefetch), which needs an idle core.",
+            "",
+            markdown_table(header, rows_out),
+            "",
+        ]
+    )
+    path = write_text("first_fit.md", text)
+    print(f"# done in {minutes:.1f} min -> {path}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
