@@ -39,7 +39,7 @@ import optax
 from vitools import validate
 from vitools.convergence import Convergence, StoppingRule
 from vitools.families.base import Family
-from vitools.objectives.base import Objective, objective_hooks
+from vitools.objectives.base import Objective, check_subsampling, objective_hooks
 from vitools.progress import Progress
 from vitools.targets import Target
 
@@ -126,13 +126,30 @@ def make_step(
     The objective's optional hooks (:class:`~vitools.objectives.ObjectiveHooks`) shape the step:
     ``stateful_loss`` replaces ``loss`` and threads the objective's state and the budget's
     progress; ``update`` replaces the gradient and the optimizer by the objective's own move.
+
+    Data subsampling: when the target's model subsamples (``target.subsamples``), each step
+    draws one fresh minibatch (:meth:`Target.minibatch`) from its key, shared by all the
+    objective's draws of q in the step, so a step costs what the minibatch costs whatever N.
+    Targets that do not subsample get the step's key as before (same draws, same results).
+
+    Raises:
+        ValueError: the target subsamples and the objective needs the full joint
+            (:func:`~vitools.objectives.base.check_subsampling`), before anything is traced.
     """
 
     hooks = objective_hooks(objective)
+    check_subsampling(objective, target)
+
+    def on_batch(target, key):
+        """The step's target (a fresh minibatch when the model subsamples) and its own key."""
+        if not target.subsamples:
+            return target, key
+        batch_key, key = jax.random.split(key)
+        return target.minibatch(batch_key), key
 
     def loss_fn(trainable, key, objective_state, progress):
         params, model_params = trainable
-        framed = target.with_model_params(model_params)
+        framed, key = on_batch(target.with_model_params(model_params), key)
         if hooks.stateful_loss is None:
             loss, info = objective.loss(key, params, family, framed)
             return loss, (info, objective_state)
@@ -154,10 +171,10 @@ def make_step(
 
     def closed_form_step(state, key, num_steps, progress):
         """The objective's own update of q; no gradient, the optimizer's state is left as it is."""
+        framed, key = on_batch(target.with_model_params(state.model_params), key)
         params, loss, info, objective_state = hooks.update(
-            key, state.params, family, target.with_model_params(state.model_params), state.objective_state,
-            progress,
-        )  # fmt: skip
+            key, state.params, family, framed, state.objective_state, progress
+        )
         return loss, info, objective_state, (params, state.model_params, state.opt_state), params
 
     def step(state: FitState, num_steps: jax.Array):
