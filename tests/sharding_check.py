@@ -186,6 +186,21 @@ def main() -> dict:
             "few_rows": dict(sharding.mesh_for("all", target, ROWS * 2).shape),
         }
 
+        # vt.fit's own option: the same seed's fit with devices="all" and on one device
+        import vitools as vt
+
+        options = dict(num_steps=STEPS, seed=0, converge=False, progress=False)
+        one = vt.fit(logistic_regression, X, y=y, **options)
+        everywhere = vt.fit(logistic_regression, X, y=y, devices="all", **options)
+        report["vt_fit"] = {
+            "max_param_diff": max(
+                float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
+                for a, b in zip(jax.tree.leaves(one.params), jax.tree.leaves(everywhere.params), strict=True)
+            ),
+            "steps": [one.num_steps, everywhere.num_steps],
+            "draws_shape": list(everywhere.sample(8, seed=1)["beta"].shape),
+        }
+
     seconds["draws_checks"], tic = time.perf_counter() - tic, time.perf_counter()
 
     # one device's program: no constraint traced (the same jaxpr as before vitools.sharding)

@@ -218,3 +218,12 @@ def test_without_x64_everything_is_float32(report):
     assert report["unsplit"]["loss_dtype"] == "float32"
     assert report["host"]["f64_in_hlo"] is False
     assert report["float64_warnings"] == []  # no float64 asked for and silently truncated
+
+
+def test_vt_fit_with_devices_all_equals_the_one_device_fit(report):
+    """``vt.fit(..., devices="all")`` (the user's option): the same seed's fit as on one device,
+    within the bound of the split-fit test (same rounding argument, same steps and rate order)."""
+    fit = report["vt_fit"]
+    assert fit["steps"] == [200, 200]  # STEPS of sharding_check, no early stop (converge=False)
+    assert fit["max_param_diff"] <= 200 * 0.1 * 8 * FLOAT32_EPS * max(1.0, report["param_scale"])
+    assert fit["draws_shape"][0] == 8

@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from vitools import validate
+from vitools import sharding, validate
 from vitools.convergence import Convergence, StoppingRule
 from vitools.families.base import Family
 from vitools.objectives.base import Objective, check_subsampling, objective_hooks
@@ -288,8 +288,9 @@ class ProgramCache:
     @staticmethod
     def _signature(args: tuple, optimizer, chunk_size: int, max_chunks: int) -> tuple:
         leaves, treedef = jax.tree.flatten(args)
-        shapes = tuple((tuple(np.shape(x)), jnp.result_type(x)) for x in leaves)
-        return (treedef, shapes, optimizer, chunk_size, max_chunks)
+        shapes = tuple((tuple(np.shape(x)), jnp.result_type(x), sharding.placement(x)) for x in leaves)
+        # the mesh q's draws are split on (vitools.sharding.active) is part of the program too
+        return (treedef, shapes, optimizer, chunk_size, max_chunks, jax.sharding.get_abstract_mesh())
 
     def _compile(self, lowered) -> tuple[Any, float]:
         start = time.perf_counter()

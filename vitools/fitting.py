@@ -15,7 +15,7 @@ import jax
 import numpy as np
 import optax
 
-from vitools import alerts, start, validate
+from vitools import alerts, sharding, start, validate
 from vitools.blas import one_blas_thread
 from vitools.convergence import ConvergenceRule, StoppingRule
 from vitools.engine import default_optimizer, init_state, objective_state, optimize
@@ -46,6 +46,7 @@ def fit(
     on_nonfinite: str = "raise",
     progress: bool = True,
     chunk_size: int = 100,
+    devices: Any = None,
     model_kwargs: dict[str, Any] | None = None,
     **kwargs: Any,
 ) -> Fit:
@@ -103,6 +104,12 @@ def fit(
         chunk_size: steps per compiled chunk. Once a chunk is timed, a call runs as many chunks
             as fit in ``engine.CALL_SECONDS`` (progress and Ctrl-C between calls); early
             stopping checks after every chunk, one chunk per call.
+        devices: where the loop runs. None: JAX's default device. ``"all"``: every visible
+            device (every process's after ``jax.distributed.initialize``), with the data's rows
+            split across them where they outnumber the draws and split evenly, else the draws
+            (:func:`vitools.sharding.mesh_for`); a sequence of ``jax.Device`` likewise; a
+            ``jax.sharding.Mesh`` with axes ``"draws"`` and/or ``"data"`` for any other split.
+            One device changes nothing. The start (Laplace, pilots) runs on the default device.
 
     Returns:
         The :class:`~vitools.result.Fit` (its ``params`` are in the frame's coordinates).
@@ -145,6 +152,7 @@ def fit(
     seed = 0 if seed is None and key is None else seed  # recorded on the Fit (None: a key was given)
     key = validate.seed_or_key(seed, key)  # raises when both are given
     target = target_of(model, model_args, kwargs, model_kwargs)
+    sharding.mesh_of(devices)  # a bad devices= fails before anything compiles
 
     hooks = objective_hooks(objective)
     rule = _rule(options["converge"], tol, hooks.stopping_rule)
@@ -163,6 +171,9 @@ def fit(
     laplace = isinstance(init, str) and init == "laplace"
     if laplace:
         alerts.warn_large_init(target.dim)
+    optimizer = optimizer or default_optimizer()
+    if devices is None and not target.subsamples:  # the loop compiles in a thread while the start runs
+        start.prefetch_loop(key, target, family, objective, init, optimizer, chunk_size)
     tic = time.perf_counter()
     announce = progress and laplace and target.dim >= alerts.LARGE_DIM
     if announce:  # the Laplace init is one compiled program: say what it does before it starts
@@ -183,7 +194,6 @@ def fit(
     alerts.warn_large_family(family, params, target.dim)
     if learning_rate is None:
         learning_rate = (hooks.default_learning_rate or default_learning_rate)(target.dim)
-    optimizer = optimizer or default_optimizer()
     pilots = []
     # No race under subsampling: the pilots' minibatch losses are too noisy to rank the starts. With it,
     # 10^6-row logistic regression, B = 4096, seed 0: the simple start won, and q's mean ended 3.0 sds
@@ -208,19 +218,22 @@ def fit(
             init_grad_evals, init_time = init_grad_evals + search_evals, init_time + time.perf_counter() - tic
         carried = objective_state(objective, jax.random.fold_in(run_key, 2), params, family, target)
         state = init_state(run_key, params, optimizer, learning_rate, target.model_params, carried)
-        outcome = optimize(
-            state,
-            num_steps,
-            objective,
-            family,
-            target,
-            optimizer,
-            chunk_size=chunk_size,
-            progress=progress,
-            convergence=rule,
-            stop=options["converge"] is not False,
-            desc=f"{objective.name}/{family.name}",
-        )
+        mesh = sharding.mesh_for(devices, target, num_density_evals)
+        placed_state, placed_objective, placed_family = sharding.place((state, objective, family), mesh)
+        with sharding.active(mesh):
+            outcome = optimize(
+                placed_state,
+                num_steps,
+                placed_objective,
+                placed_family,
+                sharding.place_target(target, mesh),
+                optimizer,
+                chunk_size=chunk_size,
+                progress=progress,
+                convergence=rule,
+                stop=options["converge"] is not False,
+                desc=f"{objective.name}/{family.name}",
+            )
     pilot_evals = len(pilots) * start.PILOT_STEPS * num_density_evals
     pilot_seconds = sum(p.outcome.elapsed for p in pilots)
     pilot_compile = sum(p.outcome.compile_time for p in pilots)
@@ -256,8 +269,9 @@ def fit(
     return result
 
 
-def _auto(model, model_args, kwargs, model_kwargs, *, objective, family, num_steps, seed, key, progress,
-          **fixed) -> Fit:
+def _auto(
+    model, model_args, kwargs, model_kwargs, *, objective, family, num_steps, seed, key, progress, **fixed
+) -> Fit:
     """``objective="auto", family="auto"``: :func:`vitools.auto.auto_fit`, which chooses both (and the
     options in ``fixed``, which must be left at their defaults)."""
     from vitools.auto import auto_fit  # auto calls vt.fit: imported on use
