@@ -216,6 +216,9 @@ def auto_fit(
             stopped = "trusted"
             break
         step = path.advice(name)
+        if path.trusted:  # more draws decided (k̂ straddled its threshold): the fit reads good
+            stopped = "trusted"
+            break
         if (
             not probed
             and fit is not None
