@@ -296,7 +296,8 @@ def _checked(args: argparse.Namespace) -> argparse.Namespace:
         if args.auto:
             if (args.objective, args.family) != ("reverse_kl", "fullrank"):
                 raise validate.ArgumentValueError(
-                    "--auto chooses the objective and the family: leave out --objective and --family", "--auto"
+                    "--auto chooses the objective and the family: leave out --objective and --family",
+                    "--auto",
                 )
             args.objectives, args.families = ["auto"], ["auto"]
     else:
