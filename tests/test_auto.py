@@ -88,6 +88,7 @@ def test_the_path_is_saved_with_the_fit(tmp_path, bimodal):
     [
         (dict(objective="auto"), "objective='auto' and family='auto'"),
         (dict(objective="auto", family="auto", learning_rate=0.1), "learning_rate cannot be set"),
+        (dict(objective="auto", family="auto", devices="all"), "devices cannot be set"),
     ],
 )
 def test_auto_options_are_checked_before_fitting(options, match):

@@ -129,7 +129,8 @@ def fit(
     if isinstance(objective, str) and objective == "auto" or isinstance(family, str) and family == "auto":
         return _auto(model, model_args, kwargs, model_kwargs, objective=objective, family=family,
                      num_steps=num_steps, seed=seed, key=key, progress=progress, learning_rate=learning_rate,
-                     optimizer=optimizer, init=init, tol=tol, converge=converge)  # fmt: skip
+                     optimizer=optimizer, init=init, tol=tol, converge=converge, chunk_size=chunk_size,
+                     devices=devices)  # fmt: skip
     options = _checked_options(
         num_steps=num_steps, chunk_size=chunk_size, seed=seed, learning_rate=learning_rate,
         tol=tol, converge=converge, on_nonfinite=on_nonfinite, init=init, family=family,
@@ -284,8 +285,9 @@ def _auto(
             fixed_one,
         )
     defaults = dict(learning_rate=None, optimizer=None, init="laplace", tol=None, converge=True)
+    defaults |= dict(chunk_size=100, devices=None)
     for name, value in fixed.items():
-        if not (value is defaults[name] or (isinstance(value, str | bool) and value == defaults[name])):
+        if not (value is defaults[name] or (isinstance(value, str | bool | int) and value == defaults[name])):
             raise validate.ArgumentValueError(
                 f"{name} cannot be set with objective='auto': the automatic mode runs each attempt at "
                 "vt.fit's defaults (vt.auto_fit takes the budget: max_grad_evals, max_time)",
