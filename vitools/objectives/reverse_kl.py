@@ -158,12 +158,8 @@ class RenyiAlpha:
     unbiased estimate of :math:`E_q[w^{1-\alpha}]`; α = 0 is then SIWAE, their stratified IWAE.
     With ω_i = 1/S this is the estimator above.
 
-    Refused under data subsampling (``ObjectiveHooks.full_joint``): the bound takes a log-mean-exp
-    of the log weights, and a minibatch log density (unbiased, shared by the step's draws) carries
-    an error that differs from draw to draw by about sqrt(N / B) nats per posterior sd between
-    them, so the weights follow the minibatch's noise and the bound rewards a wide q. Logistic
-    regression, N = 10^6, B = 4096, ``IWAE(num_draws=4)``, seeds 0-4: q's sds 7.9-11.2 times the
-    posterior's, against 0.8-1.3 for ``ReverseKL`` (measured, benchmarks/bench_subsample.py).
+    Refused under data subsampling (``ObjectiveHooks.full_joint``), as IWAE (``objectives.bounds``; its
+    docstring has why and the measurement): a log-mean-exp of minibatch log weights rewards a wide q.
 
     Args:
         alpha: the order α, a finite number other than 1.
