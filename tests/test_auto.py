@@ -108,3 +108,22 @@ def test_the_cli_refuses_auto_beside_an_objective():
     from vitools.cli import main
 
     assert main(["fit", "bad_scaling", "--auto", "--objective", "forward_kl", "--quiet"]) == 2
+
+
+def test_a_budget_below_the_first_fit_is_refused_with_what_would_pay():
+    with pytest.raises(validate.ArgumentValueError, match="give at least"):
+        vt.auto_fit(correlated_gaussian, max_grad_evals=1000, progress=False)
+
+
+def test_probe_always_searches_for_modes_after_a_good_first_fit():
+    """A good verdict cannot see a mode far from q's draws; probe="always" looks anyway."""
+    fit = vt.auto_fit(correlated_gaussian, probe="always", progress=False)
+    assert [a.name for a in fit.auto.attempts] == ["1: reverse_kl/fullrank", "2: pathfinder x8"]
+    assert fit.auto.stopped == "trusted"
+    assert "verdicts from 10000 draws" in str(fit.auto)
+
+
+def test_the_cli_takes_the_auto_budget():
+    from vitools.cli import main
+
+    assert main(["fit", "bad_scaling", "--auto", "--max-grad-evals", "1000", "--quiet"]) == 2

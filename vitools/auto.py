@@ -98,8 +98,11 @@ class Attempt:
     seconds: float
 
     def __str__(self) -> str:
+        # a verdict worse than its k̂ alone reads comes from another signal: say which
+        other = [r for r in self.reasons.split("; ") if r and not r.startswith(("k̂", "the largest"))]
+        because = f"; {other[0]}" if other and self.verdict != "good" else ""
         return (
-            f"{self.name}: {self.verdict} (k̂ {self.khat:.2f}), {self.steps} steps, "
+            f"{self.name}: {self.verdict} (k̂ {self.khat:.2f}{because}), {self.steps} steps, "
             f"{self.grad_evals} gradient evaluations, {self.seconds:.1f} s; tried because {self.why}"
         )
 
@@ -140,10 +143,11 @@ class AutoPath:
 
     def __str__(self) -> str:
         lines = [f"  {a}" for a in self.attempts]
-        return "\n".join(
-            [f"auto: chose {self.chosen}; stopped: {self.stopped}; {self.grad_evals} gradient evaluations"]
-            + lines
+        head = (
+            f"auto: chose {self.chosen}; stopped: {self.stopped}; {self.grad_evals} gradient evaluations; "
+            f"verdicts from {self.num_draws} draws of each q (vt.diagnose(fit, num_draws={self.num_draws}))"
         )
+        return "\n".join([head] + lines)
 
 
 def auto_fit(
@@ -152,6 +156,7 @@ def auto_fit(
     max_grad_evals: int | None = 1_000_000,
     max_time: float | None = None,
     max_attempts: int = 5,
+    probe: str = "untrusted",
     num_steps: int = 2000,
     num_draws: int = DIAGNOSTIC_DRAWS,
     seed: int | None = None,
@@ -174,7 +179,10 @@ def auto_fit(
         max_time: the budget in seconds of wall time, checked between attempts (None: no cap); an
             attempt is not started once the time is spent, or when the last attempt's pace says
             it would not end in time. An attempt in progress is not cut.
-        max_attempts: at most this many fits.
+        max_attempts: at most this many fits (the probe included).
+        probe: when to run the mode probe (8-path Pathfinder): ``"untrusted"`` after a first
+            fit that does not read good; ``"always"`` after the first fit whatever it reads (a
+            good verdict cannot see a mode far from q's draws: k̂ reads q's draws only); ``"never"``.
         num_steps: the first attempt's budget of steps (later ones double it where advised).
         num_draws: draws of q per diagnosis (the k̂ threshold depends on it).
         seed, key: as :func:`vitools.fit` (one seed for every attempt).
@@ -185,9 +193,13 @@ def auto_fit(
         holding every attempt: its configuration, verdict, gradient evaluations and time.
 
     Raises:
-        vitools.validate.ArgumentError: an option is invalid (the message names it).
-        As :func:`vitools.fit`; an attempt that fails on a non-finite loss is recorded as bad
-        and the ladder goes on.
+        vitools.validate.ArgumentError: an option is invalid (the message names it), or
+            ``max_grad_evals`` cannot pay for the first fit (the message says what would).
+        ValueError: ``max_time`` was spent before the first fit started.
+        FloatingPointError: every attempt failed at its first step (an attempt that fails on a
+            non-finite loss later is recorded with its last finite parameters, and the ladder
+            goes on).
+        As :func:`vitools.fit`.
 
     Example:
         >>> fit = vt.auto_fit(model, x, y=y, max_grad_evals=300_000)
@@ -200,9 +212,11 @@ def auto_fit(
     max_attempts = validate.count(max_attempts, "max_attempts")
     num_steps = validate.count(num_steps, "num_steps")
     num_draws = validate.count(num_draws, "num_draws")
+    probe = validate.choice(probe, "probe", ("untrusted", "always", "never"))
     seed = 0 if seed is None and key is None else seed
     key = validate.seed_or_key(seed, key)
     target = target_of(model, model_args, kwargs, model_kwargs)
+    _check_budget(max_grad_evals, target.dim, num_steps)
     path = _Path(num_draws, 0 if seed is None else seed, progress)
     tic = time.perf_counter()
     config = ("reverse_kl", "fullrank", num_steps, "the default fit")
@@ -219,15 +233,13 @@ def auto_fit(
         path.say(f"{name}, {steps} steps ({why})")
         fit, seconds = _attempt(target, objective, family, steps, key, progress)
         current = path.add(name, fit, objective, family, steps, why, seconds)
-        if path.trusted:
-            stopped = "trusted"
-            break
-        step = path.advice(name)
-        if path.trusted:  # more draws decided (k̂ straddled its threshold): the fit reads good
+        step = None if path.trusted else path.advice(name)  # more draws may decide it reads good
+        if path.trusted and (probed or probe != "always"):
             stopped = "trusted"
             break
         if (
             not probed
+            and probe != "never"
             and fit is not None
             and _probe_affordable(target.dim, path, max_grad_evals, max_time, tic)
         ):
@@ -236,10 +248,10 @@ def auto_fit(
             why = "a search for other modes (its paths start apart)"
             path.add(path.next_name(f"pathfinder x{PROBE_PATHS}"), probe, "pathfinder", probe.family.name, 0,
                      why, seconds)  # fmt: skip
+            step = path.advice(name)  # the fit's advice, now beside the probe's mass
             if path.trusted:
                 stopped = "trusted"
                 break
-            step = path.advice(name)  # the fit's advice, now beside the probe's mass
         config = _next_config(step, current, tried, target.dim, num_steps)
         if config is None:
             stopped = "no step left"
@@ -290,6 +302,7 @@ class _Path:
         more = None if step is None else step.options.get("num_draws")
         if more is not None and self.num_draws < more <= MAX_DRAWS_FACTOR * self.initial_draws:
             self.num_draws = int(more)
+            self.say(f"k̂ straddles its threshold: every attempt diagnosed again from {self.num_draws} draws")
             self.trees = {
                 n: to_datatree(f, num_draws=self.num_draws, seed=self.seed) for n, f in self.fits.items()
             }
@@ -317,8 +330,10 @@ class _Path:
 
     def result(self, stopped: str) -> Fit:
         """The best attempt's fit (good before uncertain before bad, then the lowest k̂), its path attached."""
+        if not self.attempts:  # max_time spent before the first fit (max_grad_evals is checked before)
+            raise ValueError(f"the automatic mode's budget ({stopped}) was spent before its first fit")
         if not self.fits:
-            raise RuntimeError(
+            raise FloatingPointError(
                 f"no attempt of the automatic mode produced a fit: {'; '.join(map(str, self.attempts))}"
             )
         rank = {v: i for i, v in enumerate(VERDICTS)}
@@ -328,6 +343,22 @@ class _Path:
         ).name
         path = AutoPath(tuple(self.attempts), chosen, stopped, self.num_draws)
         return dataclasses.replace(self.fits[chosen], auto=path)
+
+
+def _check_budget(max_grad_evals: int | None, dim: int, num_steps: int) -> None:
+    """Refuse a budget that cannot pay for the first fit: its start's reserve and ``MIN_STEPS``
+    steps (or ``num_steps``, if fewer) of the default reverse KL."""
+    if max_grad_evals is None:
+        return
+    steps = min(num_steps, MIN_STEPS)
+    needed = _first_start_reserve(dim) + steps * get_objective("reverse_kl").num_density_evals(dim)
+    if max_grad_evals < needed:
+        raise validate.ArgumentValueError(
+            f"max_grad_evals={max_grad_evals} cannot pay for the first fit of this {dim}-parameter model: "
+            f"its start reserves {_first_start_reserve(dim)} gradient evaluations and {steps} steps of the "
+            f"default reverse KL take {needed - _first_start_reserve(dim)}; give at least {needed}",
+            "max_grad_evals",
+        )
 
 
 def _probe(target: Target, key: jax.Array, progress: bool) -> tuple[Fit, float]:

@@ -104,6 +104,20 @@ def build_parser() -> argparse.ArgumentParser:
         "(more steps, a mode search, a flow, forward KL) until the fit reads good (vt.auto_fit)",
     )
     fit.add_argument(
+        "--max-grad-evals",
+        type=int,
+        default=1_000_000,
+        metavar="N",
+        help="--auto's budget in gradient evaluations, starts included (default: %(default)s)",
+    )
+    fit.add_argument(
+        "--max-time",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="--auto's budget in seconds, checked between its fits (default: none)",
+    )
+    fit.add_argument(
         "--out",
         default=None,
         metavar="FILE",
@@ -300,6 +314,9 @@ def _checked(args: argparse.Namespace) -> argparse.Namespace:
                     "--auto",
                 )
             args.objectives, args.families = ["auto"], ["auto"]
+        validate.count(args.max_grad_evals, "--max-grad-evals")
+        if args.max_time is not None:
+            validate.positive(args.max_time, "--max-time")
     else:
         args.objectives = _names(args.objectives, "--objectives", objectives)
     _check_reference(args)

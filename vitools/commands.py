@@ -53,6 +53,11 @@ def fit_one(
         return vt.pathfinder(
             zoo.model, *zoo.args, num_paths=4, seed=args.seed, progress=not args.quiet, **zoo.kwargs
         )
+    if objective == "auto":  # vitools fit --auto
+        return vt.auto_fit(
+            zoo.model, *zoo.args, num_steps=args.num_steps, num_draws=args.num_draws, seed=args.seed,
+            max_grad_evals=args.max_grad_evals, max_time=args.max_time, progress=not args.quiet, **zoo.kwargs,
+        )  # fmt: skip
     chosen: Any = vt.ForwardKLFromDraws(reference) if objective == FROM_DRAWS else objective
     fit = vt.fit(
         zoo.model,

@@ -53,7 +53,10 @@ def verdict(khat: float, num_draws: int, khat_se: float = 0.0) -> tuple[str, str
             "k̂ undefined (tied tail weights): PSIS could not fit the tail; treat q as a bad proposal",
         )
     if khat == -math.inf:
-        return "good", "the largest importance weights are equal: q equals p up to a constant (k̂ = -inf)"
+        return "good", (
+            "the largest importance weights are equal (k̂ = -inf): where q puts its draws, q equals p up "
+            "to a constant; mass where q never draws (another mode far away) is not seen"
+        )
     low, high = khat - KHAT_Z * khat_se, khat + KHAT_Z * khat_se
     if low > threshold:
         return "bad", (
