@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast bench lint clean
+.PHONY: demo test test-fast bench lint docs docs-examples clean
 
 $(STAMP): pyproject.toml
 	@bash scripts/make_venv.sh $(VENV)
@@ -29,9 +29,19 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_convergence.py
 	$(PY) benchmarks/bench_next_steps.py
 
+# The documentation site (mkdocs, material theme, mkdocstrings) into site/; --strict fails on a broken
+# link, image, snippet or API reference. It includes the examples' outputs under docs/generated/,
+# which are committed; docs-examples reruns the two examples that write them (about a minute).
+docs: $(STAMP)
+	$(VENV)/bin/mkdocs build --strict --site-dir site
+
+docs-examples: $(STAMP)
+	$(PY) examples/kl_vs_cross_entropy.py
+	$(PY) examples/mode_seeking_vs_mass_covering.py
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check vitools tests benchmarks examples
 	$(VENV)/bin/ruff format --check vitools tests benchmarks examples
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache site

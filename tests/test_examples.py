@@ -1,0 +1,140 @@
+"""The examples run (``--fast``), their printed identities hold, and the docs site builds with --strict.
+
+The two examples that write ``docs/generated/`` run once per module, side by side in subprocesses,
+into a temporary folder (the committed outputs are the full runs, ``make docs-examples``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ("kl_vs_cross_entropy", "mode_seeking_vs_mass_covering")
+# what each example writes: the concepts page includes these (docs/generated/ holds the full runs)
+OUTPUTS = {
+    "kl_vs_cross_entropy": (
+        "kl_vs_cross_entropy.json", "kl_vs_ce_exact.md", "kl_vs_ce_minibatch.md", "kl_vs_ce_snis.md",
+        "kl_vs_ce_dimension.md",
+    ),
+    "mode_seeking_vs_mass_covering": ("modes.json", "modes.md", "modes_compare.md", "modes.png"),
+}  # fmt: skip
+# float64 rounding over a few hundred terms is ~1e-14 (measured: at most 4e-15); 1e-10 is a real gap
+EXACT = 1e-10
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict[str, tuple[subprocess.CompletedProcess, Path]]:
+    """Both examples with ``--fast``, started together (each is mostly one process's compile time)."""
+    env = os.environ | {"MPLBACKEND": "Agg", "JAX_PLATFORMS": "cpu"}
+    started = {}
+    for name in EXAMPLES:
+        out = tmp_path_factory.mktemp(name)
+        command = [sys.executable, str(ROOT / "examples" / f"{name}.py"), "--fast", "--out", str(out)]
+        process = subprocess.Popen(
+            command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        started[name] = (process, out, command)
+    finished = {}
+    for name, (process, out, command) in started.items():
+        stdout, stderr = process.communicate(timeout=300)
+        finished[name] = (subprocess.CompletedProcess(command, process.returncode, stdout, stderr), out)
+    return finished
+
+
+def check_lines(stdout: str) -> list[str]:
+    return [line for line in stdout.splitlines() if line.startswith("CHECK ")]
+
+
+@pytest.mark.parametrize("name", EXAMPLES)
+def test_example_runs_and_every_printed_check_holds(runs, name):
+    result, out = runs[name]
+    assert result.returncode == 0, f"{name} failed:\n{result.stdout}\n{result.stderr[-3000:]}"
+    checks = check_lines(result.stdout)
+    assert len(checks) >= 6, result.stdout
+    failed = [line for line in checks if not line.endswith(" ok")]
+    assert not failed, "\n".join(failed)
+    for filename in OUTPUTS[name]:
+        assert (out / filename).stat().st_size > 0, filename
+
+
+@pytest.mark.parametrize("name", EXAMPLES)
+def test_examples_write_what_the_docs_include(runs, name):
+    """The committed docs/generated/ files are the ones the examples write (by name)."""
+    _, out = runs[name]
+    written = {path.name for path in out.iterdir()}
+    assert written == set(OUTPUTS[name])
+    for filename in OUTPUTS[name]:
+        assert (ROOT / "docs" / "generated" / filename).is_file(), (
+            f"docs/generated/{filename}: run make docs-examples"
+        )
+
+
+def test_cross_entropy_and_kl_differ_by_entropy_with_identical_gradients(runs):
+    _, out = runs["kl_vs_cross_entropy"]
+    results = json.loads((out / "kl_vs_cross_entropy.json").read_text())
+    exact, minibatch, snis = results["exact"], results["minibatch"], results["snis"]
+    assert exact["gap"] == pytest.approx(exact["entropy_p"], abs=EXACT)
+    assert exact["kl"] > 0.1  # q is far from p: the identity is not checked at a trivial point
+    assert exact["max_grad_diff"] <= EXACT
+    for label in ("far", "at_p"):
+        assert minibatch[label]["max_grad_diff"] <= EXACT
+        # each batch's gap is its own entropy estimate: it moves (sd > 0) around H(p); with 50 batches of
+        # 32 draws its mean's Monte Carlo sd is gap_sd / sqrt(50), and 4 of those is a 1-in-10^4 miss
+        assert minibatch[label]["gap_sd"] > 0.01
+        sd_of_mean = minibatch[label]["gap_sd"] / minibatch["num_batches"] ** 0.5
+        assert minibatch[label]["gap_mean"] == pytest.approx(exact["entropy_p"], abs=4 * sd_of_mean)
+    # at q = p, log p - log q is 0 on every draw: the minibatch KL's value does not move at all
+    assert minibatch["at_p"]["kl_value_sd"] <= EXACT
+    assert snis["max_diff_forward_kl_vs_hand"] <= EXACT
+    assert snis["max_diff_wce_vs_hand"] <= EXACT
+
+
+def test_snis_weights_collapse_as_the_dimension_grows(runs):
+    _, out = runs["kl_vs_cross_entropy"]
+    dimension = json.loads((out / "kl_vs_cross_entropy.json").read_text())["dimension"]
+    ess = dimension["ess_fraction"]
+    # d = 1, 10, 100 with q at 0.8x p's scale: the fraction falls ~0.85, ~0.3, ~0.01 (measured), a
+    # factor of 3 or more per step, far beyond its Monte Carlo spread over 20 repeats of 1000 draws
+    assert all(a > 2 * b for a, b in zip(ess, ess[1:], strict=False))
+    assert dimension["khat"][-1] > dimension["khat"][0]
+
+
+def test_reverse_kl_sits_on_a_mode_forward_kl_covers_both(runs):
+    _, out = runs["mode_seeking_vs_mass_covering"]
+    fits = json.loads((out / "modes.json").read_text())["fits"]
+    reverse, forward = fits["reverse KL"], fits["forward KL"]
+    # the modes are ±(2.5, 2.5), 7.1 apart; 0.5 separates "on a mode" from "between the modes"
+    assert min(abs(reverse["mean"][0] - 2.5), abs(reverse["mean"][0] + 2.5)) < 0.5
+    assert abs(forward["mean"][0]) < 0.5 and abs(forward["mean"][1]) < 0.5
+    # forward KL's q is wide (p's variance is 7.25 per coordinate), reverse KL's has one mode's (1)
+    assert forward["cov"][0][0] > 4.0 and reverse["cov"][0][0] < 2.0
+    assert reverse["missed_mass"] > 0.3 and forward["missed_mass"] < 0.1
+    assert reverse["verdict"] == "bad"
+
+
+def test_docs_build_with_strict(tmp_path):
+    pytest.importorskip("mkdocs", reason="mkdocs is not installed: pip install -e '.[docs]'")
+    pytest.importorskip("material", reason="mkdocs-material is not installed: pip install -e '.[docs]'")
+    pytest.importorskip("mkdocstrings_handlers.python", reason="mkdocstrings-python is not installed")
+    site = tmp_path / "site"
+    result = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(site)],
+        cwd=ROOT,  # mkdocs.yml's snippet paths are relative to the repository root
+        env=os.environ | {"NO_MKDOCS_2_WARNING": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    concepts = (site / "concepts" / "index.html").read_text()
+    assert "--8&lt;--" not in concepts and "--8<--" not in concepts  # every snippet was included
+    committed = json.loads((ROOT / "docs" / "generated" / "kl_vs_cross_entropy.json").read_text())
+    assert f"{committed['exact']['kl']:.6f}" in concepts  # the page shows the example's numbers
+    assert (site / "generated" / "modes.png").is_file()
+    assert 'id="vitools.fit"' in (site / "api" / "index.html").read_text()
