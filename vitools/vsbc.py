@@ -97,7 +97,7 @@ class VSBC:
     def __repr__(self) -> str:
         counts = self.table["verdict"].value_counts()
         read = ", ".join(f"{n} {v}" for v, n in counts.items())
-        return f"VSBC({len(self.fits)} datasets x {self.fits[0].name}: {read})"
+        return f"VSBC({len(self.fits)} datasets x {self.fits[0].name}: parameters {read})"
 
 
 def vsbc(
