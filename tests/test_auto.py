@@ -81,6 +81,9 @@ def test_the_path_is_saved_with_the_fit(tmp_path, bimodal):
     loaded = vt.load(path, zoo.model, *zoo.args, **zoo.kwargs)
     assert [a.name for a in loaded.auto.attempts] == [a.name for a in fit.auto.attempts]
     assert loaded.auto.chosen == fit.auto.chosen and loaded.auto.stopped == fit.auto.stopped
+    np.testing.assert_array_equal(  # NaN and -inf (k̂ of equal weights) come back as they were
+        [a.khat for a in loaded.auto.attempts], [a.khat for a in fit.auto.attempts]
+    )
 
 
 @pytest.mark.parametrize(

@@ -212,8 +212,14 @@ def load(path: str | os.PathLike, model: Any, /, *model_args: Any, **model_kwarg
 def _auto_record(path: Any) -> dict:
     """The automatic mode's path (:class:`vitools.auto.AutoPath`) as JSON values."""
     record = dataclasses.asdict(path)
-    record["attempts"] = [{k: _scalar(v) for k, v in a.items()} for a in record["attempts"]]
+    # floats as they are: json writes -inf/nan as -Infinity/NaN and reads them back (k̂ = -inf says
+    # something NaN does not)
+    record["attempts"] = [{k: _float_or_scalar(v) for k, v in a.items()} for a in record["attempts"]]
     return record
+
+
+def _float_or_scalar(value: Any) -> Any:
+    return value if isinstance(value, float) else _scalar(value)
 
 
 def _auto_path(record: dict) -> Any:
