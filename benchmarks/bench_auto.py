@@ -26,12 +26,11 @@ from pathlib import Path
 import jax
 import numpy as np
 import pandas as pd
-from common import RESULTS_DIR, format_load, load_note, markdown_table, now, versions, vitools_commit
+from common import RESULTS_DIR, format_load, load_note, markdown_table, now, problem, versions, vitools_commit
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for benchmarks.*
 import vitools as vt  # noqa: E402
 from vitools.engine import PROGRAMS  # noqa: E402
-from vitools.models import MODELS  # noqa: E402
 
 ZOO = (
     "banana", "bimodal", "funnel", "eight_schools_noncentered", "logistic_regression", "radon",
@@ -43,17 +42,6 @@ def _corpus() -> tuple[str, ...]:
     from benchmarks.posteriordb import POSTERIORS
 
     return tuple(POSTERIORS)
-
-
-def _problem(name: str):
-    """``(model, args, kwargs, reference)`` of a zoo model or a corpus posterior."""
-    if name in MODELS:
-        zoo = MODELS[name]
-        return zoo.model, zoo.args, dict(zoo.kwargs), zoo.reference()
-    from benchmarks.posteriordb import load
-
-    model, data, reference = load(name)
-    return model, (data,), {}, reference
 
 
 def _best_by_hand(name: str) -> tuple[str, float, float]:
@@ -81,7 +69,7 @@ def _best_by_hand(name: str) -> tuple[str, float, float]:
 
 def run(name: str) -> dict:
     print(f"## {name}: {format_load(load_note())}", flush=True)
-    model, args, kwargs, reference = _problem(name)
+    model, args, kwargs, reference = problem(name)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         tic = time.perf_counter()

@@ -25,14 +25,13 @@ from pathlib import Path
 import jax
 import numpy as np
 import pandas as pd
-from common import RESULTS_DIR, format_load, load_note, markdown_table, now, versions, vitools_commit
+from common import RESULTS_DIR, format_load, load_note, markdown_table, now, problem, versions, vitools_commit
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for benchmarks.*
 import vitools as vt  # noqa: E402
 from vitools.advice import which_to_trust  # noqa: E402
 from vitools.engine import PROGRAMS  # noqa: E402
 from vitools.families import FAMILIES  # noqa: E402
-from vitools.models import MODELS  # noqa: E402
 from vitools.objectives import OBJECTIVES  # noqa: E402
 
 ZOO = ("bimodal", "banana", "funnel")
@@ -40,19 +39,8 @@ REGRESSIONS = ("kidiq-kidscore_momiq", "earnings-earn_height")
 COLUMNS = ("verdict", "khat", "w1", "mean_error", "sd_ratio", "elbo", "cubo", "grad_evals", "seconds")
 
 
-def _problem(name: str):
-    """``(model, args, kwargs, reference)`` of a zoo model or a corpus posterior."""
-    if name in MODELS:
-        zoo = MODELS[name]
-        return zoo.model, zoo.args, dict(zoo.kwargs), zoo.reference()
-    from benchmarks.posteriordb import load
-
-    model, data, reference = load(name)
-    return model, (data,), {}, reference
-
-
 def _fits(name: str, objectives: list[str], families: list[str]) -> tuple[dict, dict, dict]:
-    model, args, kwargs, reference = _problem(name)
+    model, args, kwargs, reference = problem(name)
     fits, seconds, refused = {}, {}, {}
     runs = [(f"{o}/{f}", dict(objective=o, family=f)) for o in objectives for f in families]
     pathfinder = getattr(vt, "pathfinder", None)

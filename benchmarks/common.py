@@ -119,3 +119,17 @@ def write_text(name: str, text: str) -> Path:
     path = RESULTS_DIR / name
     path.write_text(text if text.endswith("\n") else text + "\n")
     return path
+
+
+def problem(name: str):
+    """``(model, args, kwargs, reference)`` of a zoo model (``vitools.models``) or a posterior of the
+    posteriordb corpus (``benchmarks/posteriordb``, data passed as one dict)."""
+    from vitools.models import MODELS
+
+    if name in MODELS:
+        zoo = MODELS[name]
+        return zoo.model, zoo.args, dict(zoo.kwargs), zoo.reference()
+    from benchmarks.posteriordb import load
+
+    model, data, reference = load(name)
+    return model, (data,), {}, reference

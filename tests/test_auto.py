@@ -72,7 +72,6 @@ def test_a_budget_cap_is_respected_and_said():
     zoo, fit = run("banana", max_grad_evals=40_000)
     assert fit.auto.grad_evals <= 40_000
     assert fit.auto.stopped == "budget" and fit.auto.budget_hit, str(fit.auto)
-    assert len(fit.auto.attempts) >= 1
 
 
 def test_the_path_is_saved_with_the_fit(tmp_path, bimodal):
