@@ -76,6 +76,13 @@ class FamilyHooks(NamedTuple):
             with its cost in gradient evaluations; ``vt.fit`` calls it instead of ``init`` for
             the fit's start (``target`` and the parameters in the fit's frame) and adds the cost
             to ``Fit.num_grad_evals``. None: ``init``.
+        learning_rate_scale: the factor ``vt.fit`` multiplies into the objective's default
+            learning rate (``ObjectiveHooks.default_learning_rate(dim)``, or
+            :func:`vitools.fitting.default_learning_rate`) when it is given none; a rate given
+            to ``vt.fit`` is used as it is. Objectives set their rate for the noise of their
+            gradient, a family for how far one Adam step moves its q: a flow's parameters
+            (scale networks whose output is exponentiated) move q further per unit of step than
+            a Gaussian's. 1.0: the objective's rate unchanged.
     """
 
     whiten: str | bool = "diagonal"
@@ -84,6 +91,7 @@ class FamilyHooks(NamedTuple):
     sample_with_log_prob: Callable | None = None
     stratified_draws: Callable | None = None
     search_start: Callable | None = None
+    learning_rate_scale: float = 1.0
 
 
 def family_hooks(family: Family) -> FamilyHooks:
