@@ -31,13 +31,20 @@ bench: $(STAMP)
 
 # The documentation site (mkdocs, material theme, mkdocstrings) into site/; --strict fails on a broken
 # link, image, snippet or API reference. It includes the examples' outputs under docs/generated/,
-# which are committed; docs-examples reruns the two examples that write them (about a minute).
+# which are committed; docs-examples reruns the examples that write them (a few minutes) and moves
+# the folders they also write (a vt.report, a user's files; not committed) to vitools-report/.
 docs: $(STAMP)
 	$(VENV)/bin/mkdocs build --strict --site-dir site
 
 docs-examples: $(STAMP)
 	$(PY) examples/kl_vs_cross_entropy.py
 	$(PY) examples/mode_seeking_vs_mass_covering.py
+	$(PY) examples/eight_schools.py
+	$(PY) examples/distill_nuts.py
+	$(PY) examples/large_data.py
+	$(PY) examples/your_own_model.py
+	rm -rf vitools-report/eight_schools_report vitools-report/your_own_model && mkdir -p vitools-report
+	mv docs/generated/eight_schools_report docs/generated/your_own_model vitools-report/
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check vitools tests benchmarks examples
