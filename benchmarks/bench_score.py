@@ -5,7 +5,7 @@ full rank, Laplace start and start race, at most 2000 steps, convergence rule) g
 beat, its standard error (the sd of its w1 over four redraws of q: ``vt.compare`` seeds 0-3) and
 its ``num_grad_evals``. Batch and match (:class:`vitools.objectives.score.BatchAndMatch`) is run
 by ``vt.fit`` with the same seed and every other option at its default, for each configuration
-``B:lr`` (batch size, learning-rate scale): BaM then stops on its own rule
+``B:lr:avg`` (batch size, learning-rate scale, iterates averaged: ``average``): BaM then stops on its own rule
 (``BatchAndMatch.stopping_rule``) and skips the start race (``races_start``). w1 comes from
 ``vt.compare`` against ``model.reference()`` (10,000 draws of each q, seed 0).
 
@@ -33,7 +33,7 @@ from common import RESULTS_DIR, format_load, load_note, markdown_table, now, ver
 import vitools as vt
 from vitools.engine import PROGRAMS
 from vitools.models import MODELS
-from vitools.objectives.score import BatchAndMatch
+from vitools.objectives.score import BatchAndMatch, LossFallRule
 
 MODELS_DEFAULT = (
     "gaussian_100",
@@ -59,7 +59,7 @@ def w1_of(fit, reference, seed: int = 0) -> float:
         return float(vt.compare({"q": fit}, reference=reference, seed=seed).loc["q", "w1"])
 
 
-def rows_for(name: str, seeds: list[int], configs: list[tuple[int, float]]) -> list[dict]:
+def rows_for(name: str, seeds: list[int], configs: list[tuple[int, float, float]]) -> list[dict]:
     zoo, rows = MODELS[name], []
     reference = zoo.reference()
     for seed in seeds:
@@ -67,9 +67,9 @@ def rows_for(name: str, seeds: list[int], configs: list[tuple[int, float]]) -> l
         redraws = [w1_of(default, reference, seed=s) for s in range(NOISE_REDRAWS)]
         w1_default, se = redraws[0], float(np.std(redraws, ddof=1))
         default_loop = default.num_grad_evals - default.init_grad_evals
-        for batch_size, learning_rate in configs:
+        for batch_size, learning_rate, average in configs:
             tic = time.perf_counter()
-            bam = quiet_fit(zoo, seed=seed, objective=BatchAndMatch(batch_size, learning_rate))
+            bam = quiet_fit(zoo, seed=seed, objective=BatchAndMatch(batch_size, learning_rate, average))
             seconds = time.perf_counter() - tic
             w1_bam = w1_of(bam, reference)
             bam_loop = bam.num_grad_evals - bam.init_grad_evals
@@ -80,6 +80,7 @@ def rows_for(name: str, seeds: list[int], configs: list[tuple[int, float]]) -> l
                 "seed": seed,
                 "B": batch_size,
                 "lr": learning_rate,
+                "avg": average,
                 "w1_default": w1_default,
                 "w1_se": se,
                 "default_evals": default.num_grad_evals,
@@ -90,6 +91,7 @@ def rows_for(name: str, seeds: list[int], configs: list[tuple[int, float]]) -> l
                 "bam_init": bam.init_grad_evals,
                 "bam_steps": bam.num_steps,
                 "bam_status": bam.status,
+                "bam_exact_kl": LossFallRule(batch_size=batch_size).exact_kl(bam.losses),
                 "bam_seconds": round(seconds, 1),
                 "ratio_total": ratio,
                 "ratio_loop": default_loop / bam_loop,
@@ -97,7 +99,24 @@ def rows_for(name: str, seeds: list[int], configs: list[tuple[int, float]]) -> l
                 "bar_met": w1_bam <= w1_default + 2 * se and ratio >= BAR,
             }
             rows.append(row)
-            print({k: row[k] for k in ("model", "seed", "B", "lr", "w1_default", "w1_bam", "ratio_total")})
+            print(
+                {
+                    k: row[k]
+                    for k in (
+                        "model",
+                        "seed",
+                        "B",
+                        "lr",
+                        "avg",
+                        "w1_default",
+                        "w1_bam",
+                        "ratio_total",
+                        "bam_steps",
+                        "bam_exact_kl",
+                    )
+                },
+                flush=True,
+            )
     PROGRAMS.clear()  # many models in one process: release their compiled programs
     jax.clear_caches()
     return rows
@@ -107,10 +126,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default=",".join(MODELS_DEFAULT))
     parser.add_argument("--seeds", default="0,1")
-    parser.add_argument("--configs", default="8:1,8:0.3", help="batch_size:learning_rate,...")
+    parser.add_argument("--configs", default="8:1:0,8:1:0.25", help="batch_size:learning_rate[:average],...")
     args = parser.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")]
-    configs = [(int(c.split(":")[0]), float(c.split(":")[1])) for c in args.configs.split(",")]
+    configs = [
+        (int(b), float(lr), float(avg[0]) if avg else 0.0)
+        for b, lr, *avg in (c.split(":") for c in args.configs.split(","))
+    ]
     started, load, tic = now(), load_note(), time.perf_counter()
     rows = []
     for name in args.models.split(","):
@@ -119,13 +141,13 @@ def main(argv: list[str] | None = None) -> int:
     df = pd.DataFrame(rows)
     df.to_csv(RESULTS_DIR / "score.csv", index=False)
     (RESULTS_DIR / "score_partial.csv").unlink(missing_ok=True)
-    header = ["model", "d", "seed", "B", "lr", "w1 default ± se", "default evals (init) / steps"]
+    header = ["model", "d", "seed", "B", "lr", "avg", "w1 default ± se", "default evals (init) / steps"]
     header += ["w1 BaM", "BaM evals (init) / steps", "ratio total / loop", "5x bar"]
     table = markdown_table(
         header,
         (
             [
-                r.model, r.dim, r.seed, r.B, r.lr, f"{r.w1_default:.3f} ± {r.w1_se:.3f}",
+                r.model, r.dim, r.seed, r.B, r.lr, r.avg, f"{r.w1_default:.3f} ± {r.w1_se:.3f}",
                 f"{r.default_evals} ({r.default_init}) / {r.default_steps}", f"{r.w1_bam:.3f}",
                 f"{r.bam_evals} ({r.bam_init}) / {r.bam_steps} {r.bam_status}",
                 f"{r.ratio_total:.1f} / {r.ratio_loop:.1f}",
