@@ -15,8 +15,11 @@ user to do, and its path reads in the same words. In short (the measured rules a
    (bimodal: the probe itself read good, W1 0.034); then, for the latest fit:
 2. its loss still falling when the budget ran out -> the same fit with twice the steps;
 3. a fit that misses mass another covers, or a Gaussian whose k̂ or mean-shift check fails -> a
-   flow, by forward KL where the model is small enough for it (``advice.FLOW_FORWARD_MAX_DIM``);
-4. k̂ straddling its threshold -> the same fits diagnosed from four times the draws;
+   flow, by forward KL where the model is small enough for it (``advice.FLOW_FORWARD_MAX_DIM``):
+   the IAF with :data:`FLOW_LAYERS` layers there, given :data:`FLOW_STEPS_FACTOR` times
+   ``num_steps``, the coupling flow above;
+4. k̂ straddling its threshold, or a PSIS move within its Monte Carlo error (both "more draws can
+   decide") -> the same fits diagnosed from four times the draws, once;
 5. a suggestion already tried -> the first untried configuration of :data:`FALLBACK`.
 
 It stops at the first attempt that reads good, when no step is left to try, after ``max_attempts``,
@@ -26,9 +29,16 @@ before uncertain before bad, then the lowest k̂) with the path it took in :attr
 Measured on the zoo and the posteriordb corpus: ``benchmarks/bench_auto.py``
 (``benchmarks/results/auto.md``): of 19 posteriors, auto read good where the default did not on
 banana, bimodal and one corpus regression, and improved W1 without a trusted fit on radon
-(0.131 -> 0.058), a GP Poisson model, a pharmacokinetic ODE and the funnel (0.255 -> 0.040, "uncertain": no
-configuration tried reads good there); k̂ cannot see a wrong local mode (Lotka-Volterra read good at W1
-7.9). Verdicts of a path that asked for more draws are those at :attr:`AutoPath.num_draws` draws.
+(0.131 -> 0.058), a GP Poisson model and a pharmacokinetic ODE; k̂ cannot see a wrong local mode
+(Lotka-Volterra read good at W1 7.9). Verdicts of a path that asked for more draws are those at
+:attr:`AutoPath.num_draws` draws. Those figures predate :data:`FLOW_LAYERS`, :data:`FLOW_STEPS_FACTOR`
+and the draws for an uncertain PSIS move; with them (measured by ``vt.auto_fit`` and ``vt.compare`` at
+each seed; ``bench_auto.py --models funnel --seeds 0,1,2 --out auto_funnel`` reruns it): the
+10-D funnel ends on forward KL with the 4-layer IAF at seeds 0/1/2, k̂ 0.41 (good) / 0.48 (good, from
+40,000 draws) / 0.59 (uncertain from 40,000 draws: an sd move of 0.19 ± 0.09), W1 0.031/0.029/0.034
+(the default's 0.255; before, 0.040 "uncertain" at seed 0), 3.2e5/4.0e5/5.2e5 gradient
+evaluations; the banana (seed 0) ends good on reverse KL with the 4-layer IAF, k̂ 0.30, W1 0.037,
+1.2e5 gradient evaluations (before: good on forward KL with the 2-layer IAF, W1 0.030, 1.3e5).
 """
 
 from __future__ import annotations
@@ -47,6 +57,7 @@ from vitools.advice import FLOW_FORWARD_MAX_DIM, next_steps
 from vitools.comparison import compare
 from vitools.convert import DIAGNOSTIC_DRAWS, to_datatree
 from vitools.diagnostics import VERDICTS
+from vitools.families.flow import IAF
 from vitools.objectives import get_objective
 from vitools.result import Fit
 from vitools.targets import Target
@@ -65,6 +76,20 @@ PROBE_PATHS = 8
 # Where k̂ straddles its threshold, advice asks for 4x the draws; once only (each comparison draws every
 # attempt again, and 160,000 draws of a flow took longer than the fits).
 MAX_DRAWS_FACTOR = 4
+# The automatic mode's IAF (for "iaf" at any step of the ladder): 4 layers, not the family's default 2.
+# With the coordinates reversed between layers, only every other layer conditions the later
+# coordinates on the first, and each scales a coordinate by at most e^3 up, e^-5 down (its soft
+# clip): on the 10-D funnel (x's scale exp(v / 2) spans e^±4.5 over v's ±3 sd) 2 layers read k̂
+# 0.68/0.83/0.66 and 4 layers 0.41/0.62/0.49 at seeds 0/1/2, 10^4 draws, W1 0.040/0.042/0.048 ->
+# 0.031/0.033/0.037, both by forward KL at FLOW_STEPS_FACTOR x 2000 steps; 6 layers (2000 steps)
+# read no better than 4: 0.55/0.66 at seeds 0/1 (measured).
+FLOW_LAYERS = 4
+# An IAF attempt's steps are this multiple of ``num_steps``: its networks start at the identity and
+# learn the bend from noisy importance-weighted gradients. On the 10-D funnel, forward KL with the
+# 4-layer IAF, 2000 -> 4000 steps: k̂ 0.58/0.49/0.64 -> 0.41/0.62/0.49 at seeds 0/1/2; the same
+# gradient evaluations spent on 256 draws a step for 2000 steps instead read 0.46/0.62 at seeds
+# 0/1 (measured). The coupling flow (above FLOW_FORWARD_MAX_DIM) keeps num_steps: not measured there.
+FLOW_STEPS_FACTOR = 2
 # An attempt the budget leaves fewer steps than this is not started: it could not converge
 # (the convergence rule reads the last 500 steps; vitools.convergence).
 MIN_STEPS = 500
@@ -295,14 +320,17 @@ class _Path:
 
     def advice(self, name: str) -> Any:
         """:func:`vitools.advice.next_steps`' step for ``name`` (None: none); where it asks for more
-        draws (k̂ straddles its threshold), every fit is drawn again with them first."""
+        draws (k̂ straddles its threshold), or ``name`` reads uncertain on a PSIS move within its
+        error (:func:`_more_draws_decide`), every fit is drawn again with them first."""
         if name not in self.fits:
             return None
         step = next_steps(self.table).get(name)
         more = None if step is None else step.options.get("num_draws")
+        if more is None and _more_draws_decide(self.table.loc[name]):
+            more = MAX_DRAWS_FACTOR * self.num_draws
         if more is not None and self.num_draws < more <= MAX_DRAWS_FACTOR * self.initial_draws:
             self.num_draws = int(more)
-            self.say(f"k̂ straddles its threshold: every attempt diagnosed again from {self.num_draws} draws")
+            self.say(f"more draws can decide: every attempt diagnosed again from {self.num_draws} draws")
             self.trees = {
                 n: to_datatree(f, num_draws=self.num_draws, seed=self.seed) for n, f in self.fits.items()
             }
@@ -343,6 +371,18 @@ class _Path:
         ).name
         path = AutoPath(tuple(self.attempts), chosen, stopped, self.num_draws)
         return dataclasses.replace(self.fits[chosen], auto=path)
+
+
+def _more_draws_decide(row: Any) -> bool:
+    """Whether a row reads uncertain only on checks that more draws can decide: k̂'s interval or a
+    PSIS move within its Monte Carlo error (advice asks for draws on the first alone). On the 10-D
+    funnel, forward KL with the 4-layer IAF at seed 2 read k̂ 0.49 ± 0.09 and uncertain on an sd move
+    of 0.15 ± 0.11 (measured)."""
+    if row.get("verdict") != "uncertain":
+        return False
+    reasons = str(row.get("reasons", ""))
+    decidable = "straddles" in reasons or "more draws can tell" in reasons
+    return decidable and "used its whole budget" not in reasons  # a fit still falling needs steps
 
 
 def _check_budget(max_grad_evals: int | None, dim: int, num_steps: int) -> None:
@@ -428,13 +468,15 @@ def _first_start_reserve(dim: int) -> int:
 
 
 def _attempt(target, objective, family, steps, key, progress) -> tuple[Fit | None, float]:
-    """One ``vt.fit``; a non-finite loss keeps the fit's last finite parameters as the attempt."""
+    """One ``vt.fit`` (``"iaf"``: :data:`FLOW_LAYERS` layers); a non-finite loss keeps the fit's last
+    finite parameters as the attempt."""
     from vitools.fitting import fit as vt_fit
     from vitools.result import NonFiniteLossError
 
+    chosen = IAF(num_flows=FLOW_LAYERS) if family == "iaf" else family
     tic = time.perf_counter()
     try:
-        fit = vt_fit(target, objective=objective, family=family, num_steps=steps, key=key, progress=progress)
+        fit = vt_fit(target, objective=objective, family=chosen, num_steps=steps, key=key, progress=progress)
     except NonFiniteLossError as err:
         fit = err.fit if err.fit.num_steps > 0 else None
     return fit, time.perf_counter() - tic
@@ -449,12 +491,17 @@ def _next_config(step, last: Attempt, tried: set, dim: int, num_steps: int) -> t
     family = str(options.get("family", last.family))
     if family == "iaf" and objective == "forward_kl":
         family = _flow(dim)
-    candidate = (objective, family, int(options.get("num_steps", num_steps)))
+    candidate = (objective, family, int(options.get("num_steps", _steps(family, num_steps))))
     if options and candidate not in tried:
         return (*candidate, step.why)
     for objective, family in FALLBACK:
         family = _flow(dim) if family == "flow" else family
-        if (objective, family, num_steps) not in tried:
+        if (objective, family, _steps(family, num_steps)) not in tried:
             why = "advice's step was tried already" if options else f"{last.name} read {last.verdict}"
-            return objective, family, num_steps, f"{why}; next on the fallback ladder"
+            return objective, family, _steps(family, num_steps), f"{why}; next on the fallback ladder"
     return None
+
+
+def _steps(family: str, num_steps: int) -> int:
+    """The steps of a first attempt with ``family``: :data:`FLOW_STEPS_FACTOR` times more for the IAF."""
+    return FLOW_STEPS_FACTOR * num_steps if family == "iaf" else num_steps
