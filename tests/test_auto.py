@@ -6,10 +6,11 @@ import jax.numpy as jnp
 import numpy as np
 import numpyro
 import numpyro.distributions as dist
+import pandas as pd
 import pytest
 
 import vitools as vt
-from vitools import validate
+from vitools import auto, validate
 from vitools.importance import khat_threshold
 from vitools.models import get_model
 from vitools.models.toy import BIMODAL_LOCS
@@ -66,6 +67,32 @@ def test_banana_ends_on_a_flow_with_khat_under_threshold(banana):
     chosen = next(a for a in fit.auto.attempts if a.name == fit.auto.chosen)
     assert chosen.verdict == "good" and chosen.khat < khat_threshold(fit.auto.num_draws)
     assert fit.auto.grad_evals == sum(a.grad_evals for a in fit.auto.attempts)
+
+
+def test_the_first_flow_attempt_is_the_deeper_iaf_given_more_steps(banana):
+    _, fit = banana
+    first = next(a for a in fit.auto.attempts if a.family in ("iaf", "coupling"))
+    assert first.family == "iaf"  # 2 parameters: at most FLOW_FORWARD_MAX_DIM
+    assert first.num_steps == auto.FLOW_STEPS_FACTOR * 2000  # auto_fit's num_steps default
+    if fit.family.name == "iaf":
+        assert fit.family.num_flows == auto.FLOW_LAYERS
+
+
+@pytest.mark.parametrize(
+    "verdict, reasons, expected",
+    [
+        ("uncertain", "k̂ 0.62 ± 0.08 straddles the threshold 0.70 at S = 10000: more draws ...", True),
+        ("uncertain", "k̂ 0.49 ± 0.09 < 0.70: ...; PSIS moves the sd of x[2] by 0.15 sd of q (± 0.11): "
+                      "more than 0.1 but within its Monte Carlo error; more draws can tell", True),
+        ("uncertain", "k̂ 0.62 ± 0.08 straddles the threshold 0.70 at S = 10000: more draws ...; "
+                      "the optimisation used its whole budget: ...; fit longer (num_steps)", False),
+        ("bad", "k̂ 0.92 ± 0.05 > 0.70: q misses part of the posterior's mass", False),
+        ("good", "k̂ 0.41 ± 0.07 < 0.70: ...", False),
+    ],
+)  # fmt: skip
+def test_more_draws_are_asked_only_where_they_can_decide(verdict, reasons, expected):
+    row = pd.Series({"verdict": verdict, "reasons": reasons})
+    assert auto._more_draws_decide(row) is expected
 
 
 def test_a_budget_cap_is_respected_and_said():
