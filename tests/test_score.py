@@ -17,6 +17,7 @@ from vitools.engine import default_optimizer, init_state, objective_state, optim
 from vitools.models import MODELS
 from vitools.objectives import Objective, get_objective, objective_hooks
 from vitools.objectives.score import (
+    AVERAGE_MAX_STEPS,
     BatchAndMatch,
     BatchAndMatchState,
     LossFallRule,
@@ -256,6 +257,22 @@ def test_the_averaged_fit_is_exact_on_a_gaussian_and_draws_from_its_iterate():
     tril = family.scale_tril(averaged)
     np.testing.assert_allclose(tril @ tril.T, COV, atol=1e-3 * COV.max())
     assert not np.allclose(averaged.loc, iterate.loc, atol=1e-9, rtol=0)  # it is an average
+
+
+@pytest.mark.parametrize("step, weight", [(0, 1.0), (9, 0.4), (1000, 1.0 / AVERAGE_MAX_STEPS)])
+def test_the_average_weighs_the_new_iterate_1_over_f_t_within_its_floor(step, weight):
+    """f = 0.25: the (t+1)-th iterate weighs 1/(f (t+1)), capped at 1 (t = 0: the iterate itself)
+    and floored at 1/AVERAGE_MAX_STEPS (t = 1000: 1/250 would reach back ~1000 steps)."""
+    objective, family = BatchAndMatch(average=0.25), FullRank()
+    params = family.init(None, TARGET, jnp.asarray(MEAN) + 1.0, jnp.eye(DIM))
+    state = BatchAndMatchState(jnp.asarray(step, jnp.int32), jnp.asarray(MEAN), jnp.linalg.cholesky(COV))
+    new_params, _, _, new_state = objective.update(jax.random.PRNGKey(0), params, family, TARGET, state, 0.5)
+    assert int(new_state.step) == step + 1
+    loc, tril = average_gaussians(
+        params.loc, family.scale_tril(params), new_state.loc, new_state.scale_tril, jnp.asarray(weight)
+    )
+    np.testing.assert_allclose(new_params.loc, loc, atol=1e-12)
+    np.testing.assert_allclose(family.scale_tril(new_params), tril, atol=1e-12)
 
 
 def test_another_family_is_refused_before_the_loop_compiles():
