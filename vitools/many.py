@@ -61,6 +61,11 @@ class FitMany:
         compile_time: seconds compiling the vmapped loop (0 when this process had it).
         elapsed: seconds running the loop (and the start race's pilots) for all fits.
         num_compiled: loop programs compiled by this call (0 or 1).
+
+    Examples:
+        >>> fits = vt.fit_many(model, x, y=y, seeds=4, num_steps=500)
+        >>> len(fits), fits[0].params.loc.shape, fits.params.loc.shape
+        (4, (3,), (4, 3))
     """
 
     fits: tuple[Fit, ...]
@@ -176,7 +181,10 @@ def fit_many(
     of the same size, which reuse the program.
 
     Args:
-        model, *model_args, **kwargs, model_kwargs: as ``vt.fit``.
+        model: a NumPyro model or a Target, as ``vt.fit``.
+        *model_args: the model's positional arguments, as ``vt.fit``.
+        **kwargs: the model's keyword arguments, as ``vt.fit``.
+        model_kwargs: the model's keyword arguments as a dict, as ``vt.fit``.
         seeds: the fits' seeds, or a count ``n`` for seeds ``0..n-1``. None: seed 0 for every
             dataset (needs ``datasets``).
         datasets: model keyword arguments, each an array whose leading axis runs over the
@@ -184,12 +192,19 @@ def fit_many(
             arguments of the same name. Every dataset must trace to the same structure (the
             model reads its data as traced arrays). With ``seeds`` too, fit ``i`` takes dataset
             ``i`` and ``seeds[i]``.
-        objective, family, num_steps, learning_rate, optimizer, init, tol, chunk_size: as
-            ``vt.fit``.
+        objective: as ``vt.fit`` (one for every fit).
+        family: as ``vt.fit``.
+        num_steps: as ``vt.fit``: every fit runs all of them.
+        learning_rate: as ``vt.fit``.
+        optimizer: as ``vt.fit``.
+        init: as ``vt.fit``.
+        tol: as ``vt.fit`` (it only sets each fit's ``convergence``: nothing stops early).
+        chunk_size: as ``vt.fit``.
         progress: one bar for all fits (their mean loss).
 
     Returns:
-        A :class:`FitMany` (a sequence of :class:`~vitools.result.Fit`, with the batch's counts).
+        FitMany: a sequence of :class:`~vitools.result.Fit`, with the batch's counts and the
+            parameters stacked ``(num_fits, ...)``.
 
     Raises:
         vitools.validate.ArgumentError: an option is invalid (as ``vt.fit``); neither ``seeds``
@@ -199,9 +214,13 @@ def fit_many(
             on its data with NumPy or Python needs a program per dataset: use ``vt.fit`` in a
             loop), or as ``vt.fit``.
 
-    Example:
+    Examples:
         >>> fits = vt.fit_many(model, x, y=y, seeds=16, num_steps=1000)
-        >>> best = max(fits, key=lambda f: -f.losses[-100:].mean())
+        >>> best = min(fits, key=lambda f: f.losses[-100:].mean())
+        >>> ys = np.stack([y, y + 1.0])  # (2, 50): two datasets of y
+        >>> per_dataset = vt.fit_many(model, x, datasets={"y": ys}, num_steps=500)
+        >>> [f.status for f in per_dataset]
+        ['completed', 'completed']
     """
     options = _checked_options(
         num_steps=num_steps, chunk_size=chunk_size, seed=None, learning_rate=learning_rate, tol=tol,

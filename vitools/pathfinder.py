@@ -91,7 +91,13 @@ class Pathfinder:
             a single path draws none).
 
     Raises:
-        ArgumentValueError: ``num_paths`` or ``num_draws`` is not a positive integer.
+        vitools.validate.ArgumentValueError: ``num_paths`` or ``num_draws`` is not a positive
+            integer (a ``ValueError``).
+
+    Examples:
+        >>> fit = vt.pathfinder(model, x, y=y, num_paths=4, seed=0)
+        >>> fit.objective
+        Pathfinder(num_paths=4, num_draws=..., name='pathfinder')
     """
 
     num_paths: int = dataclasses.field(default=1, metadata=dict(static=True))
@@ -221,35 +227,42 @@ def pathfinder(
 
     Args:
         model: a NumPyro model, or a Target (as ``vt.fit``).
-        *model_args, **kwargs: the model's arguments (as ``vt.fit``); ``model_kwargs``: those
-            whose names are also options here, as a dict.
+        *model_args: the model's positional arguments (as ``vt.fit``).
+        **kwargs: the model's keyword arguments (as ``vt.fit``).
+        model_kwargs: the model's keyword arguments whose names are also options here, as a
+            dict.
         num_paths: independent paths. 1: q is the path's Gaussian (family ``FullRank``). More:
             q is the mixture of the paths' Gaussians weighted by their importance weights
             (``GaussianMixture(num_paths)``); draw with ``fit.sample(n, resample="psis")`` for
             the paper's PSIS resampling across paths.
         num_draws: draws per path behind its weight (``num_paths > 1`` only).
-        seed, key: the run's randomness (the paths' jitter and starts, the ELBO and weight draws),
-            as ``vt.fit``: give one; None and None is seed 0.
+        seed: the run's seed (the paths' jitter and starts, the ELBO and weight draws), as
+            ``vt.fit``; None with no ``key``: seed 0.
+        key: a JAX PRNG key instead of ``seed``; give one of the two at most.
         progress: say on stderr when a large model's paths start and end (one compiled program,
             so there is nothing to report between).
 
     Returns:
-        A :class:`~vitools.result.Fit` with objective :class:`Pathfinder`, ``num_steps`` the
-        L-BFGS iterations plus Newton steps of all paths, ``num_grad_evals`` every gradient
-        evaluation of the paths (one per gradient or density, dim per Hessian) and of the ELBO
-        and weight draws, ``compile_time`` and ``elapsed`` (the run), status ``"completed"``.
-        ``vt.diagnose``, ``vt.compare``, ``fit.sample`` and ``vt.save`` take it as any fit.
+        Fit: a :class:`~vitools.result.Fit` with objective :class:`Pathfinder`, ``num_steps`` the
+            L-BFGS iterations plus Newton steps of all paths, ``num_grad_evals`` every gradient
+            evaluation of the paths (one per gradient or density, dim per Hessian) and of the
+            ELBO and weight draws, ``compile_time`` and ``elapsed`` (the run, seconds), status
+            ``"completed"``. ``vt.diagnose``, ``vt.compare``, ``fit.sample`` and ``vt.save``
+            take it as any fit.
 
     Raises:
-        vitools.validate.ArgumentError (TypeError/ValueError): a bad option (named).
-        TypeError, ValueError: the model cannot be traced with its arguments; it has
-            ``numpyro.param`` sites (Pathfinder fits latent sites only).
+        vitools.validate.ArgumentError: a bad option, named in the message (a ``TypeError`` or
+            ``ValueError``).
+        TypeError: the model cannot be traced with its arguments.
+        ValueError: the model cannot be traced with its arguments, or it has ``numpyro.param``
+            sites (Pathfinder fits latent sites only).
         FloatingPointError: no path found a Gaussian with a finite ELBO estimate.
 
-    Example:
-        >>> fit = vt.pathfinder(model, x, y=y, num_paths=4)
-        >>> draws = fit.sample(1000, resample="psis")
-        >>> vt.diagnose(fit)
+    Examples:
+        >>> fit = vt.pathfinder(model, x, y=y, num_paths=4, seed=0)
+        >>> fit.family.name, fit.params.loc.shape  # a mixture of the 4 paths' Gaussians
+        ('mixture', (4, 3))
+        >>> draws = fit.sample(1000, resample="psis")  # the paper's importance resampling
     """
     objective = Pathfinder(num_paths, num_draws)
     if not isinstance(progress, bool | np.bool_):

@@ -74,15 +74,16 @@ def save(fit: Fit, path: str | os.PathLike) -> Path:
             one). An existing file is replaced; the file is written whole or not at all.
 
     Returns:
-        The path written.
+        Path: the path written.
 
     Raises:
         TypeError: the family or the objective is not a dataclass, or has a field a file
             cannot hold (e.g. :class:`~vitools.families.AutoGuideFamily`, whose guide is code).
 
-    Example:
+    Examples:
         >>> fit = vt.fit(model, x, y=y, family="fullrank")
         >>> vt.save(fit, "model.vitools.npz")  # or fit.save("model.vitools.npz")
+        PosixPath('model.vitools.npz')
         >>> fit = vt.load("model.vitools.npz", model, x, y=y)  # in another process
     """
     from vitools import __version__
@@ -152,11 +153,13 @@ def load(path: str | os.PathLike, model: Any, /, *model_args: Any, **model_kwarg
         path: a file written by :func:`save` (or ``Fit.save``).
         model: the NumPyro model (it may be defined anew, e.g. in another script's
             ``__main__``), or the Target that was fitted.
-        *model_args, **model_kwargs: the model's arguments.
+        *model_args: the model's positional arguments (its data), as given to ``vt.fit``.
+        **model_kwargs: the model's keyword arguments, as given to ``vt.fit``.
 
     Returns:
-        The :class:`~vitools.result.Fit`. Its objective is rebuilt where its class is found
-        (else, with a warning, only its name is kept, as for a Gaussian fitted elsewhere).
+        Fit: the fit (:class:`~vitools.result.Fit`). Its objective is rebuilt where its class is
+            found (else, with a warning, only its name is kept, as for a Gaussian fitted
+            elsewhere).
 
     Raises:
         FileNotFoundError: no file at ``path``.
@@ -167,9 +170,12 @@ def load(path: str | os.PathLike, model: Any, /, *model_args: Any, **model_kwarg
             or its parameters do not fit the file's.
         TypeError: the model cannot be traced with its arguments (as ``vt.fit``).
 
-    Example:
-        >>> fit = vt.load("model.vitools.npz", model, x, y=y)
-        >>> draws = fit.sample(1000, seed=3)
+    Examples:
+        >>> vt.fit(model, x, y=y, seed=0).save("model.vitools.npz")
+        PosixPath('model.vitools.npz')
+        >>> fit = vt.load("model.vitools.npz", model, x, y=y)  # in another process
+        >>> fit.sample(1000, seed=3)["beta"].shape
+        (1000,)
     """
     header, arrays = _read(path)
     target = model if isinstance(model, Target) else Target.from_model(model, *model_args, **model_kwargs)

@@ -32,7 +32,19 @@ __all__ = ["Fit", "NonFiniteLossError"]
 
 class NonFiniteLossError(FloatingPointError):
     """The loss or its gradient became NaN/inf. ``err.fit`` holds the fit with the last finite
-    parameters, so nothing is lost."""
+    parameters, so nothing is lost.
+
+    Raised by ``vt.fit`` with ``on_nonfinite="raise"`` (its default); ``on_nonfinite="warn"``
+    returns that fit with ``status == "nonfinite"`` instead.
+
+    Examples:
+        >>> try:
+        ...     fit = vt.fit(model, x, y=y, learning_rate=1e6, seed=0)
+        ... except vt.NonFiniteLossError as err:
+        ...     fit = err.fit  # the last finite parameters
+        >>> fit.status
+        'nonfinite'
+    """
 
     def __init__(self, message: str, fit: Fit):
         super().__init__(message)
@@ -46,24 +58,28 @@ class Fit:
     Attributes:
         target: what was fitted, in the frame the fit ran in (``target.frame``, see
             :mod:`vitools.frame`).
-        family, objective: how. ``objective`` is a string naming where q came from for a
-            Gaussian fitted elsewhere (:meth:`from_gaussian`).
+        family: the family of q (a :class:`~vitools.families.Family`, e.g. ``FullRank()``).
+        objective: the objective minimised (an :class:`~vitools.objectives.Objective`), or a string
+            naming where q came from for a Gaussian fitted elsewhere (:meth:`from_gaussian`).
         params: the family's parameters (the last finite ones) **in the frame's coordinates**
             ``v``, where ``u = shift + scale v``: ``params.loc`` of a Gaussian is q's centre
             measured from the initial Gaussian's centre in units of its scales (0 at the start),
             not the posterior mean. Use :meth:`sample`, :meth:`mean_and_covariance` or
             :attr:`distribution` for the model's space.
-        losses: the loss of every step run: ``(num_steps,)``, plus the non-finite step's own
-            (NaN/inf) loss last when ``status == "nonfinite"``; ``trace`` adds per-step ``ess``
-            and ``log_evidence`` where the objective reports them.
-        num_steps: steps applied. num_grad_evals: target log-density evaluations spent in all,
-            the start's included (with their gradients for reparameterized objectives; ForwardKL
-            needs values only). init_grad_evals: the start's share (the Laplace init's L-BFGS
-            path, Newton steps, Hessians at dim gradient evaluations each, and candidate ELBOs).
-        elapsed: optimisation wall time in seconds (the loop and the start race's pilots),
-            compile_time: the loop's compilation seconds (0 when reused), init_time: the start's
-            wall time, its compilation included. status: "completed", "converged", "nonfinite"
-            or "interrupted".
+        losses: the loss (nats) of every step run, ``(num_steps,)``, plus the non-finite step's
+            own (NaN/inf) loss last when ``status == "nonfinite"``.
+        trace: per-step diagnostics, name -> ``(num_steps,)``: ``"loss"`` always, ``"ess"`` and
+            ``"log_evidence"`` (nats) where the objective reports them.
+        num_steps: optimisation steps applied.
+        num_grad_evals: target log-density evaluations spent in all, the start's included (with
+            their gradients for reparameterized objectives; ForwardKL needs values only).
+        init_grad_evals: the start's share of ``num_grad_evals`` (the Laplace init's L-BFGS path,
+            Newton steps, Hessians at dim gradient evaluations each, and candidate ELBOs).
+        elapsed: optimisation wall time in seconds (the loop and the start race's pilots).
+        compile_time: the loop's compilation time in seconds (0 when a compiled loop was reused).
+        init_time: the start's wall time in seconds, its compilation included.
+        status: ``"completed"`` (the whole budget), ``"converged"``, ``"nonfinite"`` or
+            ``"interrupted"``.
         seed: the ``seed`` of ``vt.fit`` (None when it was given a ``key``).
         convergence: whether the loss had stopped falling (:class:`vitools.convergence.Convergence`:
             ``converged``, the fitted fall of the loss over the last window and its standard
@@ -73,6 +89,13 @@ class Fit:
         auto: the automatic mode's path to this fit (:class:`vitools.auto.AutoPath`: every
             attempt's configuration, verdict, gradient evaluations and time), None for a fit
             made otherwise.
+
+    Examples:
+        >>> fit = vt.fit(model, x, y=y, seed=0)  # model(x, y=None): alpha, beta, sigma
+        >>> fit.status, fit.params.loc.shape
+        ('converged', (3,))
+        >>> fit.sample(1000, seed=1)["beta"].shape
+        (1000,)
     """
 
     target: Target
@@ -109,7 +132,9 @@ class Fit:
 
         Args:
             target: the target (any frame; q is placed in the model's space).
-            loc: ``(dim,)``; scale_tril: ``(dim, dim)`` lower-triangular, positive diagonal.
+            loc: q's mean, ``(dim,)``.
+            scale_tril: q's Cholesky factor, ``(dim, dim)``, lower-triangular with a positive
+                diagonal.
             family: the Gaussian family holding q (default ``FullRank()``; ``MeanField()`` for a
                 diagonal ``scale_tril``; a ``LowRank`` keeps its top principal directions).
             source: the name in the objective column (e.g. ``"svi"``).
@@ -121,6 +146,12 @@ class Fit:
                 entries, or ``scale_tril`` is not lower-triangular with a positive diagonal (a
                 covariance passed by mistake is refused: give ``np.linalg.cholesky(cov)``).
             TypeError: ``family`` is not one of vitools' Gaussian families.
+
+        Examples:
+            >>> target = vt.Target.from_model(model, x, y=y)
+            >>> laplace = vt.Fit.from_gaussian(target, np.zeros(3), np.eye(3), source="laplace")
+            >>> laplace.name, laplace.mean_and_covariance()[1].shape
+            ('laplace/fullrank', (3, 3))
         """
         loc, scale_tril = (jnp.asarray(a) for a in validate.gaussian((loc, scale_tril), "from_gaussian"))
         if loc.shape != (target.dim,) or scale_tril.shape != (target.dim, target.dim):
@@ -152,7 +183,12 @@ class Fit:
 
     @property
     def converged(self) -> bool | None:
-        """Whether the loss had stopped falling within its noise (None: not assessed)."""
+        """Whether the loss had stopped falling within its noise (None: not assessed).
+
+        Examples:
+            >>> fit.converged
+            True
+        """
         return None if self.convergence is None else self.convergence.converged
 
     @property
@@ -164,7 +200,13 @@ class Fit:
 
     @property
     def distribution(self) -> dist.Distribution:
-        """q over the model's flat unconstrained space (a NumPyro distribution)."""
+        """q over the model's flat unconstrained space (a NumPyro distribution, event shape
+        ``(dim,)``).
+
+        Examples:
+            >>> fit.distribution.sample(jax.random.key(0), (4,)).shape
+            (4, 3)
+        """
         return dist.TransformedDistribution(
             self.family.distribution(self.params), self.target.frame.transform()
         )
@@ -192,7 +234,12 @@ class Fit:
         """Posterior predictive draws ``site -> (num_draws, ...)``, made from the draws
         ``fit.sample(num_draws, seed)``: ``fit.predictive(1000, x_new)`` with the model's observed
         argument left None; no model arguments: replicates of the fitted data
-        (:func:`vitools.predictive.predict`, which documents the arguments and errors)."""
+        (:func:`vitools.predictive.predict`, which documents the arguments and errors).
+
+        Examples:
+            >>> fit.predictive(1000, x_new)["y"].shape  # model(x, y=None), x_new (5,)
+            (1000, 5)
+        """
         from vitools.predictive import predict  # it reads fits: imported on use
 
         return predict(self, num_draws, *model_args, seed=seed, return_sites=return_sites, **model_kwargs)
@@ -206,6 +253,11 @@ class Fit:
         Raises:
             NotImplementedError: q has no closed-form moments (IAF); estimate them from
                 :meth:`sample_flat`.
+
+        Examples:
+            >>> mean, cov = fit.mean_and_covariance()
+            >>> mean.shape, cov.shape
+            ((3,), (3, 3))
         """
         q = self.family.distribution(self.params)
         mean, cov = _moments(q)
@@ -216,7 +268,13 @@ class Fit:
     def sample_flat(
         self, num_draws: int, seed: int | None = None, *, key: jax.Array | None = None
     ) -> jax.Array:
-        """``(num_draws, dim)`` draws of q in the model's flat unconstrained space."""
+        """``(num_draws, dim)`` draws of q in the model's flat unconstrained space; ``seed``
+        (None: 0) or ``key``, not both (errors as :meth:`sample`).
+
+        Examples:
+            >>> fit.sample_flat(1000, seed=1).shape
+            (1000, 3)
+        """
         return jax.vmap(self.target.to_unconstrained)(self._sample_frame(num_draws, seed, key))
 
     def _sample_frame(self, num_draws: int, seed: int | None, key: jax.Array | None) -> jax.Array:
@@ -233,17 +291,29 @@ class Fit:
         key: jax.Array | None = None,
         resample: str | None = None,
     ) -> dict[str, np.ndarray]:
-        """Constrained draws: site name → array ``(num_draws, *site shape)`` (plus deterministic
-        sites). ``seed`` (None: 0) or ``key`` (a JAX PRNG key) seeds the draws; give one.
+        """Constrained draws of q: site name → array ``(num_draws, *site shape)``, in the model's
+        own space (plus deterministic sites).
 
         ``resample="psis"``: draws of q resampled by their PSIS importance weights, approximate
         draws of p (:func:`vitools.importance.psis_resample`; warns when k̂ is above threshold,
         where resampling cannot fix q). ``vt.to_datatree(draws)`` makes a tree of them.
 
+        Args:
+            num_draws: how many draws, a positive integer.
+            seed: seed of the draws (None: 0); the same seed gives the same draws.
+            key: a JAX PRNG key instead of ``seed``; give one of the two at most.
+            resample: None, or ``"psis"`` as above.
+
         Raises:
             ValueError: ``num_draws`` is not a positive integer (at least 25 to resample), both seed
                 and key are given, or ``resample`` is not None or "psis".
-            TypeError: ``key`` is not a PRNG key."""
+            TypeError: ``key`` is not a PRNG key.
+
+        Examples:
+            >>> draws = fit.sample(1000, seed=1)
+            >>> {name: value.shape for name, value in draws.items()}
+            {'alpha': (1000,), 'beta': (1000,), 'sigma': (1000,)}
+        """
         if resample is not None:
             validate.choice(resample, "resample", ("psis",))
             from vitools.importance import psis_resample  # it draws from Fits: imported on use
@@ -264,6 +334,10 @@ class Fit:
 
         Raises:
             ValueError: a latent site is missing or has no leading draw axis or the wrong shape.
+
+        Examples:
+            >>> fit.log_prob(fit.sample(10, seed=1)).shape
+            (10,)
         """
         validate.draws(draws, self.target.constrained_shapes())
         values = {n: jnp.asarray(draws[n]) for n in self.target.site_names}
@@ -275,7 +349,14 @@ class Fit:
     ):
         """``(draws, log_p, log_q)``: constrained draws (dict of ``(num_draws, ...)``), the
         unnormalized log joint and log q at them (``(num_draws,)`` each, nats), both in the
-        constrained space, so ``log_p - log_q`` is the importance log weight."""
+        constrained space, so ``log_p - log_q`` is the importance log weight. ``seed`` (None: 0)
+        or ``key``, not both (errors as :meth:`sample`).
+
+        Examples:
+            >>> draws, log_p, log_q = fit.sample_with_log_densities(1000, seed=1)
+            >>> draws["sigma"].shape, (log_p - log_q).shape
+            ((1000,), (1000,))
+        """
         flat = self._sample_frame(num_draws, seed, key)
         draws, log_p, log_q = _densities(self.family, self.params, self.target, flat)
         return jax.device_get(draws), np.asarray(log_p), np.asarray(log_q)
@@ -285,13 +366,14 @@ class Fit:
         ``vt.load(path, model, *model_args, **model_kwargs)``.
 
         Returns:
-            The path written.
+            Path: the path written.
 
         Raises:
             TypeError: the family or objective has configuration a file cannot hold (code).
 
-        Example:
+        Examples:
             >>> fit.save("model.vitools.npz")
+            PosixPath('model.vitools.npz')
         """
         from vitools.persist import save  # persist imports Fit: imported on use
 

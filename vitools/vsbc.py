@@ -70,6 +70,11 @@ class VSBC:
         truths: site name -> ``(num_datasets, *site shape)``, the prior draws the data came from.
         fits: the fits, one per dataset (:class:`~vitools.many.FitMany`).
         threshold: the p-value under which a test fails (``alpha`` over the number of tests).
+
+    Examples:
+        >>> check = vt.vsbc(model, x, y=None, num_datasets=20, num_steps=300, progress=False)
+        >>> check.probabilities["beta"].shape, list(check.verdicts)
+        ((20,), ['alpha', 'beta', 'sigma'])
     """
 
     table: pd.DataFrame
@@ -80,7 +85,7 @@ class VSBC:
 
     @property
     def verdicts(self) -> dict[str, str]:
-        """Scalar parameter -> verdict."""
+        """Scalar parameter -> verdict (one of :data:`VSBC_VERDICTS`)."""
         return dict(self.table["verdict"])
 
     @property
@@ -89,7 +94,8 @@ class VSBC:
         return bool((self.table["verdict"] == "calibrated").all())
 
     def plot(self, **kwargs: Any):
-        """Histograms of each parameter's p (:func:`vitools.plots.vsbc.plot_vsbc`)."""
+        """Histograms of each parameter's p (:func:`vitools.plots.vsbc.plot_vsbc`, which takes the
+        keyword arguments and documents the errors); returns the figure."""
         from vitools.plots.vsbc import plot_vsbc  # plots import matplotlib: on use
 
         return plot_vsbc(self, **kwargs)
@@ -124,29 +130,37 @@ def vsbc(
     keyword arguments set to None (``vt.vsbc(model, x, y=None)``), or name them in ``observed``.
 
     Args:
-        model, *model_args, **kwargs: a NumPyro model and its arguments (as ``vt.fit``), the
-            observed ones None.
+        model: a NumPyro model that simulates its data when its observed arguments are None.
+        *model_args: the model's positional arguments (as ``vt.fit``).
+        **kwargs: the model's keyword arguments (as ``vt.fit``), the observed ones None; the fits
+            take ``vt.fit``'s other defaults.
         num_datasets: simulated datasets (fits), at least 20; the tests see a shift of about
             ``1.4 / sqrt(num_datasets)`` in p's distribution (KS at 5%).
         observed: the observed sites, each the model keyword argument of the same name. None:
             every keyword argument given as None that names a sample site.
-        objective, family, num_steps, init: the fits', as ``vt.fit`` (``init`` ``"laplace"`` or
-            ``"median"``; ``**kwargs`` are the model's, the fits take ``vt.fit``'s other defaults).
+        objective: the fits' objective, as ``vt.fit``.
+        family: the fits' family, as ``vt.fit``.
+        num_steps: the fits' steps, as ``vt.fit`` (every fit runs all of them).
+        init: the fits' start, ``"laplace"`` or ``"median"`` (as ``vt.fit``).
         num_draws: draws of each q behind each p (p is on a grid of 1 / num_draws).
         alpha: the family-wise level of the verdicts, in (0, 1).
         seed: the one seed of the prior draws and the fits.
         progress: show the fits' progress.
 
     Returns:
-        A :class:`VSBC` (``.table``, ``.verdicts``, ``.calibrated``, ``.plot()``).
+        VSBC: the tests' table and verdicts (``.table``, ``.verdicts``, ``.calibrated``,
+            ``.plot()``), the :math:`p_m` ``(num_datasets, *site shape)`` and the fits.
 
     Raises:
-        vitools.validate.ArgumentError: an option is invalid, or no observed site is found.
+        vitools.validate.ArgumentError: an option is invalid (``num_datasets`` < 20,
+            ``num_draws`` < 2, ``alpha`` outside (0, 1), ...), or no observed site is found.
         ValueError: as :func:`vitools.many.fit_many`.
 
-    Example:
+    Examples:
         >>> check = vt.vsbc(model, x, y=None, family="meanfield", num_datasets=100)
-        >>> check.table, check.plot()
+        >>> check.table.columns.tolist()
+        ['symmetry', 'symmetry_pvalue', 'uniformity', 'uniformity_pvalue', 'mean_p', 'sd_p', 'verdict']
+        >>> fig = check.plot()
     """
     num_datasets = validate.count(num_datasets, "num_datasets", minimum=20)
     num_draws = validate.count(num_draws, "num_draws", minimum=2)

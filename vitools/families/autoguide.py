@@ -41,8 +41,24 @@ class AutoGuideFamily:
     then), starting from the guide's own init strategy; when the guide has a ``{prefix}_loc``
     parameter of the target's dimension it is set to the vitools initial location.
 
-    Example:
-        >>> family = AutoGuideFamily(numpyro.infer.autoguide.AutoIAFNormal(model))
+    Args:
+        guide: a NumPyro ``AutoContinuous`` guide of the model being fitted (e.g.
+            ``AutoMultivariateNormal(model)``, ``AutoIAFNormal(model)``).
+        name: the name shown for the family (``"autoguide"``).
+        whiten: False (default): fit in the model's own unconstrained space, so the parameters
+            stay the guide's and work with ``guide.sample_posterior`` and the rest of NumPyro.
+
+    Raises:
+        TypeError: ``guide`` is not a NumPyro ``AutoContinuous`` guide.
+        ValueError: from ``init`` (at ``vt.fit``): the target was not built from a NumPyro model
+            (a :meth:`~vitools.targets.Target.from_log_density` target has no model to trace).
+
+    Examples:
+        >>> from numpyro.infer.autoguide import AutoMultivariateNormal
+        >>> family = vt.AutoGuideFamily(AutoMultivariateNormal(model))
+        >>> fit = vt.fit(model, x, y=y, family=family, seed=0)
+        >>> sorted(fit.params.values)  # the guide's own parameters, unconstrained
+        ['auto_loc', 'auto_scale_tril']
     """
 
     guide: AutoContinuous = dataclasses.field(metadata=dict(static=True))

@@ -67,7 +67,27 @@ def _full_rank_params(loc: jax.Array, scale_tril: jax.Array) -> FullRankParams:
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class MeanField:
-    """Independent Gaussians, q = N(loc, diag(scale²)): 2·dim parameters."""
+    """Independent Gaussians, q = N(loc, diag(scale²)): 2·dim parameters (mean-field ADVI;
+    Kucukelbir, Tran, Ranganath, Gelman & Blei 2017, "Automatic differentiation variational
+    inference", JMLR).
+
+    Parameters (:class:`MeanFieldParams`, in the frame ``vt.fit`` runs in): ``loc`` ``(dim,)`` and
+    ``raw_scale`` ``(dim,)``, with ``scale = softplus(raw_scale)``. Fits in the frame of the
+    initial Gaussian's standard deviations (``whiten="diagonal"``).
+
+    Args:
+        name: the name ``vt.fit(family=...)`` knows it by (``"meanfield"``).
+        structure: the covariance the Laplace start scores its candidates with, ``"diagonal"``
+            (default: as this family can hold) or ``"full"``.
+
+    Raises:
+        vitools.validate.ArgumentValueError: ``structure`` is not ``"diagonal"`` or ``"full"``.
+
+    Examples:
+        >>> fit = vt.fit(model, x, y=y, family=vt.MeanField())  # or family="meanfield"
+        >>> fit.params.loc.shape, fit.params.raw_scale.shape
+        ((3,), (3,))
+    """
 
     name: str = dataclasses.field(default="meanfield", metadata=dict(static=True))
     # vt.fit's Laplace init scores its candidates as diagonal Gaussians (see vitools.laplace).
@@ -97,6 +117,25 @@ class FullRank:
     learning rate per step whatever its gradient's size, and a row of L has up to dim entries:
     unscaled, a row's variance would move dim times faster than a diagonal entry (in 100-D a
     rate of 0.1 then throws a perfect initial fit off by orders of magnitude; measured).
+
+    Full-rank ADVI (Kucukelbir, Tran, Ranganath, Gelman & Blei 2017, "Automatic differentiation
+    variational inference", JMLR). Parameters (:class:`FullRankParams`, in the frame ``vt.fit``
+    runs in): ``loc`` ``(dim,)`` and ``raw_tril`` ``(dim, dim)`` (:meth:`scale_tril` gives L).
+
+    Args:
+        name: the name ``vt.fit(family=...)`` knows it by (``"fullrank"``).
+        whiten: the frame ``vt.fit`` optimises in: ``"full"`` (default; the initial Gaussian's
+            Cholesky factor, as the family is closed under affine maps), ``"diagonal"`` (its
+            standard deviations) or False (the model's own unconstrained space).
+
+    Raises:
+        vitools.validate.ArgumentValueError: ``whiten`` is not ``"full"``, ``"diagonal"`` or
+            False.
+
+    Examples:
+        >>> fit = vt.fit(model, x, y=y, family=vt.FullRank())  # or family="fullrank"
+        >>> vt.FullRank.scale_tril(fit.params).shape
+        (3, 3)
     """
 
     name: str = dataclasses.field(default="fullrank", metadata=dict(static=True))
@@ -112,6 +151,7 @@ class FullRank:
 
     @staticmethod
     def scale_tril(params: FullRankParams) -> jax.Array:
+        """L, ``(dim, dim)`` lower-triangular with a positive diagonal, in the fit's frame."""
         raw = params.raw_tril
         offdiag = jnp.tril(raw, -1) / jnp.sqrt(raw.shape[0])
         return offdiag + jnp.diag(jax.nn.softplus(jnp.diagonal(raw)))
@@ -128,7 +168,27 @@ class FullRank:
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class LowRank:
-    """q = N(loc, W Wᵀ + diag(d²)), W of shape (dim, rank): dim·(rank + 2) parameters."""
+    """q = N(loc, W Wᵀ + diag(d²)), W of shape (dim, rank): dim·(rank + 2) parameters; the
+    factor covariance of Ong, Nott & Smith 2018 ("Gaussian variational approximation with a
+    factor covariance structure", JCGS), NumPyro's ``AutoLowRankMultivariateNormal``.
+
+    Parameters (:class:`LowRankParams`, in the frame ``vt.fit`` runs in): ``loc`` ``(dim,)``,
+    ``raw_factor`` ``(dim, min(rank, dim))`` (:meth:`cov_factor` gives W) and ``raw_diag``
+    ``(dim,)`` with ``d = softplus(raw_diag)``. Fits in the frame of the initial Gaussian's
+    standard deviations (``whiten="diagonal"``).
+
+    Args:
+        rank: columns of W, a positive integer (capped at the dimension).
+        name: the name ``vt.fit(family=...)`` knows it by (``"lowrank"``).
+
+    Raises:
+        vitools.validate.ArgumentValueError: ``rank`` is not a positive integer.
+
+    Examples:
+        >>> fit = vt.fit(model, x, y=y, family=vt.LowRank(rank=2))
+        >>> vt.LowRank.cov_factor(fit.params).shape  # (dim, rank)
+        (3, 2)
+    """
 
     rank: int = dataclasses.field(default=5, metadata=dict(static=True))
     name: str = dataclasses.field(default="lowrank", metadata=dict(static=True))
@@ -150,7 +210,7 @@ class LowRank:
 
     @staticmethod
     def cov_factor(params: LowRankParams) -> jax.Array:
-        """W; stored times sqrt(rank) for the reason given in :class:`FullRank`."""
+        """W, ``(dim, rank)``; stored times sqrt(rank) for the reason given in :class:`FullRank`."""
         return params.raw_factor / jnp.sqrt(params.raw_factor.shape[1])
 
     def distribution(self, params: LowRankParams) -> dist.Distribution:

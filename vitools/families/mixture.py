@@ -149,7 +149,8 @@ class GaussianMixture:
     (and ``widened``, every component widened, for ForwardKL's defensive draws). ``ReverseKL`` and
     ``RenyiAlpha`` use :meth:`stratified_draws`: a mixture's draws are not reparameterized (the
     component is a discrete choice), so those objectives draw from each component and weight by
-    π (Morningstar et al. 2021). ``distribution(params).sample`` (``Fit.sample``, the
+    π (Morningstar, Vikram, Ham, Gallagher & Dillon 2021, "Automatic differentiation variational
+    inference with mixtures", AISTATS). ``distribution(params).sample`` (``Fit.sample``, the
     diagnostics) draws the component at random; a gradient through those draws raises
     (:func:`vitools.families.base.draw_many`).
 
@@ -168,11 +169,16 @@ class GaussianMixture:
             None: ``max(MIN_PATHS, PATHS_PER_COMPONENT · K)`` (8 for K = 2). K = 1 never searches.
 
     Raises:
-        ValueError: ``num_components`` is not a positive integer, ``num_paths`` not an integer >= 0.
-        TypeError: ``diagonal`` is not a bool.
+        vitools.validate.ArgumentValueError: ``num_components`` is not a positive integer,
+            ``num_paths`` not an integer >= 0 (a ``ValueError``).
+        vitools.validate.ArgumentTypeError: ``diagonal`` is not a bool (a ``TypeError``).
 
-    Example:
-        >>> fit = vt.fit(model, family=GaussianMixture(2), objective="forward_kl")
+    Examples:
+        >>> fit = vt.fit(model, x, y=y, family=vt.GaussianMixture(2), objective="forward_kl")
+        >>> fit.params.logits.shape, fit.params.loc.shape, fit.params.raw_tril.shape
+        ((2,), (2, 3), (2, 3, 3))
+        >>> fit.mean_and_covariance()[0].shape  # q's exact mean, in the model's space
+        (3,)
     """
 
     num_components: int = dataclasses.field(default=2, metadata=dict(static=True))
@@ -256,11 +262,12 @@ class GaussianMixture:
         Args:
             key: PRNG key (the search and the offsets).
             target: the target in the frame the fit runs in; the parameters are in that frame.
-            loc, scale_tril: the initial Gaussian, ``(dim,)`` and ``(dim, dim)``.
+            loc: the initial Gaussian's mean, ``(dim,)``.
+            scale_tril: the initial Gaussian's Cholesky factor, ``(dim, dim)``.
 
         Returns:
-            ``(MixtureParams, grad_evals)``: the parameters and the search's cost in gradient
-            evaluations (``vt.fit`` adds it to ``Fit.num_grad_evals``).
+            tuple[MixtureParams, int]: ``(params, grad_evals)``, the parameters and the search's
+                cost in gradient evaluations (``vt.fit`` adds it to ``Fit.num_grad_evals``).
 
         Raises:
             FloatingPointError: from the search, no Gaussian with a finite importance weight.
@@ -336,8 +343,9 @@ class GaussianMixture:
             num_draws: S, at least K (one draw per component).
 
         Returns:
-            ``(draws (S, dim), log_q (S,), log_draw_weights (S,))``: log q is the mixture's
-            density at each draw, ``log_draw_weights`` = log ω.
+            tuple[jax.Array, jax.Array, jax.Array]: ``(draws (S, dim), log_q (S,),
+                log_draw_weights (S,))``: log q is the mixture's density at each draw,
+                ``log_draw_weights`` = log ω.
 
         Raises:
             ValueError: ``num_draws`` < K.
