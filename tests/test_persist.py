@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 import jax
@@ -377,22 +378,47 @@ np.savez(sys.argv[1] + "_draws.npz", **draws)
 """
 
 
-def test_a_model_defined_in_main_is_saved_and_loaded_in_fresh_processes(tmp_path):
-    script = tmp_path / "script.py"
+@pytest.fixture(scope="module", autouse=True)
+def fresh_processes(tmp_path_factory):
+    """The two fresh processes (fit and save, then load) of the test below, started in a thread
+    with the module's first test so that they run while this process's tests do, as
+    test_sharding's check does: the two processes' imports and compilations (13.5 s of the suite
+    on a 2-core machine, measured) then use the core this process leaves idle. Yields
+    ``(folder, thread, results)``: ``results[step]`` is each finished process."""
+    folder = tmp_path_factory.mktemp("main")
+    script = folder / "script.py"
     script.write_text(textwrap.dedent(SCRIPT))
     # the vitools under test, wherever the scripts run from
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(vt.__file__).parents[1]), *sys.path])}
+    results: dict[str, subprocess.CompletedProcess] = {}
+
+    def run() -> None:
+        for step in ("fit", "load"):  # in turn: the load reads the file the fit saved
+            command = [sys.executable, str(script), step]
+            try:
+                results[step] = subprocess.run(
+                    command, cwd=folder, env=env, capture_output=True, text=True, timeout=120
+                )
+            except subprocess.TimeoutExpired as err:
+                results[step] = subprocess.CompletedProcess(
+                    command, -1, "", f"timed out after {err.timeout} s"
+                )
+            if results[step].returncode != 0:
+                return
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    yield folder, thread, results
+    thread.join()  # the module ended early (e.g. -x): the processes end within their timeout
+
+
+def test_a_model_defined_in_main_is_saved_and_loaded_in_fresh_processes(fresh_processes):
+    folder, thread, results = fresh_processes
+    thread.join()
     for step in ("fit", "load"):
-        done = subprocess.run(
-            [sys.executable, str(script), step],
-            cwd=tmp_path,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        assert done.returncode == 0, done.stderr
-    with np.load(tmp_path / "fit_draws.npz") as first, np.load(tmp_path / "load_draws.npz") as second:
+        assert step in results, f"the {step} process did not run: the fit process failed"
+        assert results[step].returncode == 0, results[step].stderr
+    with np.load(folder / "fit_draws.npz") as first, np.load(folder / "load_draws.npz") as second:
         assert set(first.files) == set(second.files) == {"mu", "sigma"}
         for name in first.files:
             np.testing.assert_array_equal(second[name], first[name])
