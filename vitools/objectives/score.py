@@ -175,11 +175,11 @@ class LossFallRule:
     moves q off (the reading over steps 0-10 is 1.4-2.9 nats) and is exact again by step ~80;
     over steps 50-100 it reads 0.0057 and 0.0034 (seeds 0, 1), over steps 0-100 1.0-1.7, and
     under 0.0002 over any 10 steps after 100. Logistic regression, the nearest to Gaussian of the
-    other zoo models, reads 0.088 over its last 100 steps (collinear 0.107; radon and eight schools, per-step
-    sds of 0.2-0.4, 0.16-0.64; measured): 0.01 stops only a q that matches p to Monte Carlo error,
+    other zoo models, reads 0.070-0.079 at its stops (collinear 0.054-0.098, radon 0.32-0.70, eight
+    schools 0.11-7.4; measured): 0.01 stops only a q that matches p to Monte Carlo error,
     and a 50-step window lets it stop at vt.fit's first check (step 100) rather than the fall
     rule's 200, 800 gradient evaluations sooner at B = 8. A 50-step variance has a relative se of
-    √(2/49) = 0.2, so logistic regression's 0.088 would read under 0.01 only ~4.4 se low.
+    √(2/49) = 0.2, so collinear's 0.054 would read under 0.01 only ~4 se low.
 
     Args:
         window: steps regressed, an integer >= 3.
@@ -288,14 +288,14 @@ class BatchAndMatch:
     (capped at 1), f = ``average``, so iterate t weighs ∝ t^(1/f - 1): about the last f of the
     steps, lagging by f/(1+f) of them (Polyak-Ruppert averaging; Polyak & Juditsky 1992), and
     reaching back no further than about the last :data:`AVERAGE_MAX_STEPS` (exponential from there). At
-    its stop (300-400 steps) the iterate still carries batch noise; averaging removes most of
-    it without more evaluations: w1 at the same stop, f = 0 / 0.25 / 0.5 (vt.fit defaults, seeds
-    0, 1): logistic regression 0.043, 0.044 / 0.041, 0.041 / 0.041, 0.041 (the default fit: 0.041,
-    0.039); collinear 0.039, 0.041 / 0.034, 0.035 / 0.033, 0.036 (default 0.032, 0.031);
-    gaussian_100, stopped at step 100 with the iterate exact only from step ~80, 0.0238 / 0.0239,
-    0.0238 / 0.0251, 0.0248 (default 0.0237): f = 0.5 reaches back into BaM's first steps there.
-    An exponential average over the last ~50 steps instead (weight max(1/(t+1), 1/50)) gave
-    gaussian_100 0.028 (measured; benchmarks/results/score.md). Hence 0.25.
+    its stop (300-400 steps) the iterate still carries batch noise; averaging removes much of
+    it without more evaluations. w1 at the same stops, f = 0 -> 0.25 (vt.fit's defaults, seeds
+    0 and 1; the default fit's in brackets): logistic regression 0.043, 0.044 -> 0.041, 0.041
+    (0.041, 0.039); collinear 0.039, 0.041 -> 0.034, 0.034 (0.032, 0.031); eight schools 0.064,
+    0.047 -> 0.052, 0.044 (0.054, 0.054); radon 0.125, 0.120 -> 0.115, 0.119 (0.124, 0.111);
+    gaussian_100 and bad_scaling unchanged (measured; benchmarks/results/score.md). f = 0.5
+    (without the floor) reached into BaM's first, moving steps on gaussian_100, stopped at step
+    100: 0.025 against 0.024; an exponential average over ~50 steps from the start, 0.028.
 
     Under ``vt.fit``: BaM stops on its own rule (:meth:`stopping_rule`, a fall of the loss under
     ``tol`` nats over 200 steps, or q matching p over 50) rather than on the default one built
