@@ -209,8 +209,15 @@ def compare(
             ``vt.diagnose(fit)`` (:data:`vitools.convert.DIAGNOSTIC_DRAWS`), wherever it sits.
 
     Returns:
-        A DataFrame, one row per fit, columns ``COLUMNS`` (+ ``REFERENCE_COLUMNS`` with a reference).
-        k̂ above threshold shows as verdict "bad" here instead of a warning.
+        pd.DataFrame: one row per fit, columns ``COLUMNS``: ``objective``, ``family``, ``steps``,
+            ``grad_evals``, ``time_s`` (seconds), ``khat``, ``khat_se``, ``verdict``, ``ess``
+            (draws), ``rhat``, ``divergences`` (MCMC only), ``elbo``, ``log_evidence``,
+            ``log_evidence_se``, ``cubo`` (nats), ``missed_mass`` (a share of the posterior
+            mass, 0 to 1), ``reasons``; with a reference also ``REFERENCE_COLUMNS``:
+            ``mean_error`` and ``w1`` (in units of the reference's sd, averaged over the scalar
+            parameters) and ``sd_ratio``. ``table.attrs["num_draws"]`` is S. k̂ above threshold
+            shows as verdict "bad" here instead of a warning. The module docstring
+            (:mod:`vitools.comparison`) defines each column.
 
     Raises:
         ValueError: ``fits`` is empty; the fits are not of one model (their latent sites differ in
@@ -218,13 +225,16 @@ def compare(
             (the message names the fits and the sites); an MCMC has not run; reference draws
             without a common leading draw axis.
         KeyError: ``reference`` is a string that is not a key of ``fits``.
-        TypeError: ``fits`` is not a dict.
-        TypeError: a fit or the reference is of a kind compare cannot read.
+        TypeError: ``fits`` is not a dict, or a fit or the reference is of a kind compare
+            cannot read.
 
-    Example:
-        >>> vt.compare({"reverse KL": fit1, "forward KL": fit2, "NUTS": mcmc}, reference="NUTS")
-        >>> trees = vitools.convert.to_datatrees(fits)  # once; the plots and the report take them too
-        >>> table = vt.compare(trees, reference=zoo.reference())
+    Examples:
+        >>> fit_f = vt.fit(model, x, y=y, objective="forward_kl", seed=0)
+        >>> table = vt.compare({"reverse KL": fit, "forward KL": fit_f, "NUTS": mcmc}, reference="NUTS")
+        >>> float(table.loc["NUTS", "w1"]), table.shape  # the reference's own row: w1 0
+        (0.0, (3, 20))
+        >>> trees = vt.to_datatrees({"reverse KL": fit, "forward KL": fit_f})  # once, for plots too
+        >>> table = vt.compare(trees, reference=mcmc)
     """
     trees = to_datatrees(fits, num_draws=num_draws, seed=seed)
     ref_tree = None if reference is None else _reference_tree(reference, trees)

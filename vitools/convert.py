@@ -189,15 +189,18 @@ def fit_to_datatree(fit: Fit, num_draws: int = DIAGNOSTIC_DRAWS, seed: int = 0) 
             everywhere (:data:`DIAGNOSTIC_DRAWS`).
 
     Returns:
-        The tree; ``tree.sample_stats.log_weight`` holds :math:`\log w_s = \log \tilde p - \log q`.
+        xr.DataTree: the tree; ``tree.sample_stats.log_weight`` holds
+            :math:`\log w_s = \log \tilde p - \log q` (nats), ``(chain=1, draw=S)``.
 
     Raises:
         ValueError: ``num_draws`` is not a positive integer, or the fit's draws or log densities do
             not have the shapes of ``num_draws`` draws of its target's sites.
 
-    Example:
-        >>> tree = fit_to_datatree(vt.fit(model, num_steps=500), num_draws=2000)
-        >>> tree.to_netcdf("fit.nc", engine="h5netcdf")
+    Examples:
+        >>> tree = fit_to_datatree(fit, num_draws=2000)
+        >>> dict(tree.sample_stats["log_weight"].sizes)
+        {'chain': 1, 'draw': 2000}
+        >>> tree.to_netcdf("fit.nc")
     """
     num_draws = validate.count(num_draws, "num_draws")
     draws, log_p, log_q = fit.sample_with_log_densities(num_draws, seed=seed)
@@ -327,9 +330,23 @@ def to_datatree(obj: Any, num_draws: int = DIAGNOSTIC_DRAWS, seed: int = 0) -> x
         num_draws: draws from q for a fit; ignored for the others.
         seed: seed of those draws.
 
+    Returns:
+        xr.DataTree: ``posterior`` (constrained draws, ``(chain, draw, *site dims)``; a fit's
+            tree has one chain of S draws, the site dims named by the model's plates where
+            NumPyro can tell them), and for a fit also ``sample_stats`` (``log_p``, ``log_q``,
+            ``log_weight``, nats), ``optimization`` (the per-step trace) and the fit's record as
+            root attrs; the module docstring (:mod:`vitools.convert`) gives the whole layout.
+
     Raises:
         TypeError: ``obj`` is none of these.
         ValueError: an MCMC that has not run; draws of the wrong shapes (see :func:`vitools.validate.draws`).
+
+    Examples:
+        >>> tree = vt.to_datatree(fit, num_draws=1000)
+        >>> dict(tree.posterior["beta"].sizes), sorted(tree.sample_stats.data_vars)
+        ({'chain': 1, 'draw': 1000}, ['log_p', 'log_q', 'log_weight'])
+        >>> dict(vt.to_datatree(mcmc).posterior["beta"].sizes)  # an MCMC run keeps its chains
+        {'chain': 1, 'draw': 300}
     """
     if isinstance(obj, Fit):
         return fit_to_datatree(obj, num_draws=num_draws, seed=seed)
@@ -352,12 +369,25 @@ def to_datatrees(
     are padded with NaN and a NUTS run's intervals vanish from ``azp.plot_forest`` without a word.
     Compare and diagnose unaligned trees: an MCMC run's R-hat needs its chains.
 
+    Args:
+        fits: ``{name: Fit | MCMC | DataTree | draws}``, as :func:`to_datatree` takes each.
+        num_draws: draws from each Fit's q; ignored for the others.
+        seed: seed of those draws, the same for every fit.
+        aligned: make every tree one chain of the same number of draws (above).
+
+    Returns:
+        dict[str, xr.DataTree]: ``{name: tree}``, in the order of ``fits``.
+
     Raises:
         ValueError: ``fits`` is empty; as :func:`to_datatree`.
         TypeError: ``fits`` is not a dict; as :func:`to_datatree`.
 
-    Example:
-        >>> azp.plot_forest(vt.to_datatrees({"VI": fit, "NUTS": mcmc}, aligned=True))
+    Examples:
+        >>> trees = vt.to_datatrees({"VI": fit, "NUTS": mcmc}, aligned=True)
+        >>> {name: dict(tree.posterior.sizes)["draw"] for name, tree in trees.items()}
+        {'VI': 300, 'NUTS': 300}
+        >>> import arviz_plots as azp
+        >>> plot = azp.plot_forest(trees)
     """
     if not isinstance(fits, Mapping):
         raise TypeError(f"fits must be a dict {{name: fit}}, got {type(fits).__name__}")

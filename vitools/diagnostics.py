@@ -111,14 +111,39 @@ def bias_reason(labels: list[str], shift: dict[str, np.ndarray]) -> tuple[str, s
 
 @dataclasses.dataclass(frozen=True)
 class Diagnostics:
-    """Importance-sampling diagnostics of one fit from S draws (see :func:`diagnose`).
+    """Importance-sampling diagnostics of one fit from S draws (see :func:`diagnose`, which
+    defines each estimate). Printing it gives a short report.
 
-    ``verdict`` is ``"good"``, ``"uncertain"`` or ``"bad"``; ``reasons`` says why, one sentence per
-    signal (k̂, the mean-shift check, convergence). ``psis_means``/``psis_sds`` map each scalar
-    parameter (``mu``, ``theta[3]``) to its PSIS-corrected posterior mean/sd; ``mean_shift``/
-    ``sd_shift`` to how far PSIS moves q's mean/sd, in sds of q (:func:`psis_shift`). ``converged``
-    is the fit's own flag (None: not recorded, e.g. a tree made elsewhere). ``elbo``,
-    ``log_evidence`` and ``cubo`` are the sandwich ELBO ≤ log Z ≤ CUBO₂ (see :func:`diagnose`).
+    Attributes:
+        num_draws: S, the draws of q behind every number.
+        khat: the Pareto k̂ of the importance weights p/q (Vehtari, Simpson, Gelman, Yao & Gabry
+            2024, "Pareto smoothed importance sampling", JMLR).
+        khat_se: k̂'s Monte Carlo standard deviation (:func:`khat_se`).
+        khat_threshold: the largest k̂ PSIS can be trusted at with S draws,
+            ``min(1 - 1/log10 S, 0.7)``.
+        verdict: ``"good"``, ``"uncertain"`` or ``"bad"``, the worst of the signals.
+        reasons: why, one sentence per signal (k̂, the mean-shift check, convergence).
+        ess: the importance effective sample size of the raw weights, in draws (0 to S).
+        ess_fraction: ``ess / S``.
+        log_evidence: log Ẑ, the importance estimate of log Z (nats).
+        log_evidence_se: its Monte Carlo standard error (nats).
+        elbo: the ELBO estimate (nats), a lower bound of log Z.
+        cubo: the CUBO₂ estimate (nats); ELBO ≤ log Ẑ ≤ CUBO on any draws.
+        kl_q_p: KL(q‖p) ≈ log Ẑ - ELBO (nats).
+        kl_p_q: KL(p‖q), self-normalized with PSIS-smoothed weights (nats).
+        psis_means: scalar parameter (``"mu"``, ``"theta[3]"``) -> its PSIS-corrected posterior
+            mean, in the parameter's own (constrained) units.
+        psis_sds: scalar parameter -> its PSIS-corrected posterior sd, in the same units.
+        mean_shift: scalar parameter -> how far PSIS moves q's mean, in sds of q
+            (:func:`psis_shift`).
+        sd_shift: scalar parameter -> how far PSIS moves q's sd, ``s_p / s_q - 1``.
+        converged: the fit's own convergence flag (None: not recorded, e.g. a tree made
+            elsewhere).
+
+    Examples:
+        >>> diag = vt.diagnose(fit)
+        >>> diag.num_draws, diag.khat_threshold, sorted(diag.psis_means)
+        (10000, 0.7, ['alpha', 'beta', 'sigma'])
     """
 
     num_draws: int
@@ -232,12 +257,22 @@ def diagnose(
         seed: seed of those draws.
         warn: emit a ``UserWarning`` when the verdict is "bad".
 
+    Returns:
+        Diagnostics: the verdict, its reasons and the numbers above (:class:`Diagnostics`).
+
     Raises:
         ValueError: the tree has no ``log_weight`` (an MCMC tree, a dict of draws): there is no q to
             diagnose; an MCMC that has not run; fewer than 25 draws; NaN/+inf log weights.
+        TypeError: ``fit_or_tree`` is of a kind :func:`vitools.convert.to_datatree` cannot read.
 
-    Example:
-        >>> print(vt.diagnose(fit))
+    Examples:
+        >>> diag = vt.diagnose(fit)
+        >>> diag.verdict in ("good", "uncertain", "bad"), diag.num_draws
+        (True, 10000)
+        >>> print(diag)  # the verdict, its reasons and the numbers
+        verdict: ...
+          - k̂ ...
+        ESS ...
     """
     tree = to_datatree(fit_or_tree, num_draws=num_draws, seed=seed)
     if not has_log_weights(tree):

@@ -16,10 +16,11 @@ Which one to use:
 - :func:`loo`: PSIS-LOO of a fit, an MCMC run or either's tree, as the ELPDData ``az.compare``
   takes, so VI and NUTS are compared the same way.
 
-Example:
+Examples:
     >>> fit = vt.fit(model, x, y=y, family="fullrank")
-    >>> y_new = fit.predictive(1000, x_new)["y"]          # (1000, len(x_new))
-    >>> vt.loo(fit).elpd, vt.loo(mcmc).elpd
+    >>> fit.predictive(1000, x_new)["y"].shape  # (1000, len(x_new))
+    (1000, 5)
+    >>> elpds = vt.loo(fit).elpd, vt.loo(mcmc).elpd
 """
 
 from __future__ import annotations
@@ -94,9 +95,14 @@ class FitGuide:
     Attributes:
         fit: the vitools fit whose q this is.
 
-    Example:
+    Raises:
+        ValueError: the fit is of a plain log density (no model), when the guide is made.
+
+    Examples:
+        >>> from numpyro.infer import Predictive
         >>> pred = Predictive(model, guide=fit.guide, num_samples=1000)
-        >>> y_new = pred(jax.random.PRNGKey(1), x_new)["y"]  # (1000, len(x_new))
+        >>> pred(jax.random.key(1), x_new)["y"].shape  # (1000, len(x_new))
+        (1000, 5)
     """
 
     fit: Fit
@@ -159,22 +165,26 @@ def predict(
     Args:
         fit: a fit of a NumPyro model.
         num_draws: S, the number of draws.
-        *model_args, **model_kwargs: the model's arguments, e.g. new covariates with the observed
-            argument left None (``x_new, y=None``). None given: the fitted data, with the
-            model's observed sites drawn afresh (replicated data, ``y_rep``).
+        *model_args: the model's positional arguments, e.g. new covariates (``x_new``). None
+            given (and no ``model_kwargs``): the fitted data, with the model's observed sites
+            drawn afresh (replicated data, ``y_rep``).
+        **model_kwargs: the model's keyword arguments, the observed one left None (``y=None``).
         seed: seed of q's draws (as ``fit.sample``); the predictive noise uses a key folded
             from it.
         return_sites: sites to return; None: as ``Predictive``, every site not among q's draws
             (the observed ones) and every deterministic site.
 
     Returns:
-        Site → array ``(S, *site shape)`` (host arrays).
+        dict[str, np.ndarray]: site → array ``(S, *site shape)`` (host arrays).
 
     Raises:
         ValueError: ``num_draws`` is not a positive integer; the fit is of a plain log density.
 
-    Example:
-        >>> y_new = fit.predictive(1000, x_new)["y"]  # (1000, len(x_new)); model(x, y=None)
+    Examples:
+        >>> fit.predictive(1000, x_new)["y"].shape  # (1000, len(x_new)); model(x, y=None)
+        (1000, 5)
+        >>> fit.predictive(1000)["y"].shape  # replicates of the fitted y, (1000, len(x))
+        (1000, 50)
     """
     model = _model(fit)
     key = validate.seed_or_key(seed, None)
@@ -249,15 +259,18 @@ def add_predictive(
             a tree of other draws of the same model (an MCMC run's).
         fit: the fit of the tree's model; its model and data are used, so the data need not be
             given again.
-        *model_args, **model_kwargs: other arguments holding the observations (default: the
-            fit's own).
-        seed, key: seed (None: 0) or key of the predictive draws; give one at most.
+        *model_args: other positional arguments holding the observations (default: the fit's
+            own).
+        **model_kwargs: other keyword arguments holding the observations (default: the fit's
+            own).
+        seed: seed of the predictive draws (None: 0).
+        key: a JAX PRNG key instead of ``seed``; give one of the two at most.
 
     Returns:
-        The new tree: ``posterior_predictive`` and ``log_likelihood`` over
-        ``(chain, draw, *site dims)``, ``observed_data`` over the site dims; dims are named by the
-        model's plates where NumPyro can tell them (as the posterior's are), else
-        ``{site}_dim_{i}``. Groups of those names already in ``tree`` are replaced.
+        xr.DataTree: the new tree: ``posterior_predictive`` and ``log_likelihood`` over
+            ``(chain, draw, *site dims)``, ``observed_data`` over the site dims; dims are named
+            by the model's plates where NumPyro can tell them (as the posterior's are), else
+            ``{site}_dim_{i}``. Groups of those names already in ``tree`` are replaced.
 
     Raises:
         TypeError: ``tree`` is not a DataTree or ``fit`` not a Fit.
@@ -265,9 +278,10 @@ def add_predictive(
             holds draws of another q (its ``log_q`` is not the fit's at its draws); the model has
             no observed sites.
 
-    Example:
-        >>> tree = add_predictive(vt.to_datatree(fit), fit)
-        >>> tree.log_likelihood["y"].sum("y_dim_0")  # log p(y | z_s), (chain=1, draw=S)
+    Examples:
+        >>> tree = vt.add_predictive(vt.to_datatree(fit), fit)
+        >>> dict(tree.log_likelihood["y"].sizes)  # log p(y_i | z_s)
+        {'chain': 1, 'draw': 10000, 'data': 50}
     """
     key = validate.seed_or_key(seed, key)
     return _with_groups(tree, fit, model_args, model_kwargs, key)
@@ -364,16 +378,18 @@ def loo(
         var_name: the ``log_likelihood`` variable (observed site) to score, where there are
             several.
         pointwise: keep ``elpd_i`` and ``pareto_k`` per observation.
-        num_draws, seed: the draws from a fit's q (default: the diagnostic draws every vitools
+        num_draws: the draws from a fit's q (default: the diagnostic draws every vitools
             consumer uses, :data:`vitools.convert.DIAGNOSTIC_DRAWS`); ignored for the others.
+        seed: the seed of those draws; ignored for the others.
 
     Returns:
-        arviz-stats' ``ELPDDataLOO``: ``elpd`` (the estimate of
-        :math:`\sum_i \log p(y_i \mid y_{-i})`), ``se`` (its standard error over observations),
-        ``p`` (effective number of parameters), ``n_samples``, ``n_data_points``, and with
-        ``pointwise`` ``elpd_i`` and ``pareto_k`` (DataArrays over the observations); ``warning``
-        and ``good_k`` (``min(1 - 1/log10 S, 0.7)``); ``approx_posterior`` is True for a
-        corrected estimate. ``az.compare({"vi": vt.loo(fit), "nuts": vt.loo(mcmc)})`` takes it.
+        ELPDDataLOO: arviz-stats' ``ELPDDataLOO``: ``elpd`` (the estimate of
+            :math:`\sum_i \log p(y_i \mid y_{-i})`, nats), ``se`` (its standard error over
+            observations), ``p`` (effective number of parameters), ``n_samples``,
+            ``n_data_points``, and with ``pointwise`` ``elpd_i`` and ``pareto_k`` (DataArrays
+            over the observations); ``warning`` and ``good_k`` (``min(1 - 1/log10 S, 0.7)``);
+            ``approx_posterior`` is True for a corrected estimate.
+            ``az.compare({"vi": vt.loo(fit), "nuts": vt.loo(mcmc)})`` takes it.
 
     Raises:
         TypeError: ``obj`` is none of these (a dict of draws has no log likelihood).
@@ -381,9 +397,12 @@ def loo(
             model without observed sites; as arviz-stats (several observed sites and no
             ``var_name``).
 
-    Example:
-        >>> vt.loo(fit).elpd, vt.loo(mcmc).elpd
-        >>> az.compare({"vi": vt.loo(fit), "nuts": vt.loo(mcmc)})
+    Examples:
+        >>> vi, nuts = vt.loo(fit), vt.loo(mcmc)  # mcmc: NumPyro's NUTS on the same model
+        >>> vi.approx_posterior, vi.elpd_i.shape
+        (True, (50,))
+        >>> import arviz as az
+        >>> table = az.compare({"vi": vi, "nuts": nuts})
     """
     import arviz_stats as azs  # imported on use (~0.5 s)
 

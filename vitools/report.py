@@ -182,21 +182,26 @@ def report(
             of the plots and is not named closest to itself); or posterior draws: an MCMC that has
             run, a DataTree, a dict ``site -> (S, ...)`` of constrained draws, a zoo ``Reference``.
         out: the report folder, created if needed; report files in it are overwritten.
-        title: the report's heading. notes: lines under it (model, data, settings), markdown allowed.
-        num_draws: draws from each Fit's q (at least 25 for PSIS). seed: their seed.
+        title: the report's heading.
+        notes: lines under the heading (model, data, settings), markdown allowed.
+        num_draws: draws from each Fit's q (at least 25 for PSIS).
+        seed: the seed of those draws.
         var_names: the sites to plot (default: all, over as many marginal figures as they need).
 
     Returns:
-        :class:`ReportPaths`: ``markdown``, ``html``, the PNGs by plot name, and the ``table``
-        (also written to ``out/table.csv``).
+        ReportPaths: ``markdown``, ``html``, the PNGs by plot name (``images[name]``, a list of
+            paths, one per page), and the ``table`` (also written to ``out/table.csv``).
 
     Raises:
-        ValueError, KeyError, TypeError: as :func:`vitools.comparison.compare` (fits of different
-            models, a reference key that is not in ``fits``, a kind it cannot read).
+        ValueError: as :func:`vitools.comparison.compare` (fits of different models, ...).
+        KeyError: ``reference`` is a string that is not a key of ``fits``.
+        TypeError: as :func:`vitools.comparison.compare` (a kind it cannot read).
         OSError: ``out`` cannot be created or written.
 
-    Example:
-        >>> vt.report({"reverse KL": fit_r, "forward KL": fit_f, "NUTS": mcmc}, reference="NUTS", out="rep")
+    Examples:
+        >>> fit_f = vt.fit(model, x, y=y, objective="forward_kl", seed=0)
+        >>> fits = {"reverse KL": fit, "forward KL": fit_f, "NUTS": mcmc}
+        >>> vt.report(fits, reference="NUTS", out="rep")
         ReportPaths(markdown=PosixPath('rep/report.md'), html=PosixPath('rep/report.html'), ...)
     """
     trees = to_datatrees(fits, num_draws=num_draws, seed=seed)
@@ -253,17 +258,20 @@ def write_report(
             plots (default: the Fits among ``fits``); nothing is drawn again.
 
     Returns:
-        The paths written (``images[name]``: a list of PNGs, one per page).
+        ReportPaths: the paths written (``images[name]``: a list of PNGs, one per page).
 
     Raises:
         OSError: ``out_dir`` cannot be created or written.
-        TypeError, ValueError: a fit or the reference cannot be read (see
-            :func:`vitools.convert.to_datatree`).
+        TypeError: a fit or the reference cannot be read (see :func:`vitools.convert.to_datatree`).
+        ValueError: a fit or the reference cannot be read (see :func:`vitools.convert.to_datatree`).
+        KeyError: ``reference`` is a string that is not a key of ``fits``.
 
-    Example:
-        >>> trees = vitools.convert.to_datatrees(fits)
-        >>> table = vt.compare(trees, reference=zoo.reference())
-        >>> paths = write_report(trees, table, "report/", reference=zoo.reference())
+    Examples:
+        >>> trees = vt.to_datatrees({"reverse KL": fit})
+        >>> table = vt.compare(trees, reference=mcmc)
+        >>> paths = write_report(trees, table, "report/", reference=mcmc)
+        >>> paths.markdown
+        PosixPath('report/report.md')
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

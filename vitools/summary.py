@@ -37,22 +37,30 @@ def summary(
         obj: a vitools ``Fit`` (drawn with :func:`vitools.convert.to_datatree`, ``num_draws`` draws
             with ``seed``), its tree, an MCMC run or its tree, or any container of draws.
         var_names: sites to keep (default: all).
+        num_draws: draws from q for a fit (S); ignored for the others.
+        seed: seed of those draws (the same draws as ``vt.diagnose(fit)`` by default).
         ci_prob: the equal-tailed interval's probability (ArviZ's default, 0.89).
 
     Returns:
-        For an MCMC run (no importance weights): ``az.summary`` (mean, sd, interval, ESS, R-hat,
-        MCSE). For a fit: ``mean``, ``sd``, the interval (``eti*_lb``/``eti*_ub``) of q's draws,
-        ``psis_mean`` and ``psis_sd`` (PSIS-reweighted, Vehtari et al. 2024, "Pareto smoothed
-        importance sampling"), and ``khat`` (one value, the fit's, repeated: above
-        ``attrs["khat_threshold"]`` the PSIS columns cannot be trusted); ``attrs["note"]`` says
-        why there is no ESS or R-hat.
+        pd.DataFrame: one row per scalar parameter (``"beta"``, ``"theta[3]"``), in the
+            parameter's own (constrained) units. For an MCMC run (no importance weights):
+            ``az.summary`` (mean, sd, interval, ESS, R-hat, MCSE). For a fit: ``mean``, ``sd``,
+            the interval (``eti*_lb``/``eti*_ub``) of q's draws, ``psis_mean`` and ``psis_sd``
+            (PSIS-reweighted, Vehtari, Simpson, Gelman, Yao & Gabry 2024, "Pareto smoothed
+            importance sampling", JMLR), and ``khat`` (one value, the fit's, repeated: above
+            ``attrs["khat_threshold"]`` the PSIS columns cannot be trusted); ``attrs["note"]``
+            says why there is no ESS or R-hat.
 
     Raises:
         KeyError: a name in ``var_names`` is not a site of the draws.
-        TypeError, ValueError: as :func:`vitools.convert.to_datatree`.
+        TypeError: as :func:`vitools.convert.to_datatree` (an object it cannot read).
+        ValueError: as :func:`vitools.convert.to_datatree` (an MCMC that has not run, draws of
+            the wrong shapes).
 
-    Example:
-        >>> vt.summary(fit, var_names=["mu", "tau"])
+    Examples:
+        >>> table = vt.summary(fit, var_names=["alpha", "beta"])
+        >>> table.index.tolist(), table.columns.tolist()[:2]
+        (['alpha', 'beta'], ['mean', 'sd'])
     """
     import arviz as az  # arviz imports arviz-plots and matplotlib: on use only
 

@@ -35,8 +35,22 @@ def format_table(df: pd.DataFrame, fmt: str = "text", width: int = TEXT_WIDTH) -
     long row names wrap, and columns that still do not fit go to a second block under the first
     (each block repeats the row names); numbers are never cut. The reasons wrap at ``width`` too.
 
+    Args:
+        df: a :func:`vitools.comparison.compare` table.
+        fmt: ``"text"``, ``"markdown"``, ``"csv"`` or ``"json"``.
+        width: the text's width in characters (text only).
+
+    Returns:
+        str: the table, rendered.
+
     Raises:
         ValueError: unknown ``fmt``.
+
+    Examples:
+        >>> table = vt.compare({"reverse KL": fit, "NUTS": mcmc}, reference="NUTS")
+        >>> print(vt.format_table(table, "csv").splitlines()[0][:40])
+        fit,objective,family,steps,grad_evals,ti
+        >>> text = vt.format_table(table)  # for a terminal; "markdown" for a report
     """
     if fmt == "csv":
         return df.rename_axis("fit").to_csv()
