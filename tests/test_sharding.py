@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -28,26 +27,20 @@ CHECK = Path(__file__).with_name("sharding_check.py")
 FLOAT32_EPS = float(np.finfo(np.float32).eps)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def check_process():
-    """The subprocess, started with the module's first test so that it runs while the tests of
-    this process do (~10 s of CPU, mostly imports and three loops' compilations)."""
+def BACKGROUND(folder: Path) -> list:
+    """The check's subprocess, run from the session's start (conftest's ``background``) rather than
+    with this module's first test: ~10 s of CPU, mostly imports and three loops' compilations, on
+    the core the suite's process leaves idle."""
     env = {k: v for k, v in os.environ.items() if k not in ("JAX_ENABLE_X64", "JAX_PLATFORMS")}
-    process = subprocess.Popen(
-        [sys.executable, str(CHECK)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
-    )
-    yield process
-    if process.poll() is None:  # the module ended early (e.g. -x): end the subprocess
-        process.kill()
-        process.communicate()
+    return [([sys.executable, str(CHECK)], dict(env=env, timeout=300))]
 
 
 @pytest.fixture(scope="module")
-def report(check_process) -> dict:
+def report(background) -> dict:
     """The subprocess's JSON report."""
-    stdout, stderr = check_process.communicate(timeout=300)
-    assert check_process.returncode == 0, stderr[-4000:]
-    return json.loads(stdout.strip().splitlines()[-1])
+    (done,) = background(__name__)
+    assert done.returncode == 0, done.stderr[-4000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 # ------------------------------------------------------------------------------------------
