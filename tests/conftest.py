@@ -56,7 +56,7 @@ def _release_compiled_programs():
 # importing JAX and compiling its programs) can declare them as ``BACKGROUND(folder)``, a list of
 # ``(argv, subprocess.run keyword arguments)`` run in turn; the processes of every collected module
 # then run, one at a time, in a thread from the session's start, on the core this process leaves
-# idle (the suite used 17.0 min of CPU in 13.8 min on 2 cores, measured: 1.2 cores on average),
+# idle (the suite used 17.9 min of CPU in 13.9 min on 2 cores, measured: 1.3 cores on average),
 # and the module's tests read their results through the ``background`` fixture.
 
 
