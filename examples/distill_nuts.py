@@ -162,7 +162,8 @@ def main(argv: list[str] | None = None) -> bool:
         "fit": {"num_steps": num_steps, "seconds": fit_seconds, "density_evals_per_step": 0,
                 "max_mean_error_sd": moment_mean, "max_sd_error": moment_sd},
         "importance": {"num_draws": num_draws, "khat": khat, "khat_threshold": khat_threshold(num_draws),
-                       "khat_diagnose": diagnosis.khat, "verdict": diagnosis.verdict, "ess": ess,
+                       "khat_diagnose": diagnosis.khat, "verdict": diagnosis.verdict,
+                       "reasons": list(diagnosis.reasons), "ess": ess,
                        "ess_fraction": ess / num_draws},
         "estimates": {name: {"nuts": nuts[name][0], "nuts_se": nuts[name][1], "snis": snis[name][0],
                              "snis_se": snis[name][1], "q_raw": raw[name]} for name in nuts},
@@ -180,7 +181,8 @@ def main(argv: list[str] | None = None) -> bool:
         "\n".join(rows) + f"\n\nq: full-rank Gaussian fitted to 2 × {num_samples} NUTS draws by forward KL "
         f"({num_steps} steps, no density evaluations); S = {num_draws} draws of q: "
         f"k̂ = {khat:.2f} (threshold {imp['khat_threshold']:.2f}), importance ESS {ess:.0f} "
-        f"({100 * imp['ess_fraction']:.0f}% of S), verdict {diagnosis.verdict}.\n"
+        f"({100 * imp['ess_fraction']:.0f}% of S). vt.diagnose's verdict on q's raw draws: "
+        f"{diagnosis.verdict} ({'; '.join(diagnosis.reasons)}).\n"
     )
 
     oks = [

@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> bool:
     results = {
         "num_steps": num_steps,
         "num_draws": num_draws,
-        "commands": log,
+        "commands": [line.replace(f"{work}/", "") for line in log],  # as typed in the user's folder
         "fit_table": fit_table,
         "compare_table": compare_table,
         "api": {"khat": diagnosis.khat, "verdict": diagnosis.verdict, "ess": diagnosis.ess,
@@ -180,9 +180,8 @@ def main(argv: list[str] | None = None) -> bool:
         cells = ["" if v is None else f"{v:.3g}" if isinstance(v, float) else str(v)
                  for v in (row.get(c) for c in columns)]  # fmt: skip
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    shown = [line.replace(f"{work}/", "") for line in log]  # as typed in the user's folder
     (args.out / "your_own_model.md").write_text(
-        "```console\n" + "\n".join(shown) + "\n```\n\n" + "\n".join(lines)
+        "```console\n" + "\n".join(results["commands"]) + "\n```\n\n" + "\n".join(lines)
         + f"\n\n{num_steps} steps per fit, {num_draws} draws of each q; NUTS is the reference (its row "
         "reads mean error 0, W1 0).\n"
     )  # fmt: skip
