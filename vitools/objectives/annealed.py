@@ -49,6 +49,12 @@ class Hybrid:
     Raises:
         TypeError: ``reverse`` or ``forward`` is not of its kind.
         ValueError: ``start``/``end`` outside their ranges.
+
+    Examples:
+        >>> objective = vt.Hybrid(start=0.2, end=0.6)
+        >>> [round(float(objective.beta(p)), 6) for p in (0.1, 0.4, 0.8)]  # forward KL's share
+        [0.0, 0.5, 1.0]
+        >>> fit = vt.fit(model, x, y=y, objective=objective, num_steps=1000, seed=0)
     """
 
     reverse: ReverseKL = dataclasses.field(default_factory=ReverseKL, metadata=dict(static=True))

@@ -109,8 +109,10 @@ class IWAE:
         ValueError: ``num_draws`` is not a positive integer.
         TypeError: ``dreg`` is not a bool.
 
-    Example:
-        >>> fit = vt.fit(model, objective=IWAE(num_draws=32))
+    Examples:
+        >>> fit = vt.fit(model, x, y=y, objective=vt.IWAE(num_draws=32), seed=0)
+        >>> fit.objective.name, fit.objective.dreg
+        ('iwae', True)
     """
 
     num_draws: int = dataclasses.field(default=16, metadata=dict(static=True))
@@ -209,8 +211,10 @@ class ChiSquare:
             always 1: the gradient would be the draw's own log-likelihood), or ``n`` is NaN,
             infinite or at most 1 (n = 1 is log Z itself, which does not depend on q).
 
-    Example:
-        >>> fit = vt.fit(model, objective=ChiSquare(num_draws=64), family="meanfield")
+    Examples:
+        >>> fit = vt.fit(model, x, y=y, objective=vt.ChiSquare(num_draws=64), family="meanfield")
+        >>> fit.objective.name, fit.objective.n
+        ('chi2', 2.0)
     """
 
     num_draws: int = dataclasses.field(default=16, metadata=dict(static=True))

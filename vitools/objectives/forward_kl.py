@@ -84,6 +84,17 @@ class ForwardKL:
         ValueError: ``num_draws`` is not an integer >= 2 (one draw's self-normalized weight is
             always 1), or below 25 with ``pareto_smooth`` (PSIS fits a tail of at least 5 draws),
             ``defensive`` is outside [0, 1), or ``widen`` is NaN, infinite or below 1.
+
+    Examples:
+        >>> fit = vt.fit(model, x, y=y, objective=vt.ForwardKL(num_draws=128), seed=0)
+        >>> sorted(fit.trace)  # per step, (num_steps,) each
+        ['ess', 'log_evidence', 'loss']
+        >>> objective = vt.ForwardKL().resolve(fit.target)  # the defaults for dim = 3
+        >>> objective.num_draws, round(objective.widen, 3)
+        (64, 1.816)
+        >>> loss, info = objective.loss(jax.random.key(0), fit.params, fit.family, fit.target)
+        >>> loss.shape  # one step's estimate, nats
+        ()
     """
 
     num_draws: int | None = dataclasses.field(default=None, metadata=dict(static=True))
@@ -204,6 +215,12 @@ class ForwardKLFromDraws:
             entries without a common draw axis; from :meth:`resolve`, the draws do not fit the
             target (see :func:`draws_to_flat`) or number at most its dimension.
         TypeError: ``draws`` is none of the kinds above.
+
+    Examples:
+        >>> objective = vt.ForwardKLFromDraws(mcmc, batch_size=128)  # mcmc: NUTS on the model
+        >>> fit = vt.fit(model, x, y=y, objective=objective, family="fullrank", seed=0)
+        >>> fit.objective.name
+        'forward_kl_draws'
     """
 
     draws: Any

@@ -109,6 +109,14 @@ class ReverseKL:
     Raises:
         ValueError: ``num_draws`` is not a positive integer.
         TypeError: ``stick_the_landing`` is not a bool.
+
+    Examples:
+        >>> fit = vt.fit(model, x, y=y, objective=vt.ReverseKL(num_draws=32), seed=0)
+        >>> fit.losses.shape == (fit.num_steps,)  # -ELBO per step, nats
+        True
+        >>> loss, info = vt.ReverseKL().loss(jax.random.key(0), fit.params, fit.family, fit.target)
+        >>> loss.shape, sorted(info)
+        ((), ['ess', 'log_evidence'])
     """
 
     num_draws: int = dataclasses.field(default=16, metadata=dict(static=True))
@@ -170,6 +178,11 @@ class RenyiAlpha:
         TypeError: ``alpha`` is not a number.
         ValueError: ``alpha`` is NaN, infinite, negative or 1, or ``num_draws`` is not a positive
             integer.
+
+    Examples:
+        >>> fit = vt.fit(model, x, y=y, objective=vt.RenyiAlpha(alpha=0.5, num_draws=32), seed=0)
+        >>> fit.objective.name
+        'renyi'
     """
 
     alpha: float = dataclasses.field(default=0.5, metadata=dict(static=True))

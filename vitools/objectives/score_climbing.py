@@ -56,6 +56,11 @@ class MarkovianScoreClimbing:
     Raises:
         ValueError: ``num_draws`` is not an integer >= 2 (with one draw the kernel never moves).
         TypeError: ``rao_blackwell`` is not a bool.
+
+    Examples:
+        >>> fit = vt.fit(model, x, y=y, objective=vt.MarkovianScoreClimbing(num_draws=64), seed=0)
+        >>> fit.objective.name
+        'msc'
     """
 
     num_draws: int | None = dataclasses.field(default=None, metadata=dict(static=True))
