@@ -1,7 +1,7 @@
 """The examples run (``--fast``), their printed identities hold, and the docs site builds with --strict.
 
-The two examples that write ``docs/generated/`` run once per module, side by side in subprocesses,
-into a temporary folder (the committed outputs are the full runs, ``make docs-examples``).
+The examples that write ``docs/generated/`` run once per module, side by side in subprocesses, into
+a temporary folder (the committed outputs are the full runs, ``make docs-examples``).
 """
 
 from __future__ import annotations
@@ -15,7 +15,10 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-EXAMPLES = ("kl_vs_cross_entropy", "mode_seeking_vs_mass_covering")
+EXAMPLES = (
+    "kl_vs_cross_entropy", "mode_seeking_vs_mass_covering", "eight_schools", "distill_nuts", "large_data",
+    "your_own_model",
+)  # fmt: skip
 # what each example writes: the concepts page includes these (docs/generated/ holds the full runs)
 OUTPUTS = {
     "kl_vs_cross_entropy": (
@@ -23,14 +26,24 @@ OUTPUTS = {
         "kl_vs_ce_dimension.md",
     ),
     "mode_seeking_vs_mass_covering": ("modes.json", "modes.md", "modes_compare.md", "modes.png"),
+    "eight_schools": (
+        "eight_schools.json", "eight_schools_compare.md", "eight_schools_tau.md",
+        "eight_schools_marginals.png",
+    ),
+    "distill_nuts": ("distill_nuts.json", "distill_nuts.md", "distill_nuts.png"),
+    "large_data": ("large_data.json", "large_data.md"),
+    "your_own_model": ("your_own_model.json", "your_own_model.md", "your_own_model.png"),
 }  # fmt: skip
+# folders an example writes next to its outputs and docs/generated/ does not hold: the report of
+# vt.report (about 1 MB of HTML with the plots inlined) and the user's files of your_own_model
+FOLDERS = {"eight_schools": ("eight_schools_report",), "your_own_model": ("your_own_model",)}
 # float64 rounding over a few hundred terms is ~1e-14 (measured: at most 4e-15); 1e-10 is a real gap
 EXACT = 1e-10
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict[str, tuple[subprocess.CompletedProcess, Path]]:
-    """Both examples with ``--fast``, started together (each is mostly one process's compile time)."""
+    """Every example with ``--fast``, started together (each is mostly one process's compile time)."""
     env = os.environ | {"MPLBACKEND": "Agg", "JAX_PLATFORMS": "cpu"}
     started = {}
     for name in EXAMPLES:
@@ -42,7 +55,7 @@ def runs(tmp_path_factory) -> dict[str, tuple[subprocess.CompletedProcess, Path]
         started[name] = (process, out, command)
     finished = {}
     for name, (process, out, command) in started.items():
-        stdout, stderr = process.communicate(timeout=300)
+        stdout, stderr = process.communicate(timeout=600)  # six processes on a shared 2-core machine
         finished[name] = (subprocess.CompletedProcess(command, process.returncode, stdout, stderr), out)
     return finished
 
@@ -56,7 +69,7 @@ def test_example_runs_and_every_printed_check_holds(runs, name):
     result, out = runs[name]
     assert result.returncode == 0, f"{name} failed:\n{result.stdout}\n{result.stderr[-3000:]}"
     checks = check_lines(result.stdout)
-    assert len(checks) >= 6, result.stdout
+    assert len(checks) >= 4, result.stdout
     failed = [line for line in checks if not line.endswith(" ok")]
     assert not failed, "\n".join(failed)
     for filename in OUTPUTS[name]:
@@ -68,7 +81,7 @@ def test_examples_write_what_the_docs_include(runs, name):
     """The committed docs/generated/ files are the ones the examples write (by name)."""
     _, out = runs[name]
     written = {path.name for path in out.iterdir()}
-    assert written == set(OUTPUTS[name])
+    assert written == set(OUTPUTS[name]) | set(FOLDERS.get(name, ()))
     for filename in OUTPUTS[name]:
         assert (ROOT / "docs" / "generated" / filename).is_file(), (
             f"docs/generated/{filename}: run make docs-examples"
@@ -116,6 +129,51 @@ def test_reverse_kl_sits_on_a_mode_forward_kl_covers_both(runs):
     assert forward["cov"][0][0] > 4.0 and reverse["cov"][0][0] < 2.0
     assert reverse["missed_mass"] > 0.3 and forward["missed_mass"] < 0.1
     assert reverse["verdict"] == "bad"
+
+
+def test_eight_schools_forward_kl_reaches_taus_tail_and_the_report_is_written(runs):
+    _, out = runs["eight_schools"]
+    results = json.loads((out / "eight_schools.json").read_text())
+    fits = results["fits"]
+    assert list(fits) == ["reverse KL", "forward KL", "flow (IAF)"]
+    # sd of log tau over NUTS's: reverse KL ~0.5-0.7, forward KL ~0.9-1.1 (measured, fast and full)
+    assert fits["forward KL"]["log_tau_sd_ratio"] > fits["reverse KL"]["log_tau_sd_ratio"]
+    assert results["nuts"]["divergences"] == 0
+    report = out / "eight_schools_report"
+    html = (report / "report.html").read_text(encoding="utf-8")
+    assert "flow (IAF)" in html and "forward KL" in html
+    assert (report / "report.md").is_file() and (report / "table.csv").is_file()
+
+
+def test_distilled_q_is_an_importance_sampler_that_agrees_with_nuts(runs):
+    _, out = runs["distill_nuts"]
+    results = json.loads((out / "distill_nuts.json").read_text())
+    assert results["importance"]["khat"] < results["importance"]["khat_threshold"]
+    assert results["fit"]["density_evals_per_step"] == 0
+    for row in results["estimates"].values():
+        # independent Monte Carlo errors: 4 combined ses is a 1-in-10^4 miss for a correct estimate
+        assert abs(row["snis"] - row["nuts"]) < 4 * (row["nuts_se"] ** 2 + row["snis_se"] ** 2) ** 0.5
+
+
+def test_subsampled_fit_agrees_with_the_full_data_fit(runs):
+    _, out = runs["large_data"]
+    results = json.loads((out / "large_data.json").read_text())
+    assert results["batch_size"] < results["num_rows"]
+    # in posterior sds: bench_subsample measured at most 1.0 over 10 seeds at N / B = 244 (here 20)
+    assert max(abs(e) for e in results["subsampled_vs_all_rows_sd"]) < 1.0
+    assert max(abs(e) for e in results["fits"]["all rows"]["mean_error_sd"]) < 0.2
+
+
+def test_your_own_model_through_the_command_line_and_python(runs):
+    _, out = runs["your_own_model"]
+    results = json.loads((out / "your_own_model.json").read_text())
+    assert [line.split()[2] for line in results["commands"]] == ["fit", "compare"]
+    assert list(results["compare_table"]) == ["reverse_kl/fullrank", "forward_kl/fullrank", "NUTS"]
+    # `vitools fit` and vt.fit with the same options and seed are one computation (float32 rounding)
+    assert results["api"]["max_mean_difference_cli_vs_api"] < 1e-4
+    assert results["api"]["max_draw_difference_after_load"] < 1e-5
+    user = out / "your_own_model"
+    assert (user / "my_model.py").is_file() and (user / "report" / "report.html").is_file()
 
 
 def test_docs_build_with_strict(tmp_path):
