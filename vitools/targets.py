@@ -47,9 +47,12 @@ class Target:
         frame: the frame ``u = shift + scale v`` of this target's draws ``v``.
         initial_point: NumPyro's initial point (``init_to_median``), ``(dim,)``, in the frame.
 
-    Example:
-        >>> target = Target.from_model(model, x, y=y)
-        >>> target.log_density(target.initial_point)
+    Examples:
+        >>> target = vt.Target.from_model(model, x, y=y)  # model(x, y=None): alpha, beta, sigma
+        >>> target.dim, target.initial_point.shape, target.log_density(target.initial_point).shape
+        (3, (3,), ())
+        >>> {name: value.shape for name, value in target.constrain(target.initial_point).items()}
+        {'alpha': (), 'beta': (), 'sigma': ()}
     """
 
     density: ModelDensity | LogDensityFn
@@ -70,15 +73,26 @@ class Target:
         ``int(data["K"])``, an ``if`` on the data). ``numpyro.param`` sites are kept as point
         estimates (:attr:`model_params`, at their initial values here; ``vt.fit`` optimises them).
 
+        A model with ``numpyro.plate(..., subsample_size=B)`` (and ``numpyro.subsample`` inside
+        it) is evaluated on all rows by every method here; :meth:`minibatch` gives the
+        N/B-scaled density of one minibatch, which ``vt.fit``'s loop draws afresh each step.
+
+        Args:
+            model: a NumPyro model (a Target is returned as it is).
+            *args: the model's positional arguments.
+            seed: seed of NumPyro's initial point (``init_to_median`` draws).
+            **kwargs: the model's keyword arguments.
+
         Raises:
             TypeError: ``model`` is not callable, or calling it with the arguments fails.
             ValueError: the model has discrete latent sites, no latent sites, a latent site
                 inside a plate with ``subsample_size``, or no initial point with a finite log
                 density.
 
-        A model with ``numpyro.plate(..., subsample_size=B)`` (and ``numpyro.subsample`` inside
-        it) is evaluated on all rows by every method here; :meth:`minibatch` gives the
-        N/B-scaled density of one minibatch, which ``vt.fit``'s loop draws afresh each step.
+        Examples:
+            >>> target = vt.Target.from_model(model, x, y=y)
+            >>> target.site_names, target.dim
+            (('alpha', 'beta', 'sigma'), 3)
         """
         if isinstance(model, Target):
             return model
@@ -100,6 +114,12 @@ class Target:
             TypeError: ``log_density_fn`` is not callable.
             ValueError: ``dim`` is not a positive integer, or the function is not a finite
                 scalar at the initial point (zeros).
+
+        Examples:
+            >>> target = vt.Target.from_log_density(lambda z: -0.5 * jnp.sum(z**2), dim=2)
+            >>> fit = vt.fit(target, seed=0)
+            >>> fit.sample(1000, seed=1)["x"].shape  # one site "x" of shape (dim,)
+            (1000, 2)
         """
         if not callable(log_density_fn):
             raise TypeError(f"log_density_fn must be callable, got {type(log_density_fn).__name__}")
@@ -214,15 +234,18 @@ class Target:
     # ----------------------------------------------------------------------------------------
     # densities and maps of one draw
     def log_density(self, v: jax.Array) -> jax.Array:
-        """Unnormalized log density of one flat draw (Jacobians included)."""
+        """Unnormalized log density (nats, a scalar) of one flat draw ``(dim,)`` of this target's
+        frame, the Jacobians of the frame and of the model's transforms included."""
         return self.density.log_density(self.frame.forward(v)) + self.frame.log_abs_det()
 
     def constrain(self, v: jax.Array, deterministic: bool = False) -> dict[str, jax.Array]:
-        """Constrained site values of one flat draw (supports re-evaluated at this draw)."""
+        """Constrained site values of one flat draw ``(dim,)``: site name → one draw of the site,
+        in the model's space (supports re-evaluated at this draw; ``deterministic=True`` adds the
+        deterministic sites)."""
         return self.density.constrain(self.frame.forward(v), deterministic)
 
     def unconstrain(self, values: dict[str, jax.Array]) -> jax.Array:
-        """Flat draw in this target's frame given constrained latent values of one draw.
+        """Flat draw ``(dim,)`` in this target's frame given constrained latent values of one draw.
 
         Raises:
             ValueError: a latent site is missing from ``values``.
@@ -238,11 +261,12 @@ class Target:
         return self.density.in_support(values)
 
     def log_joint(self, values: dict[str, jax.Array]) -> jax.Array:
-        """Unnormalized log joint at constrained values (no Jacobian)."""
+        """Unnormalized log joint (nats, a scalar) at one draw's constrained values (no Jacobian)."""
         return self.density.log_joint(values)
 
     def log_abs_det_jacobian(self, v: jax.Array) -> jax.Array:
-        """log |det| of the Jacobian of the map flat draw → constrained values, for one draw.
+        """log |det| of the Jacobian of the map flat draw ``(dim,)`` → constrained values, for one
+        draw (a scalar).
 
         It is the difference of the unconstrained and constrained log densities, so it is right
         for any transform NumPyro applies, dependent supports included.

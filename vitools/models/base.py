@@ -89,12 +89,16 @@ class ZooModel:
         closed_form: the exact posterior, where known.
         nuts: settings of the stored NUTS reference, for models without ``closed_form``.
 
-    Example:
+    Raises:
+        ValueError: at construction, not exactly one of ``closed_form`` and ``nuts`` is given.
+
+    Examples:
         >>> from vitools.models import get_model
         >>> zoo = get_model("eight_schools_noncentered")
-        >>> ref = zoo.reference()
-        >>> sorted(ref.draws)
-        ['mu', 'tau', 'theta_t']
+        >>> ref = zoo.reference()  # stored NUTS draws, (S, *site shape) per site
+        >>> {name: draws.shape for name, draws in ref.draws.items()}
+        {'mu': (2000,), 'tau': (2000,), 'theta_t': (2000, 8)}
+        >>> fit = vt.fit(zoo.model, *zoo.args, **zoo.kwargs, seed=0)  # as any NumPyro model
     """
 
     name: str
@@ -122,7 +126,8 @@ class ZooModel:
         return handlers.trace(substituted).get_trace(*self.args, **self.kwargs)
 
     def latent_shapes(self) -> dict[str, tuple[int, ...]]:
-        """Shapes of the latent (unobserved) sample sites, in model order.
+        """Shapes of the latent (unobserved) sample sites of one draw, in the model's
+        (constrained) space, in model order.
 
         The shapes do not depend on the PRNG key used to trace the model.
         """
@@ -146,7 +151,8 @@ class ZooModel:
         return digest.hexdigest()[:16]
 
     def reference(self) -> Reference:
-        """The trusted posterior: exact draws (fixed seed) or the stored NUTS draws.
+        """The trusted posterior: exact draws (fixed seed) or the stored NUTS draws, site →
+        ``(S, *site shape)`` with their means and sds (:class:`~vitools.draws.Reference`).
 
         Raises:
             FileNotFoundError: the stored reference is missing.

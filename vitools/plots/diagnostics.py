@@ -92,10 +92,21 @@ def plot_khat(diagnostics_or_table: Any, num_draws: int = DIAGNOSTIC_DRAWS) -> F
             wins), which sets the threshold. Diagnostics carry their own.
 
     Returns:
-        The figure: one bar per fit, labelled with k̂ (bars below ``KHAT_FLOOR``, including k̂ = -inf
-        for a flat tail, stop there; an undefined k̂ is drawn hatched up to the threshold), a dashed
-        line at the threshold, a dotted one at 0.5; a legend below says what the colours and the
-        error bars are.
+        Figure: one bar per fit, labelled with k̂ (bars below ``KHAT_FLOOR``, including k̂ = -inf
+            for a flat tail, stop there; an undefined k̂ is drawn hatched up to the threshold), a
+            dashed line at the threshold, a dotted one at 0.5; a legend below says what the
+            colours and the error bars are.
+
+    Raises:
+        ValueError: a table without a ``khat`` column, or no fit with a k̂ (MCMC rows have none).
+        TypeError: ``diagnostics_or_table`` is none of the kinds above.
+
+    Examples:
+        >>> from vitools.plots import plot_khat
+        >>> fig = plot_khat(vt.compare({"VI": fit, "NUTS": mcmc}))
+        >>> [tick.get_text() for tick in fig.axes[0].get_xticklabels()]  # MCMC has no k̂
+        ['VI']
+        >>> fig = plot_khat({"VI": vt.diagnose(fit)})
     """
     rows, threshold, size = _khat_rows(diagnostics_or_table, num_draws)
     if not rows:
@@ -209,6 +220,17 @@ def plot_traces(fits: Mapping[str, Any]) -> Figure:
     Args:
         fits: ``{name: Fit | DataTree}`` (a tree's ``optimization`` group, with its
             ``num_draws_per_step`` attr); others (MCMC runs) are skipped.
+
+    Returns:
+        Figure: two panels, the loss (nats, minus its final value) and the ESS per step (a
+            fraction of the step's draws, or a count), against the step.
+
+    Examples:
+        >>> from vitools.plots import plot_traces
+        >>> fit_f = vt.fit(model, x, y=y, objective="forward_kl", seed=0)
+        >>> fig = plot_traces({"reverse KL": fit, "forward KL": fit_f})
+        >>> [ax.get_xlabel() for ax in fig.axes]
+        ['step', 'step']
     """
     fig, (ax_loss, ax_ess) = plt.subplots(1, 2, figsize=(11.0, 3.8), layout="constrained")
     traces = {name: _trace(obj) for name, obj in fits.items()}

@@ -170,17 +170,25 @@ def plot_marginals(
             (all others linear; ``()`` for none).
 
     Returns:
-        The figure; one legend (fit names, then "reference") above the panels.
+        Figure: the figure (never shown); one legend (fit names, then "reference") above the
+            panels.
 
     Raises:
         ValueError: an unknown var_name (the message lists the parameters), ``max_params`` < 1, a
-            page past the last, a log axis for a parameter with draws ≤ 0.
+            page past the last, a log axis for a parameter with draws ≤ 0, an ``exact`` entry that
+            names no entry of ``fits``.
+        KeyError: ``reference`` is a string that is not a key of ``fits``.
+        TypeError: ``exact`` is not a dict; a fit or the reference is of a kind
+            :func:`vitools.convert.to_datatree` cannot read.
 
-    Example:
-        >>> fig = plot_marginals({"reverse KL": fit1, "forward KL": fit2}, reference=zoo.reference())
+    Examples:
+        >>> from vitools.plots import plot_marginals
+        >>> fit_f = vt.fit(model, x, y=y, objective="forward_kl", seed=0)
+        >>> fig = plot_marginals({"reverse KL": fit, "forward KL": fit_f}, reference=mcmc)
         >>> fig.savefig("marginals.png")
-        >>> trees = vitools.convert.to_datatrees(fits)  # drawn once, as for vt.compare(trees)
-        >>> fig = plot_marginals(trees, reference=zoo.reference(), exact=fits, var_names=["tau"])
+        >>> fits = {"reverse KL": fit, "forward KL": fit_f}
+        >>> trees = vt.to_datatrees(fits)  # drawn once, as for vt.compare(trees)
+        >>> fig = plot_marginals(trees, reference=mcmc, exact=fits, var_names=["sigma"])
     """
     data = read(fits, reference, exact, num_draws, seed)
     labels = select(data, var_names)
@@ -204,11 +212,18 @@ def plot_marginal_pages(
     exact: Mapping[str, Any] | None = None,
     log_axes: str | Sequence[str] = "auto",
 ) -> list[Figure]:
-    """Every page of :func:`plot_marginals` (same arguments), from one conversion of the fits:
-    every parameter, ``max_params`` panels per figure.
+    """Every page of :func:`plot_marginals` (same arguments and errors, less ``page``), from one
+    conversion of the fits: every parameter, ``max_params`` panels per figure.
 
-    Example:
-        >>> for i, fig in enumerate(plot_marginal_pages(trees, reference=ref, exact=fits)):
+    Returns:
+        list[Figure]: one figure per page of ``max_params`` parameters.
+
+    Examples:
+        >>> from vitools.plots import plot_marginal_pages
+        >>> figs = plot_marginal_pages({"VI": fit}, reference=mcmc, max_params=2)
+        >>> len(figs)  # 3 parameters, 2 per page
+        2
+        >>> for i, fig in enumerate(figs):
         ...     fig.savefig(f"marginals_{i}.png")
     """
     data = read(fits, reference, exact, num_draws, seed)

@@ -79,17 +79,28 @@ def plot_pair(
             absolute correlation in the reference's draws (the first fit's without a reference),
             among the latent sites when a tree says which they are (trees of Fits and MCMC runs do),
             among ``var_names`` when given.
-        num_draws, seed: draws from each Fit, as in :func:`plot_marginals`.
+        num_draws: draws from each Fit, as in :func:`plot_marginals`.
+        seed: seed of those draws, as in :func:`plot_marginals`.
         hdi_probs: contour levels, as highest-density-region probabilities (solid to dotted).
         var_names: site names or labels among which the default pair is chosen.
-        exact, log_axes: as in :func:`plot_marginals`.
+        exact: the Fits behind tree entries of ``fits``, as in :func:`plot_marginals`.
+        log_axes: ``"auto"`` or the labels on a log axis, as in :func:`plot_marginals`.
+
+    Returns:
+        Figure: the figure (never shown), one panel: the pair's contours per fit, the
+            reference's shaded.
 
     Raises:
         ValueError: fewer than two scalar parameters, ``params`` or ``var_names`` not shown by the
-            fits (the message lists those available).
+            fits (the message lists those available); as :func:`plot_marginals`.
+        KeyError: ``reference`` is a string that is not a key of ``fits``.
+        TypeError: as :func:`plot_marginals`.
 
-    Example:
-        >>> fig = plot_pair(trees, reference=zoo.reference(), exact=fits, params=("tau", "mu"))
+    Examples:
+        >>> from vitools.plots import plot_pair
+        >>> fig = plot_pair({"VI": fit}, reference=mcmc, params=("alpha", "beta"))
+        >>> fig.axes[0].get_xlabel(), fig.axes[0].get_ylabel()
+        ('alpha', 'beta')
     """
     data = read(fits, reference, exact, num_draws, seed)
     labels = select(data, var_names)

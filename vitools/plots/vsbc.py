@@ -39,10 +39,16 @@ def plot_vsbc(result: VSBC, bins: int | None = None, max_panels: int = MAX_PANEL
             many were left out.
 
     Returns:
-        The figure (never shown: it runs under Agg).
+        Figure: the figure (never shown: it runs under Agg), ``min(P, max_panels)`` panels for P
+            scalar parameters.
 
     Raises:
         ValueError: ``bins`` or ``max_panels`` is not a positive integer.
+
+    Examples:
+        >>> from vitools.plots import plot_vsbc
+        >>> check = vt.vsbc(model, x, y=None, num_datasets=20, num_steps=300, progress=False)
+        >>> fig = plot_vsbc(check, bins=5)  # or check.plot(bins=5)
     """
     table = result.table
     num_datasets = len(result.fits)
