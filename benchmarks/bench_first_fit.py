@@ -17,7 +17,9 @@ The calls of one configuration run interleaved (SVI, vt, vt + prefetch, then aga
 ``--repeats``) and the best of each is kept.
 
 Run: ``.venv/bin/python benchmarks/bench_first_fit.py [--quick] [--repeats 2]``; writes
-``benchmarks/results/first_fit.md``.
+``benchmarks/results/first_fit.md``. ``--profile ROWS,FEATURES,STEPS,FAMILY`` prints where one first
+``vt.fit``'s CPU seconds go instead: per phase, and per JAX program its tracing, lowering and XLA
+compilation (``jax.monitoring`` events).
 """
 
 from __future__ import annotations
@@ -56,6 +58,79 @@ def child(rows: int, features: int, steps: int, family: str, method: str) -> dic
     return {"wall": time.perf_counter() - wall, "cpu": time.process_time() - cpu}
 
 
+def profile(rows: int, features: int, steps: int, family: str) -> str:
+    """One first ``vt.fit`` in this fresh process, broken down: the seconds of each phase of the fit
+    and of each JAX program's tracing, lowering and XLA compilation (CPU seconds of this process,
+    all threads: with the background compile of the loop switched off, they are the program's)."""
+    import collections
+    import threading
+
+    import jax
+    import jax.numpy as jnp
+    from engine_runs import make_data, vt_runner
+
+    import vitools.alerts
+    import vitools.fitting
+    import vitools.start
+
+    starts, programs, phases = {}, [], []
+
+    def started(event, value, **kwargs):
+        starts[event, kwargs.get("fun_name"), threading.get_ident()] = time.process_time()
+
+    def ended(event, start, end, **kwargs):
+        began = starts.pop((event, kwargs.get("fun_name"), threading.get_ident()), float("nan"))
+        stage = event.rsplit("/", 1)[-1].replace("_duration", "")
+        programs.append((kwargs.get("fun_name", "?"), stage, time.process_time() - began))
+
+    jax.monitoring.register_scalar_listener(started)
+    jax.monitoring.register_event_time_span_listener(ended)
+    vitools.start.prefetch_loop = lambda *args, **kwargs: False
+
+    def timed(module, name):
+        function = getattr(module, name)
+
+        def wrapper(*args, **kwargs):
+            cpu = time.process_time()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                phases.append((name, time.process_time() - cpu))
+
+        setattr(module, name, wrapper)
+
+    for module, name in [
+        (vitools.fitting, "target_of"),
+        (vitools.fitting, "check_distribution"),
+        (vitools.start, "starting_point"),
+        (vitools.start, "race"),
+        (vitools.fitting, "optimize"),
+        (vitools.alerts, "warn_improper"),
+    ]:
+        timed(module, name)
+    X, y = make_data(rows, features)
+    jax.block_until_ready(jnp.sum(X))
+    programs.clear()
+    cpu = time.process_time()
+    jax.block_until_ready(vt_runner(family, X, y, steps, "laplace")().losses)
+    total = time.process_time() - cpu
+    table = collections.defaultdict(lambda: {"trace": 0.0, "lower": 0.0, "compile": 0.0})
+    names = {"jaxpr_trace": "trace", "jaxpr_to_mlir_module": "lower", "backend_compile": "compile"}
+    for name, stage, seconds in programs:
+        table[name.removeprefix("jit(").removesuffix(")")][names.get(stage, stage)] += seconds
+    rows_out = sorted(table.items(), key=lambda item: -sum(item[1].values()))
+    lines = [
+        f"{rows} rows x {features + 1} params, {family}, {steps} steps: {total:.2f} CPU s in all",
+        "phases (CPU s): " + ", ".join(f"{name} {seconds:.2f}" for name, seconds in phases),
+        "",
+        markdown_table(
+            ("program", "trace", "lower", "XLA compile", "total"),
+            [(name, t["trace"], t["lower"], t["compile"], sum(t.values())) for name, t in rows_out],
+        ),
+    ]
+    return "\n".join(lines)
+
+
 def run_child(spec: str) -> dict:
     env = dict(os.environ)
     env.pop("VITOOLS_CACHE_DIR", None)  # no persistent compilation cache
@@ -77,7 +152,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help=f"grid {QUICK_GRID}, fullrank only")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--child", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--profile", default="", metavar="ROWS,FEATURES,STEPS,FAMILY")
     args = parser.parse_args(argv)
+    if args.profile:
+        rows, features, steps, family = args.profile.split(",")
+        print(profile(int(rows), int(features), int(steps), family))
+        return 0
     if args.child:
         rows, features, steps, family, method = args.child.split(",")
         print(json.dumps(child(int(rows), int(features), int(steps), family, method)))

@@ -148,9 +148,20 @@ def test_a_prefetched_loop_is_the_program_the_fit_runs(family, init):
     objective = vt.ReverseKL()
     before = engine.num_compilations()
     key = jax.random.PRNGKey(0)
-    assert vitools.start.prefetch_loop(key, target, family, objective, init, engine.default_optimizer(), 100)
+    assert vitools.start.prefetch_loop(
+        key, target, family, objective, init, engine.default_optimizer(), 100, num_steps=200
+    )
     fit = vt.fit(
         target, objective=objective, family=family, init=init, key=key, num_steps=200, progress=False
     )
     assert engine.num_compilations() == before + 1
     assert fit.status in ("completed", "converged")
+
+
+def test_the_loop_compiles_quickly_for_a_short_run_only():
+    """engine.quick_compile: LLVM's lowest optimisation level where the slower steps cost little
+    over the budget (a 3-D model's default 2000 steps), the default level for a long run."""
+    target = vt.Target.from_model(three_correlated, jnp.asarray(0.5))
+    objective = vt.ReverseKL()
+    assert engine.quick_compile(2000, objective, target)
+    assert not engine.quick_compile(10**7, objective, target)

@@ -52,12 +52,26 @@ __all__ = [
     "make_step",
     "objective_state",
     "optimize",
+    "quick_compile",
     "run_chunk",
     "run_chunks",
 ]
 
 CALL_SECONDS = 0.25  # target wall time of one call once steps are timed: progress, Ctrl-C
 MAX_CHUNKS_PER_CALL = 20
+
+# A short run's loop is compiled at LLVM's lowest optimisation level (XLA's graph passes, fusion
+# included, run at either level; results agree to float rounding). On the engine benchmark's
+# regressions (fullrank, reverse KL with 16 draws, float32, a loaded 2-core machine, CPU seconds) the
+# loop compiled in 1.3-1.7 s instead of 2.2-2.9 s, and each step ran slower by 0.03 ms (10 rows x 5
+# features), 0.11 (100 x 5), 0.34 (100 x 50), 0.54 (1000 x 5), 0.63 (1000 x 50), 4.0 ms (10^4 x 5)
+# (measured): at most QUICK_STEP_SECONDS per density evaluation per number in the target's arrays,
+# plus 1000 numbers for q and the optimizer. The quick program is chosen when that slowdown over the
+# budget stays below QUICK_MAX_SLOWDOWN, a quarter of the ~1 s it saves: a first fit gains 0.75 s
+# or more, a later fit of the same model and budget, which reuses the program, loses at most 0.25 s.
+QUICK_STEP_SECONDS = 4.2e-9
+QUICK_MAX_SLOWDOWN = 0.25
+_QUICK_COMPILE = {"xla_backend_optimization_level": 0}
 
 
 class FitState(NamedTuple):
@@ -209,6 +223,14 @@ def make_step(
     return step
 
 
+def quick_compile(num_steps: int, objective: Objective, target: Target) -> bool:
+    """Whether the loop of a ``num_steps``-step run compiles at LLVM's lowest optimisation level
+    (see ``QUICK_STEP_SECONDS``). ``target``'s arrays may be ``jax.ShapeDtypeStruct``."""
+    size = sum(math.prod(getattr(leaf, "shape", np.shape(leaf))) for leaf in jax.tree.leaves(target))
+    per_step = QUICK_STEP_SECONDS * objective.num_density_evals(target.dim) * (size + 1000)
+    return num_steps * per_step < QUICK_MAX_SLOWDOWN
+
+
 def _schedule(opt_state, peak, step, num_steps):
     """Set the learning rate of an ``optax.inject_hyperparams`` state to the schedule's value."""
     hyperparams = getattr(opt_state, "hyperparams", None)  # optax.inject_hyperparams states
@@ -255,7 +277,8 @@ def run_chunks(state, num_steps, num_chunks, objective, family, target, optimize
 class ProgramCache:
     """The compiled chunk programs of this process, least recently used first out.
 
-    One program per (pytree structure, shapes, dtypes, optimizer, chunk size). We keep the
+    One program per (pytree structure, shapes, dtypes, optimizer, chunk size, optimisation level:
+    ``quick``, see :func:`quick_compile`). We keep the
     executables ourselves, rather than leaving them to ``jax.jit``'s cache, to time compilation
     apart from running (``Fit.compile_time``) and to count compilations (tests of compile-once).
     Bounded: a long session fitting many models would otherwise keep every program (each holds
@@ -286,15 +309,16 @@ class ProgramCache:
         self._programs.clear()
 
     @staticmethod
-    def _signature(args: tuple, optimizer, chunk_size: int, max_chunks: int) -> tuple:
+    def _signature(args: tuple, optimizer, chunk_size: int, max_chunks: int, quick: bool = False) -> tuple:
         leaves, treedef = jax.tree.flatten(args)
         shapes = tuple((tuple(np.shape(x)), jnp.result_type(x), sharding.placement(x)) for x in leaves)
         # the mesh q's draws are split on (vitools.sharding.active) is part of the program too
-        return (treedef, shapes, optimizer, chunk_size, max_chunks, jax.sharding.get_abstract_mesh())
+        mesh = jax.sharding.get_abstract_mesh()
+        return (treedef, shapes, optimizer, chunk_size, max_chunks, mesh, quick)
 
-    def _compile(self, lowered) -> tuple[Any, float]:
+    def _compile(self, lowered, quick: bool = False) -> tuple[Any, float]:
         start = time.perf_counter()
-        executable = lowered.compile()
+        executable = lowered.compile(_QUICK_COMPILE if quick else None)
         with self._lock:
             self.num_compiled += 1
         return executable, time.perf_counter() - start
@@ -304,11 +328,14 @@ class ProgramCache:
         while len(self._programs) > self.max_size:
             self._programs.popitem(last=False)
 
-    def get(self, args: tuple, optimizer, chunk_size: int, max_chunks: int) -> tuple[Any, float]:
+    def get(
+        self, args: tuple, optimizer, chunk_size: int, max_chunks: int, quick: bool = False
+    ) -> tuple[Any, float]:
         """The compiled :func:`run_chunks` for these arguments ``(state, num_steps, num_chunks,
         objective, family, target)`` and the seconds spent compiling it: 0 when kept, the wait
-        when :meth:`prefetch` started it (its compilation overlapped other work)."""
-        signature = self._signature(args, optimizer, chunk_size, max_chunks)
+        when :meth:`prefetch` started it (its compilation overlapped other work). ``quick``:
+        compiled at LLVM's lowest optimisation level (:func:`quick_compile`)."""
+        signature = self._signature(args, optimizer, chunk_size, max_chunks, quick)
         program = self._programs.get(signature)
         if isinstance(program, concurrent.futures.Future):
             start = time.perf_counter()
@@ -316,7 +343,7 @@ class ProgramCache:
                 executable, _ = program.result()
             except Exception:  # the background compilation failed: compile here, where errors surface
                 del self._programs[signature]
-                return self.get(args, optimizer, chunk_size, max_chunks)
+                return self.get(args, optimizer, chunk_size, max_chunks, quick)
             self._programs[signature] = executable
             self._programs.move_to_end(signature)
             return executable, time.perf_counter() - start
@@ -324,16 +351,16 @@ class ProgramCache:
             self._programs.move_to_end(signature)
             return program, 0.0
         start = time.perf_counter()
-        executable, _ = self._compile(_lower(args, optimizer, chunk_size, max_chunks))
+        executable, _ = self._compile(_lower(args, optimizer, chunk_size, max_chunks), quick)
         self._keep(signature, executable)
         return executable, time.perf_counter() - start
 
-    def prefetch(self, args: tuple, optimizer, chunk_size: int, max_chunks: int) -> bool:
+    def prefetch(self, args: tuple, optimizer, chunk_size: int, max_chunks: int, quick: bool = False) -> bool:
         """Lower :func:`run_chunks` for these arguments here and compile it in a background thread,
         unless the program is kept or on its way; :meth:`get` with arguments of the same shapes
         waits for it. ``args`` as :meth:`get`'s; the arrays may be ``jax.ShapeDtypeStruct``
         (``jax.eval_shape``'s results). Returns whether a compilation started."""
-        signature = self._signature(args, optimizer, chunk_size, max_chunks)
+        signature = self._signature(args, optimizer, chunk_size, max_chunks, quick)
         if signature in self._programs:
             return False
         # Traced and lowered in this thread, compiled in the other: tracing runs the model under
@@ -341,7 +368,7 @@ class ProgramCache:
         # threads at once mixes the two traces ("all sites must have unique names", measured).
         # Lowering here also keeps this thread's settings (``with jax.enable_x64(False)``).
         lowered = _lower(args, optimizer, chunk_size, max_chunks)
-        self._keep(signature, _BACKGROUND.submit(self._compile, lowered))
+        self._keep(signature, _BACKGROUND.submit(self._compile, lowered, quick))
         return True
 
 
@@ -358,12 +385,13 @@ PROGRAMS = ProgramCache()  # the process's programs; `optimize` takes another wi
 
 
 def compiled_chunks(
-    state, num_steps, objective, family, target, optimizer, chunk_size, max_chunks, programs=None
+    state, num_steps, objective, family, target, optimizer, chunk_size, max_chunks, programs=None, quick=False
 ):
     """The compiled :func:`run_chunks` for these arguments (called as ``executable(state,
     num_steps, num_chunks, objective, family, target)``) and the seconds spent compiling it."""
     args = (state, num_steps, jnp.ones((), jnp.int32), objective, family, target)
-    return (PROGRAMS if programs is None else programs).get(args, optimizer, chunk_size, max_chunks)
+    programs = PROGRAMS if programs is None else programs
+    return programs.get(args, optimizer, chunk_size, max_chunks, quick)
 
 
 def num_compilations() -> int:
@@ -395,6 +423,7 @@ def optimize(
     stop: bool = True,
     desc: str = "fit",
     programs: ProgramCache | None = None,
+    quick: bool | None = None,
 ) -> Outcome:
     """Run compiled chunks until ``num_steps`` steps, convergence, a non-finite step or Ctrl-C.
 
@@ -404,13 +433,17 @@ def optimize(
         stop: with a rule, stop once it holds (after its cool-down, status ``"converged"``);
             False: run the whole budget and only report (status ``"completed"``).
         programs: where compiled programs are kept (None: the process's :data:`PROGRAMS`).
+        quick: compile the loop at LLVM's lowest optimisation level (None: when
+            :func:`quick_compile` says so for ``num_steps``; a caller running short pilots before
+            the fit passes the fit's choice, so both run one program).
 
     ``Outcome.convergence`` is the rule's verdict when it stopped the run, else its verdict on
     the last window.
     """
     total = jnp.asarray(num_steps, jnp.int32)
+    quick = quick_compile(num_steps, objective, target) if quick is None else quick
     executable, compile_time = compiled_chunks(
-        state, total, objective, family, target, optimizer, chunk_size, MAX_CHUNKS_PER_CALL, programs
+        state, total, objective, family, target, optimizer, chunk_size, MAX_CHUNKS_PER_CALL, programs, quick
     )
     bar = Progress(num_steps, desc, enabled=progress)
     losses, infos, status = [], [], "completed"

@@ -18,7 +18,7 @@ import optax
 from vitools import alerts, sharding, start, validate
 from vitools.blas import one_blas_thread
 from vitools.convergence import ConvergenceRule, StoppingRule
-from vitools.engine import default_optimizer, init_state, objective_state, optimize
+from vitools.engine import default_optimizer, init_state, objective_state, optimize, quick_compile
 from vitools.families import Family, get_family
 from vitools.families.base import check_distribution, family_hooks
 from vitools.objectives import Objective, get_objective, objective_hooks
@@ -174,7 +174,7 @@ def fit(
         alerts.warn_large_init(target.dim)
     optimizer = optimizer or default_optimizer()
     if devices is None and not target.subsamples:  # the loop compiles in a thread while the start runs
-        start.prefetch_loop(key, target, family, objective, init, optimizer, chunk_size)
+        start.prefetch_loop(key, target, family, objective, init, optimizer, chunk_size, num_steps)
     tic = time.perf_counter()
     announce = progress and laplace and target.dim >= alerts.LARGE_DIM
     if announce:  # the Laplace init is one compiled program: say what it does before it starts
@@ -195,6 +195,7 @@ def fit(
     alerts.warn_large_family(family, params, target.dim)
     if learning_rate is None:
         learning_rate = (hooks.default_learning_rate or default_learning_rate)(target.dim)
+    quick = quick_compile(num_steps, objective, target)  # the loop's optimisation level, pilots' too
     pilots = []
     # No race under subsampling: the pilots' minibatch losses are too noisy to rank the starts. With it,
     # 10^6-row logistic regression, B = 4096, seed 0: the simple start won, and q's mean ended 3.0 sds
@@ -203,7 +204,15 @@ def fit(
     racing = hooks.races_start and not (hooks.mass_covering or subsampled)
     if laplace and informed and num_steps >= start.RACE_MIN_STEPS and racing:
         run = functools.partial(
-            start.pilot, family, objective, optimizer, learning_rate, run_key, params_key, chunk_size
+            start.pilot,
+            family,
+            objective,
+            optimizer,
+            learning_rate,
+            run_key,
+            params_key,
+            chunk_size,
+            quick,
         )
         simple = start.simple_start(model_target, like=target)
         (target, loc, scale_tril), pilots = start.race([(target, loc, scale_tril), simple], run)
@@ -234,6 +243,7 @@ def fit(
                 convergence=rule,
                 stop=options["converge"] is not False,
                 desc=f"{objective.name}/{family.name}",
+                quick=quick,
             )
     pilot_evals = len(pilots) * start.PILOT_STEPS * num_density_evals
     pilot_seconds = sum(p.outcome.elapsed for p in pilots)

@@ -15,7 +15,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vitools.engine import MAX_CHUNKS_PER_CALL, PROGRAMS, Outcome, init_state, objective_state, optimize
+from vitools.engine import (
+    MAX_CHUNKS_PER_CALL,
+    PROGRAMS,
+    Outcome,
+    init_state,
+    objective_state,
+    optimize,
+    quick_compile,
+)
 from vitools.families import Family, family_hooks
 from vitools.frame import Frame
 from vitools.laplace import initial_gaussian, is_mode, second_order, simple_gaussian
@@ -60,14 +68,33 @@ class Pilot(NamedTuple):
 
 
 def pilot(
-    family, objective, optimizer, learning_rate, key, params_key, chunk_size, target, loc, scale_tril
+    family,
+    objective,
+    optimizer,
+    learning_rate,
+    key,
+    params_key,
+    chunk_size,
+    quick,
+    target,
+    loc,
+    scale_tril,
 ) -> Pilot:
-    """A PILOT_STEPS-step run from N(loc, scale_tril scale_trilᵀ), on the fit's compiled loop."""
+    """A PILOT_STEPS-step run from N(loc, scale_tril scale_trilᵀ), on the fit's compiled loop
+    (``quick``: the fit's :func:`vitools.engine.quick_compile`)."""
     params = family.init(params_key, target, loc, scale_tril)
     carried = objective_state(objective, jax.random.fold_in(key, 2), params, family, target)
     state = init_state(key, params, optimizer, learning_rate, target.model_params, carried)
     outcome = optimize(
-        state, PILOT_STEPS, objective, family, target, optimizer, chunk_size=chunk_size, progress=False
+        state,
+        PILOT_STEPS,
+        objective,
+        family,
+        target,
+        optimizer,
+        chunk_size=chunk_size,
+        progress=False,
+        quick=quick,
     )
     head, tail = outcome.losses[: PILOT_STEPS // 5], outcome.losses[-PILOT_STEPS // 5 :]
     completed = outcome.status == "completed" and np.all(np.isfinite(outcome.losses))
@@ -186,6 +213,7 @@ def prefetch_loop(
     init: Any,
     optimizer: Any,
     chunk_size: int,
+    num_steps: int,
     programs: Any = None,
 ) -> bool:
     """Start compiling ``vt.fit``'s loop in a background thread (:meth:`ProgramCache.prefetch`)
@@ -193,10 +221,11 @@ def prefetch_loop(
 
     The loop's shapes are known before its start: the frame's structure depends on the family
     and ``init`` alone (:func:`_into_frame`), never on the start's values. ``key`` is ``vt.fit``'s
-    (its shape and dtype are used); ``objective`` the one the loop runs (after ``resolve``). The
-    pilots of the start race run the same program. Families whose ``init`` cannot be traced
-    (NumPyro autoguides set themselves up on their first call) are skipped: returns False, as
-    when the program is already kept.
+    (its shape and dtype are used); ``objective`` the one the loop runs (after ``resolve``);
+    ``num_steps`` the fit's budget, which picks the optimisation level
+    (:func:`vitools.engine.quick_compile`). The pilots of the start race run the same program.
+    Families whose ``init`` cannot be traced (NumPyro autoguides set themselves up on their first
+    call) are skipped: returns False, as when the program is already kept.
 
     Measured, a fresh process's first default ``vt.fit`` (fullrank, Laplace init) of the engine
     benchmark's logistic regressions: see ``benchmarks/results/first_fit.md``.
@@ -227,8 +256,9 @@ def prefetch_loop(
         return False
     steps = jax.ShapeDtypeStruct((), jnp.int32)
     args = (state, steps, steps, objective, family, framed_target)
+    quick = quick_compile(num_steps, objective, framed_target)
     return (PROGRAMS if programs is None else programs).prefetch(
-        args, optimizer, chunk_size, MAX_CHUNKS_PER_CALL
+        args, optimizer, chunk_size, MAX_CHUNKS_PER_CALL, quick
     )
 
 
