@@ -209,7 +209,7 @@ def compare(
             ``vt.diagnose(fit)`` (:data:`vitools.convert.DIAGNOSTIC_DRAWS`), wherever it sits.
 
     Returns:
-        pd.DataFrame: one row per fit, columns ``COLUMNS``: ``objective``, ``family``, ``steps``,
+        One row per fit, columns ``COLUMNS``: ``objective``, ``family``, ``steps``,
             ``grad_evals``, ``time_s`` (seconds), ``khat``, ``khat_se``, ``verdict``, ``ess``
             (draws), ``rhat``, ``divergences`` (MCMC only), ``elbo``, ``log_evidence``,
             ``log_evidence_se``, ``cubo`` (nats), ``missed_mass`` (a share of the posterior

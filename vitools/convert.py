@@ -189,7 +189,7 @@ def fit_to_datatree(fit: Fit, num_draws: int = DIAGNOSTIC_DRAWS, seed: int = 0) 
             everywhere (:data:`DIAGNOSTIC_DRAWS`).
 
     Returns:
-        xr.DataTree: the tree; ``tree.sample_stats.log_weight`` holds
+        The tree; ``tree.sample_stats.log_weight`` holds
             :math:`\log w_s = \log \tilde p - \log q` (nats), ``(chain=1, draw=S)``.
 
     Raises:
@@ -233,9 +233,9 @@ def optimization_dataset(fit: Fit) -> xr.Dataset:
 
     Returns:
         A Dataset over dim ``step`` (``num_steps`` long) with the trace's per-step scalars
-        (``loss``, and ``ess``/``log_evidence`` where traced; ``fit.losses`` where the trace has no
-        ``loss``), and attr ``num_draws_per_step`` (the objective's density evaluations per step,
-        the draws behind each step's ESS) where the objective draws from q.
+            (``loss``, and ``ess``/``log_evidence`` where traced; ``fit.losses`` where the trace has no
+            ``loss``), and attr ``num_draws_per_step`` (the objective's density evaluations per step,
+            the draws behind each step's ESS) where the objective draws from q.
     """
     trace = dict(fit.trace)
     trace.setdefault("loss", fit.losses)
@@ -331,7 +331,7 @@ def to_datatree(obj: Any, num_draws: int = DIAGNOSTIC_DRAWS, seed: int = 0) -> x
         seed: seed of those draws.
 
     Returns:
-        xr.DataTree: ``posterior`` (constrained draws, ``(chain, draw, *site dims)``; a fit's
+        ``posterior`` (constrained draws, ``(chain, draw, *site dims)``; a fit's
             tree has one chain of S draws, the site dims named by the model's plates where
             NumPyro can tell them), and for a fit also ``sample_stats`` (``log_p``, ``log_q``,
             ``log_weight``, nats), ``optimization`` (the per-step trace) and the fit's record as
@@ -376,7 +376,7 @@ def to_datatrees(
         aligned: make every tree one chain of the same number of draws (above).
 
     Returns:
-        dict[str, xr.DataTree]: ``{name: tree}``, in the order of ``fits``.
+        ``{name: tree}``, in the order of ``fits``.
 
     Raises:
         ValueError: ``fits`` is empty; as :func:`to_datatree`.

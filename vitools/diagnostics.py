@@ -258,7 +258,7 @@ def diagnose(
         warn: emit a ``UserWarning`` when the verdict is "bad".
 
     Returns:
-        Diagnostics: the verdict, its reasons and the numbers above (:class:`Diagnostics`).
+        The verdict, its reasons and the numbers above (:class:`Diagnostics`).
 
     Raises:
         ValueError: the tree has no ``log_weight`` (an MCMC tree, a dict of draws): there is no q to

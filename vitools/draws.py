@@ -38,10 +38,17 @@ class Reference:
     """Trusted posterior draws and moments of a zoo model.
 
     Attributes:
-        draws: constrained draws of the latent sample sites, leading draw axis, model shapes.
-        mean: posterior mean per site (exact for closed-form references, else from all NUTS draws).
+        draws: constrained draws of the latent sample sites, site → ``(S, *site shape)``.
+        mean: posterior mean per site, ``site shape`` (exact for closed-form references, else from
+            all NUTS draws).
         sd: posterior standard deviation per site, same convention as ``mean``.
         source: ``"closed form"`` or ``"NUTS: <chains> chains x <draws> draws, max R-hat ..., min ESS ..."``.
+
+    Examples:
+        >>> ref = get_model("funnel").reference()  # vitools.models.get_model
+        >>> ref.source, ref.num_draws, ref.draws["x"].shape, ref.mean["x"].shape
+        ('closed form', 4000, (4000, 9), (9,))
+        >>> table = vt.compare({"VI": vt.fit(get_model("funnel").model, seed=0)}, reference=ref)
     """
 
     draws: dict[str, np.ndarray]

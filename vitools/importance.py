@@ -79,12 +79,18 @@ def psis_khat(log_weights: Any) -> tuple[np.ndarray, float]:
 
     Returns:
         ``(smoothed, khat)``: smoothed log weights normalized to logsumexp 0, and k̂. k̂ is ``-inf``
-        when the tail weights are equal up to ``FLAT_TAIL_TOL`` in log scale (q equal to p up to a
-        constant, so w is bounded; arviz-stats would raise or return NaN there), and NaN when ties
-        of *unequal* weights make the tail impossible to fit (read as "bad" by :func:`verdict`).
+            when the tail weights are equal up to ``FLAT_TAIL_TOL`` in log scale (q equal to p up to a
+            constant, so w is bounded; arviz-stats would raise or return NaN there), and NaN when ties
+            of *unequal* weights make the tail impossible to fit (read as "bad" by :func:`verdict`).
 
     Raises:
         ValueError: fewer than 25 draws, or NaN/+inf log weights, or all weights zero.
+
+    Examples:
+        >>> draws, log_p, log_q = fit.sample_with_log_densities(1000, seed=1)
+        >>> smoothed, khat = psis_khat(log_p - log_q)
+        >>> smoothed.shape, isinstance(khat, float)
+        ((1000,), True)
     """
     log_w = _check_log_weights(log_weights)
     if log_w.size < MIN_PSIS_DRAWS:
@@ -116,6 +122,10 @@ def khat_threshold(num_draws: int) -> float:
 
     Raises:
         ValueError: ``num_draws`` < 2.
+
+    Examples:
+        >>> khat_threshold(100), round(khat_threshold(1000), 3), khat_threshold(10_000)
+        (0.5, 0.667, 0.7)
     """
     if num_draws < 2:
         raise ValueError(f"num_draws must be at least 2, got {num_draws}")
@@ -139,6 +149,11 @@ def khat_se(log_weights: Any, num_bootstraps: int = KHAT_BOOTSTRAPS, seed: int =
 
     Raises:
         ValueError: as :func:`psis_khat`.
+
+    Examples:
+        >>> log_w = np.random.default_rng(0).standard_t(3, size=1000)  # heavy-ish tailed weights
+        >>> 0 < khat_se(log_w, num_bootstraps=50) < 1
+        True
     """
     log_w = _check_log_weights(log_weights)
     if psis_khat(log_w)[1] == -math.inf:
@@ -155,6 +170,13 @@ def importance_ess(log_weights: Any) -> float:
     r"""Importance-sampling effective sample size :math:`1 / \sum_s \bar w_s^2` (absolute, in [1, S]).
 
     Invariant to adding a constant to every log weight; equals S for equal weights (Kong, 1992).
+
+    Raises:
+        ValueError: ``log_weights`` is not one-dimensional, has NaN/+inf entries, or is all -inf.
+
+    Examples:
+        >>> round(importance_ess(np.zeros(100)), 6)  # equal weights: every draw counts
+        100.0
     """
     log_w = _check_log_weights(log_weights)
     return float(np.exp(-logsumexp(2.0 * (log_w - logsumexp(log_w)))))
@@ -170,7 +192,16 @@ def log_evidence(log_weights: Any) -> tuple[float, float]:
     below threshold (the se itself is unreliable when the variance of w is infinite).
 
     Returns:
-        ``(log_Z_hat, se)``.
+        ``(log_Z_hat, se)``, both in nats.
+
+    Raises:
+        ValueError: ``log_weights`` is not one-dimensional, has NaN/+inf entries, or is all -inf.
+
+    Examples:
+        >>> draws, log_p, log_q = fit.sample_with_log_densities(4000, seed=1)
+        >>> log_z, se = log_evidence(log_p - log_q)  # log p(y) of the regression, nats
+        >>> se < 0.01
+        True
     """
     log_w = _check_log_weights(log_weights)
     num_draws = log_w.size
@@ -202,7 +233,13 @@ def psis_shift(values: Any, smoothed_log_weights: Any) -> dict[str, np.ndarray]:
 
     Returns:
         ``{"psis_mean", "psis_sd", "mean", "mean_se", "sd", "sd_se"}``, each ``(P,)``; the
-        shifts are NaN for a constant column.
+            shifts are NaN for a constant column.
+
+    Examples:
+        >>> values = np.random.default_rng(0).normal(size=(1000, 2))
+        >>> shift = psis_shift(values, np.full(1000, -np.log(1000)))  # equal weights: no shift
+        >>> shift["mean"].shape, bool(np.abs(shift["mean"]).max() < 1e-12)
+        ((2,), True)
     """
     values = np.asarray(values, dtype=float)
     weights = np.exp(np.asarray(smoothed_log_weights, dtype=float))
@@ -239,7 +276,8 @@ def psis_resample(
     Args:
         fit: a vitools ``Fit``.
         num_draws: S, proposals and returned draws.
-        seed, key: as :meth:`vitools.result.Fit.sample` (give one; None: seed 0).
+        seed: seed of the proposals, as :meth:`vitools.result.Fit.sample` (None: 0).
+        key: a JAX PRNG key instead of ``seed``; give one of the two at most.
 
     Returns:
         Constrained draws: site name → array ``(num_draws, *site shape)`` (deterministic sites too).
@@ -248,8 +286,10 @@ def psis_resample(
         ValueError: ``num_draws`` < 25 (PSIS needs 25), or both ``seed`` and ``key``; NaN/+inf log
             weights.
 
-    Example:
-        >>> draws = fit.sample(4000, resample="psis")
+    Examples:
+        >>> draws = fit.sample(4000, resample="psis")  # this function, through Fit.sample
+        >>> draws["beta"].shape
+        (4000,)
         >>> tree = vt.to_datatree(draws)  # a tree of the resampled draws
     """
     num_draws = validate.count(num_draws, "num_draws")

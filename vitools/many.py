@@ -203,7 +203,7 @@ def fit_many(
         progress: one bar for all fits (their mean loss).
 
     Returns:
-        FitMany: a sequence of :class:`~vitools.result.Fit`, with the batch's counts and the
+        A sequence of :class:`~vitools.result.Fit`, with the batch's counts and the
             parameters stacked ``(num_fits, ...)``.
 
     Raises:

@@ -243,7 +243,7 @@ def pathfinder(
             so there is nothing to report between).
 
     Returns:
-        Fit: a :class:`~vitools.result.Fit` with objective :class:`Pathfinder`, ``num_steps`` the
+        A fit (:class:`~vitools.result.Fit`) with objective :class:`Pathfinder`, ``num_steps`` the
             L-BFGS iterations plus Newton steps of all paths, ``num_grad_evals`` every gradient
             evaluation of the paths (one per gradient or density, dim per Hessian) and of the
             ELBO and weight draws, ``compile_time`` and ``elapsed`` (the run, seconds), status
@@ -420,10 +420,10 @@ def search_modes(
 
     Returns:
         :class:`Modes` with ``M = num_paths + 1`` Gaussians (the given one last). A path whose
-        Laplace init fell back on the simple start (no informed Gaussian) keeps the given Gaussian
-        in its slot at weight 0. ``grad_evals`` counts each path as
-        :attr:`vitools.laplace.InitialGaussian.grad_evals` does, and ``num_draws`` per usable
-        Gaussian.
+            Laplace init fell back on the simple start (no informed Gaussian) keeps the given Gaussian
+            in its slot at weight 0. ``grad_evals`` counts each path as
+            :attr:`vitools.laplace.InitialGaussian.grad_evals` does, and ``num_draws`` per usable
+            Gaussian.
 
     Raises:
         FloatingPointError: no Gaussian has a finite importance weight (the log density is -inf

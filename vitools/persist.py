@@ -74,7 +74,7 @@ def save(fit: Fit, path: str | os.PathLike) -> Path:
             one). An existing file is replaced; the file is written whole or not at all.
 
     Returns:
-        Path: the path written.
+        The path written.
 
     Raises:
         TypeError: the family or the objective is not a dataclass, or has a field a file
@@ -157,7 +157,7 @@ def load(path: str | os.PathLike, model: Any, /, *model_args: Any, **model_kwarg
         **model_kwargs: the model's keyword arguments, as given to ``vt.fit``.
 
     Returns:
-        Fit: the fit (:class:`~vitools.result.Fit`). Its objective is rebuilt where its class is
+        The fit (:class:`~vitools.result.Fit`). Its objective is rebuilt where its class is
             found (else, with a warning, only its name is kept, as for a Gaussian fitted
             elsewhere).
 

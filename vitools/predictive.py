@@ -175,7 +175,7 @@ def predict(
             (the observed ones) and every deterministic site.
 
     Returns:
-        dict[str, np.ndarray]: site → array ``(S, *site shape)`` (host arrays).
+        Site → array ``(S, *site shape)`` (host arrays).
 
     Raises:
         ValueError: ``num_draws`` is not a positive integer; the fit is of a plain log density.
@@ -267,7 +267,7 @@ def add_predictive(
         key: a JAX PRNG key instead of ``seed``; give one of the two at most.
 
     Returns:
-        xr.DataTree: the new tree: ``posterior_predictive`` and ``log_likelihood`` over
+        The new tree: ``posterior_predictive`` and ``log_likelihood`` over
             ``(chain, draw, *site dims)``, ``observed_data`` over the site dims; dims are named
             by the model's plates where NumPyro can tell them (as the posterior's are), else
             ``{site}_dim_{i}``. Groups of those names already in ``tree`` are replaced.
@@ -383,7 +383,7 @@ def loo(
         seed: the seed of those draws; ignored for the others.
 
     Returns:
-        ELPDDataLOO: arviz-stats' ``ELPDDataLOO``: ``elpd`` (the estimate of
+        (ELPDData): arviz-stats' ``ELPDDataLOO``: ``elpd`` (the estimate of
             :math:`\sum_i \log p(y_i \mid y_{-i})`, nats), ``se`` (its standard error over
             observations), ``p`` (effective number of parameters), ``n_samples``,
             ``n_data_points``, and with ``pointwise`` ``elpd_i`` and ``pareto_k`` (DataArrays

@@ -189,7 +189,7 @@ def report(
         var_names: the sites to plot (default: all, over as many marginal figures as they need).
 
     Returns:
-        ReportPaths: ``markdown``, ``html``, the PNGs by plot name (``images[name]``, a list of
+        ``markdown``, ``html``, the PNGs by plot name (``images[name]``, a list of
             paths, one per page), and the ``table`` (also written to ``out/table.csv``).
 
     Raises:
@@ -258,7 +258,7 @@ def write_report(
             plots (default: the Fits among ``fits``); nothing is drawn again.
 
     Returns:
-        ReportPaths: the paths written (``images[name]``: a list of PNGs, one per page).
+        The paths written (``images[name]``: a list of PNGs, one per page).
 
     Raises:
         OSError: ``out_dir`` cannot be created or written.

@@ -366,7 +366,7 @@ class Fit:
         ``vt.load(path, model, *model_args, **model_kwargs)``.
 
         Returns:
-            Path: the path written.
+            The path written.
 
         Raises:
             TypeError: the family or objective has configuration a file cannot hold (code).

@@ -102,8 +102,8 @@ def mesh_of(devices: Any = "all", *, data_shards: int = 1) -> Mesh | None:
 
     Returns:
         A Mesh of shape ``(num_devices // data_shards, data_shards)`` and axes ``("draws",
-        "data")`` (``AxisType.Auto``: XLA propagates the shardings), or None where ``devices``
-        is None or names one device.
+            "data")`` (``AxisType.Auto``: XLA propagates the shardings), or None where ``devices``
+            is None or names one device.
 
     Raises:
         vitools.validate.ArgumentTypeError: ``devices`` is none of the above.

@@ -42,7 +42,7 @@ def summary(
         ci_prob: the equal-tailed interval's probability (ArviZ's default, 0.89).
 
     Returns:
-        pd.DataFrame: one row per scalar parameter (``"beta"``, ``"theta[3]"``), in the
+        One row per scalar parameter (``"beta"``, ``"theta[3]"``), in the
             parameter's own (constrained) units. For an MCMC run (no importance weights):
             ``az.summary`` (mean, sd, interval, ESS, R-hat, MCSE). For a fit: ``mean``, ``sd``,
             the interval (``eti*_lb``/``eti*_ub``) of q's draws, ``psis_mean`` and ``psis_sd``

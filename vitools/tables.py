@@ -41,7 +41,7 @@ def format_table(df: pd.DataFrame, fmt: str = "text", width: int = TEXT_WIDTH) -
         width: the text's width in characters (text only).
 
     Returns:
-        str: the table, rendered.
+        The table, rendered.
 
     Raises:
         ValueError: unknown ``fmt``.

@@ -148,7 +148,7 @@ def vsbc(
         progress: show the fits' progress.
 
     Returns:
-        VSBC: the tests' table and verdicts (``.table``, ``.verdicts``, ``.calibrated``,
+        The tests' table and verdicts (``.table``, ``.verdicts``, ``.calibrated``,
             ``.plot()``), the :math:`p_m` ``(num_datasets, *site shape)`` and the fits.
 
     Raises:
@@ -211,7 +211,7 @@ def vsbc_table(
 
     Returns:
         ``(table, threshold)``: one row per scalar parameter (``"site[i,j]"``), and the p-value
-        under which a test fails (``alpha / (2 x rows)``).
+            under which a test fails (``alpha / (2 x rows)``).
 
     Raises:
         ValueError: a site's p has fewer than 2 datasets or values outside [0, 1].

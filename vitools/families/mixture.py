@@ -266,7 +266,7 @@ class GaussianMixture:
             scale_tril: the initial Gaussian's Cholesky factor, ``(dim, dim)``.
 
         Returns:
-            tuple[MixtureParams, int]: ``(params, grad_evals)``, the parameters and the search's
+            ``(params, grad_evals)``, the parameters and the search's
                 cost in gradient evaluations (``vt.fit`` adds it to ``Fit.num_grad_evals``).
 
         Raises:
@@ -343,7 +343,7 @@ class GaussianMixture:
             num_draws: S, at least K (one draw per component).
 
         Returns:
-            tuple[jax.Array, jax.Array, jax.Array]: ``(draws (S, dim), log_q (S,),
+            ``(draws (S, dim), log_q (S,),
                 log_draw_weights (S,))``: log q is the mixture's density at each draw,
                 ``log_draw_weights`` = log ω.
 

@@ -35,6 +35,11 @@ class ClosedForm:
         sample: ``sample(rng, num_draws) -> draws`` exact independent draws (NumPy generator).
         mean: exact posterior mean per latent site.
         sd: exact posterior standard deviation per latent site.
+
+    Examples:
+        >>> closed = get_model("funnel").closed_form  # vitools.models.get_model
+        >>> closed.sample(np.random.default_rng(0), 5)["x"].shape, float(closed.sd["v"])
+        ((5, 9), 3.0)
     """
 
     sample: Callable[[np.random.Generator, int], Draws]
@@ -59,6 +64,11 @@ class NutsSettings:
             original sites come back as deterministic sites.
         source_model: run NUTS on this zoo model instead (same posterior, better geometry).
         transform: maps ``source_model``'s constrained draws (leading batch axis) to this model's sites.
+
+    Examples:
+        >>> settings = get_model("eight_schools_noncentered").nuts  # vitools.models.get_model
+        >>> settings.num_chains * settings.num_draws >= settings.num_kept
+        True
     """
 
     num_warmup: int = 1000

@@ -28,7 +28,7 @@ def get_model(name: str) -> ZooModel:
         name: a registered name (:func:`list_models`).
 
     Returns:
-        ZooModel: the model, its data and its reference posterior.
+        The model, its data and its reference posterior.
 
     Raises:
         ValueError: ``name`` is not registered; the message lists the known names.

@@ -123,7 +123,7 @@ def psis_smooth(log_weights: jax.Array) -> tuple[jax.Array, jax.Array]:
         log_weights: ``(S,)`` unnormalized log importance weights, S >= 25; vmap for a batch.
 
     Returns:
-        tuple[jax.Array, jax.Array]: ``(smoothed_log_weights, khat)``: ``(S,)`` smoothed log
+        ``(smoothed_log_weights, khat)``: ``(S,)`` smoothed log
             weights normalized to logsumexp 0, in the input's order, and the scalar k̂ (NaN or
             ``±inf`` in the cases above).
 

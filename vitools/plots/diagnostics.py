@@ -92,7 +92,7 @@ def plot_khat(diagnostics_or_table: Any, num_draws: int = DIAGNOSTIC_DRAWS) -> F
             wins), which sets the threshold. Diagnostics carry their own.
 
     Returns:
-        Figure: one bar per fit, labelled with k̂ (bars below ``KHAT_FLOOR``, including k̂ = -inf
+        One bar per fit, labelled with k̂ (bars below ``KHAT_FLOOR``, including k̂ = -inf
             for a flat tail, stop there; an undefined k̂ is drawn hatched up to the threshold), a
             dashed line at the threshold, a dotted one at 0.5; a legend below says what the
             colours and the error bars are.
@@ -222,7 +222,7 @@ def plot_traces(fits: Mapping[str, Any]) -> Figure:
             ``num_draws_per_step`` attr); others (MCMC runs) are skipped.
 
     Returns:
-        Figure: two panels, the loss (nats, minus its final value) and the ESS per step (a
+        Two panels, the loss (nats, minus its final value) and the ESS per step (a
             fraction of the step's draws, or a count), against the step.
 
     Examples:

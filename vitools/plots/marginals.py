@@ -170,7 +170,7 @@ def plot_marginals(
             (all others linear; ``()`` for none).
 
     Returns:
-        Figure: the figure (never shown); one legend (fit names, then "reference") above the
+        The figure (never shown); one legend (fit names, then "reference") above the
             panels.
 
     Raises:
@@ -216,7 +216,7 @@ def plot_marginal_pages(
     conversion of the fits: every parameter, ``max_params`` panels per figure.
 
     Returns:
-        list[Figure]: one figure per page of ``max_params`` parameters.
+        One figure per page of ``max_params`` parameters.
 
     Examples:
         >>> from vitools.plots import plot_marginal_pages

@@ -87,7 +87,7 @@ def plot_pair(
         log_axes: ``"auto"`` or the labels on a log axis, as in :func:`plot_marginals`.
 
     Returns:
-        Figure: the figure (never shown), one panel: the pair's contours per fit, the
+        The figure (never shown), one panel: the pair's contours per fit, the
             reference's shaded.
 
     Raises:

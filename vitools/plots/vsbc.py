@@ -39,7 +39,7 @@ def plot_vsbc(result: VSBC, bins: int | None = None, max_panels: int = MAX_PANEL
             many were left out.
 
     Returns:
-        Figure: the figure (never shown: it runs under Agg), ``min(P, max_panels)`` panels for P
+        The figure (never shown: it runs under Agg), ``min(P, max_panels)`` panels for P
             scalar parameters.
 
     Raises:
