@@ -1,11 +1,13 @@
 """The examples run (``--fast``), their printed identities hold, and the docs site builds with --strict.
 
-The examples that write ``docs/generated/`` run once per module, side by side in subprocesses, into
-a temporary folder (the committed outputs are the full runs, ``make docs-examples``).
+The examples and the docs build run once, in subprocesses started with the session (conftest's
+``background``), into a temporary folder (the committed outputs are the full runs, ``make
+docs-examples``).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -37,27 +39,49 @@ OUTPUTS = {
 # folders an example writes next to its outputs and docs/generated/ does not hold: the report of
 # vt.report (about 1 MB of HTML with the plots inlined) and the user's files of your_own_model
 FOLDERS = {"eight_schools": ("eight_schools_report",), "your_own_model": ("your_own_model",)}
+# what `mkdocs build` needs (the docs extra)
+DOCS_MODULES = ("mkdocs", "material", "mkdocstrings_handlers.python")
 # float64 rounding over a few hundred terms is ~1e-14 (measured: at most 4e-15); 1e-10 is a real gap
 EXACT = 1e-10
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory) -> dict[str, tuple[subprocess.CompletedProcess, Path]]:
-    """Every example with ``--fast``, started together (each is mostly one process's compile time)."""
-    env = os.environ | {"MPLBACKEND": "Agg", "JAX_PLATFORMS": "cpu"}
-    started = {}
+def importable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # its parent package is missing
+        return False
+
+
+def BACKGROUND(folder: Path) -> list:
+    """Every example with ``--fast``, then the strict docs build, run in turn from the session's
+    start (conftest's ``background``) on the core the rest of the suite leaves idle: the examples
+    are about 180 CPU s, mostly each process's compile time (measured)."""
+    env = os.environ | {"MPLBACKEND": "Agg", "JAX_PLATFORMS": "cpu", "NO_MKDOCS_2_WARNING": "1"}
+    steps = []
     for name in EXAMPLES:
-        out = tmp_path_factory.mktemp(name)
-        command = [sys.executable, str(ROOT / "examples" / f"{name}.py"), "--fast", "--out", str(out)]
-        process = subprocess.Popen(
-            command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-        )
-        started[name] = (process, out, command)
-    finished = {}
-    for name, (process, out, command) in started.items():
-        stdout, stderr = process.communicate(timeout=600)  # six processes on a shared 2-core machine
-        finished[name] = (subprocess.CompletedProcess(command, process.returncode, stdout, stderr), out)
-    return finished
+        (folder / name).mkdir()
+        command = [
+            sys.executable,
+            str(ROOT / "examples" / f"{name}.py"),
+            "--fast",
+            "--out",
+            str(folder / name),
+        ]
+        steps.append((command, dict(cwd=ROOT, env=env, timeout=600)))
+    if all(map(importable, DOCS_MODULES)):
+        build = [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(folder / "site")]
+        steps.append((build, dict(cwd=ROOT, env=env, timeout=600)))  # snippet paths are relative to ROOT
+    return steps
+
+
+@pytest.fixture(scope="module")
+def runs(background) -> dict[str, tuple[subprocess.CompletedProcess, Path]]:
+    """``{example: (its finished --fast process, its --out folder)}``, and ``"docs"``: the build."""
+    done = background(__name__)
+    out = {name: (result, Path(result.args[-1])) for name, result in zip(EXAMPLES, done, strict=False)}
+    if len(done) > len(EXAMPLES):
+        out["docs"] = (done[-1], Path(done[-1].args[-1]))
+    return out
 
 
 def check_lines(stdout: str) -> list[str]:
@@ -176,19 +200,10 @@ def test_your_own_model_through_the_command_line_and_python(runs):
     assert (user / "my_model.py").is_file() and (user / "report" / "report.html").is_file()
 
 
-def test_docs_build_with_strict(tmp_path):
-    pytest.importorskip("mkdocs", reason="mkdocs is not installed: pip install -e '.[docs]'")
-    pytest.importorskip("material", reason="mkdocs-material is not installed: pip install -e '.[docs]'")
-    pytest.importorskip("mkdocstrings_handlers.python", reason="mkdocstrings-python is not installed")
-    site = tmp_path / "site"
-    result = subprocess.run(
-        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(site)],
-        cwd=ROOT,  # mkdocs.yml's snippet paths are relative to the repository root
-        env=os.environ | {"NO_MKDOCS_2_WARNING": "1"},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+def test_docs_build_with_strict(runs):
+    for module in DOCS_MODULES:
+        pytest.importorskip(module, reason=f"{module} is not installed: pip install -e '.[docs]'")
+    result, site = runs["docs"]
     assert result.returncode == 0, result.stderr[-3000:]
     concepts = (site / "concepts" / "index.html").read_text()
     assert "--8&lt;--" not in concepts and "--8<--" not in concepts  # every snippet was included
