@@ -26,7 +26,7 @@ from vitools.objectives.base import check_subsampling
 from vitools.result import Fit, NonFiniteLossError
 from vitools.targets import INIT_ROWS, Target
 
-__all__ = ["default_learning_rate", "fit", "target_of"]
+__all__ = ["default_learning_rate", "default_rate", "fit", "target_of"]
 
 
 @one_blas_thread
@@ -84,7 +84,8 @@ def fit(
             the two.
         learning_rate: peak learning rate of the default Adam, with 5% linear warm-up and cosine
             decay; also scheduled into any ``optax.inject_hyperparams`` optimizer. None: the
-            objective's ``default_learning_rate(dim)`` (see :func:`default_learning_rate`).
+            objective's rule times the family's scale (:func:`default_rate`; half the rate for
+            the coupling flow).
         optimizer: an optax optimizer (default: Adam as above).
         init: ``"laplace"`` (path-selected Laplace approximation, see :mod:`vitools.laplace`;
             for mode-seeking objectives and ``num_steps >= 1000`` it races the simple start for
@@ -194,7 +195,7 @@ def fit(
     params = family.init(params_key, target, loc, scale_tril)
     alerts.warn_large_family(family, params, target.dim)
     if learning_rate is None:
-        learning_rate = (hooks.default_learning_rate or default_learning_rate)(target.dim)
+        learning_rate = default_rate(objective, family, target.dim)
     quick = quick_compile(num_steps, objective, target)  # the loop's optimisation level, pilots' too
     pilots = []
     # No race under subsampling: the pilots' minibatch losses are too noisy to rank the starts. With it,
@@ -335,6 +336,14 @@ def default_learning_rate(dim: int) -> float:
     (at 0.1, a perfect initial fit of a 100-D Gaussian drifted far off; measured).
     """
     return min(0.1, max(0.01, 0.2 / dim**0.5))
+
+
+def default_rate(objective: Objective, family: Family, dim: int) -> float:
+    """The peak learning rate ``vt.fit`` uses when it is given none: the objective's rule for its
+    gradient noise (``ObjectiveHooks.default_learning_rate``, else :func:`default_learning_rate`)
+    times the family's ``FamilyHooks.learning_rate_scale`` for how far one step moves its q."""
+    rule = objective_hooks(objective).default_learning_rate or default_learning_rate
+    return family_hooks(family).learning_rate_scale * rule(dim)
 
 
 def _checked_options(**options: Any) -> dict[str, Any]:

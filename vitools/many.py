@@ -33,7 +33,7 @@ from vitools import engine, start, validate
 from vitools.blas import one_blas_thread
 from vitools.families import Family
 from vitools.families.base import check_distribution
-from vitools.fitting import _checked_options, _rule, default_learning_rate, target_of
+from vitools.fitting import _checked_options, _rule, default_rate, target_of
 from vitools.frame import Frame
 from vitools.laplace import simple_gaussian
 from vitools.objectives import Objective, objective_hooks
@@ -292,7 +292,7 @@ def fit_many(
     method = init if isinstance(init, str) else "given"
 
     if learning_rate is None:
-        learning_rate = (hooks.default_learning_rate or default_learning_rate)(shared.dim)
+        learning_rate = default_rate(objective, family, shared.dim)
     optimizer = optimizer or engine.default_optimizer()
     before = PROGRAMS.num_compiled
 
