@@ -50,12 +50,14 @@ Multi-host runs are not tested here (one machine): the host loop reads the step 
 losses from the device, which works across processes only where those come out replicated
 (the parameters do on 4 virtual devices; the rest is unverified).
 
-Example (the low layer; ``vt.fit(..., devices="all")`` is meant to do the same):
-    >>> mesh = sharding.mesh_for("all", target, objective.num_density_evals(target.dim))
-    >>> state, objective, family = sharding.place((state, objective, family), mesh)
-    >>> target = sharding.place_target(target, mesh)
-    >>> with sharding.active(mesh):
-    ...     outcome = engine.optimize(state, 2000, objective, family, target, optimizer)
+The low layer (``vt.fit(..., devices="all")`` is meant to do the same; a sketch, not a doctest:
+``state`` is the engine's initial state of a fit)::
+
+    mesh = sharding.mesh_for("all", target, objective.num_density_evals(target.dim))
+    state, objective, family = sharding.place((state, objective, family), mesh)
+    target = sharding.place_target(target, mesh)
+    with sharding.active(mesh):
+        outcome = engine.optimize(state, 2000, objective, family, target, optimizer)
 """
 
 from __future__ import annotations
