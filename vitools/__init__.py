@@ -1,6 +1,6 @@
 """vitools: variational inference in both KL directions on NumPyro models, compiled with JAX.
 
-Example:
+Examples:
     >>> import vitools as vt
     >>> fit = vt.fit(model, x, y=y, objective="forward_kl", family="fullrank")
     >>> draws = fit.sample(1000, seed=1)

@@ -54,7 +54,7 @@ def next_steps(table: pd.DataFrame) -> dict[str, NextStep]:
     """One :class:`NextStep` per fit of a :func:`vitools.comparison.compare` table that reads bad
     or uncertain (MCMC rows and good fits get none); the rules are in the module docstring.
 
-    Example:
+    Examples:
         >>> for name, step in next_steps(vt.compare(fits)).items():
         ...     print(name, step.as_arguments(), step.why)
     """

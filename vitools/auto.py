@@ -196,7 +196,10 @@ def auto_fit(
     the same seed, diagnosed from ``num_draws`` draws of q with that seed.
 
     Args:
-        model, *model_args, **kwargs, model_kwargs: as :func:`vitools.fit`.
+        model: as :func:`vitools.fit`.
+        *model_args: as :func:`vitools.fit`.
+        **kwargs: as :func:`vitools.fit`.
+        model_kwargs: as :func:`vitools.fit`.
         max_grad_evals: the budget in log-density gradient evaluations, starts included (None: no
             cap). An attempt is started only with at least ``MIN_STEPS`` steps' worth left, its
             steps cut to what is left after its start; a start's cost is known after it ran, so
@@ -210,12 +213,13 @@ def auto_fit(
             good verdict cannot see a mode far from q's draws: k̂ reads q's draws only); ``"never"``.
         num_steps: the first attempt's budget of steps (later ones double it where advised).
         num_draws: draws of q per diagnosis (the k̂ threshold depends on it).
-        seed, key: as :func:`vitools.fit` (one seed for every attempt).
+        seed: as :func:`vitools.fit` (one seed for every attempt).
+        key: as :func:`vitools.fit`.
         progress: each fit's progress, and a line per attempt on stderr.
 
     Returns:
-        The best attempt's :class:`~vitools.result.Fit`, with ``fit.auto`` (:class:`AutoPath`)
-        holding every attempt: its configuration, verdict, gradient evaluations and time.
+        the best attempt's :class:`~vitools.result.Fit`, with ``fit.auto`` (:class:`AutoPath`)
+            holding every attempt: its configuration, verdict, gradient evaluations and time.
 
     Raises:
         vitools.validate.ArgumentError: an option is invalid (the message names it), or
@@ -224,9 +228,10 @@ def auto_fit(
         FloatingPointError: every attempt failed at its first step (an attempt that fails on a
             non-finite loss later is recorded with its last finite parameters, and the ladder
             goes on).
-        As :func:`vitools.fit`.
+        Exception: any error of :func:`vitools.fit` on the first attempt (a bad model or
+            arguments).
 
-    Example:
+    Examples:
         >>> fit = vt.auto_fit(model, x, y=y, max_grad_evals=300_000)
         >>> print(fit.auto)
     """

@@ -39,7 +39,7 @@ def enable_compilation_cache(directory: str | Path | None = None) -> Path:
     Args:
         directory: where to store the programs (default: :func:`default_cache_dir`).
 
-    Example:
+    Examples:
         >>> import vitools as vt
         >>> vt.enable_compilation_cache()  # at the top of a script that is run again and again
     """

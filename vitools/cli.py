@@ -413,7 +413,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     :class:`validate.ArgumentError`, from the checks here or from the library during the run),
     130 Ctrl-C (a fit that came back interrupted, or a KeyboardInterrupt anywhere in the command).
 
-    Example:
+    Examples:
         >>> main(["compare", "bimodal", "--num-steps", "500", "--out", "/tmp/report"])
         0
     """

@@ -62,8 +62,9 @@ def fit(
 
     Args:
         model: a NumPyro model, or a Target (e.g. ``Target.from_log_density(fn, dim)``).
-        *model_args, **kwargs: the model's arguments, as NumPyro's NUTS takes them: arrays,
+        *model_args: the model's positional arguments, as NumPyro's NUTS takes them: arrays,
             NumPy or pandas values, dicts of data, Python numbers (see :meth:`Target.from_model`).
+        **kwargs: the model's keyword arguments, likewise.
         model_kwargs: the model's keyword arguments as a dict, for those whose names are also
             options of ``vt.fit`` (``init``, ``family``, ``seed``...); merged with ``**kwargs``.
         objective: ``"auto"`` (with ``family="auto"``: :func:`vitools.auto_fit` chooses both,
@@ -113,7 +114,7 @@ def fit(
             One device changes nothing. The start (Laplace, pilots) runs on the default device.
 
     Returns:
-        The :class:`~vitools.result.Fit` (its ``params`` are in the frame's coordinates).
+        the fitted :class:`~vitools.result.Fit` (its ``params`` are in the frame's coordinates).
 
     Raises:
         vitools.validate.ArgumentError (a TypeError or ValueError): an option is invalid; the
@@ -123,7 +124,7 @@ def fit(
         NonFiniteLossError: the loss became NaN/inf and ``on_nonfinite="raise"``; it carries the
             fit with the last finite parameters.
 
-    Example:
+    Examples:
         >>> fit = vt.fit(model, x, y=y, objective="forward_kl", family="fullrank", num_steps=2000)
         >>> draws = fit.sample(1000, seed=1)
     """

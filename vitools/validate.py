@@ -5,7 +5,7 @@ NumPy) value, and raises :class:`ArgumentValueError` or :class:`ArgumentTypeErro
 ``ValueError``/``TypeError``) whose message names the argument and what it accepts. The command
 line reports any :class:`ArgumentError` as a usage error (one line, exit status 2).
 
-Example:
+Examples:
     >>> num_steps = validate.count(num_steps, "num_steps")
     >>> seed = validate.seed(seed)
 """
@@ -304,7 +304,7 @@ def draws(
             wrong shape for its site, the entries disagree on S, or S is 0; the message names the
             site and the shape expected.
 
-    Example:
+    Examples:
         >>> num_draws = validate.draws(draws, fit.target.constrained_shapes())
     """
     if not isinstance(draws, Mapping):

@@ -28,7 +28,7 @@ class Family(Protocol):
     :class:`FamilyHooks`; nothing checks for a class. ``vt.fit`` checks the pytree and the
     shapes before it starts (:func:`vitools.validate.static_pytree`, :func:`check_distribution`).
 
-    Example:
+    Examples:
         >>> @jax.tree_util.register_dataclass
         ... @dataclasses.dataclass(frozen=True)
         ... class DiagonalStudentT:

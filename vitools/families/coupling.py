@@ -229,7 +229,7 @@ class Coupling:
             from ``init``, a one-dimensional target (a coupling layer needs a coordinate to
             condition on).
 
-    Example:
+    Examples:
         >>> fit = vt.fit(model, objective="forward_kl", family=Coupling(num_layers=4))
         >>> draws = fit.sample(1000)
     """

@@ -107,7 +107,7 @@ class IAF:
         hidden_dims: hidden widths of each layer's network, each at least the dimension;
             None: (2 d, 2 d). The networks use ELU, as NumPyro's ``AutoIAFNormal``.
 
-    Example:
+    Examples:
         >>> fit = vt.fit(model, family=vt.IAF(num_flows=2), num_steps=2000)
         >>> draws = fit.sample(1000)
     """

@@ -331,7 +331,7 @@ class BatchAndMatch:
             compiles), the family is not :class:`~vitools.families.FullRank`.
         TypeError: ``learning_rate`` or ``average`` is not a number.
 
-    Example:
+    Examples:
         >>> fit = vt.fit(model, objective=BatchAndMatch())  # stops on its own rule, ~100-500 steps
     """
 
