@@ -18,7 +18,6 @@ Both give the same seven maps of one draw; ``Target`` holds one and never asks w
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 import warnings
 from collections.abc import Callable
@@ -329,7 +328,8 @@ def model_density(
     if plates:  # evaluated on the full data unless given a minibatch (ModelDensity.minibatch)
         model = SubsampledModel(model, plates)
     # jit keys its cache on the static arguments; an unhashable callable is keyed by identity.
-    init, model_params, ok = _initial_point(model if try_hash(model) else Static(model), static, seed, arrays)
+    keyed = model if try_hash(model) else Static(model)
+    init, model_params, ok = initial_point_program(arrays)(keyed, static, seed, arrays)
     if not bool(ok):
         raise ValueError(
             "no initial point with a finite log density was found (NumPyro's init_to_median, "
@@ -394,7 +394,6 @@ def _outside_support(model: Callable, args: tuple, kwargs: dict, seed: int) -> s
     return None
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2))
 def _initial_point(model: Callable, static: Any, seed: int, arrays: tuple) -> tuple[dict, dict, jax.Array]:
     """NumPyro's ``find_valid_initial_params`` (init_to_median), compiled as one program:
     ``(latent values, unconstrained numpyro.param values, ok)``.
@@ -430,3 +429,21 @@ def _initial_point(model: Callable, static: Any, seed: int, arrays: tuple) -> tu
         if site["type"] == "param"
     }
     return init, model_params, ok
+
+
+# Run once per model, so its compile is most of its cost: at LLVM's lowest level it compiled in
+# 0.82 s against 1.14 s (a second compile in one process; 1.8-2.0 s in a first fit at the default
+# level), measured by the first-fit profile (benchmarks/bench_first_fit.py --profile). Its run is
+# some 16 evaluations of the model, so the slower generated code matters only for large data: the
+# same size rule as the Laplace init's (vitools.laplace._QUICK_COMPILE_SIZE).
+_QUICK_SIZE = 10**6  # numbers in the model's arrays
+_initial_point_quick = jax.jit(
+    _initial_point, static_argnums=(0, 1, 2), compiler_options={"xla_backend_optimization_level": 0}
+)
+_initial_point_default = jax.jit(_initial_point, static_argnums=(0, 1, 2))
+
+
+def initial_point_program(arrays: tuple) -> Callable:
+    """The jitted :func:`_initial_point` for the model's data ``arrays``: compiled quickly when small."""
+    size = sum(int(np.size(leaf)) for leaf in jax.tree.leaves(arrays))
+    return _initial_point_quick if size < _QUICK_SIZE else _initial_point_default
