@@ -144,6 +144,12 @@ class AutoPath:
             spent), ``"attempts"`` (``max_attempts`` made) or ``"no step left"`` (nothing
             untried to suggest).
         num_draws: the draws from q its last comparison used (more when k̂ straddled its threshold).
+
+    Examples:
+        >>> fit = vt.auto_fit(model, x, y=y)
+        >>> fit.auto.chosen, fit.auto.stopped, fit.auto.grad_evals
+        ('reverse_kl/fullrank', 'trusted', 16688)
+        >>> print(fit.auto)  # one line per attempt: configuration, verdict, k̂, evaluations, time
     """
 
     attempts: tuple[Attempt, ...]

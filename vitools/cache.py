@@ -39,6 +39,12 @@ def enable_compilation_cache(directory: str | Path | None = None) -> Path:
     Args:
         directory: where to store the programs (default: :func:`default_cache_dir`).
 
+    Returns:
+        the cache directory in use (the process's own where one was already set).
+
+    Raises:
+        OSError: the directory cannot be created.
+
     Examples:
         >>> import vitools as vt
         >>> vt.enable_compilation_cache()  # at the top of a script that is run again and again

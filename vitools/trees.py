@@ -67,8 +67,17 @@ def as_single_chain(tree: xr.DataTree, num_draws: int | None = None) -> xr.DataT
         num_draws: if given, keep this many draws at evenly spaced positions (thinning, which also
             suits autocorrelated MCMC draws), so that trees of different sizes become equal.
 
+    Returns:
+        a copy of ``tree`` whose sample groups have ``chain`` of size 1 and ``draw`` of size
+            chains x draws (or ``num_draws``); other groups unchanged.
+
     Raises:
         ValueError: ``num_draws`` is not a positive integer or exceeds the draws in a group.
+
+    Examples:
+        >>> tree = az.from_dict({"posterior": {"mu": np.zeros((4, 1000))}})  # 4 chains x 1000
+        >>> vt.as_single_chain(tree, num_draws=2000).posterior.sizes
+        Frozen(ChainMap({'chain': 1, 'draw': 2000}, {}))
     """
     if num_draws is not None:
         num_draws = validate.count(num_draws, "num_draws")

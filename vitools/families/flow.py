@@ -106,6 +106,13 @@ class IAF:
         num_flows: IAF layers (K), with the coordinates reversed between consecutive layers.
         hidden_dims: hidden widths of each layer's network, each at least the dimension;
             None: (2 d, 2 d). The networks use ELU, as NumPyro's ``AutoIAFNormal``.
+        whiten: the frame ``vt.fit`` runs in: ``"full"`` (default), ``"diagonal"`` or False.
+
+    Raises:
+        ValueError (:class:`vitools.validate.ArgumentValueError`): ``num_flows`` is not a
+            positive integer, ``hidden_dims`` is empty or not positive integers, or ``whiten``
+            is none of the above; at the fit, a hidden width below the dimension (a MADE
+            network needs as many hidden units to reach every output).
 
     Examples:
         >>> fit = vt.fit(model, family=vt.IAF(num_flows=2), num_steps=2000)

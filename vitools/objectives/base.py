@@ -152,6 +152,13 @@ def weighted_cross_entropy(log_q: jax.Array, log_weights: jax.Array) -> jax.Arra
     Args:
         log_q: ``(num_draws,)`` log q at each draw, differentiable in q's parameters.
         log_weights: ``(num_draws,)`` unnormalized log weights.
+
+    Returns:
+        ``()``: the weighted cross-entropy, in nats.
+
+    Examples:
+        >>> vt.weighted_cross_entropy(jnp.log(jnp.array([0.5, 0.25])), jnp.zeros(2))  # uniform weights
+        Array(1.0397208, dtype=float32)
     """
     weights = jax.nn.softmax(jax.lax.stop_gradient(log_weights))
     return -jnp.sum(weights * log_q)
