@@ -130,3 +130,15 @@ def test_psis_resampling_corrects_a_shifted_q_and_warns_where_it_cannot():
         narrow.sample(4000, resample="psis")
     with pytest.raises(ValueError, match="resample"):
         shifted.sample(100, resample="importance")
+
+
+def test_the_bias_sentence_points_to_resampling_only_where_k_hat_allows_it():
+    from vitools.diagnostics import bias_reason
+
+    # the sd of b moves by 0.5 sd of q, far beyond 2 x its 0.02 error: "bad"
+    error = np.full(2, 0.02)
+    moved = {"mean": np.zeros(2), "mean_se": error, "sd": np.array([0.0, 0.5]), "sd_se": error}
+    label, below = bias_reason(["a", "b"], moved, reliable=True)
+    assert label == "bad" and "sd of b" in below and "resample='psis'" in below
+    label, above = bias_reason(["a", "b"], moved, reliable=False)
+    assert label == "bad" and "resample" not in above.replace("resampling cannot help", "")

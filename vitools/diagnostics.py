@@ -79,14 +79,17 @@ def verdict(khat: float, num_draws: int, khat_se: float = 0.0) -> tuple[str, str
     )
 
 
-def bias_reason(labels: list[str], shift: dict[str, np.ndarray]) -> tuple[str, str] | None:
+def bias_reason(
+    labels: list[str], shift: dict[str, np.ndarray], reliable: bool = True
+) -> tuple[str, str] | None:
     """``(label, sentence)`` of the mean-shift check (:func:`psis_shift`), or None when q passes.
 
     ``"bad"`` when a parameter's mean or sd moves by more than ``SHIFT_TOL`` sds of q beyond twice
     its Monte Carlo sd; ``"uncertain"`` when the move itself exceeds ``SHIFT_TOL`` but not by twice
     its sd (a threshold test on a noisy estimate, read as k̂'s is: on 20 draw seeds of non-centred
     eight schools, forward KL, the strict test alone read 1-5 seeds good and the rest bad). Names
-    the parameter that moves most.
+    the parameter that moves most. ``reliable``: k̂ is at or below its threshold, where
+    PSIS-resampled draws correct such a bias (the sentence says so only then).
     """
     found: list[tuple[int, float, str, str]] = []  # (severity, size, label, sentence)
     for kind in ("mean", "sd"):
@@ -98,11 +101,13 @@ def bias_reason(labels: list[str], shift: dict[str, np.ndarray]) -> tuple[str, s
         j = int(np.argmax(excess)) if excess.max() > SHIFT_TOL else int(np.argmax(size))
         label = "bad" if excess[j] > SHIFT_TOL else "uncertain"
         text = f"PSIS moves the {kind} of {labels[j]} by {size[j]:.2f} sd of q (± {error[j]:.2f})"
-        if label == "bad":
+        if label == "bad" and reliable:
             text += (
                 ": q is biased where it puts its draws (when k̂ is below its threshold, "
                 "PSIS-resampled draws correct it: fit.sample(..., resample='psis'))"
             )
+        elif label == "bad":  # a fresh user read the hint above as advice where it did not apply
+            text += ": q is biased where it puts its draws (k̂ is above its threshold: resampling cannot help)"
         else:
             text += f": more than {SHIFT_TOL} but within its Monte Carlo error; more draws can tell"
         found.append((VERDICTS.index(label), float(size[j]), label, text))
@@ -178,7 +183,7 @@ class Diagnostics:
 
     def __str__(self) -> str:
         params = ", ".join(f"{k} {self.psis_means[k]:.3g}±{self.psis_sds[k]:.2g}" for k in self.psis_means)
-        caveat = "" if self.reliable else "  (unreliable: k̂ above threshold)"
+        caveat = "" if self.reliable else f"  (unreliable: k̂ {self.khat:.2f} is above its threshold)"
         evidence = (
             f"ELBO {self.elbo:.3f}  ≤  log evidence {self.log_evidence:.3f} ± {self.log_evidence_se:.3f}"
             f"  ≤  CUBO {self.cubo:.3f}"
@@ -294,7 +299,8 @@ def diagnose(
     # zoo's stochastic-volatility path h and GP values f at S = 10,000: sd shifts 0.3-0.4).
     latent = site_shapes(tree).latent
     checked = [j for j, label in enumerate(labels) if latent is None or label.split("[")[0] in latent]
-    biased = bias_reason([labels[j] for j in checked], {k: v[checked] for k, v in shift.items()})
+    moved = {k: v[checked] for k, v in shift.items()}
+    biased = bias_reason([labels[j] for j in checked], moved, reliable=bool(khat <= threshold))
     if biased is not None and label != "bad":
         label, reasons = worst(label, biased[0]), reasons + [biased[1]]
     converged = tree.attrs.get(CONVERGED_ATTR)
