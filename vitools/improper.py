@@ -75,13 +75,18 @@ def flat_sites(target: Target, family: Family, params: Any, key: jax.Array) -> d
 def _closed_form_sds(target: Target, family: Family, params: Any) -> np.ndarray | None:
     """q's sds in the model's flat unconstrained space ``(dim,)`` where q has closed-form moments
     (Gaussian families and their mixtures), else None. The frame is affine, so they are exact."""
+    try:
+        return np.asarray(_gaussian_sds(target, family, params))
+    except (NotImplementedError, AttributeError):  # a flow: no closed form (raised while tracing)
+        return None
+
+
+@jax.jit  # one program: run op by op, each new shape compiled its own (8 more; test_engine)
+def _gaussian_sds(target: Target, family: Family, params: Any) -> jax.Array:
     from vitools.result import _moments  # result imports the families this module's callers fit
 
-    try:
-        _, covariance = _moments(family.distribution(params))
-    except (NotImplementedError, AttributeError):  # a flow: no closed form
-        return None
-    return np.sqrt(np.diag(np.asarray(target.frame.covariance_to_model(covariance))))
+    _, covariance = _moments(family.distribution(params))
+    return jnp.sqrt(jnp.diag(target.frame.covariance_to_model(covariance)))
 
 
 @jax.jit
