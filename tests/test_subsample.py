@@ -1,5 +1,5 @@
 """Data subsampling: models with ``numpyro.plate(..., subsample_size=B)`` fit on a fresh minibatch a
-step (vitools.model.SubsampledModel, Target.minibatch, engine.make_step), everything else on all rows."""
+step (vitools.subsample.SubsampledModel, Target.minibatch, engine.make_step), everything else on all rows."""
 
 import jax
 import jax.numpy as jnp

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -23,11 +23,9 @@ __all__ = [
     "DATA_MODES",
     "Static",
     "StaticData",
-    "SubsamplePlate",
     "is_array",
     "join_data",
     "split_data",
-    "subsample_plates",
     "trace_in_first_mode",
     "trace_once",
     "try_hash",
@@ -148,51 +146,6 @@ def join_data(arrays: tuple, static: StaticData) -> tuple[tuple, dict]:
     it = iter(arrays)
     leaves = [next(it) if s is None else (s.value if isinstance(s, Static) else s) for s in static.leaves]
     return jax.tree.unflatten(static.treedef, leaves)
-
-
-class SubsamplePlate(NamedTuple):
-    """A plate that subsamples: NumPyro's ``plate(name, size, subsample_size=...)``."""
-
-    name: str
-    size: int
-    subsample_size: int
-
-
-def subsample_plates(trace: dict) -> tuple[SubsamplePlate, ...]:
-    """The plates of a traced model that subsample (``subsample_size < size``), in model order,
-    each once (a plate entered twice under one name shares its indices).
-
-    Raises:
-        ValueError: a plate name is used with two sizes or batch sizes, or a latent sample
-            site lies inside a subsampling plate (a local latent: q is over all of them, while a
-            minibatch density sees only the batch's).
-    """
-    plates: dict[str, SubsamplePlate] = {}
-    for site in trace.values():
-        if site["type"] != "plate":
-            continue
-        size, subsample_size = site["args"]
-        if subsample_size is None or subsample_size >= size:
-            continue
-        plate = SubsamplePlate(site["name"], int(size), int(subsample_size))
-        if plates.setdefault(plate.name, plate) != plate:
-            raise ValueError(
-                f"plate {plate.name!r} is entered with size/subsample_size {plates[plate.name][1:]} and "
-                f"{plate[1:]}: a plate name must keep one size and one batch size"
-            )
-    for site in trace.values():
-        if site["type"] != "sample" or site["is_observed"]:
-            continue
-        inside = [f.name for f in site["cond_indep_stack"] if f.name in plates]
-        if inside:
-            plate = plates[inside[0]]
-            raise ValueError(
-                f"latent site {site['name']!r} lies inside plate {plate.name!r}, which subsamples "
-                f"{plate.subsample_size} of {plate.size}: vitools subsamples the likelihood of global "
-                "latents only (q is over every local latent, a minibatch density sees the batch's); "
-                f"move {site['name']!r} out of the plate or drop subsample_size"
-            )
-    return tuple(plates.values())
 
 
 def trace_in_first_mode(model: Callable, args: tuple, kwargs: dict, seed: int) -> tuple[tuple, Any, dict]:

@@ -37,26 +37,21 @@ from numpyro.infer.util import (
     potential_energy,
     unconstrain_fn,
 )
-from numpyro.primitives import Messenger
 
 from vitools.arguments import (
     Static,
     StaticData,
-    SubsamplePlate,
     join_data,
-    subsample_plates,
     trace_in_first_mode,
     trace_once,
     try_hash,
 )
+from vitools.subsample import SubsampledModel, SubsamplePlate, draw_indices, draw_subset, subsample_plates
 
 __all__ = [
     "LogDensityFn",
     "ModelDensity",
     "Site",
-    "SubsampledModel",
-    "draw_indices",
-    "draw_subset",
     "model_density",
 ]
 
@@ -84,71 +79,6 @@ def unravel(sites: tuple[Site, ...], flat: jax.Array) -> dict[str, jax.Array]:
 
 def ravel(sites: tuple[Site, ...], values: dict[str, jax.Array]) -> jax.Array:
     return jnp.concatenate([jnp.ravel(values[s.name]) for s in sites])
-
-
-class SubsampledModel(Messenger):
-    """A model whose subsampling plates (``numpyro.plate(name, size, subsample_size=B)``) take
-    given indices instead of drawing them: ``indices[name]`` (an integer array, the minibatch),
-    or every row, ``arange(size)``, when ``indices`` is None (the full data: no scaling, and
-    ``numpyro.subsample(x, event_dim=...)`` returns ``x`` whole).
-
-    NumPyro scales a plate's sites by ``size / len(indices)``, so a minibatch of B rows gives the
-    likelihood scaled by N / B, unbiased for the full one whatever the indices' distribution as
-    long as each is uniform over the rows (:func:`draw_indices`). Without indices it is hashable
-    by (model, plates), so compiled programs keyed on the model are reused across targets.
-    Effect handlers see through it (``model_name``: its ``fn`` is the user's model).
-    """
-
-    def __init__(self, fn: Callable, plates: tuple[SubsamplePlate, ...], indices: dict | None = None):
-        self.plates = tuple(plates)
-        self.indices = indices
-        self._sizes = {p.name: p.size for p in self.plates}
-        super().__init__(fn)
-
-    def process_message(self, msg: dict) -> None:
-        if msg["type"] != "plate" or msg["name"] not in self._sizes:
-            return
-        size = self._sizes[msg["name"]]
-        index = jnp.arange(size) if self.indices is None else self.indices[msg["name"]]
-        msg["value"] = index
-        msg["args"] = (size, index.shape[0])  # NumPyro warns when these two differ
-
-    def __hash__(self) -> int:
-        return hash((type(self), self.fn, self.plates)) if self.indices is None else id(self)
-
-    def __eq__(self, other: object) -> bool:
-        if self.indices is not None or not isinstance(other, SubsampledModel):
-            return self is other
-        return other.indices is None and (self.fn, self.plates) == (other.fn, other.plates)
-
-
-def draw_subset(key: jax.Array, plates: tuple[SubsamplePlate, ...], num_rows: int) -> dict[str, jax.Array]:
-    """A fixed subset: ``min(num_rows, size)`` distinct row indices of each plate (all of them,
-    in order, when it has at most ``num_rows``), ``{plate name: (rows,)}``. Drawn once (e.g. for
-    the init), so the O(N) permutation behind ``jax.random.choice(replace=False)`` is paid once."""
-    keys = jax.random.split(key, len(plates))
-    return {
-        p.name: jnp.arange(p.size) if p.size <= num_rows else jax.random.choice(k, p.size, (num_rows,), False)
-        for p, k in zip(plates, keys, strict=True)
-    }
-
-
-def draw_indices(key: jax.Array, plates: tuple[SubsamplePlate, ...]) -> dict[str, jax.Array]:
-    """One minibatch: ``subsample_size`` row indices of each plate, uniform over its rows and
-    drawn with replacement, ``{plate name: (subsample_size,)}``.
-
-    With replacement: each index is uniform, so the plate's N/B-scaled sum is unbiased for the
-    full sum, at (N - 1)/(N - B) times the variance of NumPyro's draw without replacement (1% more
-    at B = N/100). NumPyro's draw (``numpyro.primitives._subsample_fn``: a B-step Fisher-Yates
-    scan over ``arange(N)`` on CPU, a permutation of N elsewhere) costs time that grows with N:
-    B = 256 on a 2-core CPU, 49/57/139 µs per draw at N = 10^4/10^5/10^6 against 1.8/1.9/7.7 µs
-    for ``jax.random.randint`` (measured, inside a compiled loop).
-    """
-    keys = jax.random.split(key, len(plates))
-    return {
-        p.name: jax.random.randint(k, (p.subsample_size,), 0, p.size)
-        for p, k in zip(plates, keys, strict=True)
-    }
 
 
 @jax.tree_util.register_dataclass
