@@ -6,7 +6,7 @@ many fits vmap into one program (``jax.vmap(run_chunk, in_axes=(0, None, ...))``
 datasets) and the draws inside an objective are a ``vmap`` axis that ``jax.sharding`` can split
 across devices. :func:`run_chunks` runs a traced number of chunks in one call. :func:`optimize` is
 the host loop around it: progress between calls, early stopping, Ctrl-C, and the non-finite guard's
-report.
+report; :func:`optimize_many` the same loop around the vmapped program of many fits.
 
 Chunks per call: a call costs ~0.3 ms on the host and in the runtime whatever it runs (measured
 on a 2-core CPU), which on a 10-row model is 2-3 µs on each of a 100-step chunk's 10 µs steps.
@@ -47,11 +47,13 @@ __all__ = [
     "PROGRAMS",
     "FitState",
     "Outcome",
+    "Outcomes",
     "ProgramCache",
     "default_optimizer",
     "make_step",
     "objective_state",
     "optimize",
+    "optimize_many",
     "quick_compile",
     "run_chunk",
     "run_chunks",
@@ -309,12 +311,14 @@ class ProgramCache:
         self._programs.clear()
 
     @staticmethod
-    def _signature(args: tuple, optimizer, chunk_size: int, max_chunks: int, quick: bool = False) -> tuple:
+    def _signature(
+        args: tuple, optimizer, chunk_size: int, max_chunks: int, quick: bool = False, axes: Any = None
+    ) -> tuple:
         leaves, treedef = jax.tree.flatten(args)
         shapes = tuple((tuple(np.shape(x)), jnp.result_type(x), sharding.placement(x)) for x in leaves)
         # the mesh q's draws are split on (vitools.sharding.active) is part of the program too
         mesh = jax.sharding.get_abstract_mesh()
-        return (treedef, shapes, optimizer, chunk_size, max_chunks, mesh, quick)
+        return (treedef, shapes, optimizer, chunk_size, max_chunks, mesh, quick, _axes_key(axes))
 
     def _compile(self, lowered, quick: bool = False) -> tuple[Any, float]:
         start = time.perf_counter()
@@ -329,13 +333,15 @@ class ProgramCache:
             self._programs.popitem(last=False)
 
     def get(
-        self, args: tuple, optimizer, chunk_size: int, max_chunks: int, quick: bool = False
+        self, args: tuple, optimizer, chunk_size: int, max_chunks: int, quick: bool = False, axes: Any = None
     ) -> tuple[Any, float]:
         """The compiled :func:`run_chunks` for these arguments ``(state, num_steps, num_chunks,
         objective, family, target)`` and the seconds spent compiling it: 0 when kept, the wait
         when :meth:`prefetch` started it (its compilation overlapped other work). ``quick``:
-        compiled at LLVM's lowest optimisation level (:func:`quick_compile`)."""
-        signature = self._signature(args, optimizer, chunk_size, max_chunks, quick)
+        compiled at LLVM's lowest optimisation level (:func:`quick_compile`). ``axes``: None for
+        one fit; for many fits stacked on a leading axis, ``jax.vmap``'s ``in_axes`` for the
+        target (the state is stacked, the rest shared), and the program is the vmapped loop."""
+        signature = self._signature(args, optimizer, chunk_size, max_chunks, quick, axes)
         program = self._programs.get(signature)
         if isinstance(program, concurrent.futures.Future):
             start = time.perf_counter()
@@ -343,7 +349,7 @@ class ProgramCache:
                 executable, _ = program.result()
             except Exception:  # the background compilation failed: compile here, where errors surface
                 del self._programs[signature]
-                return self.get(args, optimizer, chunk_size, max_chunks, quick)
+                return self.get(args, optimizer, chunk_size, max_chunks, quick, axes)
             self._programs[signature] = executable
             self._programs.move_to_end(signature)
             return executable, time.perf_counter() - start
@@ -351,7 +357,7 @@ class ProgramCache:
             self._programs.move_to_end(signature)
             return program, 0.0
         start = time.perf_counter()
-        executable, _ = self._compile(_lower(args, optimizer, chunk_size, max_chunks), quick)
+        executable, _ = self._compile(_lower(args, optimizer, chunk_size, max_chunks, axes), quick)
         self._keep(signature, executable)
         return executable, time.perf_counter() - start
 
@@ -372,9 +378,26 @@ class ProgramCache:
         return True
 
 
-def _lower(args: tuple, optimizer, chunk_size: int, max_chunks: int):
-    """:func:`run_chunks` traced and lowered for these arguments (concrete or abstract)."""
-    return jax.jit(run_chunks, static_argnums=(6, 7, 8)).lower(*args, optimizer, chunk_size, max_chunks)
+def _lower(args: tuple, optimizer, chunk_size: int, max_chunks: int, axes: Any = None):
+    """:func:`run_chunks` traced and lowered for these arguments (concrete or abstract); with
+    ``axes`` (the target's ``in_axes``), vmapped over the stacked states."""
+    if axes is None:
+        return jax.jit(run_chunks, static_argnums=(6, 7, 8)).lower(*args, optimizer, chunk_size, max_chunks)
+
+    def chunks(state, num_steps, num_chunks, objective, family, target):
+        return run_chunks(
+            state, num_steps, num_chunks, objective, family, target, optimizer, chunk_size, max_chunks
+        )
+
+    return jax.jit(jax.vmap(chunks, in_axes=(0, None, None, None, None, axes))).lower(*args)
+
+
+def _axes_key(axes: Any) -> Any:
+    """``axes`` (a pytree with None leaves) as a hashable key."""
+    if axes is None:
+        return None
+    leaves, treedef = jax.tree.flatten(axes, is_leaf=lambda x: x is None)
+    return treedef, tuple(leaves)
 
 
 # One thread: a second compilation at once would compete for the cores with the init's.
@@ -409,6 +432,17 @@ class Outcome(NamedTuple):
     convergence: Convergence | None  # None: no rule given
 
 
+class Outcomes(NamedTuple):
+    """:func:`optimize_many`'s result: the stacked state, then per fit as :class:`Outcome`'s."""
+
+    state: FitState  # stacked on a leading axis
+    losses: list[np.ndarray]
+    traces: list[dict[str, np.ndarray]]
+    statuses: list[str]
+    elapsed: float
+    compile_time: float
+
+
 def optimize(
     state: FitState,
     num_steps: int,
@@ -440,56 +474,134 @@ def optimize(
     ``Outcome.convergence`` is the rule's verdict when it stopped the run, else its verdict on
     the last window.
     """
-    total = jnp.asarray(num_steps, jnp.int32)
     quick = quick_compile(num_steps, objective, target) if quick is None else quick
-    executable, compile_time = compiled_chunks(
-        state, total, objective, family, target, optimizer, chunk_size, MAX_CHUNKS_PER_CALL, programs, quick
+    run = _host_loop(
+        state, num_steps, objective, family, target, optimizer, chunk_size, progress, desc, programs, quick,
+        axes=None, watch=convergence if stop else None,
+    )  # fmt: skip
+    verdict = run.verdict
+    if convergence is not None and run.statuses[0] != "converged":
+        verdict = convergence.final(run.losses[0])
+    return Outcome(
+        run.state, run.losses[0], run.traces[0], run.statuses[0], run.elapsed, run.compile_time, verdict
     )
+
+
+def optimize_many(
+    state: FitState,
+    num_steps: int,
+    objective: Objective,
+    family: Family,
+    targets: Target,
+    axes: Target,
+    optimizer: optax.GradientTransformation,
+    *,
+    chunk_size: int = 100,
+    progress: bool = True,
+    desc: str = "fits",
+    programs: ProgramCache | None = None,
+) -> Outcomes:
+    """:func:`optimize` for many fits stacked on a leading axis (``state`` and the leaves of
+    ``targets`` where ``axes`` says 0; ``axes`` as ``jax.vmap``'s ``in_axes``), as one vmapped
+    program, without early stopping: until ``num_steps`` steps, every fit non-finite, or Ctrl-C.
+    A fit whose step turns non-finite keeps its last finite state (status ``"nonfinite"``) while
+    the others go on."""
+    return _host_loop(
+        state, num_steps, objective, family, targets, optimizer, chunk_size, progress, desc, programs, False,
+        axes=axes, watch=None,
+    )  # fmt: skip
+
+
+class _Run(NamedTuple):
+    state: FitState
+    losses: list[np.ndarray]  # per fit
+    traces: list[dict[str, np.ndarray]]
+    statuses: list[str]
+    elapsed: float
+    compile_time: float
+    verdict: Convergence | None = None  # the watched rule's, when it stopped the run
+
+
+def _host_loop(
+    state,
+    num_steps,
+    objective,
+    family,
+    target,
+    optimizer,
+    chunk_size,
+    progress,
+    desc,
+    programs,
+    quick,
+    *,
+    axes,
+    watch,
+) -> _Run:
+    """The host loop of :func:`optimize` (one fit, ``axes=None``) and :func:`optimize_many` (a
+    vmapped batch): calls of the compiled chunks, each fit's applied losses kept, progress shown;
+    ``watch``: a rule that stops the (single) fit once it holds, after its cool-down."""
+    total = jnp.asarray(num_steps, jnp.int32)
+    args = (state, total, jnp.ones((), jnp.int32), objective, family, target)
+    programs = PROGRAMS if programs is None else programs
+    executable, compile_time = programs.get(args, optimizer, chunk_size, MAX_CHUNKS_PER_CALL, quick, axes)
+    batched = axes is not None
+    num_fits = state.step.shape[0] if batched else 1
+    losses, infos = [[] for _ in range(num_fits)], [[] for _ in range(num_fits)]
+    # the host keeps the counts: one device sync per call, not two
+    done, failed = np.broadcast_to(np.asarray(state.step), (num_fits,)), np.zeros(num_fits, bool)
     bar = Progress(num_steps, desc, enabled=progress)
-    losses, infos, status = [], [], "completed"
-    watching = convergence is not None and stop
-    verdict = None
+    status, verdict = "completed", None
     start = time.perf_counter()
-    done = int(state.step)  # the host keeps the count: one device sync per call, not two
     chunks_left, per_call = math.ceil(num_steps / chunk_size), 1
     try:
         while chunks_left > 0:
             count = min(per_call, chunks_left)
             tic = time.perf_counter()
-            new_state, (loss, info) = executable(state, total, np.int32(count), objective, family, target)
-            loss, info, now, nonfinite = jax.device_get((loss, info, new_state.step, new_state.nonfinite))
+            new_state, report = executable(state, total, np.int32(count), objective, family, target)
+            report, now, nonfinite = jax.device_get((report, new_state.step, new_state.nonfinite))
+            if not batched:  # one fit: a batch of one
+                report, now, nonfinite = jax.tree.map(lambda x: np.asarray(x)[None], (report, now, nonfinite))
             seconds = time.perf_counter() - tic
             state, chunks_left = new_state, chunks_left - count
-            keep = int(now) - done + int(nonfinite)  # applied steps, then the failing one
-            done = int(now)
-            losses.append(loss[:count].reshape(-1)[:keep])
-            infos.append({k: v[:count].reshape(-1)[:keep] for k, v in info.items()})
-            shown = {"loss": float(np.mean(losses[-1]))}
-            shown.update({k: float(np.mean(v)) for k, v in infos[-1].items()})
-            bar.update(done, **shown)
-            if nonfinite:
-                status = "nonfinite"
+            keep = now - done + (nonfinite & ~failed)  # applied steps, then a newly failing one
+            loss, info = report
+            for i in range(num_fits):
+                losses[i].append(loss[i, :count].reshape(-1)[: keep[i]])
+                infos[i].append({k: v[i, :count].reshape(-1)[: keep[i]] for k, v in info.items()})
+            done, failed = now, nonfinite
+            shown = {"loss": _finite_mean([part[-1] for part in losses])}
+            shown.update({k: _finite_mean([part[-1][k] for part in infos]) for k in info})
+            bar.update(int(done.max()), **shown)
+            if failed.all():
                 break
-            if watching:  # one chunk per call: the stopping point does not depend on timing
-                verdict = convergence.check(np.concatenate(losses))
-                if verdict.converged:
-                    watching, status = False, "converged"
-                    tail = math.ceil(convergence.cooldown * done / chunk_size) * chunk_size
-                    end = min(num_steps, done + tail)
-                    total, chunks_left = jnp.asarray(end, jnp.int32), math.ceil((end - done) / chunk_size)
-                    if chunks_left == 0:
-                        break
+            if watch is not None:  # one chunk per call: the stopping point does not depend on timing
+                verdict = watch.check(np.concatenate(losses[0]))
+                if verdict.converged:  # run the rule's cool-down, then stop
+                    cooldown, watch, status = watch.cooldown, None, "converged"
+                    tail = math.ceil(cooldown * done[0] / chunk_size) * chunk_size
+                    end = min(num_steps, int(done[0]) + tail)
+                    total, chunks_left = jnp.asarray(end, jnp.int32), math.ceil((end - done[0]) / chunk_size)
                     continue
-            if not watching:
+            if watch is None:
                 per_call = int(np.clip(CALL_SECONDS * count / max(seconds, 1e-9), 1, MAX_CHUNKS_PER_CALL))
     except KeyboardInterrupt:
         status = "interrupted"
     elapsed = time.perf_counter() - start
-    losses_all = np.concatenate(losses) if losses else np.zeros(0)
-    trace = {"loss": losses_all}
-    for key in infos[0] if infos else ():
-        trace[key] = np.concatenate([i[key] for i in infos])
-    if convergence is not None and status != "converged":
-        verdict = convergence.final(losses_all)
-    bar.close(status, loss=float(losses_all[-1]) if len(losses_all) else float("nan"))
-    return Outcome(state, losses_all, trace, status, elapsed, compile_time, verdict)
+    losses = [np.concatenate(parts) if parts else np.zeros(0) for parts in losses]
+    traces = []
+    for fit_losses, fit_infos in zip(losses, infos, strict=True):
+        trace = {"loss": fit_losses}
+        for key in fit_infos[0] if fit_infos else ():
+            trace[key] = np.concatenate([part[key] for part in fit_infos])
+        traces.append(trace)
+    statuses = ["nonfinite" if f else status for f in failed]
+    bar.close(statuses[0] if not batched else status, loss=_finite_mean([x[-1:] for x in losses]))
+    return _Run(state, losses, traces, statuses, elapsed, compile_time, verdict)
+
+
+def _finite_mean(parts: list[np.ndarray]) -> float:
+    """The mean of the finite values in ``parts`` (NaN when none)."""
+    values = np.concatenate([np.ravel(p) for p in parts]) if parts else np.zeros(0)
+    values = values[np.isfinite(values)]
+    return float(np.mean(values)) if values.size else float("nan")

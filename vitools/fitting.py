@@ -133,7 +133,7 @@ def fit(
                      num_steps=num_steps, seed=seed, key=key, progress=progress, learning_rate=learning_rate,
                      optimizer=optimizer, init=init, tol=tol, converge=converge, chunk_size=chunk_size,
                      devices=devices)  # fmt: skip
-    options = _checked_options(
+    options = checked_options(
         num_steps=num_steps, chunk_size=chunk_size, seed=seed, learning_rate=learning_rate,
         tol=tol, converge=converge, on_nonfinite=on_nonfinite, init=init, family=family,
         objective=objective, optimizer=optimizer, key=key,
@@ -158,7 +158,7 @@ def fit(
     sharding.mesh_of(devices)  # a bad devices= fails before anything compiles
 
     hooks = objective_hooks(objective)
-    rule = _rule(options["converge"], tol, hooks.stopping_rule)
+    rule = stopping_rule(options["converge"], tol, hooks.stopping_rule)
     check_subsampling(objective, target)  # before the start: a refusal compiles nothing
     if hooks.check_family is not None:  # before the start: a refusal compiles nothing
         hooks.check_family(family)
@@ -347,8 +347,9 @@ def default_rate(objective: Objective, family: Family, dim: int) -> float:
     return family_hooks(family).learning_rate_scale * rule(dim)
 
 
-def _checked_options(**options: Any) -> dict[str, Any]:
-    """``vt.fit``'s options, validated before anything is traced or compiled (``vitools.validate``).
+def checked_options(**options: Any) -> dict[str, Any]:
+    """``vt.fit``'s options (``fit_many``'s too), validated before anything is traced or compiled
+    (``vitools.validate``).
 
     A model keyword argument that shares an option's name (``init=``, ``family=``) is taken by
     ``vt.fit``; when its value cannot be the option's, the error says how to pass it to the model.
@@ -403,7 +404,9 @@ def _converge(value: Any, name: str) -> bool | StoppingRule:
     return bool(value)
 
 
-def _rule(converge: bool | StoppingRule, tol: float | None, own: Callable | None = None) -> StoppingRule:
+def stopping_rule(
+    converge: bool | StoppingRule, tol: float | None, own: Callable | None = None
+) -> StoppingRule:
     """The rule that stops (or, with ``converge=False``, only assesses) the fit; ``own``: the
     objective's (``ObjectiveHooks.stopping_rule``), used unless ``converge`` is a rule."""
     if isinstance(converge, StoppingRule):

@@ -19,10 +19,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -33,11 +32,10 @@ from vitools import engine, start, validate
 from vitools.blas import one_blas_thread
 from vitools.families import Family
 from vitools.families.base import check_distribution
-from vitools.fitting import _checked_options, _rule, default_rate, target_of
+from vitools.fitting import checked_options, default_rate, stopping_rule, target_of
 from vitools.frame import Frame
 from vitools.laplace import simple_gaussian
 from vitools.objectives import Objective, objective_hooks
-from vitools.progress import Progress
 from vitools.result import Fit
 from vitools.targets import Target
 
@@ -96,43 +94,8 @@ class FitMany:
         )
 
 
-class _Programs(engine.ProgramCache):
-    """The compiled vmapped :func:`vitools.engine.run_chunks` programs, kept and counted as the
-    engine keeps its own (:class:`vitools.engine.ProgramCache`); ``axes`` (which target leaves are
-    stacked) is part of the key."""
-
-    def get(self, args: tuple, optimizer, chunk_size: int, max_chunks: int, axes: Any = None):
-        leaves, treedef = jax.tree.flatten(args)
-        axes_leaves, axes_tree = jax.tree.flatten(axes, is_leaf=lambda x: x is None)
-        signature = (
-            treedef,
-            tuple((jnp.shape(x), jnp.result_type(x)) for x in leaves),
-            optimizer,
-            chunk_size,
-            max_chunks,
-            axes_tree,
-            tuple(axes_leaves),
-        )
-        if signature in self._programs:
-            self._programs.move_to_end(signature)
-            return self._programs[signature], 0.0
-        tic = time.perf_counter()
-
-        def chunks(state, num_steps, num_chunks, objective, family, target):
-            return engine.run_chunks(
-                state, num_steps, num_chunks, objective, family, target, optimizer, chunk_size, max_chunks
-            )
-
-        batched = jax.vmap(chunks, in_axes=(0, None, None, None, None, axes))
-        executable = jax.jit(batched).lower(*args).compile()
-        self._programs[signature] = executable
-        self.num_compiled += 1
-        while len(self._programs) > self.max_size:
-            self._programs.popitem(last=False)
-        return executable, time.perf_counter() - tic
-
-
-PROGRAMS = _Programs(max_size=16)  # batched programs are large (a copy of the data per fit)
+# The vmapped loops, kept apart from vt.fit's (batched programs are large: a copy of the data per fit)
+PROGRAMS = engine.ProgramCache(max_size=16)
 
 
 def num_compilations() -> int:
@@ -222,7 +185,7 @@ def fit_many(
         >>> [f.status for f in per_dataset]
         ['completed', 'completed']
     """
-    options = _checked_options(
+    options = checked_options(
         num_steps=num_steps, chunk_size=chunk_size, seed=None, learning_rate=learning_rate, tol=tol,
         converge=False, on_nonfinite="warn", init=init, family=family, objective=objective,
         optimizer=optimizer, key=None,
@@ -233,7 +196,6 @@ def fit_many(
         options["learning_rate"],
     )
     init, family, objective = options["init"], options["family"], options["objective"]
-    rule = _rule(False, options["tol"])
     seeds, datasets, num_fits = _checked_batch(seeds, datasets, model)
 
     if datasets is None:
@@ -250,6 +212,7 @@ def fit_many(
     axes = Target(density_axis, 0, 0)
 
     hooks = objective_hooks(objective)
+    rule = stopping_rule(False, options["tol"], hooks.stopping_rule)  # as vt.fit's, to assess each fit
     if hooks.check_family is not None:
         hooks.check_family(family)
     if hooks.resolve is not None:  # what depends on the target: its shapes, the same for every fit
@@ -310,7 +273,10 @@ def fit_many(
     def run(targets, loc, scale_tril, steps, show):
         state = states(targets, loc, scale_tril)
         desc = f"{num_fits} x {objective.name}/{family.name}"
-        return _optimize(state, steps, objective, family, targets, axes, optimizer, chunk_size, show, desc)
+        return engine.optimize_many(
+            state, steps, objective, family, targets, axes, optimizer,
+            chunk_size=chunk_size, progress=show, desc=desc, programs=PROGRAMS,
+        )  # fmt: skip
 
     race_evals, race_seconds, race_compile = np.zeros(num_fits, np.int64), 0.0, 0.0
     if method == "laplace" and num_steps >= start.RACE_MIN_STEPS and not hooks.mass_covering:
@@ -325,11 +291,11 @@ def fit_many(
             (simple, simple_loc, simple_tril),
         ):
             pilot = run(race_targets, race_loc, race_tril, start.PILOT_STEPS, False)
-            scores.append(_pilot_scores(pilot))
+            scores.append([start.pilot_score(*fit) for fit in zip(pilot.losses, pilot.statuses, strict=True)])
             race_seconds += pilot.elapsed
             race_compile += pilot.compile_time
         race_evals = np.where(informed, 2 * start.PILOT_STEPS * num_density_evals, 0)
-        pick = _where_per_fit(jnp.asarray(informed & (scores[1] < scores[0])))
+        pick = _where_per_fit(jnp.asarray(informed & (np.asarray(scores[1]) < np.asarray(scores[0]))))
         framed = Target(
             framed.density, pick(simple.frame, framed.frame), pick(simple.initial_point, framed.initial_point)
         )
@@ -466,77 +432,6 @@ def _where_per_fit(condition: jax.Array) -> Callable:
 
 # ------------------------------------------------------------------------------------------------
 # the loop
-
-
-class _Outcome(NamedTuple):
-    state: engine.FitState  # stacked
-    losses: list[np.ndarray]  # per fit, as engine.Outcome.losses
-    traces: list[dict[str, np.ndarray]]
-    statuses: list[str]
-    elapsed: float
-    compile_time: float
-
-
-def _optimize(
-    state, num_steps, objective, family, targets, axes, optimizer, chunk_size, show, desc
-) -> _Outcome:
-    """:func:`vitools.engine.optimize` for stacked fits, without early stopping: compiled chunks
-    until ``num_steps`` steps, every fit non-finite, or Ctrl-C."""
-    total = jnp.asarray(num_steps, jnp.int32)
-    args = (state, total, jnp.ones((), jnp.int32), objective, family, targets)
-    executable, compile_time = PROGRAMS.get(args, optimizer, chunk_size, engine.MAX_CHUNKS_PER_CALL, axes)
-    num_fits = state.step.shape[0]
-    losses, infos = [[] for _ in range(num_fits)], [[] for _ in range(num_fits)]
-    done, failed = np.zeros(num_fits, np.int64), np.zeros(num_fits, bool)
-    bar = Progress(num_steps, desc, enabled=show)
-    status, chunks_left, per_call, chunks_done = "completed", math.ceil(num_steps / chunk_size), 1, 0
-    begin = time.perf_counter()
-    try:
-        while chunks_left > 0:
-            count = min(per_call, chunks_left)
-            tic = time.perf_counter()
-            new_state, (loss, info) = executable(state, total, np.int32(count), objective, family, targets)
-            loss, info, now, nonfinite = jax.device_get((loss, info, new_state.step, new_state.nonfinite))
-            seconds = time.perf_counter() - tic
-            state, chunks_left, chunks_done = new_state, chunks_left - count, chunks_done + count
-            keep = now - done + (nonfinite & ~failed)  # applied steps, then a newly failing one
-            for i in range(num_fits):
-                losses[i].append(loss[i, :count].reshape(-1)[: keep[i]])
-                infos[i].append({k: v[i, :count].reshape(-1)[: keep[i]] for k, v in info.items()})
-            done, failed = now, nonfinite
-            shown = loss[:, :count][np.isfinite(loss[:, :count])]
-            bar.update(
-                min(num_steps, chunks_done * chunk_size), loss=float(np.mean(shown)) if shown.size else np.nan
-            )
-            if failed.all():
-                break
-            per_call = int(
-                np.clip(engine.CALL_SECONDS * count / max(seconds, 1e-9), 1, engine.MAX_CHUNKS_PER_CALL)
-            )
-    except KeyboardInterrupt:
-        status = "interrupted"
-    elapsed = time.perf_counter() - begin
-    bar.close(status)
-    losses = [np.concatenate(parts) if parts else np.zeros(0) for parts in losses]
-    traces = []
-    for i in range(num_fits):
-        trace = {"loss": losses[i]}
-        for key in infos[i][0] if infos[i] else ():
-            trace[key] = np.concatenate([part[key] for part in infos[i]])
-        traces.append(trace)
-    statuses = ["nonfinite" if f else status for f in failed]
-    return _Outcome(state, losses, traces, statuses, elapsed, compile_time)
-
-
-def _pilot_scores(pilot: _Outcome) -> np.ndarray:
-    """Each fit's pilot score, as :func:`vitools.start.pilot` scores one."""
-    scores = []
-    for losses, status in zip(pilot.losses, pilot.statuses, strict=True):
-        head, tail = losses[: start.PILOT_STEPS // 5], losses[-start.PILOT_STEPS // 5 :]
-        completed = status == "completed" and np.all(np.isfinite(losses))
-        diverging = completed and abs(np.mean(tail)) > 1e3 * (1.0 + abs(np.mean(head)))
-        scores.append(float(np.mean(tail)) if completed and not diverging else np.inf)
-    return np.asarray(scores)
 
 
 def _fits(

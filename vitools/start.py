@@ -36,6 +36,7 @@ __all__ = [
     "Pilot",
     "Start",
     "pilot",
+    "pilot_score",
     "prefetch_loop",
     "race",
     "simple_start",
@@ -96,13 +97,19 @@ def pilot(
         progress=False,
         quick=quick,
     )
-    head, tail = outcome.losses[: PILOT_STEPS // 5], outcome.losses[-PILOT_STEPS // 5 :]
-    completed = outcome.status == "completed" and np.all(np.isfinite(outcome.losses))
+    return Pilot(pilot_score(outcome.losses, outcome.status), outcome)
+
+
+def pilot_score(losses: np.ndarray, status: str) -> float:
+    """A pilot's score: its mean loss over the last fifth of its steps; +inf when it did not
+    complete, met a non-finite loss, or ran away."""
+    head, tail = losses[: PILOT_STEPS // 5], losses[-PILOT_STEPS // 5 :]
+    completed = status == "completed" and np.all(np.isfinite(losses))
     # A loss whose size grew a thousandfold in the pilot is running away, not converging: in
     # float64 the Laplace start of the local-level model went from 108 to -7e18 (q sliding into
     # the neck of the funnel, where the estimates break down) while the simple start reached 92.
     diverging = completed and abs(np.mean(tail)) > 1e3 * (1.0 + abs(np.mean(head)))
-    return Pilot(float(np.mean(tail)) if completed and not diverging else np.inf, outcome)
+    return float(np.mean(tail)) if completed and not diverging else np.inf
 
 
 def race(starts: list, run: Callable) -> tuple[tuple, list[Pilot]]:
