@@ -16,7 +16,8 @@ out the start's evaluations (the default's race pilots stay in).
 
 Outputs ``benchmarks/results/score.md`` (and ``score.csv``).
 
-Run: ``.venv/bin/python benchmarks/bench_score.py [--models a,b] [--seeds 0,1] [--configs 8:1,8:0.3]``
+Run: ``.venv/bin/python benchmarks/bench_score.py [--models a,b] [--seeds 0,1] [--configs 6:1:0.25,8:1]
+[--reuse score.csv]``
 """
 
 from __future__ import annotations
@@ -139,7 +140,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default=",".join(MODELS_DEFAULT))
     parser.add_argument("--seeds", default="0,1")
-    parser.add_argument("--configs", default="8:1:0,8:1:0.25", help="batch_size:learning_rate[:average],...")
+    # BatchAndMatch's default (B = 6) and the one before it (B = 8)
+    parser.add_argument(
+        "--configs", default="6:1:0.25,8:1:0.25", help="batch_size:learning_rate[:average],..."
+    )
     parser.add_argument(
         "--reuse",
         default=None,

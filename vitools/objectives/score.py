@@ -174,12 +174,21 @@ class LossFallRule:
     under ``exact_tol`` nats. On gaussian_100, BaM from the Laplace start (B = 8 < d = 100) first
     moves q off (the reading over steps 0-10 is 1.4-2.9 nats) and is exact again by step ~80;
     over steps 50-100 it reads 0.0057 and 0.0034 (seeds 0, 1), over steps 0-100 1.0-1.7, and
-    under 0.0002 over any 10 steps after 100. Logistic regression, the nearest to Gaussian of the
-    other zoo models, reads 0.070-0.079 at its stops (collinear 0.054-0.098, radon 0.32-0.70, eight
-    schools 0.11-7.4; measured): 0.01 stops only a q that matches p to Monte Carlo error,
-    and a 50-step window lets it stop at vt.fit's first check (step 100) rather than the fall
-    rule's 200, 800 gradient evaluations sooner at B = 8. A 50-step variance has a relative se of
-    √(2/49) = 0.2, so collinear's 0.054 would read under 0.01 only ~4 se low.
+    under 0.0002 over any 10 steps after 100. With B = 6 (the default) q returns later: the
+    reading over 10-step blocks falls ~2.5x a block, to 0.001 over steps 90-100, and over the
+    last 50, 40, 30 steps before step 100 it reads 0.017-0.030, 0.0056-0.0102, 0.0031-0.0062
+    (seeds 0, 1, and two compilations, whose float32 round-off BaM's first steps amplify;
+    measured): a 50-step window stopped it at step 200 (5.02x fewer evaluations than the
+    default fit, on the bar's edge), 40 steps at 100 or 200 by chance, 30 steps at 100.
+    Logistic regression, the nearest to Gaussian of the other zoo models, reads 0.070-0.079 at
+    its stops (collinear 0.054-0.098, radon 0.32-0.70, eight schools 0.11-7.4; at every check
+    over 2000 steps, B = 8, logistic regression and collinear seed 1 read no less than 0.029;
+    measured): 0.01 stops only a q
+    that matches p to Monte Carlo error, and a 30-step window lets it stop at vt.fit's first check
+    (step 100) rather than the fall rule's 200, 600 gradient evaluations sooner at B = 6. A
+    30-step variance has a relative se of √(2/29) = 0.26; a q whose reading is 0.05 (the
+    least of those models at their stops) reads under 0.01 with the chi-square's probability
+    P(χ²₂₉ < 5.8), about 1e-6 a check.
 
     Args:
         window: steps regressed, an integer >= 3.
@@ -199,8 +208,9 @@ class LossFallRule:
     tol: float = 0.05  # nats per window, as ConvergenceRule's default
     min_steps: int = 200
     cooldown: float = 0.0
-    batch_size: int = 8  # BatchAndMatch's default
-    exact_window: int = 50  # see above: 100 included gaussian_100's first steps (1.0-1.7 nats)
+    batch_size: int = 6  # BatchAndMatch's default
+    # see above: with B = 6, 50 stopped gaussian_100 at step 200 (0.017-0.030 nats over steps 50-100)
+    exact_window: int = 30
     exact_tol: float = 0.01  # nats of KL(q||p); see above
 
     def __post_init__(self):
@@ -274,13 +284,23 @@ class BatchAndMatch:
     so there is no noise floor; a constant λ converges geometrically there, the decaying one
     more slowly once λ_t < 1.
 
-    Batch size: the default B = 8 rather than 16. Once λ_t < 1 a step moves q by about
+    Batch size: the default B = 6 rather than 8 or 16. Once λ_t < 1 a step moves q by about
     λ_t/(1+λ_t) of the way to its batch's answer, so q averages about 2t/(``learning_rate`` d)
     batches' answers whatever B: at equal steps, B = 4, 8 and 16 gave the same w1 on logistic
     regression (0.046-0.061 over steps 80-640, lr 1), collinear (0.031-0.044) and non-centred
     eight schools (0.042-0.066), so gradient evaluations scale with B. But B = 4 did not leave
     radon's funnel neck (w1 0.63-0.69 over steps 5-640, learning_rate 1 or 3) where B = 8 and
-    16 did by step 320 (w1 0.12-0.13; seed 0, float32, measured).
+    16 did by step 320 (w1 0.12-0.13; seed 0, float32, measured). B = 6 leaves it too, later
+    (seed 0: a stop at step 800 against 500 at B = 8, w1 0.124 against 0.115), and costs 3/4 of
+    B = 8's evaluations at the same stops elsewhere: as vt.fit runs it (seeds 0, 1; evaluations
+    per default-fit evaluations, benchmarks/results/score.md), logistic regression stopped at
+    steps 300 and 400 with either B, w1 0.041, 0.041 (B = 8) and 0.041, 0.041 (B = 6) at 5.4x,
+    4.3x -> 6.7x, 5.4x; collinear 0.034, 0.034 -> 0.033, 0.036 at 5.2x -> 6.5x; eight schools
+    0.052, 0.044 -> 0.053, 0.046 at 11.7x -> 9.8x, 14.5x; gaussian_100 5.7x -> 6.1x, bad_scaling
+    12.5x -> 15.1x (both stop at step 100). B = 16 cost more than it saved: 3.0-4.3x on logistic
+    regression and collinear, 4.1x and 6.6x on eight schools, although it left radon's neck on
+    seed 1 by step ~400 (w1 0.27 at step 300, 0.11 at 500), where B = 8 took until ~1900 and B
+    = 6 all 2000 steps (measured).
 
     Averaging: the fit's q (the loop's parameters) is a running average of BaM's iterates, each
     batch being drawn from the iterate itself (kept in :class:`BatchAndMatchState`): the mean and
@@ -289,8 +309,8 @@ class BatchAndMatch:
     steps, lagging by f/(1+f) of them (Polyak-Ruppert averaging; Polyak & Juditsky 1992), and
     reaching back no further than about the last :data:`AVERAGE_MAX_STEPS` (exponential from there). At
     its stop (300-400 steps) the iterate still carries batch noise; averaging removes much of
-    it without more evaluations. w1 at the same stops, f = 0 -> 0.25 (vt.fit's defaults, seeds
-    0 and 1; the default fit's in brackets): logistic regression 0.043, 0.044 -> 0.041, 0.041
+    it without more evaluations. w1 at the same stops, f = 0 -> 0.25 (vt.fit's defaults then, B =
+    8, seeds 0 and 1; the default fit's in brackets): logistic regression 0.043, 0.044 -> 0.041, 0.041
     (0.041, 0.039); collinear 0.039, 0.041 -> 0.034, 0.034 (0.032, 0.031); eight schools 0.064,
     0.047 -> 0.052, 0.044 (0.054, 0.054); radon 0.125, 0.120 -> 0.115, 0.119 (0.124, 0.111);
     gaussian_100 and bad_scaling unchanged (measured; benchmarks/results/score.md). f = 0.5
@@ -298,9 +318,9 @@ class BatchAndMatch:
     100: 0.025 against 0.024; an exponential average over ~50 steps from the start, 0.028.
 
     Under ``vt.fit``: BaM stops on its own rule (:meth:`stopping_rule`, a fall of the loss under
-    ``tol`` nats over 200 steps, or q matching p over 50) rather than on the default one built
+    ``tol`` nats over 200 steps, or q matching p over 30) rather than on the default one built
     for Adam's 500-step windows, and it skips the start race (``races_start``): the race's 2 x
-    100 pilot steps would cost 1,600 evaluations, more than BaM's fit, and the simple start it
+    100 pilot steps would cost 1,200 evaluations at B = 6, more than BaM's fit, and the simple start it
     races against sent BaM's q far off on radon (w1 8-191 over steps 5-320, B = 4-16, measured).
     Nor does it do without the Laplace start, although a fit from NumPyro's simple start
     (``init="median"``) costs no start evaluations: from there (the exponential average above,
@@ -309,7 +329,10 @@ class BatchAndMatch:
     300; measured).
 
     Bias: the fixed point is the Gaussian whose scores best match p's under the score divergence,
-    not the reverse-KL optimum of the ELBO fits; they coincide when p is Gaussian.
+    not the reverse-KL optimum of the ELBO fits; they coincide when p is Gaussian. Measured near
+    that fixed point (B = 64, 1000 steps, 64,000 evaluations; w1 over 4 redraws of q): collinear
+    seed 1 0.032-0.035 against the default fit's 0.031-0.032 over seeds 0-5; radon 0.117-0.122
+    (seeds 0, 1) against 0.111-0.141; logistic regression seed 1 0.039-0.041 against 0.039.
 
     Reported loss (the loop's convergence rule reads it): the negative ELBO estimate
     :math:`-\frac1B\sum_b[\log p(z_b) - \log q_t(z_b)]` on the step's batch, with ``info`` the
@@ -335,7 +358,7 @@ class BatchAndMatch:
         >>> fit = vt.fit(model, objective=BatchAndMatch())  # stops on its own rule, ~100-500 steps
     """
 
-    batch_size: int = dataclasses.field(default=8, metadata=dict(static=True))  # see Batch size
+    batch_size: int = dataclasses.field(default=6, metadata=dict(static=True))  # see Batch size
     learning_rate: float = dataclasses.field(default=1.0, metadata=dict(static=True))  # see Step size
     average: float = dataclasses.field(default=0.25, metadata=dict(static=True))  # see Averaging
     name: str = dataclasses.field(default="batch_and_match", metadata=dict(static=True))
