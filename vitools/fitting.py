@@ -168,8 +168,8 @@ def fit(
     if num_density_evals == 0:
         why = "it never evaluates the model's density"
         validate.no_param_sites(target.param_sites, objective.name, why, "objective")
-    init_key, run_key = jax.random.split(key)
-    params_key = jax.random.fold_in(run_key, 1)  # whatever a family draws in init (IAF's weights)
+    keys = start.fit_keys(key)  # one small program, not one per split and fold-in
+    init_key, run_key, params_key = keys.init, keys.run, keys.params
     check_distribution(family, params_key, target)  # before the start, so a broken family fails fast
     laplace = isinstance(init, str) and init == "laplace"
     if laplace:
@@ -185,7 +185,7 @@ def fit(
     model_target, subsampled = target, target.subsamples
     # A subsampling model's init runs on a fixed random INIT_ROWS rows a plate (Target.subset), its fit
     # on a fresh minibatch a step, everything else on all rows.
-    start_target = target.subset(jax.random.fold_in(init_key, 1), INIT_ROWS) if subsampled else target
+    start_target = target.subset(keys.init_rows, INIT_ROWS) if subsampled else target
     target, loc, scale_tril, informed, init_grad_evals = start.starting_point(
         init_key, start_target, family, objective, init
     )
@@ -211,8 +211,7 @@ def fit(
             objective,
             optimizer,
             learning_rate,
-            run_key,
-            params_key,
+            keys,
             chunk_size,
             quick,
         )
@@ -226,9 +225,9 @@ def fit(
         search = family_hooks(family).search_start
         if search is not None:  # a start that searches the target (a mixture: one component a mode)
             tic = time.perf_counter()
-            params, search_evals = search(jax.random.fold_in(init_key, 1), target, loc, scale_tril)
+            params, search_evals = search(keys.init_rows, target, loc, scale_tril)
             init_grad_evals, init_time = init_grad_evals + search_evals, init_time + time.perf_counter() - tic
-        carried = objective_state(objective, jax.random.fold_in(run_key, 2), params, family, target)
+        carried = objective_state(objective, keys.objective, params, family, target)
         state = init_state(run_key, params, optimizer, learning_rate, target.model_params, carried)
         mesh = sharding.mesh_for(devices, target, num_density_evals)
         placed_state, placed_objective, placed_family = sharding.place((state, objective, family), mesh)
@@ -278,7 +277,7 @@ def fit(
             raise NonFiniteLossError(message, result)
         warnings.warn(message, RuntimeWarning, stacklevel=3)
     alerts.warn_low_ess(result)
-    alerts.warn_improper(result, jax.random.fold_in(key, 1))
+    alerts.warn_improper(result, keys.diagnostics)
     return result
 
 

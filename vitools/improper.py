@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vitools.engine import setup_jit
 from vitools.families.base import Family, draw_many
 from vitools.targets import Target
 
@@ -81,7 +82,7 @@ def _closed_form_sds(target: Target, family: Family, params: Any) -> np.ndarray 
         return None
 
 
-@jax.jit  # one program: run op by op, each new shape compiled its own (8 more; test_engine)
+@setup_jit  # one program: run op by op, each new shape compiled its own (8 more; test_engine)
 def _gaussian_sds(target: Target, family: Family, params: Any) -> jax.Array:
     from vitools.result import _moments  # result imports the families this module's callers fit
 

@@ -205,8 +205,35 @@ def path_candidates(
     seeds the path's jitter and the ELBO draws, which are the same for every centre (common
     random numbers).
     """
-    path_key, key = jax.random.split(key)
-    path, lbfgs_evals = _lbfgs_path(target, path_key)
+    return _candidates(target, *_noise(target, key), diagonal, exact, points)
+
+
+def _noise(target: Target, key: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """``(jitter (dim,), eps (_NUM_DRAWS, dim))``: the path's start noise and the ELBO draws, both
+    standard normal, drawn once for the whole program. Each ``jax.random`` call in a program is
+    its own Threefry graph: the init had five (two splits, three normals: the ELBO draws again in
+    every candidate and for the simple start), ~0.4 s of its ~2.4 s compile at LLVM -O0 (100-row
+    regression, measured by replacing them with arithmetic). One draw for both would save two
+    more, but its numbers differ, and with 32 draws the ELBO's choice among near-equal centres
+    follows the numbers (a 3-D Gaussian's start moved 0.05 off the mode): these are the draws
+    the init always made."""
+    path_key, elbo_key = jax.random.split(key)
+    dtype = target.initial_point.dtype
+    return jax.random.normal(path_key, (target.dim,), dtype), jax.random.normal(
+        elbo_key, (_NUM_DRAWS, target.dim), dtype
+    )
+
+
+def _candidates(
+    target: Target,
+    jitter: jax.Array,
+    eps: jax.Array,
+    diagonal: bool,
+    exact: bool,
+    points: tuple[int, ...] | None,
+) -> PathCandidates:
+    """:func:`path_candidates` from its noise (:func:`_noise`)."""
+    path, lbfgs_evals = _lbfgs_path(target, target.initial_point + _JITTER * jitter)
     # The Newton path's end is one more centre; the earlier points stay candidates, so a funnel,
     # whose mode is a poor centre, can still pick an early one by its ELBO.
     newton, newton_evals = _newton_path(target, path[-1], exact)
@@ -220,7 +247,7 @@ def path_candidates(
         centre, is_fresh = args
         eye = jnp.eye(target.dim, dtype=centre.dtype)
         skipped = (jnp.stack([centre, centre]), eye, jnp.full(2, -jnp.inf, centre.dtype))
-        gaussians = functools.partial(_gaussian_at, target, centre, key, diagonal, exact)
+        gaussians = functools.partial(_gaussian_at, target, centre, eps, diagonal, exact)
         return jax.lax.cond(is_fresh, gaussians, lambda: skipped)
 
     # One path point at a time: the cond skips a repeat's work (a vmap would compute it), and
@@ -238,8 +265,8 @@ def _num_moves(path: jax.Array) -> jax.Array:
 
 
 def _path_laplace(target: Target, key: jax.Array, diagonal: bool, exact: bool = True) -> InitialGaussian:
-    locs, trils, elbos, _, path_evals = path_candidates(target, key, diagonal, exact)
-    key = jax.random.split(key)[1]  # path_candidates' ELBO key, for the simple start's ELBO
+    jitter, eps = _noise(target, key)
+    locs, trils, elbos, _, path_evals = _candidates(target, jitter, eps, diagonal, exact, None)
     best = jnp.argmax(elbos.ravel())
     # The simple start ("median": NumPyro's init point, scale 0.1) replaces the best path Gaussian
     # when its ELBO estimate is higher by more than _SIMPLE_MARGIN nats per dimension, so the
@@ -251,7 +278,7 @@ def _path_laplace(target: Target, key: jax.Array, diagonal: bool, exact: bool = 
     # non-centred eight schools), and taking it there made the fits worse (IAF on the funnel: sd(v) 1.46
     # against 1.76-2.53; forward KL on eight schools: mu 0.6 sd off). All measured.
     simple_loc, simple_tril = simple_gaussian(target)
-    lead = _elbo(target, simple_loc, simple_tril, key) - elbos.ravel()[best]
+    lead = _elbo(target, simple_loc, simple_tril, eps) - elbos.ravel()[best]  # the same draws
     simple = ~(lead <= _SIMPLE_MARGIN * target.dim)  # also when every path Gaussian is non-finite
     loc = jnp.where(simple, simple_loc, locs.reshape(-1, target.dim)[best])
     scale_tril = jnp.where(simple, simple_tril, trils[best // 2])
@@ -273,22 +300,23 @@ def simple_gaussian(target: Target) -> tuple[jax.Array, jax.Array]:
     return target.initial_point, 0.1 * jnp.eye(target.dim, dtype=target.initial_point.dtype)
 
 
-def _elbo(target: Target, loc: jax.Array, scale_tril: jax.Array, key: jax.Array) -> jax.Array:
-    """ELBO estimate of N(loc, scale_tril scale_trilᵀ) from ``_NUM_DRAWS`` draws (-inf if not finite)."""
-    eps = jax.random.normal(key, (_NUM_DRAWS, target.dim), loc.dtype)
+def _elbo(target: Target, loc: jax.Array, scale_tril: jax.Array, eps: jax.Array) -> jax.Array:
+    """ELBO estimate of N(loc, scale_tril scale_trilᵀ) from the standard normal draws ``eps``
+    ``(_NUM_DRAWS, dim)`` (-inf if not finite)."""
     log_q = jnp.sum(jax.scipy.stats.norm.logpdf(eps), -1) - jnp.sum(jnp.log(jnp.diagonal(scale_tril)))
     elbo = jnp.mean(jax.vmap(_log_density(target))(loc[None, :] + eps @ scale_tril.T) - log_q)
     return jnp.where(jnp.isfinite(elbo), elbo, -jnp.inf)
 
 
-def _lbfgs_path(target: Target, key: jax.Array) -> tuple[jax.Array, jax.Array]:
+def _lbfgs_path(target: Target, start: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Iterates of L-BFGS on -log π, ``(_MAX_ITERS, dim)``, and the gradient evaluations they took
     (the first point's, then the line search's); once it has converged or met a non-finite value,
     the path repeats its last point, and those iterations cost nothing.
 
-    The path starts a little off NumPyro's init point (``_JITTER`` sds of noise in the
-    unconstrained space): a symmetric target's init point can be a stationary point (the
-    saddle between two modes at 0), where L-BFGS would never move.
+    The path starts at ``start``: :func:`path_candidates` puts it a little off NumPyro's init
+    point (``_JITTER`` sds of noise in the unconstrained space), since a symmetric target's init
+    point can be a stationary point (the saddle between two modes at 0), where L-BFGS would never
+    move.
     """
 
     log_density = _log_density(target)
@@ -323,11 +351,9 @@ def _lbfgs_path(target: Target, key: jax.Array) -> tuple[jax.Array, jax.Array]:
         )
         return (u, state, stopped, evals + spent), u
 
-    point = target.initial_point
-    u0 = point + _JITTER * jax.random.normal(key, point.shape, point.dtype)
-    carry = (u0, optimizer.init(u0), jnp.array(False), jnp.int32(1))
+    carry = (start, optimizer.init(start), jnp.array(False), jnp.int32(1))
     (*_, evals), path = jax.lax.scan(body, carry, None, length=_MAX_ITERS - 1)
-    return jnp.concatenate([u0[None], path]), evals
+    return jnp.concatenate([start[None], path]), evals
 
 
 def _newton_path(target: Target, point: jax.Array, exact: bool = True) -> tuple[jax.Array, jax.Array]:
@@ -400,7 +426,7 @@ def _newton_path(target: Target, point: jax.Array, exact: bool = True) -> tuple[
 
 
 def _gaussian_at(
-    target: Target, point: jax.Array, key: jax.Array, diagonal: bool = False, exact: bool = True
+    target: Target, point: jax.Array, eps: jax.Array, diagonal: bool = False, exact: bool = True
 ):
     """Laplace Gaussians at a path point: ``(centres, scale_tril, elbos)`` for two centres.
 
@@ -409,6 +435,7 @@ def _gaussian_at(
     the mode of a Gaussian target whatever the conditioning: in float32, L-BFGS on a posterior with
     correlation -0.9999 stopped 27 sds from the mode along the ridge (measured on ``bad_scaling``).
     The ELBO picks between them, so a Newton step that overshoots on a non-Gaussian target loses.
+    ``eps``: the ELBO's standard normal draws, ``(_NUM_DRAWS, dim)``.
     """
     log_density = _log_density(target)
     hessian, gradient = _hessian_and_grad(log_density, exact)(point)
@@ -427,7 +454,6 @@ def _gaussian_at(
         scale_tril = jnp.diag(1.0 / jnp.sqrt(clipped_diag))
     newton = point + root @ (root.T @ gradient)
     centres = jnp.stack([point, newton])
-    eps = jax.random.normal(key, (_NUM_DRAWS, target.dim), point.dtype)
     log_q = jnp.sum(jax.scipy.stats.norm.logpdf(eps), -1) - jnp.sum(
         jnp.log(jnp.abs(jnp.diagonal(scale_tril)))
     )

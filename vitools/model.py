@@ -335,10 +335,12 @@ def _initial_point(model: Callable, static: Any, seed: int, arrays: tuple) -> tu
     """
     model = model.value if isinstance(model, Static) else model
     model_args, model_kwargs = join_data(arrays, static)
-    # Under jit NumPyro needs the unconstrained parameters' structure up front.
+    # Under jit NumPyro needs the unconstrained parameters' structure up front: zeros of their
+    # shapes. The trace's own values (init_to_uniform draws) would be the loop's first carry, so
+    # XLA would keep their Threefry draws: 0.15 s of the program's 0.7 s compile (measured).
     trace = trace_once(model, model_args, model_kwargs, seed)
     prototype = {
-        name: biject_to(site["fn"].support).inv(site["value"])
+        name: jnp.zeros_like(biject_to(site["fn"].support).inv(site["value"]))
         for name, site in trace.items()
         if site["type"] == "sample" and not site["is_observed"]
     }
