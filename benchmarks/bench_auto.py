@@ -8,7 +8,8 @@ wall time (compile included; the automatic mode's comparisons between attempts i
 ``best hand-chosen`` columns are the lowest-W1 configuration among those that read good in the
 stored all-objectives-by-all-families table (``results/divergences.csv``, five posteriors) or the
 accuracy benchmark (``results/accuracy.csv``, the zoo at its 2000-step budget), where the model is
-in one of them. ``path``: the attempts auto made, ``+`` between them, its choice starred.
+in one of them. ``path``: the attempts auto made, ``+`` between them, its choice starred, ``(NaN)``
+after one whose loss turned non-finite (auto tries it again at half the learning rate).
 ``--seeds 0,1,2`` repeats each model over seeds (the fits' and the comparison's draws).
 
 Outputs ``benchmarks/results/{out}.{md,csv}`` (``--out``, default ``auto``).
@@ -86,7 +87,10 @@ def run(name: str, seed: int = 0) -> dict:
     print(auto.auto, flush=True)
     config, best_w1, best_evals = _best_by_hand(name)
     path = " + ".join(
-        f"{a.objective}/{a.family}" + ("*" if a.name == auto.auto.chosen else "") for a in auto.auto.attempts
+        f"{a.objective}/{a.family}"
+        + (" (NaN)" if a.status == "nonfinite" else "")
+        + ("*" if a.name == auto.auto.chosen else "")
+        for a in auto.auto.attempts
     )
     PROGRAMS.clear()
     jax.clear_caches()
