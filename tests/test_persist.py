@@ -5,10 +5,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import subprocess
 import sys
 import textwrap
-import threading
 from pathlib import Path
 
 import jax
@@ -378,46 +376,27 @@ np.savez(sys.argv[1] + "_draws.npz", **draws)
 """
 
 
-@pytest.fixture(scope="module", autouse=True)
-def fresh_processes(tmp_path_factory):
-    """The two fresh processes (fit and save, then load) of the test below, started in a thread
-    with the module's first test so that they run while this process's tests do, as
-    test_sharding's check does: the two processes' imports and compilations (13.5 s of the suite
-    on a 2-core machine, measured) then use the core this process leaves idle. Yields
-    ``(folder, thread, results)``: ``results[step]`` is each finished process."""
-    folder = tmp_path_factory.mktemp("main")
+def BACKGROUND(folder: Path) -> list:
+    """The two fresh processes (fit and save, then load) of the test below, run in turn in
+    conftest's background queue from the session's start, on the core the suite leaves idle (they
+    ran in a thread from this module's first test, and the module's last test waited for them:
+    their imports and compilations took 13.5 s of the suite on a 2-core machine, measured)."""
     script = folder / "script.py"
     script.write_text(textwrap.dedent(SCRIPT))
     # the vitools under test, wherever the scripts run from
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(vt.__file__).parents[1]), *sys.path])}
-    results: dict[str, subprocess.CompletedProcess] = {}
-
-    def run() -> None:
-        for step in ("fit", "load"):  # in turn: the load reads the file the fit saved
-            command = [sys.executable, str(script), step]
-            try:
-                results[step] = subprocess.run(
-                    command, cwd=folder, env=env, capture_output=True, text=True, timeout=120
-                )
-            except subprocess.TimeoutExpired as err:
-                results[step] = subprocess.CompletedProcess(
-                    command, -1, "", f"timed out after {err.timeout} s"
-                )
-            if results[step].returncode != 0:
-                return
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    yield folder, thread, results
-    thread.join()  # the module ended early (e.g. -x): the processes end within their timeout
+    # in turn: the load reads the file the fit saved (it runs, and fails, if the fit failed)
+    return [
+        ([sys.executable, str(script), step], dict(cwd=folder, env=env, timeout=120))
+        for step in ("fit", "load")
+    ]
 
 
-def test_a_model_defined_in_main_is_saved_and_loaded_in_fresh_processes(fresh_processes):
-    folder, thread, results = fresh_processes
-    thread.join()
-    for step in ("fit", "load"):
-        assert step in results, f"the {step} process did not run: the fit process failed"
-        assert results[step].returncode == 0, results[step].stderr
+def test_a_model_defined_in_main_is_saved_and_loaded_in_fresh_processes(background):
+    runs = background(__name__)
+    for step, done in zip(("fit", "load"), runs, strict=True):
+        assert done.returncode == 0, f"the {step} process failed:\n{done.stderr}"
+    folder = Path(runs[0].args[1]).parent  # the script's folder, where both processes ran
     with np.load(folder / "fit_draws.npz") as first, np.load(folder / "load_draws.npz") as second:
         assert set(first.files) == set(second.files) == {"mu", "sigma"}
         for name in first.files:
