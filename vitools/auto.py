@@ -38,7 +38,11 @@ non-finite loss: unchanged (good, k̂ 0.31; uncertain, k̂ 0.60). The same forwa
 alone, at seed 0, on two corpus posteriors where it had turned NaN in ``bench_auto.py``: one_comp
 (4 parameters) NaN after step 282 at rate 0.1, converged at step 800 at 0.05 (uncertain, k̂ 0.42,
 W1 0.141); bball_drive (6) NaN after step 585 at 0.083, converged at step 3000 at 0.042 (uncertain,
-k̂ 0.55, W1 0.060; the default's 0.067), both from 10,000 draws against the reference.
+k̂ 0.55, W1 0.060; the default's 0.067), both from 10,000 draws against the reference. In the whole
+ladder (``bench_auto.py``, ``results/auto_nonfinite.md``) the retry read uncertain (k̂ 0.44) on one_comp
+and bad on bball_drive: one_comp now returns it, the lowest k̂ of its uncertain attempts, at W1 0.141
+(was 0.071 from reverse KL + IAF), bball_drive the same fit as before; the retry takes one of
+``max_attempts``. So the rule keeps a NaN from ending a configuration early, not more.
 
 It stops at the first attempt that reads good, when no step is left to try, after ``max_attempts``,
 or when the budget (``max_grad_evals``, ``max_time``) is spent, and returns the best attempt (good
