@@ -26,23 +26,12 @@ Before any of these, for any model: an attempt whose loss or gradient became non
 ``vt.fit`` keeps the parameters of its last finite step, status ``"nonfinite"``) is tried again once,
 the same configuration, seed and steps, at :data:`NONFINITE_RATE_FACTOR` times its learning rate. The
 failed attempt stays in the path (its status and last finite step said in its line, its gradient
-evaluations counted in the budget, its last finite q compared with the others and returned if it reads
-best; a q whose log density is NaN at some of its draws reads "failed", below every verdict), and the
-retry says why it was made. On a 3-D funnel (``v ~ N(0, 3)``, ``x[2] ~ N(0, exp(v / 2))``) at
-``auto_fit``'s defaults, seed 0: forward KL with the 4-layer IAF at rate 0.1 turned NaN after step
-1318 (its last finite q has NaN log q at some draws: "failed"); without the retry the ladder went on
-to reverse KL + IAF and returned a bad fit (k̂ 0.51, an sd moved 0.22 ± 0.06); with it, the same at
-rate 0.05 ran its 4000 steps and read uncertain (k̂ 0.60 at 40,000 draws, an sd move of 0.14 ± 0.07
-within its error), the fit returned (4.6e5 gradient evaluations against 3.4e5). Seeds 1 and 2 met no
-non-finite loss: unchanged (good, k̂ 0.31; uncertain, k̂ 0.60). The same forward KL + IAF fit
-alone, at seed 0, on two corpus posteriors where it had turned NaN in ``bench_auto.py``: one_comp
-(4 parameters) NaN after step 282 at rate 0.1, converged at step 800 at 0.05 (uncertain, k̂ 0.42,
-W1 0.141); bball_drive (6) NaN after step 585 at 0.083, converged at step 3000 at 0.042 (uncertain,
-k̂ 0.55, W1 0.060; the default's 0.067), both from 10,000 draws against the reference. In the whole
-ladder (``bench_auto.py``, ``results/auto_nonfinite.md``) the retry read uncertain (k̂ 0.44) on one_comp
-and bad on bball_drive: one_comp now returns it, the lowest k̂ of its uncertain attempts, at W1 0.141
-(was 0.071 from reverse KL + IAF), bball_drive the same fit as before; the retry takes one of
-``max_attempts``. So the rule keeps a NaN from ending a configuration early, not more.
+evaluations counted in the budget and its try in ``max_attempts``, its last finite q compared with the
+others; a q whose log density is NaN at some of its draws reads "failed", below every verdict), and the
+retry says why it was made. Measured (3-D funnel seed 0, one_comp, bball_drive; figures next to
+:data:`NONFINITE_RATE_FACTOR`): the retry ran to its end where the first try had turned NaN, so a NaN
+no longer ends a configuration early; it did not make the returned fit better (one_comp's returned
+W1 went from 0.071 to 0.141: the retry read uncertain with the lowest k̂, and is returned).
 
 It stops at the first attempt that reads good, when no step is left to try, after ``max_attempts``,
 or when the budget (``max_grad_evals``, ``max_time``) is spent, and returns the best attempt (good
@@ -112,13 +101,14 @@ FLOW_LAYERS = 4
 # gradient evaluations spent on 256 draws a step for 2000 steps instead read 0.46/0.62 at seeds
 # 0/1 (measured). The coupling flow (above FLOW_FORWARD_MAX_DIM) keeps num_steps: not measured there.
 FLOW_STEPS_FACTOR = 2
-# An attempt whose loss turned non-finite (NaN/inf; the fit keeps its last finite parameters, status
-# "nonfinite") is tried again once, same configuration and seed, at this times its learning rate, before
-# the advice is read: the failed attempt stays in the path (its evaluations counted, its last finite q
-# compared with the rest and returned if it reads best). A half: Adam's step is about the rate on every
-# coordinate, so half the rate halves the largest move that sent q's draws where log p or log q is NaN;
-# forward KL + IAF ran to its end at half the rate where it had turned NaN at the full one on the 3-D funnel
-# (seed 0, after step 1318), one_comp (282) and bball_drive (585) (module docstring; measured).
+# An attempt whose loss turned non-finite is tried again once at this times its learning rate (module
+# docstring). A half: Adam's step is about the rate on every coordinate, so half the rate halves the
+# largest move that sent q's draws where log p or log q is NaN. Measured, forward KL + 4-layer IAF at
+# auto_fit's defaults, seed 0: a 3-D funnel (v ~ N(0, 3), x[2] ~ N(0, exp(v / 2))) turned NaN after step
+# 1318 at rate 0.1 and ran its 4000 steps at 0.05 (uncertain, k̂ 0.60 at 40,000 draws; without the retry
+# the ladder returned a bad reverse KL + IAF fit, k̂ 0.51); one_comp NaN after step 282 at 0.1, converged
+# at step 800 at 0.05 (uncertain, k̂ 0.42, W1 0.141); bball_drive NaN after step 585 at 0.083, converged
+# at step 3000 at 0.042 (uncertain, k̂ 0.55, W1 0.060). Whole ladders: results/auto_nonfinite.md.
 NONFINITE_RATE_FACTOR = 0.5
 # An attempt the budget leaves fewer steps than this is not started: it could not converge
 # (the convergence rule reads the last 500 steps; vitools.convergence).
