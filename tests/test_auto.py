@@ -203,3 +203,57 @@ def test_the_cli_takes_the_auto_budget():
     from vitools.cli import main
 
     assert main(["fit", "bad_scaling", "--auto", "--max-grad-evals", "1000", "--quiet"]) == 2
+
+
+def test_an_attempts_line_gives_khat_with_its_interval_where_it_decides_the_verdict():
+    """A user read "uncertain (k̂ 0.78)" next to "bad (k̂ 0.74; ...)" as a contradiction: the line
+    now shows the interval that made k̂ uncertain, and k̂ alone where another signal decided."""
+
+    def line(verdict, khat, reasons):
+        attempt = auto.Attempt("4: forward_kl/iaf", "forward_kl", "iaf", 4000, "a flow", verdict, khat,
+                               reasons, 4000, "converged", 1000, 1.0)  # fmt: skip
+        return str(attempt)
+
+    straddles = "k̂ 0.78 ± 0.12 straddles the threshold 0.70 at S = 40000: more draws can decide"
+    assert "uncertain (k̂ 0.78 ± 0.12 straddles the threshold 0.70 at S = 40000)" in line(
+        "uncertain", 0.78, straddles
+    )
+    moved = "k̂ 0.74 ± 0.05 > 0.70: q misses part; PSIS moves the sd of tau by 0.64 sd of q (± 0.11)"
+    assert "bad (k̂ 0.74 ± 0.05 > 0.70; PSIS moves the sd of tau" in line("bad", 0.74, moved)
+    assert "good (k̂ 0.41)" in line("good", 0.41, "k̂ 0.41 ± 0.07 < 0.70: usable")
+
+
+def test_the_cli_does_not_suggest_again_what_auto_tried():
+    """After ``vitools fit --auto`` the closing advice named steps auto had run (a user's trial):
+    a configuration in the path, or draws it already read, is said to be tried, not suggested."""
+    from vitools.commands import next_steps
+
+    table = pd.DataFrame(
+        {
+            "objective": ["reverse_kl", "reverse_kl"],
+            "family": ["fullrank", "iaf"],
+            "verdict": ["bad", "uncertain"],
+            "khat": [0.93, 0.66],
+            "khat_se": [0.10, 0.08],
+            "reasons": [
+                "misses ~30% of the posterior mass that 'x' covers",
+                "k̂ 0.66 ± 0.08 straddles the threshold 0.70 at S = 10000: more draws can decide",
+            ],
+            "steps": [2000, 2000],
+        },
+        index=["reverse_kl/fullrank", "reverse_kl/iaf"],
+    )
+    table.attrs.update(num_draws=10_000, num_params=3)
+
+    def path(*configs, num_draws=10_000):
+        attempts = tuple(
+            auto.Attempt(f"{i}: {o}/{f}", o, f, 2000, "", "bad", 0.9, "", 2000, "converged", 1, 1.0)
+            for i, (o, f) in enumerate(configs, 1)
+        )
+        return auto.AutoPath(attempts, attempts[0].name, "no step left", num_draws)
+
+    fresh = next_steps(table, path(("reverse_kl", "fullrank")))
+    assert "try --objectives forward_kl --family iaf" in fresh[0] and "try --num-draws 40000" in fresh[1]
+    tried = next_steps(table, path(("reverse_kl", "fullrank"), ("forward_kl", "iaf"), num_draws=40_000))
+    assert all("already tried" in line and "try --" not in line for line in tried)
+    assert next_steps(table) == fresh  # without a path, the advice as before

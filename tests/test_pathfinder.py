@@ -11,7 +11,7 @@ import pytest
 import vitools as vt
 from vitools.families.mixture import GaussianMixture
 from vitools.models import get_model
-from vitools.pathfinder import Pathfinder, pathfinder
+from vitools.pathfinder import Pathfinder, max_grad_evals, pathfinder
 
 MEAN = jnp.array([1.0, -2.0, 0.5])
 COV = jnp.array([[2.0, 0.9, 0.0], [0.9, 1.0, -0.3], [0.0, -0.3, 0.5]])
@@ -73,6 +73,16 @@ def test_the_gradient_count_is_what_the_paths_spent():
     fit = pathfinder(target, num_paths=2, num_draws=20, progress=False)
     assert fit.num_grad_evals == sum(calls)
     assert fit.num_grad_evals > 2 * 20  # the weights' draws are only part of it
+
+
+def test_the_gradient_bound_holds_the_paths_spending(bimodal_fit, gaussian_fit):
+    """max_grad_evals is what a budget is checked against before a run: never below a run's count
+    (8 paths and their weights on the bimodal target; one path on the Gaussian)."""
+    _, fit = bimodal_fit
+    assert 0 < fit.num_grad_evals <= max_grad_evals(2, num_paths=8, num_draws=200)
+    assert 0 < gaussian_fit.num_grad_evals <= max_grad_evals(3)
+    with pytest.raises(ValueError, match="num_paths"):
+        max_grad_evals(3, num_paths=0)
 
 
 def test_multi_path_recovers_both_modes_after_resampling(bimodal_fit):

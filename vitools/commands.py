@@ -266,19 +266,34 @@ def run_compare(args: argparse.Namespace) -> int:
     return 0
 
 
-def next_steps(table: Any) -> list[str]:
+def next_steps(table: Any, auto: Any = None) -> list[str]:
     """``"<fit> reads bad: try --family iaf (why)"`` for each fit that reads bad or uncertain
-    (:func:`vitools.advice.next_steps`)."""
+    (:func:`vitools.advice.next_steps`). ``auto``: the :class:`~vitools.auto.AutoPath` of an
+    ``--auto`` fit, whose tried steps are not suggested again (a configuration it ran, draws it read)."""
     from vitools.advice import next_steps as advise
 
     lines = []
     for name, step in advise(table).items():
+        verdict = table.loc[name, "verdict"]
+        if auto is not None and _tried(step.options, table.loc[name], auto):
+            lines.append(
+                f"{name} reads {verdict}, and the automatic mode already tried what the diagnostics "
+                f"suggest ({step.as_flags()}: its path above); a larger --max-grad-evals, or NUTS draws to "
+                "compare with (--reference nuts), can tell more"
+            )
+            continue
         change = step.as_flags()
-        lines.append(
-            f"{name} reads {table.loc[name, 'verdict']}: "
-            + (f"try {change} ({step.why})" if change else step.why)
-        )
+        lines.append(f"{name} reads {verdict}: " + (f"try {change} ({step.why})" if change else step.why))
     return lines
+
+
+def _tried(options: dict, row: Any, auto: Any) -> bool:
+    """Whether the automatic mode's path already holds the step ``options`` suggest for ``row``'s fit."""
+    if set(options) == {"num_draws"}:
+        return options["num_draws"] <= auto.num_draws
+    objective = options.get("objective", row.get("objective"))
+    family = options.get("family", row.get("family"))
+    return any(a.objective == objective and a.family == family for a in auto.attempts)
 
 
 def run_fit(args: argparse.Namespace) -> int:
@@ -296,20 +311,22 @@ def run_fit(args: argparse.Namespace) -> int:
     reference, source, _ = reference_for(args, say)
     fit = fit_one(args, args.objectives[0], args.families[0], reference)
     say(fit)
+    num_draws = args.num_draws
     if fit.auto is not None:
         say(fit.auto)
-    tree = to_datatree(fit, num_draws=args.num_draws, seed=args.seed)
+        num_draws = max(num_draws, fit.auto.num_draws)  # read as auto read it (4x draws where k̂ straddled)
+    tree = to_datatree(fit, num_draws=num_draws, seed=args.seed)
     say(summary(tree, var_names=args.var_names).to_string(float_format=lambda v: f"{v:.3g}"))
     for line in str(diagnose(tree, warn=False)).splitlines():
         if not line.startswith("PSIS-corrected"):  # the summary above has psis_mean, psis_sd
             say(textwrap.fill(line, TEXT_WIDTH, subsequent_indent="      "))
-    table = compare({fit.name: tree}, reference=reference, num_draws=args.num_draws, seed=args.seed)
+    table = compare({fit.name: tree}, reference=reference, num_draws=num_draws, seed=args.seed)
     if args.json or args.csv:
         print(format_table(table, "json" if args.json else "csv").rstrip("\n"))
     elif reference is not None:
         say(f"against the reference ({source}):")
         say(format_table(table[["mean_error", "sd_ratio", "w1"]]))
-    for line in next_steps(table):
+    for line in next_steps(table, fit.auto):
         say(f"next: {line}")
     if args.out is not None:
         if args.out.suffix == ".nc":

@@ -53,11 +53,19 @@ from vitools.families import FullRank
 from vitools.families.mixture import GaussianMixture, MixtureParams
 from vitools.fitting import target_of
 from vitools.frame import Frame
-from vitools.laplace import _MAX_ITERS, initial_gaussian, path_candidates, second_order
+from vitools.laplace import (
+    _MAX_HALVINGS,
+    _MAX_ITERS,
+    _NEWTON_STEPS,
+    _NUM_DRAWS,
+    initial_gaussian,
+    path_candidates,
+    second_order,
+)
 from vitools.result import Fit
 from vitools.targets import Target
 
-__all__ = ["Modes", "Pathfinder", "pathfinder", "search_modes"]
+__all__ = ["Modes", "Pathfinder", "max_grad_evals", "pathfinder", "search_modes"]
 
 # The paths after the first start uniformly in (-RADIUS, RADIUS) of the unconstrained space: Stan's
 # default inits and NumPyro's init_to_uniform, which the paper's experiments use.
@@ -207,6 +215,33 @@ def _run(target: Target, starts: jax.Array, key: jax.Array, num_draws: int, weig
     tic = time.perf_counter()
     result = jax.device_get(executable(target, starts, key))
     return result, compile_time, time.perf_counter() - tic
+
+
+# The most density evaluations one L-BFGS iteration's zoom line search may spend (optax.lbfgs's
+# default search stops at 15; 25 leaves room).
+LINE_SEARCH_MAX_EVALS = 25
+
+
+def max_grad_evals(dim: int, num_paths: int = 1, num_draws: int = NUM_DRAWS) -> int:
+    """An upper bound on :func:`pathfinder`'s gradient evaluations for a ``dim``-parameter target,
+    counted as its ``Fit.num_grad_evals`` counts them, so a caller with a budget can tell before
+    running it whether it fits (``vt.auto_fit``'s probe). Per path: every L-BFGS iteration with a
+    full line search, the Newton steps with every halving, a Hessian (``dim`` gradients) and
+    ``2 x 32`` ELBO draws at each iterate, and with several paths ``num_draws`` draws for its
+    weight and as many for the mixture's. On a 3-parameter regression 8 paths spent 61,678 where
+    this gives 92,120 (measured).
+
+    Raises:
+        vitools.validate.ArgumentValueError: ``dim``, ``num_paths`` or ``num_draws`` is not a
+            positive integer.
+    """
+    dim, num_paths = validate.count(dim, "dim"), validate.count(num_paths, "num_paths")
+    num_draws = validate.count(num_draws, "num_draws")
+    lbfgs = (_MAX_ITERS - 1) * LINE_SEARCH_MAX_EVALS + 1
+    newton = _NEWTON_STEPS * (dim + 1 + _MAX_HALVINGS)
+    candidates = (len(PATH_POINTS) + 1) * (dim + 2 * _NUM_DRAWS)
+    weights = 2 * num_draws if num_paths > 1 else 0
+    return num_paths * (lbfgs + newton + candidates + weights)
 
 
 @one_blas_thread
