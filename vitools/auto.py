@@ -240,9 +240,12 @@ def auto_fit(
         **kwargs: as :func:`vitools.fit`.
         model_kwargs: as :func:`vitools.fit`.
         max_grad_evals: the budget in log-density gradient evaluations, starts included (None: no
-            cap). An attempt is started only with at least ``MIN_STEPS`` steps' worth left, its
+            cap). An attempt is started only with at least 500 steps' worth left (``MIN_STEPS``), its
             steps cut to what is left after its start; a start's cost is known after it ran, so
-            the first attempt reserves ``_first_start_reserve(dim)`` for it.
+            the first attempt reserves its start's worst case (L-BFGS with full line searches, a
+            Hessian, the start race's pilots: ``2500 + 9 dim + 200 x`` the objective's draws), and
+            the probe runs only when its worst case fits (:func:`vitools.pathfinder.max_grad_evals`).
+            The total may still pass the cap by at most one start's cost.
         max_time: the budget in seconds of wall time, checked between attempts (None: no cap); an
             attempt is not started once the time is spent, or when the last attempt's pace says
             it would not end in time. An attempt in progress is not cut.
