@@ -245,7 +245,7 @@ def auto_fit(
             the first attempt reserves its start's worst case (L-BFGS with full line searches, a
             Hessian, the start race's pilots: ``2500 + 9 dim + 200 x`` the objective's draws), and
             the probe runs only when its worst case fits (:func:`vitools.pathfinder.max_grad_evals`).
-            The total may still pass the cap by at most one start's cost.
+            The total can pass the cap only by what a start costs beyond its reserve.
         max_time: the budget in seconds of wall time, checked between attempts (None: no cap); an
             attempt is not started once the time is spent, or when the last attempt's pace says
             it would not end in time. An attempt in progress is not cut.
