@@ -86,6 +86,26 @@ def test_reference_forms_agree(reference):
     assert labels == ["mu", "theta[0]", "theta[1]"] and values.shape == (4000, 3)
 
 
+def test_a_reference_with_divergences_is_flagged_in_a_warning_and_the_report(reference, tmp_path):
+    """A user's NUTS reference had 121 divergences and the report named the closest fit anyway: a
+    reference's divergent transitions now warn and are said next to the distances."""
+    posterior = {"mu": reference["mu"][None], "theta": reference["theta"][None]}
+    diverging = np.zeros((1, 4000), bool)
+    diverging[0, :7] = True
+    clean = az.from_dict({"posterior": posterior, "sample_stats": {"diverging": np.zeros((1, 4000), bool)}})
+    flagged = az.from_dict({"posterior": posterior, "sample_stats": {"diverging": diverging}})
+    fits = {"fit": normal_tree(0.3, 1.2, seed=5)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no divergences, no warning
+        assert compare(fits, reference=clean).attrs["reference_divergences"] == 0
+    with pytest.warns(RuntimeWarning, match="reference had 7 divergent transitions"):
+        table = compare(fits, reference=flagged)
+    assert table.attrs["reference_divergences"] == 7
+    with pytest.warns(RuntimeWarning, match="divergent"):
+        paths = vt.report(fits, reference=flagged, out=tmp_path / "rep")
+    assert "The reference had 7 divergent transitions" in paths.markdown.read_text()
+
+
 def test_without_reference_there_are_no_distance_columns():
     table = compare({"a": normal_tree(0.0, 1.0)})
     assert list(table.columns) == COLUMNS

@@ -241,6 +241,15 @@ def compare(
     _check_one_model(trees, None if isinstance(reference, str) else ref_tree)
     one_model = _same_model_function(trees)
     ref = None if ref_tree is None else flatten_draws(ref_tree)
+    divergences = _divergences(ref_tree)
+    if divergences:  # distances to draws that miss part of the posterior mislead
+        warnings.warn(
+            f"the reference had {divergences} divergent transitions: its draws may miss part of the "
+            "posterior (a funnel's neck, say), so distances to it can mislead; reparameterize the model "
+            "(e.g. non-centred) or raise NUTS's target_accept_prob",
+            RuntimeWarning,
+            stacklevel=2,
+        )
     rows = []
     for name, tree in trees.items():
         row = _metadata(tree)
@@ -276,9 +285,18 @@ def compare(
     if one_model:  # log evidences of different models are not shares of one posterior's mass
         _flag_missed_mass(table, reliable)
     table.attrs["num_draws"] = num_draws  # the k̂ threshold depends on it (plots, report)
+    table.attrs["reference_divergences"] = divergences  # the report says so next to the distances
     table.attrs["num_params"] = _num_params(trees)  # the model's size (vitools.advice reads it)
     table.attrs["reliable"] = reliable.to_dict()  # read by format_table
     return table
+
+
+def _divergences(tree: xr.DataTree | None) -> int:
+    """The divergent transitions of an MCMC reference (``sample_stats.diverging``), else 0."""
+    stats = None if tree is None or "sample_stats" not in tree.children else tree["sample_stats"]
+    if stats is None or "diverging" not in stats.data_vars:
+        return 0
+    return int(stats["diverging"].values.sum())
 
 
 def _flag_missed_mass(table: pd.DataFrame, reliable: pd.Series) -> None:

@@ -117,6 +117,12 @@ def how_to_read(
         text += f", sd_ratio {ranked['sd_ratio'].iloc[0]:.3g})" if "sd_ratio" in ranked else ")"
         if len(ranked) > 1:
             text += f"; furthest: **{ranked.index[-1]}** (w1 {ranked['w1'].iloc[-1]:.3g})"
+        divergences = table.attrs.get("reference_divergences", 0)
+        if divergences:
+            text += (
+                f". **The reference had {divergences} divergent transitions**: its draws may miss part of "
+                "the posterior, so a fit that covers it can read further from them than it is"
+            )
         paragraphs.append(text + ".")
     if "verdict" in table:
         bad = [str(name) for name, v in table["verdict"].items() if v == "bad"]
