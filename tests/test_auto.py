@@ -257,3 +257,27 @@ def test_the_cli_does_not_suggest_again_what_auto_tried():
     tried = next_steps(table, path(("reverse_kl", "fullrank"), ("forward_kl", "iaf"), num_draws=40_000))
     assert all("already tried" in line and "try --" not in line for line in tried)
     assert next_steps(table) == fresh  # without a path, the advice as before
+
+
+def test_among_equal_verdicts_a_fit_is_returned_before_the_probe():
+    """Under a budget a user's probe (bad, k̂ 0.75, KL ≈ 3.1) was returned over the default fit (bad,
+    k̂ 0.76, KL ≈ 0.025): a verdict still ranks first, then a fit before the probe, then k̂."""
+    fit = vt.fit(correlated_gaussian, num_steps=50, init="median", progress=False)
+
+    def attempt(name, objective, verdict, khat):
+        return auto.Attempt(name, objective, "fullrank", 50, "", verdict, khat, "", 50, "completed", 1, 1.0)
+
+    def chosen(*attempts):
+        path = auto._Path(1000, 0, False)
+        path.attempts = list(attempts)
+        path.fits = {a.name: fit for a in attempts}
+        return path.result("budget").auto.chosen
+
+    default, probe = (
+        attempt("1: default", "reverse_kl", "bad", 0.76),
+        attempt("2: probe", "pathfinder", "bad", 0.75),
+    )
+    assert chosen(default, probe) == "1: default"
+    better = attempt("2: probe", "pathfinder", "uncertain", 0.75)
+    assert chosen(default, better) == "2: probe"  # a better verdict still wins
+    assert chosen(default, attempt("3: flow", "reverse_kl", "bad", 0.74), probe) == "3: flow"
