@@ -40,12 +40,26 @@ def report(df: pd.DataFrame, load: dict, total_s: float) -> str:
         ],
     )  # fmt: skip
     mem = df[df["family"] == "fullrank"]
-    memory_table = markdown_table(
-        ["rows", "params", "SVI.run bar (MiB)", "vt.fit median (MiB)", "vt.fit laplace (MiB)", "bare (MiB)"],
-        [[r.rows, r.params, r.mem_svi_bar, r.mem_vt, r.mem_vt_laplace, r.mem_bare] for r in mem.itertuples()],
+    memory_table = (
+        "Not measured (`--no-memory`)."
+        if "mem_svi_bar" not in df
+        else markdown_table(
+            [
+                "rows",
+                "params",
+                "SVI.run bar (MiB)",
+                "vt.fit median (MiB)",
+                "vt.fit laplace (MiB)",
+                "bare (MiB)",
+            ],
+            [
+                [r.rows, r.params, r.mem_svi_bar, r.mem_vt, r.mem_vt_laplace, r.mem_bare]
+                for r in mem.itertuples()
+            ],
+        )
     )
     proc = df[df["family"] == "fullrank"]
-    process_table = markdown_table(
+    process_table = "Not measured (`--no-process`)." if "proc_svi_over_vt" not in df else markdown_table(
         ["rows", "params", "SVI.run bar (s)", "vt.fit default (s)", "SVI / vt", "disk cache: SVI.run bar (s)",
          "disk cache: vt.fit default (s)", "SVI / vt (disk cache)"],
         [[r.rows, r.params, r.proc_svi_bar_s, r.proc_vt_default_s,
