@@ -223,11 +223,9 @@ def test_an_attempts_line_gives_khat_with_its_interval_where_it_decides_the_verd
     assert "good (k̂ 0.41)" in line("good", 0.41, "k̂ 0.41 ± 0.07 < 0.70: usable")
 
 
-def test_the_cli_does_not_suggest_again_what_auto_tried():
-    """After ``vitools fit --auto`` the closing advice named steps auto had run (a user's trial):
-    a configuration in the path, or draws it already read, is said to be tried, not suggested."""
-    from vitools.commands import next_steps
-
+def advised_table() -> pd.DataFrame:
+    """A compare table of two fits that read bad (advice: forward KL + IAF) and uncertain (advice:
+    more draws), for the tests of advice after an automatic run."""
     table = pd.DataFrame(
         {
             "objective": ["reverse_kl", "reverse_kl"],
@@ -244,19 +242,40 @@ def test_the_cli_does_not_suggest_again_what_auto_tried():
         index=["reverse_kl/fullrank", "reverse_kl/iaf"],
     )
     table.attrs.update(num_draws=10_000, num_params=3)
+    return table
 
-    def path(*configs, num_draws=10_000):
-        attempts = tuple(
-            auto.Attempt(f"{i}: {o}/{f}", o, f, 2000, "", "bad", 0.9, "", 2000, "converged", 1, 1.0)
-            for i, (o, f) in enumerate(configs, 1)
-        )
-        return auto.AutoPath(attempts, attempts[0].name, "no step left", num_draws)
 
-    fresh = next_steps(table, path(("reverse_kl", "fullrank")))
+def auto_path(*configs, num_draws=10_000) -> auto.AutoPath:
+    """An automatic-mode path that tried ``configs`` ``(objective, family)``, read at ``num_draws``."""
+    attempts = tuple(
+        auto.Attempt(f"{i}: {o}/{f}", o, f, 2000, "", "bad", 0.9, "", 2000, "converged", 1, 1.0)
+        for i, (o, f) in enumerate(configs, 1)
+    )
+    return auto.AutoPath(attempts, attempts[0].name, "no step left", num_draws)
+
+
+def test_the_cli_does_not_suggest_again_what_auto_tried():
+    """After ``vitools fit --auto`` the closing advice named steps auto had run (a user's trial):
+    a configuration in the path, or draws it already read, is said to be tried, not suggested."""
+    from vitools.commands import next_steps
+
+    table = advised_table()
+    fresh = next_steps(table, auto_path(("reverse_kl", "fullrank")))
     assert "try --objectives forward_kl --family iaf" in fresh[0] and "try --num-draws 40000" in fresh[1]
-    tried = next_steps(table, path(("reverse_kl", "fullrank"), ("forward_kl", "iaf"), num_draws=40_000))
+    tried = next_steps(table, auto_path(("reverse_kl", "fullrank"), ("forward_kl", "iaf"), num_draws=40_000))
     assert all("already tried" in line and "try --" not in line for line in tried)
     assert next_steps(table) == fresh  # without a path, the advice as before
+
+
+def test_the_report_does_not_suggest_again_what_auto_tried():
+    """The report's next steps repeated auto's path too (the same trial)."""
+    from vitools.report import how_to_read
+
+    table = advised_table()
+    before = " ".join(how_to_read(table))
+    assert "try `objective='forward_kl', family='iaf'`" in before and "try `num_draws=40000`" in before
+    after = " ".join(how_to_read(table, auto_paths=[auto_path(("forward_kl", "iaf"), num_draws=40_000)]))
+    assert after.count("already tried") == 2 and "try `" not in after
 
 
 def test_among_equal_verdicts_a_fit_is_returned_before_the_probe():

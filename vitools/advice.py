@@ -17,14 +17,14 @@ The rules, in order (the first that applies), and what they were measured to do 
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import pandas as pd
 
 from vitools.convert import DIAGNOSTIC_DRAWS
 from vitools.importance import khat_threshold
 
-__all__ = ["NextStep", "next_steps", "which_to_trust"]
+__all__ = ["NextStep", "already_tried", "next_steps", "which_to_trust"]
 
 GAUSSIAN_FAMILIES = ("meanfield", "fullrank", "lowrank")
 # Forward KL evaluates log q at the weighted draws: an IAF inverts one network pass per dimension
@@ -48,6 +48,25 @@ class NextStep(NamedTuple):
     def as_arguments(self) -> str:
         """The options as Python keyword arguments: ``family="iaf", num_steps=4000``."""
         return ", ".join(f"{k}={v!r}" for k, v in self.options.items())
+
+
+def already_tried(step: NextStep, row: pd.Series, path: Any) -> bool:
+    """Whether an automatic-mode path (:class:`vitools.auto.AutoPath`, ``fit.auto``) already took
+    ``step`` for the fit of ``row`` (a :func:`vitools.comparison.compare` row): it ran the
+    configuration the step names (the row's objective or family where the step keeps it), or, for
+    a step of more draws only, read its fits from as many. The CLI and the report then say so
+    instead of suggesting it again."""
+    if set(step.options) == {"num_draws"}:
+        return step.options["num_draws"] <= path.num_draws
+    objective = step.options.get("objective", row.get("objective"))
+    family = step.options.get("family", row.get("family"))
+    return any(a.objective == objective and a.family == family for a in path.attempts)
+
+
+TRIED = (
+    "the automatic mode already tried what the diagnostics suggest ({change}; its path: `fit.auto`); "
+    "a larger budget (max_grad_evals), or NUTS draws to compare with, can tell more"
+)
 
 
 def next_steps(table: pd.DataFrame) -> dict[str, NextStep]:

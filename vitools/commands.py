@@ -269,31 +269,18 @@ def run_compare(args: argparse.Namespace) -> int:
 def next_steps(table: Any, auto: Any = None) -> list[str]:
     """``"<fit> reads bad: try --family iaf (why)"`` for each fit that reads bad or uncertain
     (:func:`vitools.advice.next_steps`). ``auto``: the :class:`~vitools.auto.AutoPath` of an
-    ``--auto`` fit, whose tried steps are not suggested again (a configuration it ran, draws it read)."""
+    ``--auto`` fit, whose tried steps are not suggested again (:func:`vitools.advice.already_tried`)."""
+    from vitools.advice import TRIED, already_tried
     from vitools.advice import next_steps as advise
 
     lines = []
     for name, step in advise(table).items():
-        verdict = table.loc[name, "verdict"]
-        if auto is not None and _tried(step.options, table.loc[name], auto):
-            lines.append(
-                f"{name} reads {verdict}, and the automatic mode already tried what the diagnostics "
-                f"suggest ({step.as_flags()}: its path above); a larger --max-grad-evals, or NUTS draws to "
-                "compare with (--reference nuts), can tell more"
-            )
+        verdict, change = table.loc[name, "verdict"], step.as_flags()
+        if auto is not None and already_tried(step, table.loc[name], auto):
+            lines.append(f"{name} reads {verdict}, and " + TRIED.format(change=change))
             continue
-        change = step.as_flags()
         lines.append(f"{name} reads {verdict}: " + (f"try {change} ({step.why})" if change else step.why))
     return lines
-
-
-def _tried(options: dict, row: Any, auto: Any) -> bool:
-    """Whether the automatic mode's path already holds the step ``options`` suggest for ``row``'s fit."""
-    if set(options) == {"num_draws"}:
-        return options["num_draws"] <= auto.num_draws
-    objective = options.get("objective", row.get("objective"))
-    family = options.get("family", row.get("family"))
-    return any(a.objective == objective and a.family == family for a in auto.attempts)
 
 
 def run_fit(args: argparse.Namespace) -> int:

@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from vitools.advice import next_steps, which_to_trust
+from vitools.advice import TRIED, already_tried, next_steps, which_to_trust
 from vitools.comparison import compare
 from vitools.convert import DIAGNOSTIC_DRAWS, draws_to_datatree, to_datatrees
 from vitools.importance import khat_threshold
@@ -69,7 +69,10 @@ class ReportPaths(NamedTuple):
 
 
 def how_to_read(
-    table: pd.DataFrame, num_draws: int = DIAGNOSTIC_DRAWS, candidates: Sequence[str] | None = None
+    table: pd.DataFrame,
+    num_draws: int = DIAGNOSTIC_DRAWS,
+    candidates: Sequence[str] | None = None,
+    auto_paths: Sequence[Any] = (),
 ) -> list[str]:
     """The "how to read this" paragraphs (markdown, one string each), specific to ``table``.
 
@@ -78,6 +81,8 @@ def how_to_read(
         num_draws: S, the draws per fit behind the table's k̂ (sets the threshold).
         candidates: the rows that may be named closest to/furthest from the reference (default: all;
             leave out the reference's own row, e.g. "NUTS", which reads w1 = 0).
+        auto_paths: the automatic mode's paths (``fit.auto``) of the report's fits: a next step one
+            of them already took is said to be tried, not suggested (:func:`vitools.advice.already_tried`).
     """
     num_draws = int(table.attrs.get("num_draws", num_draws))
     threshold = khat_threshold(num_draws)
@@ -131,6 +136,8 @@ def how_to_read(
         paragraphs.append(f"**Which to trust.** {which_to_trust(table, candidates)}")
         for name, step in next_steps(table).items():
             change = f"try `{step.as_arguments()}` ({step.why})" if step.options else step.why
+            if any(already_tried(step, table.loc[name], path) for path in auto_paths):
+                change = TRIED.format(change=f"`{step.as_arguments()}`")
             paragraphs.append(f"**Next step for {name}** ({table.loc[name, 'verdict']}): {change}.")
     return paragraphs
 
@@ -300,7 +307,8 @@ def write_report(
             fig.savefig(images[name][-1], dpi=dpi)
             plt.close(fig)
     markdown_table = format_table(table, "markdown")
-    paragraphs = how_to_read(table, num_draws, candidates=list(trees))
+    auto_paths = [fit.auto for fit in exact.values() if fit.auto is not None]
+    paragraphs = how_to_read(table, num_draws, candidates=list(trees), auto_paths=auto_paths)
     md_path, html_path = out / "report.md", out / "report.html"
     md_path.write_text(_markdown(title, notes, markdown_table, paragraphs, figures, images), encoding="utf-8")
     html_path.write_text(_html(title, notes, markdown_table, paragraphs, figures, images), encoding="utf-8")
