@@ -37,6 +37,7 @@ import numpy as np
 import optax
 
 from vitools import sharding, validate
+from vitools.compiling import QUICK, setup_jit
 from vitools.convergence import Convergence, StoppingRule
 from vitools.families.base import Family
 from vitools.objectives.base import Objective, check_subsampling, objective_hooks
@@ -55,7 +56,6 @@ __all__ = [
     "optimize",
     "optimize_many",
     "quick_compile",
-    "setup_jit",
     "run_chunk",
     "run_chunks",
 ]
@@ -74,36 +74,12 @@ MAX_CHUNKS_PER_CALL = 20
 # or more, a later fit of the same model and budget, which reuses the program, loses at most 0.25 s.
 QUICK_STEP_SECONDS = 4.2e-9
 QUICK_MAX_SLOWDOWN = 0.25
-_QUICK_COMPILE = {"xla_backend_optimization_level": 0}
 # Any other run's loop compiles at LLVM -O1, not XLA's default -O2: the steps run as fast and the
 # compile is 0.4-0.75 s shorter. Fullrank reverse KL, 16 draws, float32, a loaded 2-core machine,
 # compile CPU s -O1 vs -O2 / a second fit's CPU s: 100 rows x 5, 2000 steps 1.43 vs 2.16 / 0.09 vs
 # 0.13; 10^4 x 50, 500 steps 1.86-2.18 vs 2.64-2.89 / wall 0.57-1.09 vs 1.60-2.65; 10^5 x 50, 200
 # steps 1.48 vs 1.86 / 2.56 vs 2.55; 1000 x 500, 300 steps 1.21 vs 1.67 / 0.85 vs 0.93 (measured).
 _LOOP_COMPILE = {"xla_backend_optimization_level": 1}
-
-
-def setup_jit(fun: Callable | None = None, **jit_kwargs: Any) -> Callable:
-    """``jax.jit`` at LLVM's lowest optimisation level, for the small programs a fit runs once or
-    a few times to set itself up (its frame, its keys, its start's set-up): their compilation is
-    all of their cost. A program of two splits and two normal draws compiled in 0.35 s instead of
-    1.13 s at the default level (measured, a loaded 2-core machine, CPU seconds). Usable as
-    ``@setup_jit`` or ``setup_jit(static_argnames=...)``.
-
-    JAX refuses compiler options on a jit inside another trace (``jax.eval_shape``, an outer
-    jit): called with traced arguments, the function is a plain ``jax.jit``, which the outer
-    program inlines.
-    """
-    if fun is None:
-        return functools.partial(setup_jit, **jit_kwargs)
-    quick, plain = jax.jit(fun, compiler_options=_QUICK_COMPILE, **jit_kwargs), jax.jit(fun, **jit_kwargs)
-
-    @functools.wraps(fun)
-    def call(*args: Any, **kwargs: Any) -> Any:
-        traced = any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves((args, kwargs)))
-        return (plain if traced else quick)(*args, **kwargs)
-
-    return call
 
 
 class FitState(NamedTuple):
@@ -352,7 +328,7 @@ class ProgramCache:
 
     def _compile(self, lowered, quick: bool = False) -> tuple[Any, float]:
         start = time.perf_counter()
-        executable = lowered.compile(_QUICK_COMPILE if quick else _LOOP_COMPILE)
+        executable = lowered.compile(QUICK if quick else _LOOP_COMPILE)
         with self._lock:
             self.num_compiled += 1
         return executable, time.perf_counter() - start

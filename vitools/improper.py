@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vitools.engine import setup_jit
+from vitools.compiling import setup_jit
 from vitools.families.base import Family, draw_many
 from vitools.targets import Target
 

@@ -18,9 +18,9 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
+from vitools.compiling import sized_jit
 from vitools.targets import Target
 
 __all__ = [
@@ -155,23 +155,6 @@ def initial_gaussian(
     return second_order(_path_laplace_program(target), target, key, structure == "diagonal")
 
 
-# The init is one program, compiled once per model and shapes and then run once or a few times,
-# so its compilation is most of its first call: on the engine benchmark's logistic regressions
-# (float32, a loaded 2-core machine, CPU seconds) LLVM's lowest optimisation level compiled it in
-# 2.4-2.9 s instead of 4.3-4.8 s. The price is slower generated loops over the data: its run took
-# 0.53 s instead of 0.40 s at 10^4 rows x 51 and 2.1 s instead of 0.81 s at 10^5 x 51 (measured),
-# where the two levels break even. So data below _QUICK_COMPILE_SIZE numbers compile quickly.
-# XLA's graph passes (fusion, simplification) run at either level; results agree to float rounding.
-_QUICK_COMPILE_SIZE = 10**6  # numbers in the target's arrays (the data, mostly)
-_QUICK_COMPILE = {"xla_backend_optimization_level": 0}
-
-
-def _path_laplace_program(target: Target):
-    """The jitted :func:`_path_laplace` to run on ``target``: compiled quickly for small data."""
-    size = sum(int(np.size(leaf)) for leaf in jax.tree.leaves(target))
-    return _path_laplace_quick if size < _QUICK_COMPILE_SIZE else _path_laplace_default
-
-
 class PathCandidates(NamedTuple):
     """The Gaussians along one optimisation path (:func:`path_candidates`).
 
@@ -289,10 +272,9 @@ def _path_laplace(target: Target, key: jax.Array, diagonal: bool, exact: bool = 
     return InitialGaussian(loc, scale_tril, at_mode, ~simple, evals)
 
 
-_path_laplace_default = jax.jit(_path_laplace, static_argnames=("diagonal", "exact"))
-_path_laplace_quick = jax.jit(
-    _path_laplace, static_argnames=("diagonal", "exact"), compiler_options=_QUICK_COMPILE
-)
+# One program per model and shapes, run once or a few times: compiled at -O0 on small data
+# (vitools.compiling.QUICK_SIZE: 2.4-2.9 s instead of 4.3-4.8 s of CPU on the engine benchmark's regressions).
+_path_laplace_program = sized_jit(_path_laplace, static_argnames=("diagonal", "exact"))
 
 
 def simple_gaussian(target: Target) -> tuple[jax.Array, jax.Array]:

@@ -46,6 +46,7 @@ from vitools.arguments import (
     trace_once,
     try_hash,
 )
+from vitools.compiling import sized_jit
 from vitools.subsample import SubsampledModel, SubsamplePlate, draw_indices, draw_subset, subsample_plates
 
 __all__ = [
@@ -367,15 +368,5 @@ def _initial_point(model: Callable, static: Any, seed: int, arrays: tuple) -> tu
 # 0.82 s against 1.14 s (a second compile in one process; 1.8-2.0 s in a first fit at the default
 # level), measured by the first-fit profile (benchmarks/bench_first_fit.py --profile). Its run is
 # some 16 evaluations of the model, so the slower generated code matters only for large data: the
-# same size rule as the Laplace init's (vitools.laplace._QUICK_COMPILE_SIZE).
-_QUICK_SIZE = 10**6  # numbers in the model's arrays
-_initial_point_quick = jax.jit(
-    _initial_point, static_argnums=(0, 1, 2), compiler_options={"xla_backend_optimization_level": 0}
-)
-_initial_point_default = jax.jit(_initial_point, static_argnums=(0, 1, 2))
-
-
-def initial_point_program(arrays: tuple) -> Callable:
-    """The jitted :func:`_initial_point` for the model's data ``arrays``: compiled quickly when small."""
-    size = sum(int(np.size(leaf)) for leaf in jax.tree.leaves(arrays))
-    return _initial_point_quick if size < _QUICK_SIZE else _initial_point_default
+# same size rule as the Laplace init's (vitools.compiling.sized_jit).
+initial_point_program = sized_jit(_initial_point, static_argnums=(0, 1, 2))  # ``program(arrays)``

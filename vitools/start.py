@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vitools.compiling import setup_jit
 from vitools.engine import (
     MAX_CHUNKS_PER_CALL,
     PROGRAMS,
@@ -22,7 +23,6 @@ from vitools.engine import (
     objective_state,
     optimize,
     quick_compile,
-    setup_jit,
 )
 from vitools.families import Family, family_hooks
 from vitools.frame import Frame
