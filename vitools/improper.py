@@ -84,9 +84,9 @@ def _closed_form_sds(target: Target, family: Family, params: Any) -> np.ndarray 
 
 @setup_jit  # one program: run op by op, each new shape compiled its own (8 more; test_engine)
 def _gaussian_sds(target: Target, family: Family, params: Any) -> jax.Array:
-    from vitools.result import _moments  # result imports the families this module's callers fit
+    from vitools.result import gaussian_moments  # result imports the families this module's callers fit
 
-    _, covariance = _moments(family.distribution(params))
+    _, covariance = gaussian_moments(family.distribution(params))
     return jnp.sqrt(jnp.diag(target.frame.covariance_to_model(covariance)))
 
 

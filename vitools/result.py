@@ -260,7 +260,7 @@ class Fit:
             ((3,), (3, 3))
         """
         q = self.family.distribution(self.params)
-        mean, cov = _moments(q)
+        mean, cov = gaussian_moments(q)
         frame = self.target.frame
         return np.asarray(frame.forward(mean)), np.asarray(frame.covariance_to_model(cov))
 
@@ -392,13 +392,13 @@ class Fit:
         )
 
 
-def _moments(q: dist.Distribution) -> tuple[jax.Array, jax.Array]:
+def gaussian_moments(q: dist.Distribution) -> tuple[jax.Array, jax.Array]:
     """Mean and covariance of a Gaussian q, diagonal or full, or of a mixture of such (the law of
     total covariance: the components' average covariance plus the covariance of their means).
     Batched Gaussians (a mixture's components) give ``(..., dim)`` and ``(..., dim, dim)``."""
     if isinstance(q, dist.MixtureSameFamily):
         weights = q.mixing_distribution.probs
-        means, covs = _moments(q.component_distribution)
+        means, covs = gaussian_moments(q.component_distribution)
         mean = weights @ means
         centred = means - mean[None, :]
         spread = jnp.einsum("k,ki,kj->ij", weights, centred, centred)
