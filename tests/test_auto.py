@@ -2,6 +2,8 @@
 the first fit that reads good, escalates where the diagnostics say so, respects its budget, and
 keeps the path it took."""
 
+import dataclasses
+
 import jax.numpy as jnp
 import numpy as np
 import numpyro
@@ -78,6 +80,11 @@ def test_banana_ends_on_a_flow_with_khat_under_threshold(banana):
     chosen = next(a for a in fit.auto.attempts if a.name == fit.auto.chosen)
     assert chosen.verdict == "good" and chosen.khat < khat_threshold(fit.auto.num_draws)
     assert fit.auto.grad_evals == sum(a.grad_evals for a in fit.auto.attempts)
+    # what the comparison charges it is the whole path, every attempt, not the chosen fit alone
+    table = vt.compare({"auto": fit, "chosen": dataclasses.replace(fit, auto=None)}, num_draws=1000)
+    assert len(fit.auto.attempts) > 1 and fit.auto.grad_evals > fit.num_grad_evals
+    assert table.loc["auto", "grad_evals"] == fit.auto.grad_evals
+    assert table.loc["chosen", "grad_evals"] == fit.num_grad_evals
 
 
 def test_the_first_flow_attempt_is_the_deeper_iaf_given_more_steps(banana):

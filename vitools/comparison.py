@@ -1,6 +1,7 @@
 r"""Several approximations of one posterior side by side: one row per fit, one column per question.
 
-Columns: ``objective``, ``family``, ``steps``, ``grad_evals``, ``time_s`` (from the tree's attrs), then
+Columns: ``objective``, ``family``, ``steps``, ``grad_evals``, ``time_s`` (from the tree's attrs; an
+auto fit's cost is its whole path's, every attempt), then
 the importance diagnostics of :func:`vitools.diagnostics.diagnose` (``khat``, ``verdict``, ``ess``,
 ``log_evidence`` ± ``log_evidence_se``, ``elbo``, ``cubo``; NaN for MCMC, which has no q; a row reads
 elbo ≤ log_evidence ≤ cubo, an interval for log Z where k̂ < 0.5, see ``diagnose``), an MCMC run's
@@ -210,7 +211,8 @@ def compare(
 
     Returns:
         One row per fit, columns ``COLUMNS``: ``objective``, ``family``, ``steps``,
-            ``grad_evals``, ``time_s`` (seconds), ``khat``, ``khat_se``, ``verdict``, ``ess``
+            ``grad_evals``, ``time_s`` (seconds; for a fit of ``vt.auto_fit``, its whole path's:
+            every attempt, see ``fit.auto``), ``khat``, ``khat_se``, ``verdict``, ``ess``
             (draws), ``rhat``, ``divergences`` (MCMC only), ``elbo``, ``log_evidence``,
             ``log_evidence_se``, ``cubo`` (nats), ``missed_mass`` (a share of the posterior
             mass, 0 to 1), ``reasons``; with a reference also ``REFERENCE_COLUMNS``:
@@ -341,8 +343,9 @@ def _metadata(tree: xr.DataTree) -> dict[str, Any]:
         "objective": attrs.get("vitools_objective", "unknown"),
         "family": attrs.get("vitools_family", "unknown"),
         "steps": attrs.get("num_steps", math.nan),
-        "grad_evals": attrs.get("num_grad_evals", math.nan),
-        "time_s": attrs.get("elapsed_s", math.nan),
+        # an auto fit costs its whole path: every attempt's evaluations and seconds, not the chosen one's
+        "grad_evals": attrs.get("auto_grad_evals", attrs.get("num_grad_evals", math.nan)),
+        "time_s": attrs.get("auto_elapsed_s", attrs.get("elapsed_s", math.nan)),
     }
 
 

@@ -11,8 +11,9 @@ A vitools fit becomes a tree with
   ``step``, with attr ``num_draws_per_step`` where the objective draws from q;
 - root attrs: ``vitools_objective``, ``vitools_family``, ``vitools_name``, ``num_steps``,
   ``num_grad_evals``, ``elapsed_s``, ``compile_time_s``, ``status``, ``num_draws``, ``draws_seed``,
-  ``fit_seed``, ``vitools_latent_sites`` and ``vitools_model`` (str/int/float only, so the tree
-  round-trips through netCDF).
+  ``fit_seed``, ``vitools_latent_sites`` and ``vitools_model``, and for a fit of ``vt.auto_fit``
+  ``auto_grad_evals``, ``auto_elapsed_s`` and ``auto_attempts`` (its whole path) (str/int/float only,
+  so the tree round-trips through netCDF).
 
 Convert once, at the edge: :func:`to_datatree` is where a fit is drawn from; compare, diagnose,
 the plots and the report take the trees it returns. Any container of posterior draws
@@ -271,6 +272,10 @@ def _fit_attrs(fit: Fit, num_draws: int, seed: int) -> dict[str, str | int | flo
     }
     if fit.seed is not None:
         attrs["fit_seed"] = int(fit.seed)
+    if fit.auto is not None:  # what vt.auto_fit spent on its whole path, every attempt (vt.compare's cost)
+        attrs["auto_grad_evals"] = int(fit.auto.grad_evals)
+        attrs["auto_elapsed_s"] = float(fit.auto.seconds)
+        attrs["auto_attempts"] = len(fit.auto.attempts)
     if fit.target.model is not None:
         attrs[MODEL_ATTR] = model_name(fit.target.model)
     if fit.convergence is not None:
