@@ -12,6 +12,7 @@ from numpyro.infer import MCMC, NUTS
 
 from vitools import ForwardKL, ForwardKLFromDraws, FullRank, MeanField, RenyiAlpha, ReverseKL, Target
 from vitools.objectives import draws_to_flat, weighted_cross_entropy
+from vitools.result import _sample_flat_with_log_q
 
 KEY = jax.random.PRNGKey(0)  # family init key (Gaussian families draw nothing)
 
@@ -79,6 +80,43 @@ def test_reverse_kl_loss_is_kl_plus_constant_at_the_optimum():
     """At q = p every log weight equals log Z, so the loss is exactly -log Z (zero variance)."""
     loss, info = ReverseKL(8).loss(jax.random.PRNGKey(4), exact_params(), FullRank(), gaussian_target(2.0))
     assert loss == pytest.approx(-2.0, abs=1e-10) and info["ess"] == pytest.approx(8.0)
+
+
+def _ill_conditioned_gaussian(dim: int = 14):
+    """N(1.35, L Lᵀ) with sds 3e-4-3e-3 on L's diagonal and off-diagonal entries of sd 0.1:
+    the shape of a full-rank q in a centred hierarchical model's funnel neck (radon, float32: the
+    q's diagonal read 5e-4-1.3 there, every group's effect tied to the scale). cond(L) ~ 1e19."""
+    rng = np.random.default_rng(0)
+    tril = np.tril(rng.normal(0.0, 0.1, (dim, dim)), -1) + np.diag(10 ** rng.uniform(-3.5, -2.5, dim))
+    return np.full(dim, 1.35), tril
+
+
+@pytest.mark.parametrize("family", [FullRank(), MeanField()], ids=lambda f: f.name)
+def test_log_q_at_own_draws_stays_exact_in_float32_where_the_inverse_does_not(family):
+    """In float32, log q at q's own draws from the inverse L⁻¹(z - μ) is lost to rounding when L
+    is ill-conditioned or far below μ (-inf here; -1e15 on radon, where the loss that rewarded it
+    drew a fit into the funnel's neck, see vitools.families.gaussian). From the noise it is exact:
+    the ELBO estimate matches the closed form of a Gaussian target."""
+    loc, tril = _ill_conditioned_gaussian()
+    if family.name == "meanfield":
+        tril = np.diag(np.sqrt(np.sum(tril**2, axis=1)) * 1e-4)  # sds 1e-4 x those: far below μ
+    dim, num_draws = loc.shape[0], 256
+    # the exact ELBO of N(loc, L Lᵀ) against N(0, I): E log p + H(q)
+    log_det = np.sum(np.log(np.diag(tril)))
+    elbo = -0.5 * (loc @ loc + np.sum(tril**2)) + log_det + 0.5 * dim
+    # log w = -½‖z‖² + ½‖ε‖² + log det L: its sd is about ‖loc‖ ≈ 5 here (the ε terms nearly cancel)
+    tolerance = 5 * np.linalg.norm(loc) / np.sqrt(num_draws)
+    with jax.enable_x64(False):
+        target = Target.from_log_density(lambda x: jnp.sum(jax.scipy.stats.norm.logpdf(x)), dim)
+        params = family.init(KEY, None, jnp.asarray(loc, jnp.float32), jnp.asarray(tril, jnp.float32))
+        for stl in (True, False):
+            objective = ReverseKL(num_draws, stick_the_landing=stl)
+            loss, _ = objective.loss(jax.random.PRNGKey(6), params, family, target)
+            assert loss.dtype == jnp.float32 and abs(-float(loss) - elbo) < tolerance, (stl, loss, elbo)
+        # the diagnostics' log q (Fit.sample_with_log_densities): E[log q] = -H(q), sd sqrt(dim/2)
+        _, log_q = _sample_flat_with_log_q(family, params, jax.random.PRNGKey(7), num_draws)
+        entropy = log_det + 0.5 * dim * (1.0 + np.log(2.0 * np.pi))
+        assert abs(float(jnp.mean(log_q)) + entropy) < 5 * np.sqrt(dim / 2 / num_draws)
 
 
 def test_renyi_tends_to_reverse_kl_as_alpha_tends_to_one():

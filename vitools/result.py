@@ -15,7 +15,7 @@ import numpyro.distributions as dist
 from vitools import validate
 from vitools.blas import one_blas_thread
 from vitools.families import Family, FullRank, LowRank, MeanField
-from vitools.families.base import draw_many
+from vitools.families.base import draw_many, family_hooks
 from vitools.frame import Frame
 from vitools.targets import Target
 
@@ -89,6 +89,9 @@ class Fit:
         auto: the automatic mode's path to this fit (:class:`vitools.auto.AutoPath`: every
             attempt's configuration, verdict, gradient evaluations and time), None for a fit
             made otherwise.
+        layout: what ``vt.fit(..., devices=...)`` split over the devices, in words
+            (:func:`vitools.sharding.layout`: the mesh, the draws, the data rows); None on one
+            device.
 
     Examples:
         >>> fit = vt.fit(model, x, y=y, seed=0)  # model(x, y=None): alpha, beta, sigma
@@ -114,6 +117,7 @@ class Fit:
     init_grad_evals: int = 0
     init_time: float = 0.0
     auto: Any = None
+    layout: str | None = None
 
     @classmethod
     def from_gaussian(
@@ -357,8 +361,10 @@ class Fit:
             >>> draws["sigma"].shape, (log_p - log_q).shape
             ((1000,), (1000,))
         """
-        flat = self._sample_frame(num_draws, seed, key)
-        draws, log_p, log_q = _densities(self.family, self.params, self.target, flat)
+        num_draws = validate.count(num_draws, "num_draws")
+        key = validate.seed_or_key(seed, key)
+        flat, log_q = _sample_flat_with_log_q(self.family, self.params, key, num_draws)
+        draws, log_p, log_q = _densities(self.family, self.params, self.target, flat, log_q)
         return jax.device_get(draws), np.asarray(log_p), np.asarray(log_q)
 
     def save(self, path: str | os.PathLike) -> Path:
@@ -388,6 +394,7 @@ class Fit:
             f"status={self.status!r}, init {self.init_time:.2f}s, {self.elapsed:.2f}s + "
             f"{self.compile_time:.2f}s compile"
             + ("" if self.convergence is None else f"; {self.convergence}")
+            + ("" if self.layout is None else f"; {self.layout}")
             + ")"
         )
 
@@ -434,16 +441,25 @@ def _log_prob_constrained(family, params, target, values):
     return jax.lax.map(one, values, batch_size=DRAW_BATCH)
 
 
+@functools.partial(jax.jit, static_argnums=(3,))
+def _sample_flat_with_log_q(family, params, key, num_draws):
+    """``(draws, log q)`` in the fit's frame: log q from the draws' noise where the family can
+    (``FamilyHooks.rsample_with_log_prob``: exact where ``log_prob`` at the draw loses the noise
+    to rounding), else None (``_densities`` evaluates ``log_prob`` at each draw)."""
+    rsample_with_log_prob = family_hooks(family).rsample_with_log_prob
+    if rsample_with_log_prob is None:
+        return draw_many(family.distribution(params), key, num_draws), None
+    return rsample_with_log_prob(params, key, num_draws, False)
+
+
 @jax.jit
-def _densities(family, params, target, flat):
+def _densities(family, params, target, flat, log_q):
     q = family.distribution(params)
 
-    def one(u):
+    def one(args):
+        u, log_q_u = args
         log_jac = target.log_abs_det_jacobian(u)
-        return (
-            target.constrain(u, deterministic=True),
-            target.log_density(u) - log_jac,
-            q.log_prob(u) - log_jac,
-        )
+        log_q_u = q.log_prob(u) if log_q_u is None else log_q_u
+        return target.constrain(u, deterministic=True), target.log_density(u) - log_jac, log_q_u - log_jac
 
-    return jax.lax.map(one, flat, batch_size=DRAW_BATCH)
+    return jax.lax.map(one, (flat, log_q), batch_size=DRAW_BATCH)

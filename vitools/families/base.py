@@ -63,6 +63,13 @@ class FamilyHooks(NamedTuple):
         sample_with_log_prob: ``(params, key) -> (draw, log q)`` from one forward pass; reverse
             KL and Rényi use it instead of ``log_prob`` at the draw (flows, whose inverse is
             costly); None: draw, then ``log_prob``.
+        rsample_with_log_prob: ``(params, key, num_draws, stop_gradient) -> (draws (S, dim),
+            log_q (S,))``: the draws of :func:`draw_many` and log q at each computed from their
+            noise, not by inverting them (exact where the inverse loses the noise to rounding:
+            an ill-conditioned scale in float32); with ``stop_gradient`` log q is that of the
+            stop-gradiented parameters at the (differentiable) draws, as sticking the landing
+            and DReG need. Reverse KL, Rényi, DReG and the diagnostics' log q use it (the
+            Gaussian families); None: ``draw_many``, then ``log_prob``.
         stratified_draws: ``(params, key, num_draws) -> (draws (S, dim), log_q (S,),
             log_draw_weights (S,))``: reparameterized draws of a family whose ``sample`` is not
             reparameterized (a mixture: the component is a discrete choice), with normalized log
@@ -89,6 +96,7 @@ class FamilyHooks(NamedTuple):
     structure: str = "full"
     widened: Callable | None = None
     sample_with_log_prob: Callable | None = None
+    rsample_with_log_prob: Callable | None = None
     stratified_draws: Callable | None = None
     search_start: Callable | None = None
     learning_rate_scale: float = 1.0

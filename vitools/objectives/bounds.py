@@ -41,6 +41,10 @@ def _dreg_log_weights(key, params, family, target, num_draws: int) -> jax.Array:
     DReG must drop it, so log q is evaluated at the fixed draw with ``log_prob`` (for an IAF that
     inverts the flow, d sequential network passes per draw).
     """
+    rsample_with_log_prob = family_hooks(family).rsample_with_log_prob
+    if rsample_with_log_prob is not None:  # the Gaussians: the same, from the draws' noise
+        draws, log_q = rsample_with_log_prob(params, key, num_draws, True)
+        return jax.vmap(target.log_density)(draws) - log_q
     q = family.distribution(params)
     q_stopped = family.distribution(jax.lax.stop_gradient(params))
     draws = draw_many(q, key, num_draws)

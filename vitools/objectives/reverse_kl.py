@@ -28,6 +28,8 @@ def _log_weights(
     A family with ``sample_with_log_prob(params, key)`` (flows) gives each draw's log q from its
     own forward pass: no inverse, but no STL either (dropping the score term needs log q at a
     fixed draw, i.e. the inverse), so such families get the plain reparameterized gradient.
+    A family with ``rsample_with_log_prob`` (the Gaussians) gives log q from each draw's noise,
+    STL included, exact where ``log_prob`` at the draw would lose the noise to rounding.
 
     A family with ``stratified_draws`` (mixtures) gives ``log w_i + log(S ω_i)``, ω_i its draws'
     weights (:func:`_stratified_log_weights`): ``logsumexp(.) - log S`` is then the stratified
@@ -44,6 +46,9 @@ def _log_weights(
     if hooks.sample_with_log_prob is not None:
         keys = jax.random.split(key, num_draws)
         draws, log_q = jax.vmap(hooks.sample_with_log_prob, in_axes=(None, 0))(params, keys)
+        return jax.vmap(target.log_density)(draws) - log_q
+    if hooks.rsample_with_log_prob is not None:  # log q from the draws' noise (the Gaussian families)
+        draws, log_q = hooks.rsample_with_log_prob(params, key, num_draws, stl)
         return jax.vmap(target.log_density)(draws) - log_q
     q = family.distribution(params)
     if not q.has_rsample:
