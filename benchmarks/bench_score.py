@@ -14,10 +14,10 @@ fewer gradient evaluations, all of them counted on both sides (``num_grad_evals`
 start's ``init_grad_evals``, the default's race pilots and its loop). The loop-only ratio leaves
 out the start's evaluations (the default's race pilots stay in).
 
-Outputs ``benchmarks/results/score.md`` (and ``score.csv``).
+Outputs ``benchmarks/results/score.md`` (and ``score.csv``; ``--out NAME``: ``NAME.md``, ``NAME.csv``).
 
 Run: ``.venv/bin/python benchmarks/bench_score.py [--models a,b] [--seeds 0,1] [--configs 6:1:0.25,8:1]
-[--reuse score.csv]``
+[--reuse score.csv] [--out score]``
 """
 
 from __future__ import annotations
@@ -149,6 +149,9 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="an earlier score.csv: its default fits, and its rows of other configurations, are kept",
     )
+    parser.add_argument(
+        "--out", default="score", help="file stem under benchmarks/results (held-out runs: another)"
+    )
     args = parser.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")]
     configs = [
@@ -164,11 +167,11 @@ def main(argv: list[str] | None = None) -> int:
             kept = kept[[(r.B, r.lr, r.avg) not in configs for r in kept.itertuples()]]
             rows += kept.to_dict("records")
         rows += rows_for(name, seeds, configs, reuse)
-        pd.DataFrame(rows).to_csv(RESULTS_DIR / "score_partial.csv", index=False)
+        pd.DataFrame(rows).to_csv(RESULTS_DIR / f"{args.out}_partial.csv", index=False)
     df = pd.DataFrame(rows).sort_values(["model", "seed", "avg"], kind="stable")
     df = df.sort_values("model", key=lambda m: m.map(args.models.split(",").index), kind="stable")
-    df.to_csv(RESULTS_DIR / "score.csv", index=False)
-    (RESULTS_DIR / "score_partial.csv").unlink(missing_ok=True)
+    df.to_csv(RESULTS_DIR / f"{args.out}.csv", index=False)
+    (RESULTS_DIR / f"{args.out}_partial.csv").unlink(missing_ok=True)
     header = ["model", "d", "seed", "B", "lr", "avg", "w1 default ± se", "default evals (init) / steps"]
     header += ["w1 BaM", "BaM evals (init) / steps", "ratio total / loop", "5x bar"]
     table = markdown_table(
@@ -193,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
             table,
         ]
     )
-    path = RESULTS_DIR / "score.md"
+    path = RESULTS_DIR / f"{args.out}.md"
     path.write_text(text + "\n")
     print(text)
     return 0
