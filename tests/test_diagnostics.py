@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import arviz as az
+import jax
 import numpy as np
 import numpyro
 import numpyro.distributions as dist
@@ -201,3 +202,52 @@ def test_diagnose_a_real_fit_of_a_normalized_gaussian_model():
     assert diag.verdict == "good"
     assert abs(diag.log_evidence) < 4 * diag.log_evidence_se + 1e-3
     assert diag.psis_means["x[0]"] == pytest.approx(1.0, abs=0.3)
+
+
+def test_a_float32_fit_whose_log_joint_is_large_keeps_its_log_weights_apart():
+    """A log joint of -85,000 nats (the size of a 200,000-row likelihood) has a float32 spacing of
+    0.0078 nats, while a near-exact q's log weights spread over ~0.1: in float32 they took a few
+    dozen distinct values, PSIS's tail was tied and the fit read "bad, k̂ undefined" (a user's
+    trial, 200,000 rows: 1,061 distinct values of 10,000). The diagnostics evaluate log p in
+    float64 at q's float32 draws, so every draw keeps its own weight and the fit reads good."""
+
+    def model():
+        with numpyro.plate("dim", 2):
+            numpyro.sample("x", dist.Normal(1.0, 2.0))
+        numpyro.factor("likelihood_size", -85_000.0)  # moves log Z, not the posterior
+
+    with jax.enable_x64(False):
+        fit = vt.fit(model, num_steps=300, progress=False)
+        _, log_p, log_q = fit.sample_with_log_densities(1000, seed=1)
+        diag = diagnose(fit, num_draws=1000, seed=1)
+    assert len(np.unique(log_p - log_q)) == 1000
+    assert diag.verdict == "good", diag
+    assert fit.params.loc.dtype == np.float32 and log_p.dtype == np.float64
+    # log Z = -85,000 exactly (a normalized prior times the factor); its se from 1000 draws of a
+    # near-exact q is ~0.01 nats; 4 se and float32's spacing of q's own log density leave 0.05
+    assert diag.log_evidence == pytest.approx(-85_000.0, abs=0.05)
+
+
+def test_the_per_draw_programs_batch_fewer_draws_over_large_data_with_the_same_numbers(monkeypatch):
+    """Memory of the diagnostics' per-draw programs is one batch of draws: over large data the
+    batch shrinks (a 10^6-row fit peaked at 12.5 GB with 1000 draws a batch), and the numbers do
+    not depend on it."""
+    from vitools import result
+
+    def model(x, y=None):
+        w = numpyro.sample("w", dist.Normal(0.0, 1.0).expand([2]).to_event(1))
+        with numpyro.plate("rows", x.shape[0]):
+            numpyro.sample("y", dist.Normal(x @ w, 1.0), obs=y)
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(300, 2))
+    fit = vt.fit(model, x, y=x @ np.array([0.5, -1.0]) + rng.normal(size=300), num_steps=200, progress=False)
+    size = sum(np.size(leaf) for leaf in jax.tree.leaves(fit.target))  # the data's 900 and the frame's
+    assert result.draw_batch(fit.target) == result.DRAW_BATCH  # no need to shrink
+    before = fit.sample_with_log_densities(40, seed=2)
+    monkeypatch.setattr(result, "DRAW_NUMBERS", 7 * size)  # as if the data were 10^6 rows: 7 draws a batch
+    assert result.draw_batch(fit.target) == 7
+    after = fit.sample_with_log_densities(40, seed=2)
+    np.testing.assert_allclose(after[0]["w"], before[0]["w"], rtol=1e-12)
+    for a, b in zip(after[1:], before[1:], strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-12)
