@@ -17,9 +17,10 @@ The calls of one configuration run interleaved (SVI, vt, vt + prefetch, then aga
 ``--repeats``) and the best of each is kept.
 
 Run: ``.venv/bin/python benchmarks/bench_first_fit.py [--quick] [--repeats 2]``; writes
-``benchmarks/results/first_fit.md``. ``--profile ROWS,FEATURES,STEPS,FAMILY`` prints where one first
-``vt.fit``'s CPU seconds go instead: per phase, and per JAX program its tracing, lowering and XLA
-compilation (``jax.monitoring`` events).
+``benchmarks/results/first_fit.md``. ``--profile ROWS,FEATURES,STEPS,FAMILY [--prefetch]``
+prints where one first ``vt.fit``'s CPU seconds go instead: per phase, per thread (the main one,
+XLA's compile and runtime pools), and per JAX program its tracing, lowering and XLA compilation
+(``jax.monitoring`` events).
 """
 
 from __future__ import annotations
@@ -58,10 +59,51 @@ def child(rows: int, features: int, steps: int, family: str, method: str) -> dic
     return {"wall": time.perf_counter() - wall, "cpu": time.process_time() - cpu}
 
 
-def profile(rows: int, features: int, steps: int, family: str) -> str:
+# Threads of a first fit by name (Linux's /proc names): XLA's CPU compiler compiles a program's
+# kernels on threads of its own, which keep the process's name (as the prefetch's thread does);
+# its runtime runs on tf_XLAEigen threads.
+THREAD_ROLES = {
+    "python": "XLA's compile pool, and the prefetch's thread",
+    "tf_XLAEigen": "XLA's runtime pool",
+}
+
+
+def thread_seconds() -> dict[int, tuple[str, float]]:
+    """``{thread id: (name, CPU seconds)}`` of this process's threads (empty off Linux)."""
+    out = {}
+    root = Path("/proc/self/task")
+    for task in root.iterdir() if root.exists() else ():
+        try:
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            name = (task / "comm").read_text().strip()
+        except OSError:  # the thread ended meanwhile
+            continue
+        out[int(task.name)] = (name, (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"))
+    return out
+
+
+def thread_report(before: dict, after: dict, main: int) -> str:
+    """CPU seconds between two :func:`thread_seconds` by role: the main thread, then the others
+    grouped by name. The main thread's seconds bound a fit's wall time from below, as the
+    process's CPU seconds over the cores do."""
+    groups: dict[str, list[float]] = {}
+    for tid, (name, seconds) in after.items():
+        spent = seconds - before.get(tid, (name, 0.0))[1]
+        if spent >= 0.01:
+            groups.setdefault("main" if tid == main else name, []).append(spent)
+    parts = [f"main {sum(groups.pop('main', [0.0])):.2f}"]
+    for name, spent in sorted(groups.items(), key=lambda item: -sum(item[1])):
+        role = THREAD_ROLES.get(name, "")
+        parts.append(f"{name} x{len(spent)} {sum(spent):.2f}" + (f" ({role})" if role else ""))
+    return "threads (CPU s): " + ", ".join(parts)
+
+
+def profile(rows: int, features: int, steps: int, family: str, prefetch: bool = False) -> str:
     """One first ``vt.fit`` in this fresh process, broken down: the seconds of each phase of the fit
     and of each JAX program's tracing, lowering and XLA compilation (CPU seconds of this process,
-    all threads: with the background compile of the loop switched off, they are the program's)."""
+    all threads: with the background compile of the loop switched off, they are the program's),
+    and each thread's CPU seconds (:func:`thread_report`). ``prefetch``: leave the background
+    compile of the loop on (the programs' seconds then overlap)."""
     import collections
     import threading
 
@@ -85,7 +127,8 @@ def profile(rows: int, features: int, steps: int, family: str) -> str:
 
     jax.monitoring.register_scalar_listener(started)
     jax.monitoring.register_event_time_span_listener(ended)
-    vitools.start.prefetch_loop = lambda *args, **kwargs: False
+    if not prefetch:
+        vitools.start.prefetch_loop = lambda *args, **kwargs: False
 
     def timed(module, name):
         function = getattr(module, name)
@@ -111,17 +154,20 @@ def profile(rows: int, features: int, steps: int, family: str) -> str:
     X, y = make_data(rows, features)
     jax.block_until_ready(jnp.sum(X))
     programs.clear()
-    cpu = time.process_time()
+    threads, cpu = thread_seconds(), time.process_time()
     jax.block_until_ready(vt_runner(family, X, y, steps, "laplace")().losses)
     total = time.process_time() - cpu
+    by_thread = thread_report(threads, thread_seconds(), threading.get_native_id())
     table = collections.defaultdict(lambda: {"trace": 0.0, "lower": 0.0, "compile": 0.0})
     names = {"jaxpr_trace": "trace", "jaxpr_to_mlir_module": "lower", "backend_compile": "compile"}
     for name, stage, seconds in programs:
         table[name.removeprefix("jit(").removesuffix(")")][names.get(stage, stage)] += seconds
     rows_out = sorted(table.items(), key=lambda item: -sum(item[1].values()))
     lines = [
-        f"{rows} rows x {features + 1} params, {family}, {steps} steps: {total:.2f} CPU s in all",
+        f"{rows} rows x {features + 1} params, {family}, {steps} steps"
+        f"{', loop prefetched' if prefetch else ''}: {total:.2f} CPU s in all",
         "phases (CPU s): " + ", ".join(f"{name} {seconds:.2f}" for name, seconds in phases),
+        by_thread,
         "",
         markdown_table(
             ("program", "trace", "lower", "XLA compile", "total"),
@@ -153,10 +199,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--child", default="", help=argparse.SUPPRESS)
     parser.add_argument("--profile", default="", metavar="ROWS,FEATURES,STEPS,FAMILY")
+    parser.add_argument(
+        "--prefetch", action="store_true", help="with --profile: the loop compiles in the background"
+    )
     args = parser.parse_args(argv)
     if args.profile:
         rows, features, steps, family = args.profile.split(",")
-        print(profile(int(rows), int(features), int(steps), family))
+        print(profile(int(rows), int(features), int(steps), family, args.prefetch))
         return 0
     if args.child:
         rows, features, steps, family, method = args.child.split(",")
