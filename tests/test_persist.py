@@ -169,6 +169,13 @@ def test_a_loaded_fit_draws_the_same_draws_bit_for_bit(saved, family):
     assert_same_record(loaded, fit)
 
 
+def test_the_device_layout_survives_save_and_load(saved, tmp_path):
+    fit, path = saved("fullrank")
+    assert fit.layout is None and vt.load(path, model, Y).layout is None  # one device
+    split = dataclasses.replace(fit, layout="4 cpu devices, mesh {'draws': 4}: the draws split 4 ways")
+    assert vt.load(vt.save(split, tmp_path / "split.vitools.npz"), model, Y).layout == split.layout
+
+
 def test_a_given_start_puts_the_fit_in_a_frame_other_than_the_identity(saved):
     """So the frame's round trip above is not only the identity's."""
     fit, _ = saved("meanfield")

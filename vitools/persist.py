@@ -61,7 +61,7 @@ FORMAT = "vitools.fit"
 FORMAT_VERSION = 1
 # The Fit's record fields kept in the header (JSON scalars), besides its convergence.
 _RECORD = ("num_steps", "num_grad_evals", "init_grad_evals", "elapsed", "compile_time", "init_time",
-           "status", "seed")  # fmt: skip
+           "status", "seed", "layout")  # fmt: skip
 
 
 def save(fit: Fit, path: str | os.PathLike) -> Path:
