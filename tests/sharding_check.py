@@ -13,6 +13,9 @@ What it measures (all on a logistic regression of 256 generated rows and 4 featu
   split over the devices and with the data rows split: the largest difference of the parameters;
 - the shardings of the placed data, of q's draws (Gaussian and mixture) and of the parameters
   after the split fits;
+- ``vt.fit`` with ``devices="all"`` and with a Mesh from ``jax.make_mesh`` (Explicit axes), against
+  the one-device fit, and what each says it split (``Fit.layout``, the line printed with progress);
+  the warning of ``devices="all"`` for rows that do not split evenly;
 - that a chunk of the compiled loop runs under ``jax.transfer_guard("disallow")`` (no transfer
   between host and device inside it) and that its HLO has no host callback, infeed or outfeed;
 - the dtypes of params, draws and losses, float64 in the compiled HLO, and JAX's warnings of a
@@ -34,7 +37,9 @@ if __name__ == "__main__":  # before JAX starts; importing this module changes n
         os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count=4".strip()
         os.environ["JAX_PLATFORMS"] = "cpu"
 
+import contextlib  # noqa: E402
 import dataclasses  # noqa: E402
+import io  # noqa: E402
 import json  # noqa: E402
 import re  # noqa: E402
 import warnings  # noqa: E402
@@ -82,6 +87,12 @@ def describe(x) -> dict:
         "shard_shape": list(x.addressable_shards[0].data.shape),
         "dtype": str(x.dtype),
     }
+
+
+def max_diff(a, b) -> float:
+    """The largest absolute difference between two trees of arrays of the same structure."""
+    pairs = zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
+    return max(float(np.max(np.abs(np.asarray(x) - np.asarray(y)))) for x, y in pairs)
 
 
 def fit(mesh, target, family, objective, optimizer, key, programs):
@@ -193,12 +204,38 @@ def main() -> dict:
         one = vt.fit(logistic_regression, X, y=y, **options)
         everywhere = vt.fit(logistic_regression, X, y=y, devices="all", **options)
         report["vt_fit"] = {
-            "max_param_diff": max(
-                float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
-                for a, b in zip(jax.tree.leaves(one.params), jax.tree.leaves(everywhere.params), strict=True)
-            ),
+            "max_param_diff": max_diff(one.params, everywhere.params),
             "steps": [one.num_steps, everywhere.num_steps],
             "draws_shape": list(everywhere.sample(8, seed=1)["beta"].shape),
+            "layout": everywhere.layout,
+            "one_device_layout": one.layout,
+        }
+        # a Mesh as users make it: jax.make_mesh, whose axes are Explicit by default (JAX 0.12.1),
+        # with progress on (its first line says what was split)
+        user_mesh = jax.make_mesh((2, 2), (sharding.DRAWS, sharding.DATA))
+        printed = io.StringIO()
+        with contextlib.redirect_stderr(printed):
+            made = vt.fit(logistic_regression, X, y=y, devices=user_mesh, **{**options, "progress": True})
+        report["make_mesh"] = {
+            "axis_types": [str(t) for t in user_mesh.axis_types],
+            "used_axis_types": [str(t) for t in sharding.mesh_of(user_mesh).axis_types],
+            "max_param_diff": max_diff(one.params, made.params),
+            "steps": made.num_steps,
+            "layout": made.layout,
+            "printed": [line for line in printed.getvalue().splitlines() if line.startswith("vitools:")],
+        }
+        with sharding.active(sharding.mesh_of(jax.make_mesh((4,), (sharding.DRAWS,)))):
+            report["make_mesh"]["q_draws"] = describe(jax.jit(all_draws)(params, mixture_params, key)[0])
+        # devices="all" with rows that outnumber the draws but do not split evenly: the draws are
+        # split, with the warning a Mesh of one's own splitting the rows gets
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            uneven_mesh = sharding.mesh_for("all", uneven, DRAWS)
+        report["uneven_rows"]["all"] = {
+            "mesh": dict(uneven_mesh.shape),
+            "layout": sharding.layout(uneven_mesh, uneven, DRAWS),
+            "warnings": [str(w.message) for w in caught],
+            "warned_at": [os.path.basename(w.filename) for w in caught],
         }
 
     seconds["draws_checks"], tic = time.perf_counter() - tic, time.perf_counter()

@@ -16,10 +16,12 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+import numpyro
 import numpyro.distributions as dist
 import pytest
-from jax.sharding import Mesh
+from jax.sharding import AxisType, Mesh
 
+import vitools as vt
 from vitools import sharding, validate
 from vitools.families.base import draw_many
 
@@ -64,6 +66,34 @@ def test_a_mesh_with_vitools_axis_names_is_used_as_it_is():
     mesh = Mesh(np.array(jax.devices()[:1]), ("draws",))
     assert sharding.mesh_of(mesh) is mesh
     assert sharding.mesh_for(mesh, None, 16) is mesh
+
+
+def test_a_mesh_from_make_mesh_is_used_with_auto_axes():
+    # jax.make_mesh gives Explicit axes (JAX 0.12.1), under which with_sharding_constraint asserts
+    # a sharding instead of asking for it: vitools uses the same devices and names, Auto
+    user_mesh = jax.make_mesh((1,), ("draws",))
+    assert user_mesh.axis_types == (AxisType.Explicit,)
+    mesh = sharding.mesh_of(user_mesh)
+    assert mesh.axis_types == (AxisType.Auto,)
+    assert mesh.axis_names == user_mesh.axis_names
+    assert mesh.devices.tolist() == user_mesh.devices.tolist()
+    assert dict(sharding.mesh_for(user_mesh, None, 16).shape) == {"draws": 1}
+
+
+def test_the_layout_of_no_mesh_is_none():
+    assert sharding.layout(None, None, 16) is None
+
+
+@pytest.mark.parametrize("function", ["fit_many", "pathfinder", "auto_fit"])
+def test_devices_given_to_a_function_without_it_says_which_takes_it(function):
+    # devices= is vt.fit's option only: elsewhere it reaches the model, which has no such argument
+    def model(y=None):
+        mu = numpyro.sample("mu", dist.Normal(0.0, 1.0))
+        numpyro.sample("y", dist.Normal(mu, 1.0), obs=y)
+
+    options = {"seeds": 2} if function == "fit_many" else {}
+    with pytest.raises(TypeError, match=r"devices= is an option of vt.fit only"):
+        getattr(vt, function)(model, y=jnp.ones(3), devices="all", progress=False, **options)
 
 
 @pytest.mark.parametrize(
@@ -188,6 +218,19 @@ def test_rows_that_do_not_split_evenly_are_copied_with_a_warning(report):
     assert len(uneven["warnings"]) == 1 and "255 rows do not split evenly" in uneven["warnings"][0]
 
 
+def test_devices_all_warns_of_rows_that_do_not_split_evenly_and_splits_the_draws(report):
+    # 255 rows outnumber the 16 draws but do not split over 4 devices: the draws are split, and
+    # the user is told, as with a Mesh of their own that splits the rows (the warning names the
+    # caller's line, not vitools')
+    uneven = report["uneven_rows"]["all"]
+    assert uneven["mesh"] == {"draws": 4, "data": 1}
+    (warning,) = uneven["warnings"]
+    assert "255 rows do not split evenly over the 4 devices" in warning
+    assert uneven["warned_at"] == ["sharding_check.py"]
+    assert "16 draws a step split 4 ways" in uneven["layout"]
+    assert "255 data rows on every device" in uneven["layout"]
+
+
 def test_mesh_for_splits_the_longer_axis(report):
     assert report["mesh_for"]["logistic"] == {"draws": 1, "data": 4}  # 256 rows > 16 draws
     assert report["mesh_for"]["few_rows"] == {"draws": 4, "data": 1}  # 256 rows < 512 draws
@@ -220,3 +263,27 @@ def test_vt_fit_with_devices_all_equals_the_one_device_fit(report):
     assert fit["steps"] == [200, 200]  # STEPS of sharding_check, no early stop (converge=False)
     assert fit["max_param_diff"] <= 200 * 0.1 * 8 * FLOAT32_EPS * max(1.0, report["param_scale"])
     assert fit["draws_shape"][0] == 8
+
+
+def test_vt_fit_records_and_prints_what_it_split(report):
+    assert report["vt_fit"]["one_device_layout"] is None  # one device: nothing split, nothing said
+    layout = report["vt_fit"]["layout"]  # devices="all", 256 rows > 16 draws: the rows
+    assert layout.startswith("4 cpu devices") and "256 data rows split 4 ways (64 a device)" in layout
+    made = report["make_mesh"]
+    assert "16 draws a step split 2 ways" in made["layout"]
+    assert "256 data rows split 2 ways (128 a device)" in made["layout"]
+    assert made["printed"] == [f"vitools: {made['layout']}"]  # one line, progress on
+
+
+def test_vt_fit_on_a_mesh_from_make_mesh_equals_the_one_device_fit(report):
+    """The Mesh the docs suggest, ``jax.make_mesh((2, 2), ("draws", "data"))``, whose axes are
+    Explicit, failed in constrain_draws before; now it runs on Auto axes and gives the one-device
+    fit within the rounding bound of the split-fit test (same steps; vt.fit's peak rate for this
+    model, below 0.1, as in test_vt_fit_with_devices_all_equals_the_one_device_fit)."""
+    made = report["make_mesh"]
+    assert made["axis_types"] == ["AxisType.Explicit", "AxisType.Explicit"]
+    assert made["used_axis_types"] == ["AxisType.Auto", "AxisType.Auto"]
+    assert made["steps"] == 200
+    assert made["max_param_diff"] <= 200 * 0.1 * 8 * FLOAT32_EPS * max(1.0, report["param_scale"])
+    # and q's draws split over a make_mesh((4,), ("draws",)): 16 draws of 5 dimensions, 4 a device
+    assert made["q_draws"]["spec"] == ["draws"] and made["q_draws"]["shard_shape"] == [4, 5]

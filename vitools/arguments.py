@@ -168,9 +168,15 @@ def trace_in_first_mode(model: Callable, args: tuple, kwargs: dict, seed: int) -
     raise _call_error(error, args, kwargs) from error
 
 
+# Options of some vitools functions only: elsewhere (fit_many, vsbc, auto_fit, pathfinder) they
+# reach the model as its keyword arguments, and a model without them fails on the name.
+_ONLY_OPTION_OF = {"devices": "vt.fit"}
+
+
 def _call_error(err: Exception, args: tuple, kwargs: dict) -> Exception:
     """The model failed on its arguments as given: say so, with a hint for pandas inputs (their
-    arithmetic with a JAX value converts it to NumPy, which a traced value refuses)."""
+    arithmetic with a JAX value converts it to NumPy, which a traced value refuses) and for an
+    option of another vitools function (``_ONLY_OPTION_OF``) that reached the model."""
     leaves = jax.tree.leaves((args, kwargs))
     pandas = [type(x).__name__ for x in leaves if type(x).__module__.startswith("pandas")]
     hint = ""
@@ -178,6 +184,13 @@ def _call_error(err: Exception, args: tuple, kwargs: dict) -> Exception:
         hint = (
             f"; an argument is a pandas {pandas[0]}, whose arithmetic with JAX values fails (under "
             "NumPyro's NUTS too): pass its values, e.g. series.to_numpy()"
+        )
+    stray = [name for name in _ONLY_OPTION_OF if name in kwargs and f"'{name}'" in str(err)]
+    if isinstance(err, TypeError) and stray:
+        name = stray[0]
+        hint = (
+            f"; {name}= is an option of {_ONLY_OPTION_OF[name]} only (vt.fit_many, vt.vsbc, vt.auto_fit "
+            f"and vt.pathfinder run on JAX's default device and pass {name}= on to the model)"
         )
     if not isinstance(err, TypeError) and not hint:
         return err

@@ -26,7 +26,7 @@ from vitools.objectives.base import check_subsampling
 from vitools.result import Fit, NonFiniteLossError
 from vitools.targets import INIT_ROWS, Target
 
-__all__ = ["default_learning_rate", "default_rate", "fit", "target_of"]
+__all__ = ["default_learning_rate", "default_rate", "fit", "races_starts", "target_of"]
 
 
 @one_blas_thread
@@ -199,12 +199,7 @@ def fit(
         learning_rate = default_rate(objective, family, target.dim)
     quick = quick_compile(num_steps, objective, target)  # the loop's optimisation level, pilots' too
     pilots = []
-    # No race under subsampling: the pilots' minibatch losses are too noisy to rank the starts. With it,
-    # 10^6-row logistic regression, B = 4096, seed 0: the simple start won, and q's mean ended 3.0 sds
-    # off with sds 1.9-2.4x the posterior's; without it, 0.2 sds and 0.95-1.19x (16 draws; measured).
-    # Nor for an objective that says so (ObjectiveHooks.races_start: batch-and-match).
-    racing = hooks.races_start and not (hooks.mass_covering or subsampled)
-    if laplace and informed and num_steps >= start.RACE_MIN_STEPS and racing:
+    if informed and races_starts(objective, model_target, init, num_steps):
         run = functools.partial(
             start.pilot,
             family,
@@ -217,6 +212,7 @@ def fit(
         )
         simple = start.simple_start(model_target, like=target)
         (target, loc, scale_tril), pilots = start.race([(target, loc, scale_tril), simple], run)
+    layout = None  # what the loop's mesh splits (Fit.layout); None: one device
     if pilots and pilots[-1].outcome.status == "interrupted":  # Ctrl-C in a pilot: that is the fit
         outcome, pilots = pilots[-1].outcome, pilots[:-1]
     else:
@@ -230,6 +226,9 @@ def fit(
         carried = objective_state(objective, keys.objective, params, family, target)
         state = init_state(run_key, params, optimizer, learning_rate, target.model_params, carried)
         mesh = sharding.mesh_for(devices, target, num_density_evals)
+        layout = sharding.layout(mesh, target, num_density_evals)
+        if progress and devices is not None:  # what devices= did, one device included
+            print(f"vitools: {layout or 'one device, nothing split'}", file=sys.stderr, flush=True)
         placed_state, placed_objective, placed_family = sharding.place((state, objective, family), mesh)
         with sharding.active(mesh):
             outcome = optimize(
@@ -266,6 +265,7 @@ def fit(
         status=outcome.status,
         seed=seed,
         convergence=outcome.convergence,
+        layout=layout,
     )
     if outcome.status == "nonfinite":
         message = (
@@ -326,6 +326,21 @@ def target_of(
         raise validate.ArgumentValueError(f"model argument(s) {both} given in model_kwargs and by name")
     kwargs = {**(model_kwargs or {}), **kwargs}
     return model if isinstance(model, Target) else Target.from_model(model, *model_args, **kwargs)
+
+
+def races_starts(objective: Objective, target: Target, init: Any, num_steps: int) -> bool:
+    """Whether ``vt.fit`` races an informed Laplace start against NumPyro's simple start for
+    ``2 x start.PILOT_STEPS`` pilot steps (:func:`vitools.start.race`): ``init="laplace"``,
+    ``num_steps >= start.RACE_MIN_STEPS``, a mode-seeking objective that races
+    (``ObjectiveHooks.races_start``; not batch-and-match) and a model that does not subsample data.
+    :func:`vitools.fit_many` asks the same, so its fit ``i`` stays ``vt.fit(seed=seeds[i])``."""
+    hooks = objective_hooks(objective)
+    # No race under subsampling: the pilots' minibatch losses are too noisy to rank the starts. With it,
+    # 10^6-row logistic regression, B = 4096, seed 0: the simple start won, and q's mean ended 3.0 sds
+    # off with sds 1.9-2.4x the posterior's; without it, 0.2 sds and 0.95-1.19x (16 draws; measured).
+    racing = hooks.races_start and not (hooks.mass_covering or target.subsamples)
+    laplace = isinstance(init, str) and init == "laplace"
+    return laplace and num_steps >= start.RACE_MIN_STEPS and racing
 
 
 def default_learning_rate(dim: int) -> float:

@@ -14,8 +14,11 @@ Which axis: a step costs draws x rows evaluations of a row's likelihood. Splitti
 splits the data's memory (each device holds 1/n of ``X``), and is what a model with 10^6-10^7
 rows needs; splitting draws leaves each device a full copy of the data. :func:`mesh_for` (the
 choice ``devices="all"`` makes) splits whichever of the two is longer, rows where they can be
-split evenly. Any other split, both axes included, is a Mesh of your own with those axis names:
-``jax.make_mesh((2, 4), ("draws", "data"))``.
+split evenly, and warns where the rows outnumber the draws but do not split evenly. Any other
+split, both axes included, is a Mesh of your own with those axis names:
+``jax.make_mesh((2, 4), ("draws", "data"))`` (its axes, ``Explicit`` by default, are made
+``Auto``: :func:`auto_axes`). What a fit split is on ``Fit.layout`` (:func:`layout`), and
+``vt.fit`` prints it when its progress is on.
 
 What is split: the rows of a model's data arrays that reach the compiled loop as traced inputs
 (:data:`vitools.arguments.DATA_MODES`; a model that needs its data's values, e.g.
@@ -64,6 +67,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 import warnings
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -79,8 +83,10 @@ __all__ = [
     "DATA",
     "DRAWS",
     "active",
+    "auto_axes",
     "constrain_draws",
     "data_rows",
+    "layout",
     "mesh_for",
     "mesh_of",
     "place",
@@ -90,6 +96,7 @@ __all__ = [
 
 DRAWS = "draws"  # the mesh axis over which q's draws are split
 DATA = "data"  # the mesh axis over which the data's rows are split
+_VITOOLS = (os.path.dirname(os.path.abspath(validate.__file__)) + os.sep,)  # vitools' own files
 
 
 def mesh_of(devices: Any = "all", *, data_shards: int = 1) -> Mesh | None:
@@ -98,7 +105,8 @@ def mesh_of(devices: Any = "all", *, data_shards: int = 1) -> Mesh | None:
     Args:
         devices: ``"all"`` (``jax.devices()``: every device of every process), None (no mesh),
             a sequence of ``jax.Device``, or a ``jax.sharding.Mesh`` whose axis names are among
-            ``"draws"`` and ``"data"`` (returned as it is, even with one device).
+            ``"draws"`` and ``"data"`` (used even with one device; its axes made ``Auto``, see
+            :func:`auto_axes`).
         data_shards: how many of the devices split the data's rows (axis ``"data"``); the others
             split the draws (axis ``"draws"``). A divisor of the number of devices.
 
@@ -122,7 +130,7 @@ def mesh_of(devices: Any = "all", *, data_shards: int = 1) -> Mesh | None:
                 f"draws and the data's rows), got {devices.axis_names}",
                 "devices",
             )
-        return devices
+        return auto_axes(devices)
     if isinstance(devices, str):
         validate.choice(devices, "devices", ("all",))
         devices = jax.devices()
@@ -150,15 +158,34 @@ def mesh_of(devices: Any = "all", *, data_shards: int = 1) -> Mesh | None:
     )
 
 
+def auto_axes(mesh: Mesh) -> Mesh:
+    """``mesh`` with every axis ``AxisType.Auto`` (the same devices, names and shape; ``mesh``
+    itself where they already are).
+
+    ``jax.make_mesh`` makes ``Explicit`` axes by default (JAX 0.12.1, the version tested), under
+    which an array's sharding is part of its type and ``with_sharding_constraint`` asserts it
+    rather than asks for it: :func:`constrain_draws` then failed on the draws, which q makes
+    replicated ("P(None, None) did not match P('draws', None)", with
+    ``jax.make_mesh((2, 2), ("draws", "data"))``).
+    vitools places the loop's inputs itself and leaves the rest to XLA's propagation, which is
+    what ``Auto`` axes mean; the split of the work is the same either way.
+    """
+    if all(t == AxisType.Auto for t in mesh.axis_types):
+        return mesh
+    return Mesh(mesh.devices, mesh.axis_names, axis_types=(AxisType.Auto,) * len(mesh.axis_names))
+
+
 def mesh_for(devices: Any, target: Any, num_draws: int) -> Mesh | None:
     """:func:`mesh_of` with the split chosen for this target: every device on the data's rows
     when the target has traced row data (:func:`data_rows`) at least as long as ``num_draws``
     and divisible by the number of devices, else every device on the draws. A Mesh or None
-    given as ``devices`` is used as it is.
+    given as ``devices`` is used as it is (a Mesh with its axes made ``Auto``).
 
     The longer axis is split: a step's work is draws x rows either way, and splitting rows also
     splits the data's memory, while splitting draws copies the data to every device. (Not
-    timed on a GPU here: none was at hand when this was written.)
+    timed on a GPU here: none was at hand when this was written.) Rows that outnumber the draws
+    but do not split evenly are warned of, as :func:`place_target` warns for a Mesh of your own:
+    the draws are split instead and each device holds all rows.
 
     Raises:
         As :func:`mesh_of`.
@@ -169,9 +196,51 @@ def mesh_for(devices: Any, target: Any, num_draws: int) -> Mesh | None:
     if mesh is None:
         return None
     rows, num_devices = data_rows(target), mesh.devices.size
-    if rows is not None and rows >= num_draws and rows % num_devices == 0:
-        return mesh_of(devices, data_shards=num_devices)
+    if rows is not None and rows >= num_draws:
+        if rows % num_devices == 0:
+            return mesh_of(devices, data_shards=num_devices)
+        warnings.warn(
+            f"the data's {rows} rows do not split evenly over the {num_devices} devices; the draws are "
+            f"split instead and each device holds all rows (drop rows to a multiple of {num_devices} "
+            "to split the rows and their memory)",
+            RuntimeWarning,
+            skip_file_prefixes=_VITOOLS,  # the line of the caller outside vitools
+        )
     return mesh
+
+
+def layout(mesh: Mesh | None, target: Any, num_draws: int) -> str | None:
+    """What a fit on ``mesh`` splits, in words (``Fit.layout``; printed by ``vt.fit`` with
+    progress on), or None for no mesh (one device: nothing split).
+
+    Args:
+        mesh: the fit's mesh (:func:`mesh_for`), or None.
+        target: the fit's target (its data rows: :func:`data_rows`).
+        num_draws: q's draws a step (the objective's density evaluations a step).
+
+    Returns:
+        e.g. ``"4 cpu devices, mesh {'draws': 4, 'data': 1}: the 16 draws a step split 4 ways;
+        the 10001 data rows on every device"``.
+    """
+    if mesh is None:
+        return None
+    shape = dict(mesh.shape)
+    draw_shards, row_shards = shape.get(DRAWS, 1), shape.get(DATA, 1)
+    platform = next(iter(mesh.devices.flat)).platform
+    if draw_shards == 1:
+        draws = f"the {num_draws} draws a step on every device"
+    elif num_draws % draw_shards:
+        draws = f"the {num_draws} draws a step not split (not a multiple of {draw_shards}: left to XLA)"
+    else:
+        draws = f"the {num_draws} draws a step split {draw_shards} ways"
+    rows = data_rows(target)
+    if rows is None:
+        data = "no data rows to split"
+    elif row_shards > 1 and rows % row_shards == 0:
+        data = f"the {rows} data rows split {row_shards} ways ({rows // row_shards} a device)"
+    else:
+        data = f"the {rows} data rows on every device"
+    return f"{mesh.devices.size} {platform} devices, mesh {shape}: {draws}; {data}"
 
 
 def data_rows(target: Any) -> int | None:
@@ -220,7 +289,7 @@ def place_target(target: Any, mesh: Mesh | None) -> Any:
             f"the data's {rows} rows do not split evenly over the mesh's {shards} {DATA!r} devices; "
             f"each device holds all rows (drop rows, or use a mesh whose {DATA!r} axis divides {rows})",
             RuntimeWarning,
-            stacklevel=2,
+            skip_file_prefixes=_VITOOLS,  # the line of the caller outside vitools
         )
         return placed
     split = NamedSharding(mesh, P(DATA))
