@@ -37,6 +37,7 @@ for the fit with the highest estimate; read it next to ``log_evidence_se``.
 
 from __future__ import annotations
 
+import json
 import math
 import warnings
 from collections.abc import Mapping
@@ -47,7 +48,7 @@ import pandas as pd
 import scipy.stats
 import xarray as xr
 
-from vitools.convert import DIAGNOSTIC_DRAWS, MODEL_ATTR, draws_to_datatree, to_datatrees
+from vitools.convert import DIAGNOSTIC_DRAWS, MODEL_ATTR, SUBSAMPLE_ATTR, draws_to_datatree, to_datatrees
 from vitools.diagnostics import diagnose, has_log_weights
 from vitools.draws import KINDS, is_draws
 from vitools.trees import Sites, flatten_draws, site_shapes
@@ -290,6 +291,11 @@ def compare(
     table.attrs["reference_divergences"] = divergences  # the report says so next to the distances
     table.attrs["num_params"] = _num_params(trees)  # the model's size (vitools.advice reads it)
     table.attrs["reliable"] = reliable.to_dict()  # read by format_table
+    table.attrs["subsampled"] = {  # {name: {plate: [B, N]}}: fits on minibatches (vitools.advice reads it)
+        name: json.loads(tree.attrs[SUBSAMPLE_ATTR])
+        for name, tree in trees.items()
+        if SUBSAMPLE_ATTR in tree.attrs
+    }
     return table
 
 

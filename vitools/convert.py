@@ -49,6 +49,7 @@ from numpyro.primitives import Messenger
 
 from vitools import validate
 from vitools.draws import KINDS, SITE_ATTR, as_container, is_draws
+from vitools.many import FitMany
 from vitools.model import ModelDensity
 from vitools.result import Fit
 from vitools.targets import Target
@@ -83,7 +84,8 @@ CONVERGED_ATTR = "vitools_converged"  # root attr: 1/0, whether the optimisation
 # same verdict on >= 95% of seeds for 46% of fits at 2000 against 77% at 10,000
 # (benchmarks/results/verdicts.md); k̂ at 2000 also reads many heavy tails low (quickstart: 0.29-0.79
 # at 2000, 0.87-1.23 at 10,000). Drawing and weighing 10,000 draws took 0.03 s on the zoo's
-# 100-D stochastic-volatility model (compile ~4 s either way); memory is bounded by DRAW_BATCH.
+# 100-D stochastic-volatility model (compile ~4 s either way); memory is that of one batch of draws
+# (vitools.result.draw_batch), and log p is evaluated in float64 (vitools.result._densities).
 DIAGNOSTIC_DRAWS = 10_000
 # The posterior group's attr ``vitools_note`` on a fit's tree: what az.summary's ESS and R-hat of
 # these draws mean (vt.summary prints the numbers that do mean something).
@@ -92,6 +94,9 @@ DRAWS_NOTE = (
     "of draws) and R-hat say nothing about how close q is to p; read k-hat and the PSIS-reweighted "
     "moments (vt.summary, vt.diagnose)"
 )
+
+# A fit tree's root attr where its model subsamples data: JSON {plate: [subsample_size, size]}.
+SUBSAMPLE_ATTR = "vitools_subsample"
 
 
 def variable_names(sites: Iterable[str]) -> dict[str, str]:
@@ -276,6 +281,9 @@ def _fit_attrs(fit: Fit, num_draws: int, seed: int) -> dict[str, str | int | flo
         attrs["auto_grad_evals"] = int(fit.auto.grad_evals)
         attrs["auto_elapsed_s"] = float(fit.auto.seconds)
         attrs["auto_attempts"] = len(fit.auto.attempts)
+    if fit.target.subsamples:  # {plate: [B, N]}: vt.compare carries it to vitools.advice's rules
+        plates = {p.name: [int(p.subsample_size), int(p.size)] for p in fit.target.density.plates}
+        attrs[SUBSAMPLE_ATTR] = json.dumps(plates)
     if fit.target.model is not None:
         attrs[MODEL_ATTR] = model_name(fit.target.model)
     if fit.convergence is not None:
@@ -355,6 +363,12 @@ def to_datatree(obj: Any, num_draws: int = DIAGNOSTIC_DRAWS, seed: int = 0) -> x
     """
     if isinstance(obj, Fit):
         return fit_to_datatree(obj, num_draws=num_draws, seed=seed)
+    if isinstance(obj, FitMany):  # a batch of fits, a DataTree is one fit's: say how to take them
+        raise TypeError(
+            f"cannot convert a FitMany of {len(obj)} fits to a DataTree: a tree (and vt.diagnose, "
+            "vt.summary) reads one fit; take them one by one, [vt.diagnose(f) for f in fits], or "
+            "compare them, vt.compare({f'seed {f.seed}': f for f in fits})"
+        )
     if not is_draws(obj):
         raise TypeError(
             f"cannot convert {type(obj).__name__} to a DataTree: expected a vitools Fit or {KINDS}"

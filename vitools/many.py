@@ -32,12 +32,13 @@ from vitools import engine, start, validate
 from vitools.blas import one_blas_thread
 from vitools.families import Family
 from vitools.families.base import check_distribution
-from vitools.fitting import checked_options, default_rate, stopping_rule, target_of
+from vitools.fitting import checked_options, default_rate, races_starts, stopping_rule, target_of
 from vitools.frame import Frame
 from vitools.laplace import simple_gaussian
 from vitools.objectives import Objective, objective_hooks
+from vitools.objectives.base import check_subsampling
 from vitools.result import Fit
-from vitools.targets import Target
+from vitools.targets import INIT_ROWS, Target
 
 __all__ = ["FitMany", "fit_many", "num_compilations"]
 
@@ -127,9 +128,10 @@ def fit_many(
 
     Fit ``i`` is ``vt.fit(model, *model_args, seed=seeds[i], converge=False, **kwargs)``, with
     ``datasets`` given also ``**{name: values[i] for name, values in datasets.items()}``: the same
-    keys, Laplace start, frame, race of starts (``num_steps >= 1000``, mode-seeking objectives)
-    and steps, up to float rounding (a vmapped program may order its sums differently). What
-    differs from ``vt.fit``:
+    keys, Laplace start (on ``vt.fit``'s subset of rows for a model that subsamples data), frame,
+    race of starts where ``vt.fit`` races (:func:`vitools.fitting.races_starts`: ``num_steps >=
+    1000``, mode-seeking objectives, no data subsampling) and steps, up to float rounding (a vmapped
+    program may order its sums differently). What differs from ``vt.fit``:
 
     - no early stop: every fit runs ``num_steps`` (one program steps all fits: ``vt.fit``'s
       ``converge=False``); each fit's ``convergence`` is still assessed on its losses;
@@ -213,6 +215,7 @@ def fit_many(
 
     hooks = objective_hooks(objective)
     rule = stopping_rule(False, options["tol"], hooks.stopping_rule)  # as vt.fit's, to assess each fit
+    check_subsampling(objective, shared)  # as vt.fit: before the starts, a refusal compiles nothing
     if hooks.check_family is not None:
         hooks.check_family(family)
     if hooks.resolve is not None:  # what depends on the target: its shapes, the same for every fit
@@ -232,10 +235,11 @@ def fit_many(
     # Laplace program is compiled once per model and shapes, and shared with vt.fit. A lax.map of
     # it in one program of our own compiled in another 5 s of CPU (LLVM -O0, 3-D regression) and
     # ran 64 starts in 0.14 s; vmapped, 15.4 s of compile (its loops made selects), 0.11 s run
-    # (measured on a loaded 2-core CPU).
+    # (measured on a loaded 2-core CPU). A subsampling model's start runs on vt.fit's subset of
+    # INIT_ROWS rows (its keys.init_rows: fold_in(init_key, 1)); the fit on all rows.
     tic = time.perf_counter()
     starts = [
-        start.starting_point(k, t, family, objective, init)
+        start.starting_point(k, _start_target(k, t), family, objective, init)
         for k, t in zip(init_keys, fit_targets, strict=True)
     ]
     structures = {jax.tree.structure(s.target.frame) for s in starts} | {
@@ -252,7 +256,6 @@ def fit_many(
     informed = np.array([s.informed for s in starts])
     init_evals = np.array([s.grad_evals for s in starts], np.int64)
     init_time = time.perf_counter() - tic
-    method = init if isinstance(init, str) else "given"
 
     if learning_rate is None:
         learning_rate = default_rate(objective, family, shared.dim)
@@ -279,10 +282,11 @@ def fit_many(
         )  # fmt: skip
 
     race_evals, race_seconds, race_compile = np.zeros(num_fits, np.int64), 0.0, 0.0
-    if method == "laplace" and num_steps >= start.RACE_MIN_STEPS and not hooks.mass_covering:
-        # vt.fit's race of starts (vitools.start.race), fit by fit: the Laplace start's pilot
-        # against the simple start's, on the same program; the lower score wins, Laplace on a
-        # tie. A fit whose start is already the simple one (uninformed) runs no race.
+    if races_starts(objective, shared, init, num_steps):
+        # vt.fit's race of starts (vitools.start.race), fit by fit, where vt.fit runs it (none under
+        # data subsampling, none for batch-and-match): the Laplace start's pilot against the simple
+        # start's, on the same program; the lower score wins, Laplace on a tie. A fit whose start
+        # is already the simple one (uninformed) runs no race.
         simple = _simple_targets(targets, framed)
         simple_loc, simple_tril = jax.vmap(simple_gaussian, in_axes=(axes,))(targets)
         scores = []
@@ -404,6 +408,12 @@ def _dataset_targets(model, model_args, kwargs, model_kwargs, datasets) -> list[
 
 # ------------------------------------------------------------------------------------------------
 # the start
+
+
+def _start_target(init_key: jax.Array, target: Target) -> Target:
+    """The target ``vt.fit`` starts from for ``init_key``: a subsampling model's on the fixed random
+    :data:`~vitools.targets.INIT_ROWS` rows of its ``keys.init_rows`` (``fold_in(init_key, 1)``)."""
+    return target.subset(jax.random.fold_in(init_key, 1), INIT_ROWS) if target.subsamples else target
 
 
 def _simple_targets(targets: Target, like: Target) -> Target:
