@@ -166,6 +166,32 @@ def test_fit_predictive_without_arguments_replicates_the_fitted_data(fit, data):
     assert not np.any(replicated == data[1])  # drawn afresh, not the observations
 
 
+def subsampled_regression(x, y=None):
+    """``regression`` on minibatches of 20 rows, indexing the data with the plate's indices."""
+    a = numpyro.sample("a", dist.Normal(0.0, 5.0))
+    b = numpyro.sample("b", dist.Normal(0.0, 5.0))
+    sigma = numpyro.sample("sigma", dist.HalfNormal(2.0))
+    with numpyro.plate("obs", x.shape[0], subsample_size=20) as index:
+        mean = numpyro.deterministic("mean", a + b * x[index])
+        numpyro.sample("y", dist.Normal(mean, sigma), obs=None if y is None else y[index])
+
+
+@pytest.mark.parametrize("as_array", [np.asarray, jnp.asarray], ids=["numpy", "jax"])
+def test_fit_predictive_of_a_subsampled_model_predicts_every_row_of_new_data(data, as_array):
+    x, y = data
+    fit = vt.fit(subsampled_regression, x, y=y, num_steps=300, init="median", seed=0, progress=False)
+    # 7 rows (fewer than the batch of 20): NumPy data raised TracerArrayConversionError, JAX data
+    # gave 60 rows (the plate kept the fitted N; JAX clamped x_new[index])
+    x_new = np.linspace(-2.0, 2.0, 7)
+    draws = fit.predictive(50, as_array(x_new), seed=4)
+    assert draws["y"].shape == draws["mean"].shape == (50, 7)
+    sample = fit.sample(50, seed=4)  # the rows in order, each its own x
+    np.testing.assert_allclose(draws["mean"], sample["a"][:, None] + sample["b"][:, None] * x_new, rtol=1e-5)
+    x_many = np.linspace(-2.0, 2.0, 90)  # more rows than fitted: every one, not 20 nor 60
+    assert fit.predictive(5, as_array(x_many), seed=4)["y"].shape == (5, 90)
+    assert fit.predictive(5, seed=4)["y"].shape == (5, NUM_OBS)  # replicates of all fitted rows
+
+
 # ------------------------------------------------------------------------------------------------
 # the tree's groups
 @pytest.fixture(scope="module")
@@ -273,7 +299,8 @@ def test_a_float32_fit_accepts_its_own_tree(data):
     with jax.enable_x64(False):
         fit32 = vt.fit(regression, x, y=y, family="fullrank", init="median", num_steps=300, progress=False)
         tree = vt.to_datatree(fit32, num_draws=2000)
-        assert tree["sample_stats"]["log_q"].dtype == np.float32
+        # a float32 fit: its draws are float32 (log p and log q are evaluated in float64 since f02ed43)
+        assert {v.dtype for v in tree["posterior"].data_vars.values()} == {np.dtype(np.float32)}
         with_groups = vt.add_predictive(tree, fit32)
         elpd = quiet_loo(fit32, num_draws=2000).elpd
     assert with_groups["log_likelihood"]["y"].shape == (1, 2000, NUM_OBS)

@@ -1,14 +1,19 @@
 """Data subsampling: models with ``numpyro.plate(..., subsample_size=B)`` fit on a fresh minibatch a
 step (vitools.subsample.SubsampledModel, Target.minibatch, engine.make_step), everything else on all rows."""
 
+import warnings
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import numpyro
 import numpyro.distributions as dist
 import pytest
+from numpyro.infer import MCMC, NUTS
+from numpyro.infer.util import log_density
 
 import vitools as vt
+from vitools.convert import model_name
 from vitools.engine import default_optimizer, make_step, num_compilations
 from vitools.families import get_family
 from vitools.objectives.annealed import Hybrid
@@ -18,6 +23,7 @@ from vitools.objectives.forward_kl import ForwardKL, ForwardKLFromDraws
 from vitools.objectives.reverse_kl import RenyiAlpha, ReverseKL
 from vitools.objectives.score import BatchAndMatch
 from vitools.objectives.score_climbing import MarkovianScoreClimbing
+from vitools.subsample import full_data_model
 from vitools.targets import Target
 
 
@@ -35,7 +41,7 @@ def logistic_indexed(x, y=None, batch=100):
     """The same model indexing the data with the plate's indices, as Pyro users write it."""
     w = numpyro.sample("w", dist.Normal(0.0, 1.0).expand([x.shape[1]]).to_event(1))
     with numpyro.plate("rows", x.shape[0], subsample_size=batch) as index:
-        numpyro.sample("y", dist.Bernoulli(logits=x[index] @ w), obs=y[index])
+        numpyro.sample("y", dist.Bernoulli(logits=x[index] @ w), obs=None if y is None else y[index])
 
 
 def logistic_data(num_rows, seed=0):
@@ -125,6 +131,64 @@ def test_a_plate_whose_batch_is_all_rows_and_a_none_argument_are_plain():
             numpyro.sample("y", dist.Normal(mu, 1.0), obs=y)
 
     assert not Target.from_model(model, jnp.zeros(10), unused=None).subsamples
+
+
+@pytest.mark.parametrize("batch", [0, -5, 2.5, 1001, True])
+def test_a_bad_subsample_size_is_named_with_the_plate_and_its_rows_before_numpyro_draws(batch):
+    # NumPyro's own errors: an IndexError, "slice_sizes must be ...", "Shapes must be 1D sequences
+    # of concrete values ...", "Missing random key ... HMC/NUTS do not support subsampling"
+    with pytest.raises(
+        ValueError, match=rf"plate 'rows' has 1000 rows and subsample_size={batch!r}.*1 to 1000"
+    ):
+        Target.from_model(logistic_indexed, SMALL_X, y=SMALL_Y, batch=batch)
+
+
+def test_an_integer_subsample_size_of_numpy_type_is_taken():
+    assert Target.from_model(logistic_indexed, SMALL_X, y=SMALL_Y, batch=np.int64(100)).subsamples
+
+
+@pytest.mark.parametrize("as_array", [np.asarray, jnp.asarray], ids=["numpy", "jax"])
+def test_data_shorter_than_its_subsampling_plate_is_refused_not_clamped(as_array):
+    # a minibatch's y[index] clamps an index past y's end: 100 labels for 1000 rows fitted silently
+    refused = r"plate\(s\) 'rows' \(1000 rows\).*out of its bounds.*shape \(100,\).*shorter than the plate"
+    with pytest.raises(ValueError, match=refused):
+        Target.from_model(logistic_indexed, SMALL_X, y=as_array(SMALL_Y[:100]))
+    with pytest.raises(ValueError, match="invalid shape of numpyro.subsample"):  # NumPyro's own check
+        Target.from_model(logistic, SMALL_X, y=as_array(SMALL_Y[:100]))
+
+
+def test_the_full_data_model_is_the_model_without_subsampling_at_any_number_of_rows():
+    x, y = SMALL_X[:37], SMALL_Y[:37]  # fewer rows than the batch of 100: still every row
+    values = {"w": jnp.array([0.3, -0.2, 0.1])}
+    # NumPy data indexed by the plate's indices (x[index]) inside NumPyro's own traced loops
+    full, trace = log_density(full_data_model(logistic_indexed), (x,), {"y": y}, values)
+    plain, _ = log_density(logistic_indexed, (x,), {"y": y, "batch": None}, values)
+    assert float(full) == pytest.approx(float(plain), rel=1e-6)  # float32 sums of 37 terms
+    assert trace["y"]["value"].shape == (37,) and trace["y"]["scale"] in (None, 1.0)
+    assert model_name(full_data_model(logistic_indexed)) == model_name(logistic_indexed)
+
+
+def test_vsbc_simulates_every_row_and_fits_each_dataset_by_minibatches():
+    # NumPyro's draw of the plate's indices was a scan that NumPy x could not be indexed by
+    # (TracerArrayConversionError), and it would have simulated 100 of the 400 rows
+    x = SMALL_X[:400]
+    check = vt.vsbc(logistic_indexed, x, y=None, num_datasets=20, num_steps=100, progress=False)
+    target = check.fits[0].target
+    assert target.subsamples and target.density.plates[0].subsample_size == 100
+    simulated = np.stack([fit.target.density.arguments()[1]["y"] for fit in check.fits])
+    assert simulated.shape == (20, 400) and set(np.unique(simulated)) <= {0.0, 1.0}
+    assert np.all(np.isfinite(check.table["symmetry"]))
+
+
+def test_nuts_on_the_full_data_model_is_the_reference_of_a_subsampled_fit():
+    x, y = SMALL_X[:300], SMALL_Y[:300]
+    fit = vt.fit(logistic_indexed, x, y=y, num_steps=300, progress=False)
+    mcmc = MCMC(NUTS(full_data_model(logistic_indexed)), num_warmup=200, num_samples=200, progress_bar=False)
+    mcmc.run(jax.random.key(0), x, y=y)  # NumPyro's plate alone: "Missing random key ..."
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*different model functions")
+        table = vt.compare({"vi": fit}, reference=mcmc, num_draws=400)
+    assert np.isfinite(table.loc["vi", "missed_mass"])
 
 
 # ------------------------------------------------------------------------------------------------

@@ -31,6 +31,7 @@ from vitools.persist import load, save
 from vitools.predictive import add_predictive, loo
 from vitools.report import report
 from vitools.result import Fit, NonFiniteLossError
+from vitools.subsample import full_data_model
 from vitools.summary import summary
 from vitools.tables import format_table
 from vitools.targets import Target
@@ -74,6 +75,7 @@ __all__ = [
     "fit",
     "fit_many",
     "format_table",
+    "full_data_model",
     "load",
     "loo",
     "pathfinder",

@@ -87,7 +87,9 @@ def run_nuts(
 ) -> Any:
     """NUTS reference for a model: sequential chains (NumPyro's progress bar), with the step-size
     target, mass matrix and reparameterization of a zoo model's own reference settings where it has
-    them (the arguments given here win; defaults 0.8 and a diagonal mass matrix, NumPyro's).
+    them (the arguments given here win; defaults 0.8 and a diagonal mass matrix, NumPyro's). A
+    model that subsamples data (``plate(..., subsample_size=B)``) runs on all its rows
+    (:func:`vitools.subsample.full_data_model`): the full-data posterior its fits approximate.
 
     Returns:
         Its DataTree (through :func:`vitools.convert.to_datatree`), with ``elapsed_s`` (wall time,
@@ -98,9 +100,10 @@ def run_nuts(
     from numpyro.infer import MCMC, NUTS
 
     from vitools.convert import to_datatree
+    from vitools.subsample import full_data_model
 
     settings = zoo.nuts
-    model = zoo.model
+    model = full_data_model(zoo.model)  # NUTS cannot draw minibatches: a subsampling model runs on all rows
     if settings is not None and settings.reparam:
         model = reparam(model, config=dict(settings.reparam))
     if target_accept_prob is None:

@@ -47,7 +47,14 @@ from vitools.arguments import (
     try_hash,
 )
 from vitools.compiling import sized_jit
-from vitools.subsample import SubsampledModel, SubsamplePlate, draw_indices, draw_subset, subsample_plates
+from vitools.subsample import (
+    CheckedPlates,
+    SubsampledModel,
+    SubsamplePlate,
+    draw_indices,
+    draw_subset,
+    subsample_plates,
+)
 
 __all__ = [
     "LogDensityFn",
@@ -242,7 +249,8 @@ def model_density(
     ``Target.from_model`` for the arguments accepted and the errors raised)."""
     if not callable(model):
         raise TypeError(f"model must be a callable NumPyro model, got {type(model).__name__}")
-    arrays, static, trace = trace_in_first_mode(model, args, kwargs, seed)
+    # under CheckedPlates a bad subsample_size is named before NumPyro draws indices with it
+    arrays, static, trace = trace_in_first_mode(CheckedPlates(model), args, kwargs, seed)
     latent = [s for s in trace.values() if s["type"] == "sample" and not s["is_observed"]]
     discrete = [s["name"] for s in latent if s["fn"].support.is_discrete]
     if discrete:

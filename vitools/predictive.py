@@ -48,6 +48,7 @@ from vitools.convert import DIAGNOSTIC_DRAWS, fit_to_datatree, variable_names
 from vitools.draws import SITE_ATTR, draws_dict, is_draws
 from vitools.model import ModelDensity, unravel
 from vitools.result import Fit
+from vitools.subsample import full_data_model
 from vitools.trees import SAMPLE_DIMS
 
 __all__ = ["LATENT_SITE", "FitGuide", "add_predictive", "loo", "predict"]
@@ -64,11 +65,14 @@ def _model_density(fit: Fit) -> ModelDensity:
 
 
 def _model(fit: Fit) -> Callable:
-    """The fit's model with its ``numpyro.param`` sites at the fitted point estimates."""
+    """The fit's model with its ``numpyro.param`` sites at the fitted point estimates, on all
+    rows of whatever data it is given (:func:`vitools.subsample.full_data_model`: a prediction,
+    a log likelihood, is over every row, and the fit's N need not be the new data's)."""
     density = _model_density(fit)
+    model = full_data_model(density.model)
     if not density.param_sites:
-        return density.model
-    return handlers.substitute(density.model, data=fit.target.point_estimates())
+        return model
+    return handlers.substitute(model, data=fit.target.point_estimates())
 
 
 def _arguments(fit: Fit, model_args: tuple, model_kwargs: dict) -> tuple[tuple, dict]:
@@ -90,7 +94,10 @@ class FitGuide:
 
     The model arguments are accepted and ignored: q is the posterior given the fitted data, and
     the draws are constrained with the fit's own arguments. A model whose latent sites change
-    shape with the data (one latent per row) cannot be predicted at new data this way.
+    shape with the data (one latent per row) cannot be predicted at new data this way. A model
+    that subsamples data (``plate(..., subsample_size=B)``) predicts B random rows under
+    ``Predictive``: pass it :func:`vitools.subsample.full_data_model` of the model for all rows
+    (``fit.predictive`` does).
 
     Attributes:
         fit: the vitools fit whose q this is.
@@ -169,6 +176,8 @@ def predict(
             given (and no ``model_kwargs``): the fitted data, with the model's observed sites
             drawn afresh (replicated data, ``y_rep``).
         **model_kwargs: the model's keyword arguments, the observed one left None (``y=None``).
+            A model that subsamples data predicts every row given (its subsampling plates run on
+            all rows, :func:`vitools.subsample.full_data_model`).
         seed: seed of q's draws (as ``fit.sample``); the predictive noise uses a key folded
             from it.
         return_sites: sites to return; None: as ``Predictive``, every site not among q's draws
@@ -227,8 +236,11 @@ def _check_tree(tree: xr.DataTree, fit: Fit) -> dict[str, np.ndarray]:
         log_q = np.asarray(stats["log_q"].transpose(*SAMPLE_DIMS).values).ravel()
         # float32 fits recompute log q through the constraining transform and back: 1.5e-5 apart
         # at |log q| ~ 10 (measured); another fit's q is nats away
-        tol = max(1e-6, 10 * float(np.sqrt(np.finfo(log_q.dtype).eps)))
-        if not np.allclose(fit.log_prob(draws), log_q, rtol=tol, atol=tol):
+        # (the tree's log q is float64 whatever the fit's dtype: the fit's own, recomputed, sets it)
+        recomputed = fit.log_prob(draws)
+        coarser = max(np.finfo(log_q.dtype).eps, np.finfo(recomputed.dtype).eps)
+        tol = max(1e-6, 10 * float(np.sqrt(coarser)))
+        if not np.allclose(recomputed, log_q, rtol=tol, atol=tol):
             raise ValueError(
                 "the tree's sample_stats.log_q is not this fit's log q at the tree's draws: "
                 "the tree was drawn from another fit"

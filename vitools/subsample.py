@@ -1,11 +1,14 @@
 """Data subsampling: the plates of a model that subsample (``numpyro.plate(name, size,
 subsample_size=B)``), the handler that gives them chosen row indices, and the draws of those indices
 (a fresh minibatch a step, :meth:`vitools.targets.Target.minibatch`; a fixed subset for the start,
-:meth:`vitools.targets.Target.subset`).
+:meth:`vitools.targets.Target.subset`); the same model on all rows (:func:`full_data_model`: for
+NUTS, predictions and simulated data), and the check of each plate's subsample size
+(:class:`CheckedPlates`).
 """
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -13,7 +16,15 @@ import jax
 import jax.numpy as jnp
 from numpyro.primitives import Messenger
 
-__all__ = ["SubsamplePlate", "SubsampledModel", "draw_indices", "draw_subset", "subsample_plates"]
+__all__ = [
+    "CheckedPlates",
+    "SubsamplePlate",
+    "SubsampledModel",
+    "draw_indices",
+    "draw_subset",
+    "full_data_model",
+    "subsample_plates",
+]
 
 
 class SubsamplePlate(NamedTuple):
@@ -61,11 +72,68 @@ def subsample_plates(trace: dict) -> tuple[SubsamplePlate, ...]:
     return tuple(plates.values())
 
 
+class CheckedPlates(Messenger):
+    """A model whose plates' ``subsample_size`` is checked as each plate is entered, before
+    NumPyro draws indices: an integer from 1 to the plate's size, or None.
+
+    Unchecked, a bad size fails deep in NumPyro or JAX (0: an IndexError; -5: "slice_sizes must
+    be less than or equal ..."; 2.5: "Shapes must be 1D sequences of concrete values of integer
+    type"; more than the rows: "Missing random key ... HMC/NUTS do not support subsampling").
+    ``vitools.model.model_density`` traces the model under it.
+
+    Raises:
+        ValueError: naming the plate, its size and the subsample size.
+    """
+
+    def process_message(self, msg: dict) -> None:
+        if msg["type"] != "plate":
+            return
+        size, subsample_size = msg["args"]
+        if subsample_size is None:
+            return
+        try:
+            batch = None if isinstance(subsample_size, bool) else operator.index(subsample_size)
+        except TypeError:  # a float, a traced value: NumPyro needs a concrete integer too
+            batch = None
+        if batch is None or not 1 <= batch <= size:
+            raise ValueError(
+                f"plate {msg['name']!r} has {size} rows and subsample_size={subsample_size!r}: the "
+                f"subsample size must be an integer from 1 to {size} (None, or {size}: every row)"
+            )
+
+
+def _all_rows(msg: dict) -> None:
+    """Put a subsampling plate's message on all its rows: ``arange(size)``, scale 1. The indices
+    are a concrete array even inside a trace (``Predictive`` maps over draws with ``lax.map``), so
+    a model indexing NumPy data (``x[idx]``) runs as it does without subsampling."""
+    size, subsample_size = msg["args"]
+    if subsample_size is None or subsample_size == size:
+        return
+    with jax.ensure_compile_time_eval():
+        msg["value"] = jnp.arange(size)
+    msg["args"] = (size, size)  # NumPyro warns when these two differ
+
+
+def full_data_model(model: Callable) -> SubsampledModel:
+    """The model without data subsampling: every ``numpyro.plate(name, size, subsample_size=B)``
+    runs on all its ``size`` rows, unscaled, whatever B (``numpyro.subsample`` returns its data
+    whole). This is the model NUTS needs (it cannot draw minibatch indices) and the one that
+    predicts or simulates data (a prediction is over every row given).
+
+    Examples:
+        >>> mcmc = MCMC(NUTS(vt.full_data_model(model)), num_warmup=500, num_samples=1000)
+        >>> mcmc.run(jax.random.key(0), x, y=y)  # vt.compare(fit, mcmc) reads it as the same model
+    """
+    return SubsampledModel(model, ())
+
+
 class SubsampledModel(Messenger):
     """A model whose subsampling plates (``numpyro.plate(name, size, subsample_size=B)``) take
     given indices instead of drawing them: ``indices[name]`` (an integer array, the minibatch),
     or every row, ``arange(size)``, when ``indices`` is None (the full data: no scaling, and
-    ``numpyro.subsample(x, event_dim=...)`` returns ``x`` whole).
+    ``numpyro.subsample(x, event_dim=...)`` returns ``x`` whole). Without indices every
+    subsampling plate runs on all rows, at the size it has in this call (new data, predictions:
+    :func:`full_data_model`), not only the ``plates`` named.
 
     NumPyro scales a plate's sites by ``size / len(indices)``, so a minibatch of B rows gives the
     likelihood scaled by N / B, unbiased for the full one whatever the indices' distribution as
@@ -81,12 +149,14 @@ class SubsampledModel(Messenger):
         super().__init__(fn)
 
     def process_message(self, msg: dict) -> None:
-        if msg["type"] != "plate" or msg["name"] not in self._sizes:
+        if msg["type"] != "plate":
             return
-        size = self._sizes[msg["name"]]
-        index = jnp.arange(size) if self.indices is None else self.indices[msg["name"]]
-        msg["value"] = index
-        msg["args"] = (size, index.shape[0])  # NumPyro warns when these two differ
+        if self.indices is None:
+            _all_rows(msg)
+        elif msg["name"] in self._sizes:
+            index = self.indices[msg["name"]]
+            msg["value"] = index
+            msg["args"] = (self._sizes[msg["name"]], index.shape[0])  # NumPyro warns when these differ
 
     def __hash__(self) -> int:
         return hash((type(self), self.fn, self.plates)) if self.indices is None else id(self)

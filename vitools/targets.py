@@ -17,6 +17,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+from jax.experimental import checkify
 
 from vitools import validate
 from vitools.frame import Frame
@@ -86,8 +87,10 @@ class Target:
         Raises:
             TypeError: ``model`` is not callable, or calling it with the arguments fails.
             ValueError: the model has discrete latent sites, no latent sites, a latent site
-                inside a plate with ``subsample_size``, or no initial point with a finite log
-                density.
+                inside a plate with ``subsample_size``, a ``subsample_size`` that is not an
+                integer from 1 to the plate's size, an array indexed out of its bounds when a
+                subsampling model runs on all rows (data shorter than the plate), or no initial
+                point with a finite log density.
 
         Examples:
             >>> target = vt.Target.from_model(model, x, y=y)
@@ -97,6 +100,8 @@ class Target:
         if isinstance(model, Target):
             return model
         density, point = model_density(model, args, kwargs, seed)
+        if density.subsamples:
+            _check_rows(density, point)
         return cls(density, Frame.identity(point.shape[0], point.dtype), point)
 
     @classmethod
@@ -272,3 +277,37 @@ class Target:
         for any transform NumPyro applies, dependent supports included.
         """
         return self.density.log_abs_det_jacobian(self.frame.forward(v)) + self.frame.log_abs_det()
+
+
+def _full_data_log_density(density: ModelDensity, u: jax.Array) -> jax.Array:
+    return density.full_data().log_density(u)
+
+
+# ``(error, log density)``; keyed by the density's static parts (the model), so compiled once a model
+_full_data_out_of_bounds = jax.jit(checkify.checkify(_full_data_log_density, errors=checkify.index_checks))
+
+
+def _check_rows(density: ModelDensity, u: jax.Array) -> None:
+    """Run a subsampling model once on all rows and refuse an out-of-bounds index.
+
+    A minibatch gathers ``y[index]`` with JAX, which clamps an index past an array's end: a ``y``
+    shorter than the plate (``y[:100]`` with 50,000 rows of ``x``) fits without a word, every
+    row past the 100th reading ``y[99]``. On all rows every index of the plate is gathered once,
+    so JAX's index checks (``checkify.index_checks``) see any array that is shorter than its plate
+    (``numpyro.subsample`` checks its own). One compiled full-data evaluation: 0.26 CPU s of
+    ``from_model``'s 0.95 for a 50,000-row logistic regression, 0.31 of 1.48 at 10^6 rows, 0.02
+    once compiled (the next target of the model; measured, loaded 2-core CPU).
+
+    Raises:
+        ValueError: naming the plates and JAX's out-of-bounds message.
+    """
+    error, _ = _full_data_out_of_bounds(density, u)
+    message = error.get()
+    if message:
+        plates = ", ".join(f"{p.name!r} ({p.size} rows)" for p in density.plates)
+        found = message.splitlines()[0].strip().rstrip(".")
+        raise ValueError(
+            f"run on all rows of its subsampling plate(s) {plates}, the model indexes an array out of "
+            f"its bounds ({found}): an array indexed by a plate's indices is shorter than the plate "
+            "(e.g. y with fewer rows than x), and JAX would clamp the index and fit wrong data silently"
+        )

@@ -46,6 +46,7 @@ from vitools import validate
 from vitools.families import Family
 from vitools.many import FitMany, fit_many
 from vitools.objectives import Objective
+from vitools.subsample import full_data_model
 
 __all__ = ["VSBC", "VSBC_VERDICTS", "mirror_ks", "vsbc", "vsbc_table"]
 
@@ -128,6 +129,9 @@ def vsbc(
 
     The model must simulate its data when its observed arguments are None: pass them as
     keyword arguments set to None (``vt.vsbc(model, x, y=None)``), or name them in ``observed``.
+    A model that subsamples data (``plate(..., subsample_size=B)``) simulates every row of each
+    dataset (:func:`vitools.subsample.full_data_model`), and each fit subsamples it as ``vt.fit``
+    does, so VSBC checks the subsampled fit against the full-data posterior.
 
     Args:
         model: a NumPyro model that simulates its data when its observed arguments are None.
@@ -174,8 +178,12 @@ def vsbc(
     else:
         observed = [validate.choice(name, "observed", list(kwargs) or [""]) for name in observed]
     prior_key, draw_key = jax.random.split(jax.random.PRNGKey(seed))
+    # Simulated on all rows: a dataset is the model's data, whatever a fit then subsamples of it
+    # (a subsampling plate's rows would otherwise be B random ones, and NumPyro draws them with a
+    # scan that NumPy data cannot be indexed by).
+    simulator = Predictive(full_data_model(model), num_samples=num_datasets)
     with jax.numpy_rank_promotion("allow"):  # NumPyro's batched prior draws broadcast implicitly
-        simulated = Predictive(model, num_samples=num_datasets)(prior_key, *model_args, **kwargs)
+        simulated = simulator(prior_key, *model_args, **kwargs)
     observed = [name for name in observed if name in simulated]
     if not observed:
         raise validate.ArgumentValueError(
