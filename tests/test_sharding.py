@@ -84,7 +84,7 @@ def test_the_layout_of_no_mesh_is_none():
     assert sharding.layout(None, None, 16) is None
 
 
-@pytest.mark.parametrize("function", ["fit_many", "pathfinder", "auto_fit"])
+@pytest.mark.parametrize("function", ["fit_many", "pathfinder", "auto_fit", "vsbc"])
 def test_devices_given_to_a_function_without_it_says_which_takes_it(function):
     # devices= is vt.fit's option only: elsewhere it reaches the model, which has no such argument
     def model(y=None):
@@ -92,8 +92,9 @@ def test_devices_given_to_a_function_without_it_says_which_takes_it(function):
         numpyro.sample("y", dist.Normal(mu, 1.0), obs=y)
 
     options = {"seeds": 2} if function == "fit_many" else {}
+    y = None if function == "vsbc" else jnp.ones(3)  # vsbc simulates y: its observed site is None
     with pytest.raises(TypeError, match=r"devices= is an option of vt.fit only"):
-        getattr(vt, function)(model, y=jnp.ones(3), devices="all", progress=False, **options)
+        getattr(vt, function)(model, y=y, devices="all", progress=False, **options)
 
 
 @pytest.mark.parametrize(

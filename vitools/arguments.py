@@ -23,6 +23,7 @@ __all__ = [
     "DATA_MODES",
     "Static",
     "StaticData",
+    "call_error",
     "is_array",
     "join_data",
     "split_data",
@@ -165,7 +166,7 @@ def trace_in_first_mode(model: Callable, args: tuple, kwargs: dict, seed: int) -
             return arrays, static, _trace_model(model, arrays, static, seed)
         except Exception as err:  # the last mode tried runs the model on its arguments as given
             error = err
-    raise _call_error(error, args, kwargs) from error
+    raise call_error(error, args, kwargs) from error
 
 
 # Options of some vitools functions only: elsewhere (fit_many, vsbc, auto_fit, pathfinder) they
@@ -173,7 +174,7 @@ def trace_in_first_mode(model: Callable, args: tuple, kwargs: dict, seed: int) -
 _ONLY_OPTION_OF = {"devices": "vt.fit"}
 
 
-def _call_error(err: Exception, args: tuple, kwargs: dict) -> Exception:
+def call_error(err: Exception, args: tuple, kwargs: dict) -> Exception:
     """The model failed on its arguments as given: say so, with a hint for pandas inputs (their
     arithmetic with a JAX value converts it to NumPy, which a traced value refuses) and for an
     option of another vitools function (``_ONLY_OPTION_OF``) that reached the model."""

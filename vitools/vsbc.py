@@ -43,6 +43,7 @@ from numpyro.infer import Predictive
 from scipy import stats
 
 from vitools import validate
+from vitools.arguments import call_error
 from vitools.families import Family
 from vitools.many import FitMany, fit_many
 from vitools.objectives import Objective
@@ -183,7 +184,10 @@ def vsbc(
     # scan that NumPy data cannot be indexed by).
     simulator = Predictive(full_data_model(model), num_samples=num_datasets)
     with jax.numpy_rank_promotion("allow"):  # NumPyro's batched prior draws broadcast implicitly
-        simulated = simulator(prior_key, *model_args, **kwargs)
+        try:
+            simulated = simulator(prior_key, *model_args, **kwargs)
+        except TypeError as err:  # the model refused its arguments: say so (e.g. devices=, vt.fit's only)
+            raise call_error(err, model_args, kwargs) from err
     observed = [name for name in observed if name in simulated]
     if not observed:
         raise validate.ArgumentValueError(
