@@ -224,11 +224,9 @@ def fit_many(
     if num_density_evals == 0:
         why = "it never evaluates the model's density"
         validate.no_param_sites(shared.param_sites, objective.name, why, "objective")
-    # vt.fit's keys, fit by fit: init_key, run_key = split(key); params from fold_in(run_key, 1).
-    keys = jnp.stack([validate.seed_or_key(s, None) for s in seeds])
-    init_keys, run_keys = jnp.moveaxis(jax.vmap(jax.random.split)(keys), 1, 0)
-    params_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(run_keys, 1)
-    state_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(run_keys, 2)
+    # vt.fit's keys, fit by fit (vitools.start.fit_keys), stacked along the fits' axis
+    keys = jax.vmap(start.fit_keys)(jnp.stack([validate.seed_or_key(s, None) for s in seeds]))
+    init_keys, run_keys, params_keys, state_keys = keys.init, keys.run, keys.params, keys.objective
     check_distribution(family, params_keys[0], shared)
 
     # Each fit's start is vt.fit's own (vitools.start.starting_point), one after another: the
@@ -236,11 +234,11 @@ def fit_many(
     # it in one program of our own compiled in another 5 s of CPU (LLVM -O0, 3-D regression) and
     # ran 64 starts in 0.14 s; vmapped, 15.4 s of compile (its loops made selects), 0.11 s run
     # (measured on a loaded 2-core CPU). A subsampling model's start runs on vt.fit's subset of
-    # INIT_ROWS rows (its keys.init_rows: fold_in(init_key, 1)); the fit on all rows.
+    # INIT_ROWS rows (its FitKeys.init_rows); the fit on all rows.
     tic = time.perf_counter()
     starts = [
-        start.starting_point(k, _start_target(k, t), family, objective, init)
-        for k, t in zip(init_keys, fit_targets, strict=True)
+        start.starting_point(k, _start_target(rows, t), family, objective, init)
+        for k, rows, t in zip(init_keys, keys.init_rows, fit_targets, strict=True)
     ]
     structures = {jax.tree.structure(s.target.frame) for s in starts} | {
         s.target.frame.scale.shape for s in starts
@@ -410,10 +408,10 @@ def _dataset_targets(model, model_args, kwargs, model_kwargs, datasets) -> list[
 # the start
 
 
-def _start_target(init_key: jax.Array, target: Target) -> Target:
-    """The target ``vt.fit`` starts from for ``init_key``: a subsampling model's on the fixed random
-    :data:`~vitools.targets.INIT_ROWS` rows of its ``keys.init_rows`` (``fold_in(init_key, 1)``)."""
-    return target.subset(jax.random.fold_in(init_key, 1), INIT_ROWS) if target.subsamples else target
+def _start_target(rows_key: jax.Array, target: Target) -> Target:
+    """The target ``vt.fit`` starts from: a subsampling model's on the fixed random
+    :data:`~vitools.targets.INIT_ROWS` rows of its ``FitKeys.init_rows`` (``rows_key``)."""
+    return target.subset(rows_key, INIT_ROWS) if target.subsamples else target
 
 
 def _simple_targets(targets: Target, like: Target) -> Target:
