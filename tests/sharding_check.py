@@ -209,6 +209,11 @@ def main() -> dict:
             "draws_shape": list(everywhere.sample(8, seed=1)["beta"].shape),
             "layout": everywhere.layout,
             "one_device_layout": one.layout,
+            # the fit's arrays come back to one device (sharding.gather), where the diagnostics run
+            "params_devices": sorted({len(x.devices()) for x in jax.tree.leaves(everywhere.params)}),
+            "max_log_weight_diff": max_diff(
+                *(f.sample_with_log_densities(200, seed=1)[1:] for f in (one, everywhere))
+            ),
         }
         # a Mesh as users make it: jax.make_mesh, whose axes are Explicit by default (JAX 0.12.1),
         # with progress on (its first line says what was split)

@@ -249,11 +249,13 @@ def fit(
     pilot_seconds = sum(p.outcome.elapsed for p in pilots)
     pilot_compile = sum(p.outcome.compile_time for p in pilots)
     steps = int(outcome.state.step)
+    # off the mesh: what uses the fit (its draws, the diagnostics, predictions) runs on one device
+    params, model_params = sharding.gather((outcome.state.params, outcome.state.model_params))
     result = Fit(
-        target=target.with_model_params(outcome.state.model_params),
+        target=target.with_model_params(model_params),
         family=family,
         objective=objective,
-        params=outcome.state.params,
+        params=params,
         losses=outcome.losses,
         trace=outcome.trace,
         num_steps=steps,

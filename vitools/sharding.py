@@ -86,6 +86,7 @@ __all__ = [
     "auto_axes",
     "constrain_draws",
     "data_rows",
+    "gather",
     "layout",
     "mesh_for",
     "mesh_of",
@@ -298,6 +299,30 @@ def place_target(target: Any, mesh: Mesh | None) -> Any:
         for x, y in zip(arrays, placed.density.data, strict=True)
     )
     return dataclasses.replace(placed, density=dataclasses.replace(placed.density, data=data))
+
+
+def gather(tree: Any) -> Any:
+    """``tree`` with every leaf placed on a mesh (:func:`place`) brought back to one device: a
+    replicated array as its local copy (no transfer), any other as a whole on the first local
+    device. What a fit returns: its parameters then serve ``Fit.sample``, ``vt.diagnose`` and
+    the predictive on one device, as an unsplit fit's do. Left on the mesh, every per-draw
+    program of the diagnostics ran replicated on each device: on 4 virtual CPU devices
+    ``vt.diagnose`` took 11-13x the CPU of the unsplit fit's for the same numbers (a user's
+    trial, 2000 draws, 57-68 against 4.5-6.1 CPU s). Leaves of one device and NumPy arrays are
+    returned as they are."""
+
+    def one(x: Any) -> Any:
+        if placement(x) is None:
+            return x
+        if x.is_fully_replicated:
+            return x.addressable_data(0)
+        if x.is_fully_addressable:
+            return jax.device_put(x, jax.local_devices()[0])
+        from jax.experimental import multihost_utils  # rows split across processes
+
+        return jax.device_put(multihost_utils.process_allgather(x, tiled=True), jax.local_devices()[0])
+
+    return jax.tree.map(one, tree)
 
 
 @contextlib.contextmanager
