@@ -59,7 +59,8 @@ def returning(make) -> Fit:
         def sample_with_log_densities(self, num_draws, seed=0, *, key=None):
             return make(num_draws)
 
-    return Stub(**vars(gaussian_fit()))
+    fit = gaussian_fit()
+    return Stub(**{f.name: getattr(fit, f.name) for f in dataclasses.fields(fit) if f.init})
 
 
 @pytest.fixture(scope="module")

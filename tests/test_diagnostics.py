@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import arviz as az
@@ -228,7 +229,7 @@ def test_a_float32_fit_whose_log_joint_is_large_keeps_its_log_weights_apart():
     assert diag.log_evidence == pytest.approx(-85_000.0, abs=0.05)
 
 
-def test_the_per_draw_programs_batch_fewer_draws_over_large_data_with_the_same_numbers(monkeypatch):
+def test_the_per_draw_programs_batch_fewer_draws_over_large_data_with_the_same_numbers(monkeypatch, capsys):
     """Memory of the diagnostics' per-draw programs is one batch of draws: over large data the
     batch shrinks (a 10^6-row fit peaked at 12.5 GB with 1000 draws a batch), and the numbers do
     not depend on it."""
@@ -247,7 +248,49 @@ def test_the_per_draw_programs_batch_fewer_draws_over_large_data_with_the_same_n
     before = fit.sample_with_log_densities(40, seed=2)
     monkeypatch.setattr(result, "DRAW_NUMBERS", 7 * size)  # as if the data were 10^6 rows: 7 draws a batch
     assert result.draw_batch(fit.target) == 7
-    after = fit.sample_with_log_densities(40, seed=2)
+    after = dataclasses.replace(fit).sample_with_log_densities(40, seed=2)  # a copy: nothing kept
     np.testing.assert_allclose(after[0]["w"], before[0]["w"], rtol=1e-12)
     for a, b in zip(after[1:], before[1:], strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-12)
+    # and evaluated in pieces with a progress line, as over large data: 6 pieces of 7 draws, the
+    # last padded with 2 draws that are cut off
+    monkeypatch.setattr(result, "PROGRESS_NUMBERS", 10 * size)
+    pieced = dataclasses.replace(fit).sample_with_log_densities(40, seed=2)
+    assert "log p at 40 draws of q" in capsys.readouterr().err
+    np.testing.assert_allclose(pieced[0]["w"], before[0]["w"], rtol=1e-12)
+    for a, b in zip(pieced[1:], before[1:], strict=True):
+        assert a.shape == (40,)
+        np.testing.assert_allclose(a, b, rtol=1e-12)
+
+
+def test_the_diagnostics_draws_are_evaluated_once_per_fit_and_seed(monkeypatch):
+    """diagnose, summary, to_datatree and report read the same draws: a fit keeps the latest
+    ``(num_draws, seed)``'s densities (over 10^5 rows each evaluation took ~23 CPU s). A key's
+    draws, another seed, or a copy of the fit with other parameters evaluate again; what a
+    caller does to the arrays returned does not reach the kept ones."""
+    from vitools import result
+
+    calls = []
+    evaluate = result._densities_in_pieces
+    monkeypatch.setattr(result, "_densities_in_pieces", lambda *a: calls.append(1) or evaluate(*a))
+
+    def model(y=None):
+        mu = numpyro.sample("mu", dist.Normal(0.0, 1.0))
+        with numpyro.plate("rows", 20):
+            numpyro.sample("y", dist.Normal(mu, 1.0), obs=y)
+
+    fit = vt.fit(model, y=np.linspace(-1.0, 2.0, 20), num_steps=100, progress=False)
+    first = vt.diagnose(fit, num_draws=500, warn=False)
+    assert len(calls) == 1
+    draws, log_p, _ = fit.sample_with_log_densities(500, seed=0)
+    log_p[:] = 0.0
+    draws["mu"][:] = 0.0
+    again = vt.diagnose(fit, num_draws=500, warn=False)
+    assert (again.khat, again.elbo, again.psis_means) == (first.khat, first.elbo, first.psis_means)
+    assert len(calls) == 1
+    vt.diagnose(fit, num_draws=500, seed=1, warn=False)
+    fit.sample_with_log_densities(500, key=jax.random.key(0))
+    assert len(calls) == 3
+    moved = dataclasses.replace(fit, params=jax.tree.map(lambda x: x + 0.1, fit.params))
+    assert vt.diagnose(moved, num_draws=500, warn=False).elbo != first.elbo
+    assert len(calls) == 4
