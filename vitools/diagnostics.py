@@ -35,6 +35,8 @@ KHAT_Z = 2.0  # the interval k̂ ± 2 sd; with 1 sd, 4-9 of 26 fits read "good" 
 # twice its Monte Carlo error, says q is biased where it puts its draws (issue 11: "~0.1 sd").
 SHIFT_TOL = 0.1
 VERDICTS = ("good", "uncertain", "bad")  # in order of severity
+# bias_reason's words where PSIS-resampled draws correct q's bias (k̂ below threshold); advice reads them
+CORRECTABLE = "PSIS-resampled draws correct it"
 
 
 def verdict(khat: float, num_draws: int, khat_se: float = 0.0) -> tuple[str, str]:
@@ -104,7 +106,7 @@ def bias_reason(
         if label == "bad" and reliable:
             text += (
                 ": q is biased where it puts its draws (when k̂ is below its threshold, "
-                "PSIS-resampled draws correct it: fit.sample(..., resample='psis'))"
+                f"{CORRECTABLE}: fit.sample(..., resample='psis'))"
             )
         elif label == "bad":  # a fresh user read the hint above as advice where it did not apply
             text += ": q is biased where it puts its draws (k̂ is above its threshold: resampling cannot help)"
