@@ -425,6 +425,24 @@ def test_the_advice_for_a_subsampled_fit_is_more_steps_never_forward_kl(family):
     assert advice.next_steps(table)[table.index[2]].options.get("objective") == "forward_kl"
 
 
+@pytest.mark.parametrize("reliable", [True, False])
+def test_the_advice_for_a_subsampled_fit_with_a_low_khat_names_psis_resampling_not_a_flow(reliable):
+    """Where PSIS moves q's mean with k̂ below its threshold, the draws reweighted by all rows
+    correct the bias (a user's re-trial: the advice went to more steps and then a flow); with
+    k̂ above it resampling cannot help and the flow stays the next step after more steps."""
+    from vitools.diagnostics import bias_reason
+
+    moved = {"mean": np.array([0.44]), "mean_se": np.array([0.01]), "sd": np.zeros(1), "sd_se": np.zeros(1)}
+    label, sentence = bias_reason(["beta[1]"], moved, reliable=reliable)
+    assert label == "bad"
+    (step,) = advice.next_steps(
+        subsampled_table([f"k̂ 0.33 ± 0.07 < 0.70; {sentence}"], ["fullrank"])
+    ).values()
+    assert step.options == {"num_steps": 2000}  # q itself still moves with more steps
+    assert ("resample='psis'" in step.why) == reliable
+    assert ("family 'iaf'" in step.why) == (not reliable)
+
+
 def test_the_cli_advice_for_a_subsampled_fit_is_more_steps():
     from vitools.commands import next_steps
 
