@@ -522,11 +522,11 @@ def _densities_in_pieces(family, params, target, flat, log_q):
     count = -(-num_draws // piece)
     pad = count * piece - num_draws
     padded = jax.tree.map(lambda x: jnp.concatenate([x, x[:pad]]), (flat, log_q))  # None stays None
-    bar = Progress(count * piece, f"log p at {num_draws} draws of q ({_size(target):,} data numbers)")
+    bar = Progress(num_draws, f"vitools: log p at {num_draws} draws of q ({_size(target):,} data numbers)")
     found = []
     for i in range(count):
         part = jax.tree.map(lambda x, i=i: x[i * piece : (i + 1) * piece], padded)
         found.append(jax.device_get(_densities(family, params, target, *part, batch_size)))
-        bar.update((i + 1) * piece)
+        bar.update(min((i + 1) * piece, num_draws))
     bar.close()
     return jax.tree.map(lambda *pieces: np.concatenate(pieces)[:num_draws], *found)
