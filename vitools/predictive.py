@@ -381,6 +381,19 @@ def loo(
     distribution, not the posterior's. The Pareto k of observation i covers both q's error and
     the leave-one-out step: a k above ``good_k`` says the estimate of that term is unreliable.
 
+    Cost on large data: the log likelihood is a ``(num_draws, n)`` matrix held in memory, in the
+    fit's float dtype (float32 unless JAX's x64 is on: 4 bytes a number, 4 GB at n = 10^5 and the
+    default 10,000 draws), and arviz-stats Pareto-smooths the draws of each observation in turn,
+    so the time grows in proportion to n and less than in proportion to the draws: about
+    ``n x (1 ms + 0.2 µs x num_draws)`` of CPU. Measured on a logistic regression (5 predictors,
+    float32; 2 shared CPU cores at a 1-min load of 7-13; memory as the peak resident size above
+    the process's before the call): n = 10^4: 11 s of CPU and 0.08 GB at 1,000 draws, 16 s and
+    0.23 GB at 2,000, 31 s and 0.39 GB at 10,000; n = 5 x 10^4: 70 s and 0.39 GB at 2,000 draws,
+    154 s and 1.9 GB at 10,000. From ~10^4 observations on, ``num_draws=2000`` takes a fifth of
+    the matrix's memory and about half the CPU, and moved ``elpd`` by 0.1-0.2 nats there, against
+    a standard error of 54 (n = 10^4) and 122 (n = 5 x 10^4). Fewer draws make each Pareto k
+    noisier and ``good_k`` lower (0.67 at 1,000 draws, 0.70 at 2,000).
+
     Args:
         obj: a vitools ``Fit`` (drawn with ``fit_to_datatree(fit, num_draws, seed)``, groups added
             by :func:`add_predictive`), a NumPyro ``MCMC`` that has run (plain ``az.loo`` with its
@@ -392,6 +405,7 @@ def loo(
         pointwise: keep ``elpd_i`` and ``pareto_k`` per observation.
         num_draws: the draws from a fit's q (default: the diagnostic draws every vitools
             consumer uses, :data:`vitools.convert.DIAGNOSTIC_DRAWS`); ignored for the others.
+            Memory grows with ``num_draws x n``: fewer draws on large data (above).
         seed: the seed of those draws; ignored for the others.
 
     Returns:
