@@ -89,26 +89,36 @@ class _BackgroundRun:
 
 _BACKGROUND_RUNS: dict[str, _BackgroundRun] = {}
 
+# Under pytest-xdist (``make test`` runs two workers, ``-n 2 --dist loadfile``: a module's tests all
+# on one worker) a worker does not know at its start which modules it will be sent, so a module's
+# processes start with the module (``_module_background``) instead, on the core the worker leaves
+# while it waits for them; in one process, all of them from the session's start as above.
+_XDIST_WORKER = "PYTEST_XDIST_WORKER" in os.environ
+
 
 def pytest_collection_modifyitems(session, config, items):
     """Modules with a ``BACKGROUND`` run last (in their order, and so in the queue's): their tests
     wait for their processes, which by then have long finished on the other core. In their
     alphabetical places the suite waited on them (under load, test_examples' first test waited 95 s
     for the examples and test_cache's 59 s for its two processes, measured); no test's outcome
-    depends on its module's place, as each module's compiled programs are released after it."""
-    items[:] = sorted(items, key=lambda item: hasattr(getattr(item, "module", None), "BACKGROUND"))
+    depends on its module's place, as each module's compiled programs are released after it.
+    Under pytest-xdist they run first instead: their processes start with them (below), and the
+    other worker's modules fill the time a worker waits for them."""
+    items[:] = sorted(
+        items, key=lambda item: hasattr(getattr(item, "module", None), "BACKGROUND") != _XDIST_WORKER
+    )
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _background_processes(request, tmp_path_factory):
-    jobs, seen = [], set()
-    for item in request.session.items:
-        module = getattr(item, "module", None)
-        if module is None or module.__name__ in seen or not hasattr(module, "BACKGROUND"):
+def _start(modules, tmp_path_factory) -> None:
+    """Run the ``BACKGROUND`` processes of ``modules`` (not yet started) in turn, in one thread."""
+    jobs = []
+    for module in modules:
+        if module.__name__ in _BACKGROUND_RUNS:
             continue
-        seen.add(module.__name__)
         run = _BACKGROUND_RUNS[module.__name__] = _BackgroundRun()
         jobs.append((module.BACKGROUND(tmp_path_factory.mktemp("background")), run))
+    if not jobs:
+        return
 
     def work() -> None:
         for steps, run in jobs:
@@ -122,6 +132,20 @@ def _background_processes(request, tmp_path_factory):
                 run.done.set()
 
     threading.Thread(target=work, daemon=True).start()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _background_processes(request, tmp_path_factory):
+    if not _XDIST_WORKER:
+        modules = dict.fromkeys(getattr(item, "module", None) for item in request.session.items)
+        _start([m for m in modules if hasattr(m, "BACKGROUND")], tmp_path_factory)
+    yield
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _module_background(request, tmp_path_factory):
+    if _XDIST_WORKER and hasattr(request.module, "BACKGROUND"):
+        _start([request.module], tmp_path_factory)
     yield
 
 
