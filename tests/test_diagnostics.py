@@ -233,7 +233,7 @@ def test_the_per_draw_programs_batch_fewer_draws_over_large_data_with_the_same_n
     """Memory of the diagnostics' per-draw programs is one batch of draws: over large data the
     batch shrinks (a 10^6-row fit peaked at 12.5 GB with 1000 draws a batch), and the numbers do
     not depend on it."""
-    from vitools import result
+    from vitools import batched
 
     def model(x, y=None):
         w = numpyro.sample("w", dist.Normal(0.0, 1.0).expand([2]).to_event(1))
@@ -244,17 +244,17 @@ def test_the_per_draw_programs_batch_fewer_draws_over_large_data_with_the_same_n
     x = rng.normal(size=(300, 2))
     fit = vt.fit(model, x, y=x @ np.array([0.5, -1.0]) + rng.normal(size=300), num_steps=200, progress=False)
     size = sum(np.size(leaf) for leaf in jax.tree.leaves(fit.target))  # the data's 900 and the frame's
-    assert result.draw_batch(fit.target) == result.DRAW_BATCH  # no need to shrink
+    assert batched.draw_batch(fit.target) == batched.DRAW_BATCH  # no need to shrink
     before = fit.sample_with_log_densities(40, seed=2)
-    monkeypatch.setattr(result, "DRAW_NUMBERS", 7 * size)  # as if the data were 10^6 rows: 7 draws a batch
-    assert result.draw_batch(fit.target) == 7
+    monkeypatch.setattr(batched, "DRAW_NUMBERS", 7 * size)  # as if the data were 10^6 rows: 7 draws a batch
+    assert batched.draw_batch(fit.target) == 7
     after = dataclasses.replace(fit).sample_with_log_densities(40, seed=2)  # a copy: nothing kept
     np.testing.assert_allclose(after[0]["w"], before[0]["w"], rtol=1e-12)
     for a, b in zip(after[1:], before[1:], strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-12)
     # and evaluated in pieces with a progress line, as over large data: 6 pieces of 7 draws, the
     # last padded with 2 draws that are cut off
-    monkeypatch.setattr(result, "PROGRESS_NUMBERS", 10 * size)
+    monkeypatch.setattr(batched, "PROGRESS_NUMBERS", 10 * size)
     pieced = dataclasses.replace(fit).sample_with_log_densities(40, seed=2)
     assert "log p at 40 draws of q" in capsys.readouterr().err
     np.testing.assert_allclose(pieced[0]["w"], before[0]["w"], rtol=1e-12)
@@ -268,11 +268,11 @@ def test_the_diagnostics_draws_are_evaluated_once_per_fit_and_seed(monkeypatch):
     ``(num_draws, seed)``'s densities (over 10^5 rows each evaluation took ~23 CPU s). A key's
     draws, another seed, or a copy of the fit with other parameters evaluate again; what a
     caller does to the arrays returned does not reach the kept ones."""
-    from vitools import result
+    from vitools import batched
 
     calls = []
-    evaluate = result._densities_in_pieces
-    monkeypatch.setattr(result, "_densities_in_pieces", lambda *a: calls.append(1) or evaluate(*a))
+    evaluate = batched.densities_in_pieces
+    monkeypatch.setattr(batched, "densities_in_pieces", lambda *a: calls.append(1) or evaluate(*a))
 
     def model(y=None):
         mu = numpyro.sample("mu", dist.Normal(0.0, 1.0))

@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 from numpyro.infer import MCMC, NUTS
 
 from vitools import ForwardKL, ForwardKLFromDraws, FullRank, MeanField, RenyiAlpha, ReverseKL, Target
+from vitools.batched import sample_flat_with_log_q
 from vitools.objectives import draws_to_flat, weighted_cross_entropy
-from vitools.result import _sample_flat_with_log_q
 
 KEY = jax.random.PRNGKey(0)  # family init key (Gaussian families draw nothing)
 
@@ -114,7 +114,7 @@ def test_log_q_at_own_draws_stays_exact_in_float32_where_the_inverse_does_not(fa
             loss, _ = objective.loss(jax.random.PRNGKey(6), params, family, target)
             assert loss.dtype == jnp.float32 and abs(-float(loss) - elbo) < tolerance, (stl, loss, elbo)
         # the diagnostics' log q (Fit.sample_with_log_densities): E[log q] = -H(q), sd sqrt(dim/2)
-        _, log_q = _sample_flat_with_log_q(family, params, jax.random.PRNGKey(7), num_draws)
+        _, log_q = sample_flat_with_log_q(family, params, jax.random.PRNGKey(7), num_draws)
         entropy = log_det + 0.5 * dim * (1.0 + np.log(2.0 * np.pi))
         assert abs(float(jnp.mean(log_q)) + entropy) < 5 * np.sqrt(dim / 2 / num_draws)
 

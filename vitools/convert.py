@@ -85,7 +85,7 @@ CONVERGED_ATTR = "vitools_converged"  # root attr: 1/0, whether the optimisation
 # (benchmarks/results/verdicts.md); k̂ at 2000 also reads many heavy tails low (quickstart: 0.29-0.79
 # at 2000, 0.87-1.23 at 10,000). Drawing and weighing 10,000 draws took 0.03 s on the zoo's
 # 100-D stochastic-volatility model (compile ~4 s either way); memory is that of one batch of draws
-# (vitools.result.draw_batch), and log p is evaluated in float64 (vitools.result._densities).
+# (vitools.batched.draw_batch), and log p is evaluated in float64 (vitools.batched.densities).
 DIAGNOSTIC_DRAWS = 10_000
 # The posterior group's attr ``vitools_note`` on a fit's tree: what az.summary's ESS and R-hat of
 # these draws mean (vt.summary prints the numbers that do mean something).
