@@ -157,6 +157,140 @@ def test_data_shorter_than_its_subsampling_plate_is_refused_not_clamped(as_array
         Target.from_model(logistic, SMALL_X, y=as_array(SMALL_Y[:100]))
 
 
+LONG_Y = np.concatenate([SMALL_Y, SMALL_Y[:200]])  # 1200 labels for the 1000 rows of SMALL_X
+
+
+@pytest.mark.parametrize("as_array", [np.asarray, jnp.asarray], ids=["numpy", "jax"])
+def test_data_longer_than_its_subsampling_plate_is_refused_naming_the_array_and_the_fix(as_array):
+    # a plate sized by len(x) never gathers y's rows past 1000: the fit would ignore them silently
+    refused = (
+        r"y \(shape \(1200,\)\) has 1200 rows, gathered by the indices of subsampling plate 'rows' "
+        r"\(1000 rows\): rows past 1000 \(200 of 1200\) are never read.*pass y\[:1000\] or size the "
+        r"plate by len\(y\)"
+    )
+    with pytest.raises(ValueError, match=refused):
+        Target.from_model(logistic_indexed, SMALL_X, y=as_array(LONG_Y))
+    with pytest.raises(ValueError, match="invalid shape of numpyro.subsample"):  # NumPyro's own check
+        Target.from_model(logistic, SMALL_X, y=as_array(LONG_Y))
+
+
+def _cast(x, y):
+    w = numpyro.sample("w", dist.Normal(0.0, 1.0).expand([x.shape[1]]).to_event(1))
+    labels = y.astype(jnp.int32)  # an elementwise image of y is y's rows
+    with numpyro.plate("rows", x.shape[0], subsample_size=100) as index:
+        numpyro.sample("y", dist.Bernoulli(logits=x[index] @ w), obs=labels[index])
+
+
+def _in_jit_and_cond(x, y):
+    w = numpyro.sample("w", dist.Normal(0.0, 1.0).expand([x.shape[1]]).to_event(1))
+    with numpyro.plate("rows", x.shape[0], subsample_size=100) as index:
+        pick = jax.jit(lambda a, i, w: jax.lax.cond(w[0] > 0, lambda: jnp.take(a, i, axis=0), lambda: a[i]))
+        labels = pick(y, index, w)
+        numpyro.sample("y", dist.Bernoulli(logits=x[index] @ w), obs=labels)
+
+
+def _dict_model(data):
+    w = numpyro.sample("w", dist.Normal(0.0, 1.0).expand([3]).to_event(1))
+    with numpyro.plate("rows", data["x"].shape[0], subsample_size=100) as index:
+        numpyro.sample("y", dist.Bernoulli(logits=data["x"][index] @ w), obs=data["y"][index])
+
+
+@pytest.mark.parametrize(
+    "model, args, name",
+    [
+        (_cast, (SMALL_X, LONG_Y), r"y \(shape \(1200,\)\)"),
+        (_in_jit_and_cond, (SMALL_X, LONG_Y), r"y \(shape \(1200,\)\)"),
+        (_dict_model, ({"x": SMALL_X, "y": LONG_Y},), r"data\['y'\] \(shape \(1200,\)\)"),
+    ],
+    ids=["cast", "jit-cond-take", "dict"],
+)
+def test_longer_data_is_found_through_casts_programs_and_containers(model, args, name):
+    with pytest.raises(ValueError, match=rf"{name} has 1200 rows.*rows past 1000 \(200 of 1200\)"):
+        Target.from_model(model, *args)
+
+
+def test_longer_data_along_another_axis_is_named_with_the_axis():
+    def rows_last(y):  # y of shape (2, rows): the plate runs along the last axis
+        mu = numpyro.sample("mu", dist.Normal(0.0, 1.0))
+        with numpyro.plate("rows", 1000, subsample_size=100, dim=-1) as index:
+            numpyro.sample("y", dist.Normal(jnp.full((2, 1), mu), 1.0), obs=y[:, index])
+
+    with pytest.raises(ValueError, match=r"has 1200 rows along axis 1.*rows past 1000.*y\.shape\[1\]"):
+        Target.from_model(rows_last, jnp.zeros((2, 1200)))
+    assert Target.from_model(rows_last, jnp.zeros((2, 1000))).subsamples
+
+
+def test_rows_that_the_plates_indices_skip_are_listed():
+    def every_other_row(y):
+        mu = numpyro.sample("mu", dist.Normal(0.0, 1.0))
+        with numpyro.plate("rows", y.shape[0] // 2, subsample_size=100) as index:
+            numpyro.sample("y", dist.Normal(mu, 1.0), obs=y[2 * index])
+
+    with pytest.raises(ValueError, match=r"rows 1, 3, 5, 7, 9, \.\.\. \(500 of 1000\) are never read"):
+        Target.from_model(every_other_row, jnp.zeros(1000))
+
+
+def _lagged(y):  # AR(1) over T - 1 transitions of T rows: y[index] and y[index + 1] read all T
+    phi = numpyro.sample("phi", dist.Normal(0.0, 1.0))
+    with numpyro.plate("transitions", y.shape[0] - 1, subsample_size=50) as index:
+        numpyro.sample("y", dist.Normal(phi * y[index], 1.0), obs=y[index + 1])
+
+
+def _group_level(z, group, y):  # 2000 groups' covariate z, read by each row's group id
+    beta = numpyro.sample("beta", dist.Normal(0.0, 1.0))
+    with numpyro.plate("rows", y.shape[0], subsample_size=50) as index:
+        numpyro.sample("y", dist.Normal(beta * z[group[index]], 1.0), obs=y[index])
+
+
+def _grid_and_whole(x, y, grid):  # a prediction grid (deterministic) and an array used whole
+    beta = numpyro.sample("beta", dist.Normal(0.0, 1.0))
+    numpyro.deterministic("curve", beta * grid)
+    numpyro.factor("penalty", -1e-3 * jnp.sum(grid**2) * beta**2)
+    with numpyro.plate("rows", y.shape[0], subsample_size=50) as index:
+        numpyro.sample("y", dist.Normal(beta * x[index], 1.0), obs=y[index])
+
+
+def _held_out(x, y):  # x holds the fitted rows, then held-out rows the model predicts
+    beta = numpyro.sample("beta", dist.Normal(0.0, 1.0))
+    numpyro.deterministic("held_out", beta * x[y.shape[0] :])
+    with numpyro.plate("rows", y.shape[0], subsample_size=50) as index:
+        numpyro.sample("y", dist.Normal(beta * x[index], 1.0), obs=y[index])
+
+
+def _ragged(offsets):  # row i's items are offsets[i]:offsets[i + 1] (offsets has rows + 1 entries)
+    mu = numpyro.sample("mu", dist.Normal(0.0, 1.0))
+    with numpyro.plate("rows", offsets.shape[0] - 1, subsample_size=50) as index:
+        counts = (offsets[index + 1] - offsets[index]).astype(float)
+        numpyro.sample("y", dist.Normal(mu, 1.0), obs=counts)
+
+
+def _series_in_a_loop(y):  # a whole-series term read row by row in a loop, plus the first rows' likelihood
+    mu = numpyro.sample("mu", dist.Normal(0.0, 1.0))
+    total = jax.lax.fori_loop(0, y.shape[0], lambda t, carry: carry + y[t], 0.0)
+    numpyro.factor("series", -1e-3 * (total - mu) ** 2)
+    with numpyro.plate("rows", 300, subsample_size=50) as index:
+        numpyro.sample("y", dist.Normal(mu, 1.0), obs=y[index])
+
+
+OTHER_LENGTHS = np.random.default_rng(2).normal(size=3000)
+
+
+@pytest.mark.parametrize(
+    "model, args",
+    [
+        (_lagged, (OTHER_LENGTHS[:301],)),
+        (_group_level, (OTHER_LENGTHS[:2000], np.arange(300) * 6, OTHER_LENGTHS[:300])),
+        (_grid_and_whole, (OTHER_LENGTHS[:300], OTHER_LENGTHS[300:600], np.linspace(-3.0, 3.0, 3000))),
+        (_held_out, (OTHER_LENGTHS[:400], OTHER_LENGTHS[:300])),
+        (_ragged, (np.cumsum(np.arange(301) % 5),)),
+        (_series_in_a_loop, (OTHER_LENGTHS[:500],)),
+    ],
+    ids=["lagged", "group-level", "grid-and-whole", "held-out", "ragged", "loop"],
+)
+def test_arrays_of_other_lengths_used_otherwise_are_not_refused(model, args):
+    assert Target.from_model(model, *args).subsamples
+
+
 def test_the_full_data_model_is_the_model_without_subsampling_at_any_number_of_rows():
     x, y = SMALL_X[:37], SMALL_Y[:37]  # fewer rows than the batch of 100: still every row
     values = {"w": jnp.array([0.3, -0.2, 0.1])}
