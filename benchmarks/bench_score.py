@@ -34,7 +34,8 @@ from common import RESULTS_DIR, format_load, load_note, markdown_table, now, ver
 import vitools as vt
 from vitools.engine import PROGRAMS
 from vitools.models import MODELS
-from vitools.objectives.score import BatchAndMatch, LossFallRule
+from vitools.objectives.loss_fall import LossFallRule
+from vitools.objectives.score import BatchAndMatch
 
 MODELS_DEFAULT = (
     "gaussian_100",

@@ -1,5 +1,5 @@
-"""Batch and match (vitools.objectives.score): the closed-form update, exact recovery of Gaussian
-targets, the road through vt.fit, and its errors."""
+"""Batch and match (vitools.objectives.score) and its stopping rule (vitools.objectives.loss_fall):
+the closed-form update, exact recovery of Gaussian targets, the road through vt.fit, and its errors."""
 
 import jax
 import jax.numpy as jnp
@@ -16,11 +16,11 @@ from vitools.convergence import ConvergenceRule
 from vitools.engine import default_optimizer, init_state, objective_state, optimize
 from vitools.models import MODELS
 from vitools.objectives import Objective, get_objective, objective_hooks
+from vitools.objectives.loss_fall import LossFallRule
 from vitools.objectives.score import (
     AVERAGE_MAX_STEPS,
     BatchAndMatch,
     BatchAndMatchState,
-    LossFallRule,
     average_gaussians,
     bam_update,
 )
