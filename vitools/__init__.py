@@ -6,7 +6,8 @@ Examples:
     >>> draws = fit.sample(1000, seed=1)
 """
 
-from vitools.auto import AutoPath, auto_fit
+from vitools.auto import auto_fit
+from vitools.autopath import AutoPath
 from vitools.cache import enable_compilation_cache
 from vitools.comparison import compare
 from vitools.convert import to_datatree, to_datatrees

@@ -18,12 +18,13 @@ import optax
 from vitools import alerts, sharding, start, validate
 from vitools.blas import one_blas_thread
 from vitools.convergence import ConvergenceRule, StoppingRule
-from vitools.engine import default_optimizer, init_state, objective_state, optimize, quick_compile
+from vitools.engine import optimize, quick_compile
 from vitools.families import Family, get_family
 from vitools.families.base import check_distribution, family_hooks
 from vitools.objectives import Objective, get_objective, objective_hooks
 from vitools.objectives.base import check_subsampling
 from vitools.result import Fit, NonFiniteLossError
+from vitools.stepping import default_optimizer, init_state, objective_state
 from vitools.targets import INIT_ROWS, Target
 
 __all__ = ["default_learning_rate", "default_rate", "fit", "races_starts", "target_of"]

@@ -46,6 +46,7 @@ import jax.numpy as jnp
 import numpy as np
 import numpyro
 
+from vitools.autopath import Attempt, AutoPath
 from vitools.convergence import Convergence
 from vitools.families import get_family
 from vitools.fingerprint import differences as site_differences
@@ -229,8 +230,6 @@ def _float_or_scalar(value: Any) -> Any:
 
 
 def _auto_path(record: dict) -> Any:
-    from vitools.auto import Attempt, AutoPath  # auto imports the fitting layer: imported on use
-
     attempts = tuple(
         Attempt(**{k: float("nan") if v is None else v for k, v in a.items()}) for a in record["attempts"]
     )

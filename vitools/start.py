@@ -15,19 +15,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from vitools.compiling import setup_jit
-from vitools.engine import (
-    MAX_CHUNKS_PER_CALL,
-    PROGRAMS,
-    Outcome,
-    init_state,
-    objective_state,
-    optimize,
-    quick_compile,
-)
+from vitools.engine import MAX_CHUNKS_PER_CALL, PROGRAMS, Outcome, optimize, quick_compile
 from vitools.families import Family, family_hooks
 from vitools.frame import Frame
 from vitools.laplace import initial_gaussian, is_mode, second_order, simple_gaussian
 from vitools.objectives import Objective, objective_hooks
+from vitools.stepping import init_state, objective_state
 from vitools.targets import Target
 
 __all__ = [

@@ -12,7 +12,7 @@ uses.
 Where the mixture starts decides which modes it fits: both objectives only see the modes q covers
 (forward KL's proposal is q). ``vt.fit`` therefore starts it from a search
 (:meth:`GaussianMixture.searched_init`): Pathfinder paths from dispersed points, one component per
-mode found (:func:`vitools.pathfinder.search_modes`).
+mode found (:func:`vitools.mode_search.search_modes`).
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ import numpyro.distributions as dist
 
 from vitools import validate
 from vitools.families.gaussian import FullRank, FullRankParams, _full_rank_params, _softplus_inverse
+from vitools.mode_search import search_modes
 from vitools.targets import Target
 
 __all__ = ["GaussianMixture", "MixtureParams"]
@@ -241,7 +242,7 @@ class GaussianMixture:
     ) -> tuple[MixtureParams, int]:
         r"""A start with a component on each mode the search finds: the ``search_start`` hook.
 
-        :func:`vitools.pathfinder.search_modes` runs ``num_paths`` Pathfinder paths (Zhang et al.
+        :func:`vitools.mode_search.search_modes` runs ``num_paths`` Pathfinder paths (Zhang et al.
         2022) from points drawn uniformly in (-2, 2) of the model's unconstrained space, pools
         their Gaussians with the initial one N(loc, scale_tril scale_trilᵀ) and weights them by
         one importance-weighted EM step (Gaussians on the same mode share its mass). The pool is
@@ -272,8 +273,6 @@ class GaussianMixture:
         Raises:
             FloatingPointError: from the search, no Gaussian with a finite importance weight.
         """
-        from vitools.pathfinder import search_modes  # pathfinder imports this module
-
         search_key, offset_key = jax.random.split(key)
         modes = search_modes(target, search_key, self._num_paths, loc, scale_tril)
         keep = modes.weights > 0
