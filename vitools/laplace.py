@@ -34,6 +34,15 @@ __all__ = [
 ]
 
 _PATH_POINTS = (0, 1, 2, 4, 8, 16, 32, 64, 99)  # iterations along the path tried as centres
+# initial_gaussian(early=True)'s last candidate iteration. Batch and match on radon (a centred
+# funnel; B = 6, float32), from the pick at iteration 32 or 64 (log sigma_a ~ -4, the neck): 4.5x,
+# 2.8x, 2.8x, 2.8x fewer evaluations than the default fit on seeds 0-3, w1 0.11-0.71; from the best
+# of iterations 0-8 (log sigma_a -0.5 to -1.2): 9.7x, 10.0x, 8.7x, 12.3x, w1 0.114-0.117; on
+# fresh seeds 8-11 the 5x bar was met on 2 against 1 (seed 11 had run off, w1 120). From 16
+# on, seed 0 ran off; iteration 4 alone gave seed 5 a non-finite fit. Every other zoo model
+# BaM was measured on (6 in benchmarks/results/score.md, plus centred eight schools, gp_poisson and
+# the funnel, seeds 0-1) starts at a mode or from the simple start: unchanged to the digit.
+EARLY_ITERATION = 8
 _MAX_ITERS = 100
 # The path stops where L-BFGS no longer makes progress: scipy's L-BFGS-B tests (relative decrease
 # of -log π below ftol = 2.2e-9, largest gradient entry below gtol = 1e-5). On a 10^5-row
@@ -130,7 +139,7 @@ class InitialGaussian(NamedTuple):
 
 
 def initial_gaussian(
-    target: Target, key: jax.Array, method: str = "laplace", structure: str = "full"
+    target: Target, key: jax.Array, method: str = "laplace", structure: str = "full", early: bool = False
 ) -> InitialGaussian:
     """The initial Gaussian N(loc, scale_tril scale_trilᵀ) over the flat unconstrained space,
     and whether it sits at a mode (:func:`is_mode`, computed in the same compiled program: a
@@ -145,6 +154,11 @@ def initial_gaussian(
             ``"diagonal"`` each candidate is the diagonal Gaussian with the conditional sds
             ``1 / sqrt(-∇²log π)_ii`` (the reverse-KL-optimal diagonal Gaussian of a Gaussian
             target), and the ELBO scores that, not the full Gaussian the family cannot reach.
+        early: where the pick is not at a mode (:func:`is_mode`: a funnel's neck, where the ELBO
+            of a few draws prefers the path's late, narrow Gaussians), take the best-ELBO
+            candidate of the path's iterations up to :data:`EARLY_ITERATION` instead; for an
+            objective that skips ``vt.fit``'s start race (batch and match), which would
+            otherwise pick the simple start there.
     """
     if method == "median":
         return InitialGaussian(*simple_gaussian(target), jnp.array(False), jnp.array(False), jnp.int32(0))
@@ -152,7 +166,8 @@ def initial_gaussian(
         raise ValueError(f"unknown init {method!r}; choose 'laplace' or 'median', or pass (loc, scale_tril)")
     if structure not in ("full", "diagonal"):
         raise ValueError(f"unknown structure {structure!r}; choose 'full' or 'diagonal'")
-    return second_order(_path_laplace_program(target), target, key, structure == "diagonal")
+    program = functools.partial(_path_laplace_program(target), early=early)
+    return second_order(program, target, key, structure == "diagonal")
 
 
 class PathCandidates(NamedTuple):
@@ -247,7 +262,9 @@ def _num_moves(path: jax.Array) -> jax.Array:
     return jnp.sum(jnp.any(path[1:] != path[:-1], axis=-1), dtype=jnp.int32)
 
 
-def _path_laplace(target: Target, key: jax.Array, diagonal: bool, exact: bool = True) -> InitialGaussian:
+def _path_laplace(
+    target: Target, key: jax.Array, diagonal: bool, exact: bool = True, early: bool = False
+) -> InitialGaussian:
     jitter, eps = _noise(target, key)
     locs, trils, elbos, _, path_evals = _candidates(target, jitter, eps, diagonal, exact, None)
     best = jnp.argmax(elbos.ravel())
@@ -267,6 +284,14 @@ def _path_laplace(target: Target, key: jax.Array, diagonal: bool, exact: bool = 
     scale_tril = jnp.where(simple, simple_tril, trils[best // 2])
     # Only full-structure families may whiten with the full factor; diagonal ones never ask.
     at_mode = jnp.array(False) if diagonal else is_mode(target, loc, scale_tril, exact=exact) & ~simple
+    if early and not diagonal:
+        # An objective that skips the start race (batch and match): when the pick is not at a
+        # mode (a funnel's neck), the best-ELBO candidate of the path's iterations 0-8 instead.
+        first = _PATH_POINTS.index(EARLY_ITERATION) + 1
+        early_best = jnp.argmax(elbos[:first, 0])
+        swap = ~at_mode & ~simple & jnp.isfinite(elbos[early_best, 0])
+        loc = jnp.where(swap, locs[early_best, 0], loc)
+        scale_tril = jnp.where(swap, trils[early_best], scale_tril)
     # The path and its candidates; the simple start's ELBO; is_mode's Hessian.
     evals = path_evals + _NUM_DRAWS + (0 if diagonal else target.dim)
     return InitialGaussian(loc, scale_tril, at_mode, ~simple, evals)
@@ -274,7 +299,7 @@ def _path_laplace(target: Target, key: jax.Array, diagonal: bool, exact: bool = 
 
 # One program per model and shapes, run once or a few times: compiled at -O0 on small data
 # (vitools.compiling.QUICK_SIZE: 2.4-2.9 s instead of 4.3-4.8 s of CPU on the engine benchmark's regressions).
-_path_laplace_program = sized_jit(_path_laplace, static_argnames=("diagonal", "exact"))
+_path_laplace_program = sized_jit(_path_laplace, static_argnames=("diagonal", "exact", "early"))
 
 
 def simple_gaussian(target: Target) -> tuple[jax.Array, jax.Array]:

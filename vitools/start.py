@@ -170,7 +170,7 @@ def starting_point(key: jax.Array, target: Target, family: Family, objective: Ob
     """
     if isinstance(init, str):
         loc, scale_tril, at_mode, informed, grad_evals = initial_gaussian(
-            target, key, init, _structure(family, objective)
+            target, key, init, _structure(family, objective), early=not objective_hooks(objective).races_start
         )
     else:
         loc, scale_tril = (jnp.asarray(a) for a in init)

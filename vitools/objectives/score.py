@@ -222,16 +222,21 @@ class BatchAndMatch:
     regression at 0.044 after 2000 (16,000 evaluations); only collinear matched (0.034 after
     300; measured).
 
-    Known failure: on radon (a centred hierarchical model) the float32 Laplace start lies in the
-    funnel's neck (log sigma_a ≈ -4.3; the posterior's mean is -1.4), and BaM may not leave it:
-    seeds 2 and 3 (B = 6) crawl at 0.05-0.15 nats per 100 steps and end 2000 steps at w1 0.66
-    and 0.71, q's mean of log sigma_a at -3.5 and -8.4 (the default fit: 0.118 and 0.130, its
-    start race taking the simple start; B = 8: seed 3 likewise; B = 16: still there after 2000
-    steps; measured). Under :class:`~vitools.objectives.loss_fall.LossFallRule`'s sustained-fall
-    verdict they run the budget, status ``"completed"``, and ``fit.convergence`` says "not
-    converged" with the fall over the last 600 steps (0.49 ± 0.056 nats on seed 2).
-    ``vt.diagnose`` reads k̂ 0.98 there (0.80 out of the neck, seed 0). In float64 BaM left the
-    neck on seeds 0-7 by step 2000 (measured). What was tried to leave it and not kept: (1) a
+    The funnel's neck: on radon (a centred hierarchical model) the float32 Laplace pick lies in
+    the funnel's neck (log sigma_a ≈ -4.3; the posterior's mean is -1.4), not at a mode. From it
+    BaM crawled: seeds 2 and 3 (B = 6) at 0.05-0.15 nats per 100 steps, ending 2000 steps at w1
+    0.66 and 0.71 (the default fit: 0.118 and 0.130, its start race taking the simple start; B
+    = 8: seed 3 likewise; B = 16: still there after 2000 steps; measured), and
+    :class:`~vitools.objectives.loss_fall.LossFallRule`'s sustained-fall verdict kept them from
+    saying "converged" (0.49 ± 0.056 nats over the last 600 steps on seed 2). BaM, which skips
+    the race, now starts where the pick is not at a mode from the best-ELBO candidate of the
+    L-BFGS path's early iterations (:func:`vitools.laplace.initial_gaussian`, ``early``; log
+    sigma_a -0.5 to -1.2): radon seeds 0-3 stop at 300-500 steps, w1 0.114-0.117, 9.7x, 10.0x,
+    8.7x and 12.3x fewer evaluations than the default fit; on fresh seeds 8-11 the 5x bar was
+    met on 2 (against 1 from the pick; measured, benchmarks/results/score.md). Every other model
+    measured is unchanged (its pick is at a mode).
+    From the pick ``vt.diagnose`` read k̂ 0.98 (0.80 out of the neck, seed 0); in float64 BaM left
+    the neck on seeds 0-7 by step 2000 (measured). What was tried before and not kept: (1) a
     wider start, q_0 = N(μ, c² Σ) of the Laplace start: c = 2 let seeds 0 and 2 out sooner
     (stops at 500 and 1100, w1 0.115, 0.120) but not seed 3 (any c up to 3), stopped
     gaussian_100 at step 200 instead of 100 (the bar at 5.02x), and c = 1.5 made non-centred
@@ -247,15 +252,9 @@ class BatchAndMatch:
     at 3, ~250 at 10; seed 1: past 1500, ~750, ~500) but the fit still stops at 900 and
     1300-1400 (5.3x; 3.8-4.0x), and seed 2 ran off (w1 69 at 3, non-finite at step 3 at 10).
     (4) NumPyro's simple start (``init="median"``): w1 27.8 and 19.8 after 2000 steps (seeds 0,
-    1). (5) Another start (not made: the start is :mod:`vitools.laplace`'s): from the best-ELBO
-    Laplace Gaussian of the L-BFGS path's iterations 0-8 (:func:`vitools.laplace.path_candidates`;
-    log sigma_a -0.5 to -1.2) BaM stopped radon seeds 0-7 at 300-900 steps, w1 0.114-0.125
-    (seeds 0-3: 9.7x, 10.0x, 8.7x, 12.3x with the path's evaluations), but the init picks the
-    neck's Gaussian (iteration 32 or 64) by its ELBO on 32 draws (-129 to -137 against -175 to
-    -259), and a pick by score divergence on the same draws would too (seeds 0-3: 13-29 against
-    657 to 1.6e4); from iteration 16 seed 0 ran off. On fresh seeds 8-11 that start met the bar
-    on 2, the pick on 1, and from the pick seed 11 ran off (w1 120 after 2000 steps; measured,
-    benchmarks/results/score.md).
+    1). (5) Picking among the path's candidates by ELBO or by score divergence on 32 draws: both
+    prefer the neck (ELBO -129 to -137 against -175 to -259; score divergence 13-29 against 657
+    to 1.6e4, seeds 0-3); hence the early candidates only where the pick is not at a mode.
 
     Bias: the fixed point is the Gaussian whose scores best match p's under the score divergence,
     not the reverse-KL optimum of the ELBO fits; they coincide when p is Gaussian. Measured near
