@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -335,10 +336,16 @@ def _check_rows(density: ModelDensity, u: jax.Array) -> None:
     if message:
         plates = ", ".join(f"{p.name!r} ({p.size} rows)" for p in density.plates)
         found = message.splitlines()[0].strip().rstrip(".")
+        shape = re.search(r"array of shape (\([^)]*\))", found)  # JAX names the shape, not the array
+        named = [
+            n for n, a in zip(names, arrays, strict=True) if shape and str(np.shape(a)) == shape.group(1)
+        ]
+        which = f"{' or '.join(named)} (shape {shape.group(1)})" if named else "an array"
         raise ValueError(
-            f"run on all rows of its subsampling plate(s) {plates}, the model indexes an array out of "
-            f"its bounds ({found}): an array indexed by a plate's indices is shorter than the plate "
-            "(e.g. y with fewer rows than x), and JAX would clamp the index and fit wrong data silently"
+            f"{which} is shorter than the subsampling plate(s) {plates}: run on all of their rows, the "
+            f"model indexes it out of its bounds ({found}), and in a minibatch JAX would clamp the index "
+            "and fit wrong data silently; pass as many rows as the plate has (e.g. y as long as x), or "
+            "size the plate by the shorter array"
         )
 
 
