@@ -197,6 +197,13 @@ def test_progress_prints_lines_when_not_a_tty():
     lines = stream.getvalue().splitlines()
     assert lines[0].startswith("fit: 50/100") and "ess=30" in lines[0]
     assert lines[-1].endswith("[completed]")
+    # a run's last line once, without a trailing space (the diagnostics' progress printed it twice)
+    stream = io.StringIO()
+    bar = Progress(10, "log p", every_s=0.0, stream=stream)
+    bar.update(10)
+    bar.close()
+    assert len(stream.getvalue().splitlines()) == 1
+    assert stream.getvalue().startswith("log p: 10/10 (") and stream.getvalue().endswith("s)\n")
 
 
 def test_many_fits_vmap_into_one_program():

@@ -23,6 +23,7 @@ class Progress:
         self.done = 0
         self._last = self._start = time.perf_counter()
         self._bar = None
+        self._printed = None  # the done of the last plain line
         if enabled and getattr(self.stream, "isatty", lambda: False)():
             self._bar = tqdm(total=total, desc=desc, file=self.stream, leave=True, dynamic_ncols=True)
 
@@ -43,14 +44,11 @@ class Progress:
             if numbers:
                 self._bar.set_postfix({k: f"{v:.4g}" for k, v in numbers.items()})
             self._bar.close()
-        else:
+        elif status or numbers or self._printed != self.done:  # not the line update just printed
             self._line(self.done, numbers, status)
 
     def _line(self, done: int, numbers: dict, status: str = "") -> None:
-        self._last = time.perf_counter()
-        parts = " ".join(f"{k}={v:.4g}" for k, v in numbers.items())
-        elapsed = self._last - self._start
-        tail = f" [{status}]" if status else ""
-        print(
-            f"{self.desc}: {done}/{self.total} ({elapsed:.1f}s) {parts}{tail}", file=self.stream, flush=True
-        )
+        self._last, self._printed = time.perf_counter(), done
+        parts = [f"{self.desc}: {done}/{self.total} ({self._last - self._start:.1f}s)"]
+        parts += [f"{k}={v:.4g}" for k, v in numbers.items()] + ([f"[{status}]"] if status else [])
+        print(" ".join(parts), file=self.stream, flush=True)
