@@ -271,7 +271,10 @@ def psis_resample(
     PyMC's Pathfinder do (Zhang, Carpenter, Gelman & Vehtari, 2022, JMLR, "Pathfinder"). This
     corrects a q that is off-centre or too narrow where it puts its draws; it cannot create mass
     where q puts none, so when k̂ is above its threshold it warns that resampling will not fix
-    the fit. Resampled draws repeat: their effective size is about the importance ESS.
+    the fit. Resampled draws repeat: their effective size is about the importance ESS, and even
+    equal weights leave about 1 - 1/e = 63% of them distinct (drawn with replacement). It evaluates the model's
+    log density at the S proposals, on all rows of a subsampling model: as costly as
+    ``vt.diagnose(fit, num_draws=S, seed=seed)``, and free after it (the fit keeps them).
 
     Args:
         fit: a vitools ``Fit``.
@@ -293,8 +296,9 @@ def psis_resample(
         >>> tree = vt.to_datatree(draws)  # a tree of the resampled draws
     """
     num_draws = validate.count(num_draws, "num_draws")
+    # by seed, the densities the fit keeps (Fit.sample_with_log_densities) serve both
+    draws, log_p, log_q = fit.sample_with_log_densities(num_draws, seed, key=key)
     key = validate.seed_or_key(seed, key)
-    draws, log_p, log_q = fit.sample_with_log_densities(num_draws, key=key)
     smoothed, khat = psis_khat(log_p - log_q)
     threshold = khat_threshold(num_draws)
     if khat > threshold or math.isnan(khat):
