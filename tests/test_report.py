@@ -88,6 +88,15 @@ def test_which_to_trust_names_the_good_fit_closest_to_the_reference():
         "Trust fullrank: it reads good with the lowest k̂"
     )
     assert which_to_trust(table.assign(verdict="bad")).startswith("No fit reads good")
+    assert "resample" not in which_to_trust(table.assign(verdict="bad"))
+    # a bias PSIS corrects (k̂ below threshold): its resampled draws are named usable, not q's
+    from vitools.diagnostics import bias_reason
+
+    moved = {"mean": np.array([0.44]), "mean_se": np.array([0.01]), "sd": np.zeros(1), "sd_se": np.zeros(1)}
+    _, correctable = bias_reason(["beta"], moved, reliable=True)
+    reasons = ["k̂ 0.30 ± 0.05 < 0.70; " + correctable, "k̂ 0.2", "k̂ 0.9", ""]
+    text = which_to_trust(table.assign(verdict="bad", reasons=reasons))
+    assert text.startswith("No fit reads good: do not use their draws as posterior draws; iaf: PSIS-")
 
 
 def test_a_next_step_already_in_the_table_points_to_that_fit():

@@ -222,8 +222,15 @@ def which_to_trust(table: pd.DataFrame, candidates: list[str] | None = None) -> 
     rows = table if candidates is None else table[table.index.isin(candidates)]
     rows = rows[rows["objective"] != "mcmc"] if "objective" in rows else rows
     good = rows[rows["verdict"] == "good"] if "verdict" in rows else rows.iloc[:0]
-    if good.empty:
-        return "No fit reads good: do not use their draws as posterior draws; see the next steps."
+    if good.empty:  # q's own draws; a bias PSIS corrects (k̂ below threshold) leaves resampled ones usable
+        reasons = rows["reasons"] if "reasons" in rows else pd.Series(dtype=str)
+        fixable = [str(name) for name, why in reasons.items() if CORRECTABLE in str(why)]
+        resampled = (
+            f"; {', '.join(fixable)}: PSIS-resampled draws correct the bias (fit.sample(n, resample='psis'))"
+            if fixable
+            else ""
+        )
+        return f"No fit reads good: do not use their draws as posterior draws{resampled}; see the next steps."
     if "w1" in good and good["w1"].notna().any():
         best = good["w1"].idxmin()
         why = f"it reads good and is the closest of those to the reference (w1 {good.loc[best, 'w1']:.3g})"
