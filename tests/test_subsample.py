@@ -230,6 +230,33 @@ def test_rows_that_the_plates_indices_skip_are_listed():
         Target.from_model(every_other_row, jnp.zeros(1000))
 
 
+def _held_out_block(x, y):  # x holds the fitted rows, then held-out rows the model never reads
+    beta = numpyro.sample("beta", dist.Normal(0.0, 1.0))
+    with numpyro.plate("rows", y.shape[0], subsample_size=50) as index:
+        numpyro.sample("y", dist.Normal(beta * x[index], 1.0), obs=y[index])
+
+
+def _standardised(x, y):  # y standardised first, then read through the plate: still observations
+    w = numpyro.sample("w", dist.Normal(0.0, 1.0).expand([x.shape[1]]).to_event(1))
+    z = (y - y.mean()) / y.std()
+    with numpyro.plate("rows", x.shape[0], subsample_size=100) as index:
+        numpyro.sample("y", dist.Normal(x[index] @ w, 1.0), obs=z[index])
+
+
+def test_covariate_rows_past_the_plate_warn_and_observations_past_it_are_refused():
+    """A fresh user's model held 20,000 rows of x (train, then test) and 15,000 of y, the plate
+    sized by len(y): x's last rows reach no observation, the fit is right for the observations it
+    has, and it was refused; now it fits with a warning naming them. Observations past the plate
+    (a y longer than x, standardised or not) are still refused."""
+    x, y = OTHER_LENGTHS[:400], OTHER_LENGTHS[:300]
+    with pytest.warns(
+        UserWarning, match=r"x \(shape \(400,\)\).*rows past 300.*held-out rows\), this is as meant"
+    ):
+        assert Target.from_model(_held_out_block, x, y).subsamples
+    with pytest.raises(ValueError, match=r"y \(shape \(1200,\)\).*observations the fit would ignore"):
+        Target.from_model(_standardised, SMALL_X, LONG_Y)
+
+
 def _lagged(y):  # AR(1) over T - 1 transitions of T rows: y[index] and y[index + 1] read all T
     phi = numpyro.sample("phi", dist.Normal(0.0, 1.0))
     with numpyro.plate("transitions", y.shape[0] - 1, subsample_size=50) as index:

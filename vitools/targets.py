@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import os
 import re
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -21,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.experimental import checkify
+from numpyro.infer.util import log_density as numpyro_log_density
 
 from vitools import validate
 from vitools.arguments import Static
@@ -94,9 +97,10 @@ class Target:
             ValueError: the model has discrete latent sites, no latent sites, a latent site
                 inside a plate with ``subsample_size``, a ``subsample_size`` that is not an
                 integer from 1 to the plate's size, an array indexed out of its bounds when a
-                subsampling model runs on all rows (data shorter than the plate), data longer
-                than the plate whose extra rows the plate's indices never read (named, with the
-                fix), or no initial point with a finite log density.
+                subsampling model runs on all rows (data shorter than the plate), observations
+                longer than the plate whose extra rows the plate's indices never read (named,
+                with the fix; a covariate's such rows warn), or no initial point with a finite
+                log density.
 
         Examples:
             >>> target = vt.Target.from_model(model, x, y=y)
@@ -285,6 +289,9 @@ class Target:
         return self.density.log_abs_det_jacobian(self.frame.forward(v)) + self.frame.log_abs_det()
 
 
+_VITOOLS = (os.path.dirname(os.path.abspath(validate.__file__)) + os.sep,)  # vitools' own files
+
+
 def _full_data_log_density(density: ModelDensity, u: jax.Array) -> jax.Array:
     return density.full_data().log_density(u)
 
@@ -315,22 +322,30 @@ def _check_rows(density: ModelDensity, u: jax.Array) -> None:
     it in three runs (measured, loaded 2-core CPU).
 
     Raises:
-        ValueError: naming the array, its rows, the plate and the fix; or the plates and JAX's
-            out-of-bounds message.
+        ValueError: naming the array, its rows, the plate and the fix (unread observations); or
+            the array or plates and JAX's out-of-bounds message.
+
+    Warns:
+        UserWarning: a covariate's rows past the plate's are never read (held-out rows, say).
     """
-    # An error, not a warning: the arrays refused are read in part through the plate's indices,
-    # and their unread rows reach nothing vitools computes (vt.fit, its draws and predictions, and
-    # NUTS on full_data_model all run the plate's rows); a warning in a script's output would let
-    # the fit it describes go on silently wrong. Lagged reads (y[idx] with y[idx + 1]), group-level
-    # covariates (z[group[idx]]), prediction grids and arrays used whole are not refused
+    # An error where the unread rows are observations (the array reaches an observed site's value,
+    # _reaches_observations): they reach nothing vitools computes (vt.fit, its draws and
+    # predictions, and NUTS on full_data_model all run the plate's rows), and a warning in a
+    # script's output would let the fit go on silently wrong. A warning where they are covariates
+    # (an x holding held-out rows past the plate's, read as x[idx]: a fresh user's model, refused
+    # before): the fit is right for the observations it has. Lagged reads (y[idx] with y[idx + 1]),
+    # group-level covariates (z[group[idx]]), prediction grids and arrays used whole are neither
     # (tests/test_subsample.py).
     traced = _full_data_out_of_bounds.trace(density, u)  # its inputs: density.data's leaves first
     names, arrays = _data_arrays(density)
     constants = arrays[len(density.data) :]
     unread = unread_rows(traced.jaxpr, len(density.data), density.plates, constants)
-    if unread:
-        found = unread[0]
-        raise ValueError(_unread_rows_message(names[found.position], arrays[found.position].shape, found))
+    for found in unread:
+        observed = _reaches_observations(density, u, found.position)
+        message = _unread_rows_message(names[found.position], arrays[found.position].shape, found, observed)
+        if observed:
+            raise ValueError(message)
+        warnings.warn(message, UserWarning, skip_file_prefixes=_VITOOLS)  # the user's line
     error, _ = _full_data_out_of_bounds(density, u)
     message = error.get()
     if message:
@@ -349,9 +364,10 @@ def _check_rows(density: ModelDensity, u: jax.Array) -> None:
         )
 
 
-def _unread_rows_message(name: str, shape: tuple, found: UnreadRows) -> str:
+def _unread_rows_message(name: str, shape: tuple, found: UnreadRows, observed: bool) -> str:
     """``y (shape (1200,)) has 1200 rows, gathered by ... plate 'data' (1000 rows): rows past 1000
-    ... are never read ...; pass y[:1000] or size the plate by len(y)``."""
+    ... are never read ...; pass y[:1000] or size the plate by len(y)``; for a covariate
+    (``observed`` False), that this is as meant for held-out rows."""
     shape = tuple(shape)
     rows, unread = shape[found.axis], found.unread
     plate = " and ".join(f"{p.name!r} ({p.size} rows)" for p in found.plates)
@@ -361,14 +377,49 @@ def _unread_rows_message(name: str, shape: tuple, found: UnreadRows) -> str:
     if np.array_equal(unread, np.arange(unread[0], rows)):  # a tail: the plate is sized by a shorter array
         head = f"{name}[:{unread[0]}]" if found.axis == 0 else f"its first {unread[0]} rows{along}"
         length = f"len({name})" if found.axis == 0 else f"{name}.shape[{found.axis}]"
-        return (
-            f"{what}: rows past {unread[0]} ({unread.size} of {rows}) are never read, and the fit would "
-            f"ignore them without a word; pass {head} or size the plate by {length}"
-        )
-    listed = ", ".join(map(str, unread[:5])) + (", ..." if unread.size > 5 else "")
+        which, fix = f"rows past {unread[0]}", f"pass {head} or size the plate by {length}"
+    else:
+        listed = ", ".join(map(str, unread[:5])) + (", ..." if unread.size > 5 else "")
+        which, fix = f"rows {listed}", "pass only the rows the model reads, or read every row"
+    never = f"{what}: {which} ({unread.size} of {rows}) are never read"
+    if observed:
+        return f"{never}: observations the fit would ignore without a word; {fix}"
     return (
-        f"{what}: rows {listed} ({unread.size} of {rows}) are never read, and the fit would ignore "
-        "them without a word; pass only the rows the model reads, or read every row"
+        f"{never} (they reach no observed site): if they are rows left out on purpose (held-out rows), "
+        f"this is as meant; else {fix}"
+    )
+
+
+def _reaches_observations(density: ModelDensity, u: jax.Array, position: int) -> bool:
+    """Whether data array ``position`` reaches an observed site's value: the observed values of an
+    eager full-data run of the model at ``u`` change when its values change (each row plus 1 to
+    7 by its position, negated for booleans: not an affine map, which a standardised ``y`` of
+    0/1 labels would hide). An array the model closes
+    over, or a run that fails on the changed values, counts as reaching them (the error stands).
+    Two eager runs, only for an array with unread rows."""
+    if position >= len(density.data):
+        return True
+    full = density.full_data()
+
+    def observations(data: tuple) -> list[np.ndarray]:
+        model = dataclasses.replace(full, data=data)
+        args, kwargs = model.arguments()
+        with warnings.catch_warnings():  # NumPyro warns of the changed values outside a support
+            warnings.simplefilter("ignore")
+            trace = numpyro_log_density(model._model(), args, kwargs, model.constrain(u))[1]
+        return [np.asarray(s["value"]) for s in trace.values() if s["type"] == "sample" and s["is_observed"]]
+
+    array = np.asarray(full.data[position])
+    pattern = (np.arange(array.shape[0]) % 7 + 1).reshape((-1,) + (1,) * (array.ndim - 1))
+    changed = ~array if array.dtype == bool else (array + pattern).astype(array.dtype)
+    try:
+        before = observations(full.data)
+        after = observations(full.data[:position] + (jnp.asarray(changed),) + full.data[position + 1 :])
+    except Exception:  # the user's model on other values: whatever it raises, the error stands
+        return True
+    return any(
+        a.shape != b.shape or not np.array_equal(a, b, equal_nan=a.dtype.kind == "f")
+        for a, b in zip(before, after, strict=True)
     )
 
 
