@@ -272,9 +272,10 @@ def psis_resample(
     corrects a q that is off-centre or too narrow where it puts its draws; it cannot create mass
     where q puts none, so when k̂ is above its threshold it warns that resampling will not fix
     the fit. Resampled draws repeat: their effective size is about the importance ESS, and even
-    equal weights leave about 1 - 1/e = 63% of them distinct (drawn with replacement). It evaluates the model's
-    log density at the S proposals, on all rows of a subsampling model: as costly as
-    ``vt.diagnose(fit, num_draws=S, seed=seed)``, and free after it (the fit keeps them).
+    equal weights leave about 1 - 1/e = 63% of them distinct (drawn with replacement). It
+    evaluates the model's log density at the S proposals, on all rows of a subsampling model: as
+    costly as ``vt.diagnose(fit, num_draws=S, seed=seed)``, and free after it (the fit keeps
+    them).
 
     Args:
         fit: a vitools ``Fit``.
