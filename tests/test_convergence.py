@@ -125,6 +125,22 @@ def test_a_long_fit_on_a_gaussian_reads_converged():
     assert "converged (loss fell" in repr(fit)
 
 
+def test_a_loss_too_noisy_to_show_flat_or_falling_reads_no_fall_shown_not_converged():
+    """After the whole budget, a loss whose window shows neither flat nor falling (a subsampled
+    fit's, ± hundreds of nats: a user's 10^5-row fit read "converged (loss fell -76.9 ± 3.3e+02
+    nats)") is not held against the fit, but is not called converged either; a flat loss is."""
+    rule = convergence.ConvergenceRule()
+    rng = np.random.default_rng(0)
+    noisy = 40_000.0 + 300.0 * rng.normal(size=2000)  # minibatch noise, no trend
+    verdict = rule.final(noisy)
+    assert verdict.converged and not verdict.flat and str(verdict).startswith("no fall shown (loss fell")
+    flat = 10.0 + 1e-3 * rng.normal(size=2000)
+    verdict = rule.final(flat)
+    assert verdict.converged and verdict.flat and str(verdict).startswith("converged (loss fell")
+    falling = 10.0 - 1e-3 * np.arange(2000) + 1e-3 * rng.normal(size=2000)  # 0.5 nats a window
+    assert not rule.final(falling).converged
+
+
 def test_a_too_short_budget_reads_not_converged():
     zoo = get_model("bad_scaling")
     short = vt.fit(zoo.model, *zoo.args, num_steps=50, progress=False, **zoo.kwargs)

@@ -42,6 +42,11 @@ class Convergence(NamedTuple):
         window: steps in the window (0: fewer steps than the rule's minimum, or non-finite
             losses in the window: not assessed).
         step: the number of steps done when it was assessed.
+        flat: the window showed the loss flat (:meth:`ConvergenceRule.check`'s test held); False
+            where ``converged`` is the lenient verdict after the whole budget, no fall shown
+            (:meth:`ConvergenceRule.final`): a loss as noisy as a minibatch one (± hundreds of
+            nats over the window) shows neither, and printing says "no fall shown", not
+            "converged".
     """
 
     converged: bool
@@ -49,11 +54,12 @@ class Convergence(NamedTuple):
     decrease_se: float
     window: int
     step: int
+    flat: bool = True
 
     def __str__(self) -> str:
         if self.window == 0:
             return f"too few finite steps to tell at step {self.step}"
-        word = "converged" if self.converged else "not converged"
+        word = "not converged" if not self.converged else "converged" if self.flat else "no fall shown"
         return (
             f"{word} (loss fell {self.decrease:.3g} ± {self.decrease_se:.2g} nats over steps "
             f"{self.step - self.window}-{self.step})"
@@ -144,7 +150,7 @@ class ConvergenceRule:
         if verdict.window == 0 or verdict.converged:
             return verdict
         falling = verdict.decrease >= self.tol and verdict.decrease > 2 * self.z * verdict.decrease_se
-        return verdict._replace(converged=not falling)
+        return verdict._replace(converged=not falling, flat=False)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -195,4 +195,4 @@ class LossFallRule:
         if falling is not None:
             return falling
         still = verdict.decrease >= self.tol and verdict.decrease > 2.0 * verdict.decrease_se
-        return verdict._replace(converged=not still)
+        return verdict._replace(converged=not still, flat=False)
