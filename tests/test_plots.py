@@ -501,11 +501,14 @@ def test_coordinates_are_exact_only_for_elementwise_bijections_of_fixed_supports
         numpyro.sample("share", dist.Uniform(0.0, scale))  # a support that depends on another site
         numpyro.sample("w", dist.ImproperUniform(constraints.simplex, (), (3,)))  # no elementwise bijection
         numpyro.sample("p", dist.Uniform(-1.0, 2.0))
+        numpyro.sample("beta", dist.Normal(0.0, 1.0).expand([2]).to_event(1))  # a vector site: elementwise
+        numpyro.sample("tau", dist.HalfNormal(1.0).expand([2]).to_event(1))
 
     coords = coordinates(vt.Target.from_model(model))
-    assert list(coords) == ["scale", "share", "w[0]", "w[1]", "w[2]", "p"]
-    assert [c.index for c in coords.values()] == [0, None, None, None, None, 4]  # w has 2 coordinates
-    assert [c.positive for c in coords.values()] == [True, False, False, False, False, False]
+    labels = ["scale", "share", "w[0]", "w[1]", "w[2]", "p", "beta[0]", "beta[1]", "tau[0]", "tau[1]"]
+    assert list(coords) == labels
+    assert [c.index for c in coords.values()] == [0, None, None, None, None, 4, 5, 6, 7, 8]  # w has 2
+    assert [c.positive for c in coords.values()] == [True] + [False] * 7 + [True, True]
     x, log_det = coords["p"].through(np.array([-1.0, 0.0, 2.0]))  # p = -1 + 3 sigmoid(u)
     sigmoid = scipy.special.expit([-1.0, 0.0, 2.0])
     np.testing.assert_allclose(x, -1.0 + 3.0 * sigmoid)
