@@ -244,9 +244,12 @@ def test_whiten_values_are_checked(whiten):
         vt.IAF(whiten=whiten)
 
 
-def test_compare_wants_a_dict_and_forward_kl_from_draws_takes_nested_lists():
-    with pytest.raises(TypeError, match=r"fits must be a dict \{name: fit\}, got list"):
-        vt.compare([vt.fit(gaussian_target(), num_steps=10, progress=False)])
+def test_compare_wants_a_dict_or_one_fit_and_forward_kl_from_draws_takes_nested_lists():
+    one = vt.fit(gaussian_target(), num_steps=10, progress=False)
+    with pytest.raises(TypeError, match=r"fits must be a dict \{name: fit\} or one Fit, got list"):
+        vt.compare([one])
+    table = vt.compare(one, num_draws=100)  # one fit: a row named by the fit (a re-trial tried it)
+    assert list(table.index) == [one.name] and table.loc[one.name, "objective"] == "reverse_kl"
     objective = vt.ForwardKLFromDraws([[1.0, 2.0], [0.0, 1.0], [2.0, 0.5]] * 10)
     assert objective.draws.shape == (30, 2)
     fit = vt.fit(gaussian_target(), objective=objective, num_steps=50, progress=False)

@@ -55,6 +55,13 @@ def test_report_takes_every_reference_compare_takes(runs, form, tmp_path):
     np.testing.assert_allclose(saved["w1"], paths.table["w1"])
 
 
+def test_report_takes_one_fit_named_by_its_objective_and_family(runs, tmp_path):
+    fit = runs[0]["full"]
+    paths = vt.report(fit, reference=runs[1], out=tmp_path, num_draws=500)
+    assert list(paths.table.index) == ["reverse_kl/fullrank"] == [fit.name]
+    assert paths.markdown.exists()
+
+
 def test_report_refuses_a_reference_key_that_is_not_a_fit(runs, tmp_path):
     with pytest.raises(KeyError, match="reference 'NUTS' is not one of the fits"):
         vt.report(runs[0], reference="NUTS", out=tmp_path, num_draws=500)

@@ -202,7 +202,8 @@ def compare(
     To draw the plots or a report from the same draws, convert the fits first and pass the trees.
 
     Args:
-        fits: ``{name: fit}``; names become the index, in the given order.
+        fits: ``{name: fit}``; names become the index, in the given order; or one ``Fit``, named
+            by its ``name``.
         reference: ``None``, a key of ``fits`` (e.g. ``"NUTS"``; its own row then reads mean_error 0,
             w1 0), or a container of posterior draws (a DataTree, a dict of constrained draws
             ``name -> (S, ...)``, an MCMC that has run, a zoo ``Reference``).

@@ -389,7 +389,8 @@ def to_datatrees(
     Compare and diagnose unaligned trees: an MCMC run's R-hat needs its chains.
 
     Args:
-        fits: ``{name: Fit | MCMC | DataTree | draws}``, as :func:`to_datatree` takes each.
+        fits: ``{name: Fit | MCMC | DataTree | draws}``, as :func:`to_datatree` takes each; or one
+            ``Fit``, named by its ``name`` (``"reverse_kl/fullrank"``).
         num_draws: draws from each Fit's q; ignored for the others.
         seed: seed of those draws, the same for every fit.
         aligned: make every tree one chain of the same number of draws (above).
@@ -408,8 +409,10 @@ def to_datatrees(
         >>> import arviz_plots as azp
         >>> plot = azp.plot_forest(trees)
     """
+    if isinstance(fits, Fit):  # one fit: named by its objective and family
+        fits = {fits.name: fits}
     if not isinstance(fits, Mapping):
-        raise TypeError(f"fits must be a dict {{name: fit}}, got {type(fits).__name__}")
+        raise TypeError(f"fits must be a dict {{name: fit}} or one Fit, got {type(fits).__name__}")
     if not fits:
         raise ValueError("fits is empty: pass {name: Fit | MCMC | DataTree}")
     trees = {name: to_datatree(obj, num_draws=num_draws, seed=seed) for name, obj in fits.items()}

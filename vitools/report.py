@@ -190,7 +190,7 @@ def report(
     draws.
 
     Args:
-        fits: ``{name: Fit | MCMC | DataTree}``, fits of one model.
+        fits: ``{name: Fit | MCMC | DataTree}``, fits of one model; or one ``Fit``.
         reference: ``None``; a key of ``fits`` (e.g. ``"NUTS"``: that entry is the shaded reference
             of the plots and is not named closest to itself); or posterior draws: an MCMC that has
             run, a DataTree, a dict ``site -> (S, ...)`` of constrained draws, a zoo ``Reference``.
@@ -217,6 +217,7 @@ def report(
         >>> vt.report(fits, reference="NUTS", out="rep")
         ReportPaths(markdown=PosixPath('rep/report.md'), html=PosixPath('rep/report.html'), ...)
     """
+    fits = {fits.name: fits} if isinstance(fits, Fit) else fits  # one fit: named by its name
     trees = to_datatrees(fits, num_draws=num_draws, seed=seed)
     table = compare(trees, reference=reference, num_draws=num_draws, seed=seed)
     paths = write_report(

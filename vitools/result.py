@@ -359,7 +359,10 @@ class Fit:
         """``(draws, log_p, log_q)``: constrained draws (dict of ``(num_draws, ...)``), the
         unnormalized log joint and log q at them (``(num_draws,)`` each, nats), both in the
         constrained space, so ``log_p - log_q`` is the importance log weight. ``seed`` (None: 0)
-        or ``key``, not both (errors as :meth:`sample`).
+        or ``key``, not both (errors as :meth:`sample`). By ``seed`` the fit keeps the latest
+        result (copies are returned), so ``vt.diagnose``, ``vt.summary``, ``vt.to_datatree`` and
+        ``vt.report`` at the same ``num_draws`` and ``seed`` evaluate the model once; over large
+        data a progress line counts the draws.
 
         Examples:
             >>> draws, log_p, log_q = fit.sample_with_log_densities(1000, seed=1)
