@@ -67,7 +67,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import os
 import warnings
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -97,7 +96,6 @@ __all__ = [
 
 DRAWS = "draws"  # the mesh axis over which q's draws are split
 DATA = "data"  # the mesh axis over which the data's rows are split
-_VITOOLS = (os.path.dirname(os.path.abspath(validate.__file__)) + os.sep,)  # vitools' own files
 
 
 def mesh_of(devices: Any = "all", *, data_shards: int = 1) -> Mesh | None:
@@ -205,7 +203,7 @@ def mesh_for(devices: Any, target: Any, num_draws: int) -> Mesh | None:
             f"split instead and each device holds all rows (drop rows to a multiple of {num_devices} "
             "to split the rows and their memory)",
             RuntimeWarning,
-            skip_file_prefixes=_VITOOLS,  # the line of the caller outside vitools
+            skip_file_prefixes=validate.VITOOLS_FILES,  # the line of the caller outside vitools
         )
     return mesh
 
@@ -290,7 +288,7 @@ def place_target(target: Any, mesh: Mesh | None) -> Any:
             f"the data's {rows} rows do not split evenly over the mesh's {shards} {DATA!r} devices; "
             f"each device holds all rows (drop rows, or use a mesh whose {DATA!r} axis divides {rows})",
             RuntimeWarning,
-            skip_file_prefixes=_VITOOLS,  # the line of the caller outside vitools
+            skip_file_prefixes=validate.VITOOLS_FILES,  # the line of the caller outside vitools
         )
         return placed
     split = NamedSharding(mesh, P(DATA))

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-import os
 import re
 import warnings
 from collections.abc import Callable
@@ -289,9 +288,6 @@ class Target:
         return self.density.log_abs_det_jacobian(self.frame.forward(v)) + self.frame.log_abs_det()
 
 
-_VITOOLS = (os.path.dirname(os.path.abspath(validate.__file__)) + os.sep,)  # vitools' own files
-
-
 def _full_data_log_density(density: ModelDensity, u: jax.Array) -> jax.Array:
     return density.full_data().log_density(u)
 
@@ -345,7 +341,7 @@ def _check_rows(density: ModelDensity, u: jax.Array) -> None:
         message = _unread_rows_message(names[found.position], arrays[found.position].shape, found, observed)
         if observed:
             raise ValueError(message)
-        warnings.warn(message, UserWarning, skip_file_prefixes=_VITOOLS)  # the user's line
+        warnings.warn(message, UserWarning, skip_file_prefixes=validate.VITOOLS_FILES)  # the user's line
     error, _ = _full_data_out_of_bounds(density, u)
     message = error.get()
     if message:

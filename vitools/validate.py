@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -24,6 +25,7 @@ import numpy as np
 __all__ = [
     "INT32_MAX",
     "SEED_LIMIT",
+    "VITOOLS_FILES",
     "ArgumentError",
     "ArgumentTypeError",
     "ArgumentValueError",
@@ -47,6 +49,9 @@ INT32_MAX = 2**31 - 1  # step and draw counts are int32 in the compiled loop and
 # jax.random.PRNGKey keeps 32 bits of the seed without x64 (2**32 gives seed 0's key, -1 that of
 # 2**32 - 1) and another 32 with it; accepting [0, 2**32) only gives every seed its own key either way.
 SEED_LIMIT = 2**32
+# vitools' own source folder: a warning about the user's input points past it, at the user's line
+# (warnings.warn(..., skip_file_prefixes=VITOOLS_FILES)), however deep in vitools it is raised
+VITOOLS_FILES = (os.path.dirname(os.path.abspath(__file__)) + os.sep,)
 
 
 class ArgumentError(Exception):
