@@ -382,17 +382,12 @@ def loo(
     the leave-one-out step: a k above ``good_k`` says the estimate of that term is unreliable.
 
     Cost on large data: the log likelihood is a ``(num_draws, n)`` matrix held in memory, in the
-    fit's float dtype (float32 unless JAX's x64 is on: 4 bytes a number, 4 GB at n = 10^5 and the
-    default 10,000 draws), and arviz-stats Pareto-smooths the draws of each observation in turn,
-    so the time grows in proportion to n and less than in proportion to the draws: about
-    ``n x (1 ms + 0.2 µs x num_draws)`` of CPU. Measured on a logistic regression (5 predictors,
-    float32; 2 shared CPU cores at a 1-min load of 7-13; memory as the peak resident size above
-    the process's before the call): n = 10^4: 11 s of CPU and 0.08 GB at 1,000 draws, 16 s and
-    0.23 GB at 2,000, 31 s and 0.39 GB at 10,000; n = 5 x 10^4: 70 s and 0.39 GB at 2,000 draws,
-    154 s and 1.9 GB at 10,000. From ~10^4 observations on, ``num_draws=2000`` takes a fifth of
-    the matrix's memory and about half the CPU, and moved ``elpd`` by 0.1-0.2 nats there, against
-    a standard error of 54 (n = 10^4) and 122 (n = 5 x 10^4). Fewer draws make each Pareto k
-    noisier and ``good_k`` lower (0.67 at 1,000 draws, 0.70 at 2,000).
+    fit's float dtype (float32 unless JAX's x64 is on: 4 GB at n = 10^5 and the default 10,000
+    draws), and arviz-stats Pareto-smooths each observation's draws in turn, so the CPU time grows
+    with n, and less than in proportion to the draws. From ~10^4 observations on, pass
+    ``num_draws=2000``: a fifth of the memory, about half the CPU, ``elpd`` within 0.1-0.2 nats
+    against standard errors of 54-122 (measured on a logistic regression; figures in the docs'
+    "LOO on large data", docs/howto/save-load-predict.md).
 
     Args:
         obj: a vitools ``Fit`` (drawn with ``fit_to_datatree(fit, num_draws, seed)``, groups added
