@@ -1,5 +1,7 @@
 """Stopping on convergence (the default of ``vt.fit``) and the convergence report of a fit."""
 
+import re
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -122,7 +124,9 @@ def test_a_fit_never_stops_before_the_rules_minimum():
 def test_a_long_fit_on_a_gaussian_reads_converged():
     fit = vt.fit(gaussian_target(), converge=False, progress=False)
     assert fit.status == "completed" and fit.converged
-    assert "converged (loss fell" in repr(fit)
+    assert re.search(
+        r"; converged \(loss (fell|rose) .* nats over steps 1500-2000; \|fall\| \+ se < 0.05\)\)$", repr(fit)
+    )
 
 
 def test_a_loss_too_noisy_to_show_flat_or_falling_reads_no_fall_shown_not_converged():
@@ -133,12 +137,76 @@ def test_a_loss_too_noisy_to_show_flat_or_falling_reads_no_fall_shown_not_conver
     rng = np.random.default_rng(0)
     noisy = 40_000.0 + 300.0 * rng.normal(size=2000)  # minibatch noise, no trend
     verdict = rule.final(noisy)
-    assert verdict.converged and not verdict.flat and str(verdict).startswith("no fall shown (loss fell")
+    assert verdict.converged and not verdict.flat and str(verdict).startswith("no fall shown (loss ")
     flat = 10.0 + 1e-3 * rng.normal(size=2000)
     verdict = rule.final(flat)
-    assert verdict.converged and verdict.flat and str(verdict).startswith("converged (loss fell")
+    assert verdict.converged and verdict.flat and str(verdict).startswith("converged (loss ")
     falling = 10.0 - 1e-3 * np.arange(2000) + 1e-3 * rng.normal(size=2000)  # 0.5 nats a window
     assert not rule.final(falling).converged
+
+
+def test_a_rising_loss_reads_rose_not_a_negative_fall():
+    """A re-trial read "no fall shown (loss fell -13.5 ± 69 nats ...)" of a loss that rose."""
+    rule = convergence.ConvergenceRule()
+    rising = 10.0 + 1e-3 * np.arange(2000)  # 0.5 nats a window, noiseless: s_D is round-off
+    verdict = rule.final(rising)
+    assert verdict.decrease == pytest.approx(-0.5) and verdict.converged and not verdict.flat
+    pattern = r"no fall shown \(loss rose 0.5 ± \S+ nats over steps 1500-2000; "
+    pattern += r"\|fall\| \+ se ≥ 0.05 but fall < 0.05\)"
+    assert re.fullmatch(pattern, str(verdict))
+    assert str(rule.final(11.0 - rising)).startswith("not converged (loss fell 0.5 ± ")
+
+
+@pytest.mark.parametrize(
+    "record, text",
+    [
+        (
+            convergence.Convergence(True, 0.0252, 0.018, 500, 1000, tol=0.05, z=1.0),
+            "converged (loss fell 0.0252 ± 0.018 nats over steps 500-1000; |fall| + se < 0.05)",
+        ),
+        (
+            convergence.Convergence(True, -0.0114, 0.034, 500, 1900, tol=0.05, z=1.0),
+            "converged (loss rose 0.0114 ± 0.034 nats over steps 1400-1900; |fall| + se < 0.05)",
+        ),
+        (
+            convergence.Convergence(False, 0.31, 0.05, 500, 2000, tol=0.05, z=1.0),
+            "not converged (loss fell 0.31 ± 0.05 nats over steps 1500-2000; fall ≥ 0.05 and > 2 se)",
+        ),
+        (
+            convergence.Convergence(False, 0.31, 0.05, 500, 2000, tol=0.05, z=1.5),
+            "not converged (loss fell 0.31 ± 0.05 nats over steps 1500-2000; fall ≥ 0.05 and > 3 se)",
+        ),
+        (
+            convergence.Convergence(True, -13.5, 69.0, 500, 4000, flat=False, tol=0.05, z=1.0),
+            "no fall shown (loss rose 13.5 ± 69 nats over steps 3500-4000; "
+            "|fall| + se ≥ 0.05 but fall < 0.05)",
+        ),
+        (
+            convergence.Convergence(True, 57.0, 48.0, 500, 2000, flat=False, tol=0.05, z=1.0),
+            "no fall shown (loss fell 57 ± 48 nats over steps 1500-2000; |fall| + se ≥ 0.05 but fall ≤ 2 se)",
+        ),
+        # no tol and z: another rule's verdict, or a fit saved before the record kept them
+        (
+            convergence.Convergence(True, -0.0114, 0.034, 500, 1900),
+            "converged (loss rose 0.0114 ± 0.034 nats over steps 1400-1900)",
+        ),
+        # batch and match's rule reads the fall alone against tol: the default test did not hold
+        (
+            convergence.Convergence(True, 0.03, 0.04, 200, 400, tol=0.05, z=1.0),
+            "converged (loss fell 0.03 ± 0.04 nats over steps 200-400)",
+        ),
+    ],
+)
+def test_the_verdict_line_names_the_rules_test_where_its_numbers_bear_it_out(record, text):
+    assert str(record) == text
+
+
+def test_the_rules_verdicts_carry_its_tol_and_z_and_other_rules_do_not():
+    flat = 10.0 + 1e-3 * np.random.default_rng(0).normal(size=2000)
+    verdict = convergence.ConvergenceRule(tol=0.1, z=2.0).final(flat)
+    assert (verdict.tol, verdict.z) == (0.1, 2.0) and str(verdict).endswith("; |fall| + 2 se < 0.1)")
+    stan = convergence.RelativeChangeRule().final(np.repeat([100.0, 50.0, 49.8, 49.7], 100))
+    assert np.isnan(stan.tol) and str(stan).endswith("nats over steps 100-400)")
 
 
 def test_a_too_short_budget_reads_not_converged():

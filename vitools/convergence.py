@@ -32,7 +32,27 @@ COOLDOWN = 0.25
 
 
 class Convergence(NamedTuple):
-    """Whether a fit's loss had stopped falling, and the evidence (host floats, nats).
+    r"""Whether a fit's loss had stopped falling, and the evidence (host floats, nats).
+
+    The default rule (:class:`ConvergenceRule`, ``z`` = 1, ``tol`` = 0.05 nats) regresses the
+    last ``window`` losses on the step; D is the fitted fall over the window and s its standard
+    error. Its three verdicts, as printed:
+
+    - *converged*: the loss is shown flat, :math:`|D| + z s <` tol
+      (:meth:`ConvergenceRule.check`; a fit stops there);
+    - *not converged*: after the whole budget the loss still falls, D ≥ tol *and* D > 2 z s
+      (:meth:`ConvergenceRule.final`);
+    - *no fall shown*: after the whole budget, neither: :math:`|D| + z s \ge` tol, but D < tol or
+      D ≤ 2 z s (a loss as noisy as a minibatch one, ± hundreds of nats over the window, shows
+      neither); not held against the fit.
+
+    Printing gives the fall (or the rise, when D < 0) ± s, and the test behind the verdict, e.g.
+    ``converged (loss fell 0.0252 ± 0.018 nats over steps 500-1000; |fall| + se < 0.05)`` or
+    ``no fall shown (loss rose 13.5 ± 69 nats over steps 3500-4000; |fall| + se ≥ 0.05 but fall
+    < 0.05)``. The test is printed only where the record carries the rule's ``tol`` and ``z`` (not for
+    :class:`RelativeChangeRule`, nor a fit saved before they were kept) and its numbers bear the
+    test out: batch and match's rule (:class:`vitools.objectives.loss_fall.LossFallRule`) reads D
+    alone against tol, so its verdicts print the default rule's test only where that held too.
 
     Attributes:
         converged: the rule held over the window (False when it could not be assessed).
@@ -44,9 +64,9 @@ class Convergence(NamedTuple):
         step: the number of steps done when it was assessed.
         flat: the window showed the loss flat (:meth:`ConvergenceRule.check`'s test held); False
             where ``converged`` is the lenient verdict after the whole budget, no fall shown
-            (:meth:`ConvergenceRule.final`): a loss as noisy as a minibatch one (± hundreds of
-            nats over the window) shows neither, and printing says "no fall shown", not
-            "converged".
+            (:meth:`ConvergenceRule.final`): printing says "no fall shown", not "converged".
+        tol: the :class:`ConvergenceRule`'s ``tol`` (nats) behind the verdict; NaN for other rules.
+        z: its ``z``; NaN for other rules.
     """
 
     converged: bool
@@ -55,15 +75,37 @@ class Convergence(NamedTuple):
     window: int
     step: int
     flat: bool = True
+    tol: float = math.nan
+    z: float = math.nan
 
     def __str__(self) -> str:
         if self.window == 0:
             return f"too few finite steps to tell at step {self.step}"
         word = "not converged" if not self.converged else "converged" if self.flat else "no fall shown"
+        change = "rose" if self.decrease < 0 else "fell"
+        test = self._test()
         return (
-            f"{word} (loss fell {self.decrease:.3g} ± {self.decrease_se:.2g} nats over steps "
-            f"{self.step - self.window}-{self.step})"
+            f"{word} (loss {change} {abs(self.decrease):.3g} ± {self.decrease_se:.2g} nats over steps "
+            f"{self.step - self.window}-{self.step}{'; ' + test if test else ''})"
         )
+
+    def _test(self) -> str:
+        """The default rule's test behind the verdict, in a few words (see the class docstring), or
+        "" where the record lacks ``tol`` and ``z`` or its numbers do not bear the test out."""
+        if not (math.isfinite(self.tol) and math.isfinite(self.z)):
+            return ""
+        se = "se" if self.z == 1 else f"{self.z:g} se"
+        fall, tol, margin = self.decrease, self.tol, self.z * self.decrease_se
+        flat = abs(fall) + margin < tol
+        falling = fall >= tol and fall > 2 * margin
+        if self.converged and self.flat and flat:
+            return f"|fall| + {se} < {tol:g}"
+        if not self.converged and falling:
+            return f"fall ≥ {tol:g} and > {2 * self.z:g} se"
+        if self.converged and not self.flat and not flat and not falling:  # the bound it missed
+            missed = f"fall < {tol:g}" if fall < tol else f"fall ≤ {2 * self.z:g} se"
+            return f"|fall| + {se} ≥ {tol:g} but {missed}"
+        return ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,7 +121,7 @@ class ConvergenceRule:
 
     i.e. the loss is shown to change by less than ``tol`` nats over the window: the interval
     D ± z s_D lies within ±tol (an equivalence test, Schuirmann 1987). A loss too noisy to show
-    that runs on to the budget, and so does a rising one: an IAF on a funnel read "fell -0.23 ±
+    that runs on to the budget, and so does a rising one: an IAF on a funnel read "rose 0.23 ±
     0.087 nats" at step 700, still moving between regions (sd(v) 1.52 there, 2.10 after 2000
     steps; exact 3), and a one-sided test stopped it. An earlier form, "D within z s_D and below
     tol", stopped such losses at the minimum whatever their trend: on gp_poisson (reverse KL,
@@ -128,7 +170,7 @@ class ConvergenceRule:
         steps = len(losses)
         tail = losses[-self.window :]
         if steps < max(self.min_steps, self.window) or not np.all(np.isfinite(tail)):
-            return Convergence(False, math.nan, math.nan, 0, steps)
+            return Convergence(False, math.nan, math.nan, 0, steps, tol=self.tol, z=self.z)
         x = np.arange(self.window) - (self.window - 1) / 2
         sxx = float(x @ x)
         slope = float(x @ (tail - tail.mean())) / sxx
@@ -136,7 +178,7 @@ class ConvergenceRule:
         sigma = math.sqrt(float(residuals @ residuals) / (self.window - 2))
         decrease, se = -slope * self.window, self.window * sigma / math.sqrt(sxx)
         converged = abs(decrease) + self.z * se < self.tol
-        return Convergence(bool(converged), decrease, se, self.window, steps)
+        return Convergence(bool(converged), decrease, se, self.window, steps, tol=self.tol, z=self.z)
 
     def final(self, losses: np.ndarray) -> Convergence:
         """The verdict on a run that used its whole budget: not converged only where the loss still
