@@ -272,6 +272,38 @@ def test_missed_mass_sees_the_mode_that_reverse_kl_skips():
     assert table.loc["reverse_kl", "missed_mass"] == pytest.approx(0.5, abs=0.1)
 
 
+def test_missed_mass_needs_two_fits_to_compare():
+    """missed_mass compares fits with each other: a single fit read 0 (a re-trial), which says
+    nothing; alone, or beside draws without log weights (an MCMC run, a reference), it is NaN and
+    the text and markdown tables leave the column out. Two fits get numbers, 0 for the anchor."""
+    one = compare({"a": normal_tree(0.0, 1.0)})
+    assert one["missed_mass"].isna().all()
+    assert "missed" not in format_table(one) and "missed" not in format_table(one, "markdown")
+    draws = az.from_dict({"posterior": {"mu": np.zeros((1, 50)), "theta": np.zeros((1, 50, 2))}})
+    assert compare({"a": normal_tree(0.0, 1.0), "draws": draws})["missed_mass"].isna().all()
+    two = compare({"a": normal_tree(0.0, 1.0, seed=1), "b": normal_tree(0.5, 1.0, seed=2)})
+    assert np.isfinite(two["missed_mass"]).all() and (two["missed_mass"] == 0.0).sum() == 1
+
+
+def test_time_s_counts_a_fits_start_compilation_and_loop():
+    """time_s is what the user waited as the record has it, the same for every kind of row: a fit's
+    start, its loop's compilation and its loop (the loop alone read 0.1 s of a fit whose start took
+    3.8 s), an auto fit's whole path, an MCMC run's recorded seconds."""
+    parts = {"init_time_s": 2.0, "compile_time_s": 0.5, "elapsed_s": 0.25}
+    table = compare(
+        {
+            "fit": normal_tree(0.0, 1.0, **parts),
+            "auto": normal_tree(0.0, 1.0, seed=1, auto_elapsed_s=9.0, **parts),
+            "nuts": normal_tree(0.0, 1.0, seed=2, elapsed_s=4.0),
+        }
+    )
+    assert table["time_s"].tolist() == [2.75, 9.0, 4.0]
+    fit = vt.fit(vt.Target.from_log_density(lambda x: -0.5 * jnp.sum(x**2), dim=2), init="median",
+                 num_steps=100, progress=False)  # fmt: skip
+    waited = fit.init_time + fit.compile_time + fit.elapsed
+    assert compare({"fit": fit}, num_draws=100).loc["fit", "time_s"] == pytest.approx(waited, rel=1e-12)
+
+
 def test_a_fit_with_nan_log_densities_fails_its_row_not_the_table():
     target = vt.Target.from_log_density(lambda x: jnp.where(x[0] > 2.0, jnp.nan, -0.5 * jnp.sum(x**2)), dim=1)
     with pytest.warns(RuntimeWarning, match="non-finite"):  # the NaN region stops the fit early

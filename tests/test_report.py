@@ -49,6 +49,7 @@ def test_report_takes_every_reference_compare_takes(runs, form, tmp_path):
     text = paths.markdown.read_text(encoding="utf-8")
     assert "Closest to the reference: **full**" in text and "furthest: **one step**" in text
     assert "**NUTS**" not in text  # the reference is never named closest to itself
+    assert "over the reference (shaded)" in text and "no reference given" not in text
     assert paths.html.exists() and (tmp_path / "table.csv").exists()
     assert all(path.exists() for pages in paths.images.values() for path in pages)
     saved = pd.read_csv(tmp_path / "table.csv", index_col=0)
@@ -60,6 +61,18 @@ def test_report_takes_one_fit_named_by_its_objective_and_family(runs, tmp_path):
     paths = vt.report(fit, reference=runs[1], out=tmp_path, num_draws=500)
     assert list(paths.table.index) == ["reverse_kl/fullrank"] == [fit.name]
     assert paths.markdown.exists()
+
+
+def test_a_report_of_one_fit_without_a_reference_names_no_reference_and_no_missed_mass(runs, tmp_path):
+    """A re-trial's report of one fit read "over the reference (shaded)" with nothing shaded, and
+    missed_mass 0 where there is no other fit to miss mass against; the cost's meaning is said."""
+    paths = vt.report(runs[0]["full"], out=tmp_path, num_draws=500)
+    assert paths.table["missed_mass"].isna().all()
+    for text in (paths.markdown.read_text(encoding="utf-8"), paths.html.read_text(encoding="utf-8")):
+        assert "(shaded)" not in text and "grey points" not in text and "no reference given" in text
+        assert "missed_mass" not in text and "Missed mass." not in text
+        assert "Cost.</strong>" in text or "**Cost.**" in text
+        assert "`time_s` is seconds: a fit's start" in text or "<code>time_s</code> is seconds" in text
 
 
 def test_report_refuses_a_reference_key_that_is_not_a_fit(runs, tmp_path):

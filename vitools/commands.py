@@ -239,7 +239,7 @@ def run_compare(args: argparse.Namespace) -> int:
         notes.append(f"true log evidence (known for this model): {zoo.log_normalizer:.4g}")
     notes.append(
         f"families {', '.join(args.families)}; at most {args.num_steps} steps, seed {args.seed}, "
-        f"{args.num_draws} draws per fit; time_s is optimisation only (compilation excluded)"
+        f"{args.num_draws} draws per fit; time_s counts each fit's start, compilation and loop"
     )
     paths = report(
         rows,

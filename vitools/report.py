@@ -28,18 +28,20 @@ from vitools.tables import format_table
 
 __all__ = ["ReportPaths", "how_to_read", "report", "write_report"]
 
-FIGURES = {  # file stem -> (heading, caption)
+_LINES = (
+    "Lines: a Gaussian fit's exact density, marked *exact density*; a KDE of the draws for other fits "
+    "and for the parameters named under the panels. Positive parameters spread over more than a factor "
+    "of 10, or clearly skewed to the right, are on a log axis, with densities of log x."
+)
+_CONTOURS = "50% (solid) and 90% (dashed) highest-density contours (exact for Gaussian fits, KDE otherwise)."
+FIGURES = {  # file stem -> (heading, caption), the captions of a report with a reference
     "marginals": (
         "Marginal densities",
-        "Each fit's marginal density per parameter over the reference (shaded). Lines: a Gaussian "
-        "fit's exact density, marked *exact density*; a KDE of the draws for other fits and for the "
-        "parameters named under the panels. Positive parameters spread over more than a factor of "
-        "10, or clearly skewed to the right, are on a log axis, with densities of log x.",
+        f"Each fit's marginal density per parameter over the reference (shaded). {_LINES}",
     ),
     "pair": (
         "Pair plot",
-        "The two most correlated parameters: reference draws (grey points) and each fit's 50% (solid) "
-        "and 90% (dashed) highest-density contours (exact for Gaussian fits, KDE otherwise).",
+        f"The two most correlated parameters: reference draws (grey points) and each fit's {_CONTOURS}",
     ),
     "khat": (
         "Pareto k̂",
@@ -56,6 +58,18 @@ FIGURES = {  # file stem -> (heading, caption)
         "minus its final value, given in the legend.",
     ),
 }
+# the captions that differ without a reference: the plots then shade nothing and draw no grey points
+UNREFERENCED = {
+    "marginals": f"Each fit's marginal density per parameter (no reference given). {_LINES}",
+    "pair": f"The two parameters most correlated in the first fit's draws: each fit's {_CONTOURS}",
+}
+
+
+def _captions(reference: bool) -> dict[str, tuple[str, str]]:
+    """``FIGURES`` (plot name -> heading, caption) for a report with or without a reference."""
+    if reference:
+        return dict(FIGURES)
+    return {name: (heading, UNREFERENCED.get(name, caption)) for name, (heading, caption) in FIGURES.items()}
 
 
 class ReportPaths(NamedTuple):
@@ -86,6 +100,7 @@ def how_to_read(
     """
     num_draws = int(table.attrs.get("num_draws", num_draws))
     threshold = khat_threshold(num_draws)
+    missed = "missed_mass" in table and table["missed_mass"].notna().any()
     paragraphs = [
         f"**Verdict.** Each fit reads *good*, *uncertain* or *bad*, for the reasons listed under the "
         f"table. k̂ is the Pareto shape of the importance weights w = p/q at S = {num_draws} draws from "
@@ -93,21 +108,33 @@ def how_to_read(
         f"{threshold:.2f} = min(1 − 1/log10 S, 0.7) q is a usable proposal, above it q misses posterior "
         "mass that p has; when k̂ ± 2 sd straddles the threshold the fit reads *uncertain* (more draws "
         "decide). A fit whose PSIS-reweighted mean or sd moves more than 0.1 of q's sd from q's own is "
-        "biased and reads *bad* even with a low k̂; so does a fit that misses mass another fit covers "
-        "(below), and one whose optimisation did not converge reads at best *uncertain*. k̂ only sees "
+        "biased and reads *bad* even with a low k̂; so does a fit that misses mass another fit covers"
+        f"{' (below)' if missed else ''}, and one whose optimisation did not converge reads at best "
+        "*uncertain*. k̂ only sees "
         "where q puts draws: a fit locked onto one of two separated modes can have a low k̂.",
         "**ESS.** The importance effective sample size 1/Σw̄² of those S draws: how many independent "
         "posterior draws they are worth after weighting (S when q equals p up to a constant). ESS, "
-        "the log evidence and the missed mass are importance-weighted: a `?` marks them where k̂ is "
-        "above threshold, where they cannot be trusted.",
+        f"the log evidence{' and the missed mass' if missed else ''} are importance-weighted: a `?` "
+        "marks them where k̂ is above threshold, where they cannot be trusted.",
         "**Log evidence.** `log_evidence` is the importance-sampling estimate of log p(x) ± its Monte "
         "Carlo error; `elbo` is the mean log weight. ELBO ≤ log p(x), and the gap between the two "
         "columns estimates KL(q‖p). Trust the log-evidence estimate only where k̂ is below threshold.",
-        "**Missed mass.** An importance estimate of the evidence from q only counts the posterior mass "
-        "where q puts draws, so a fit whose estimate falls short of the best fit's by g misses about "
-        "1 − e^(−g) of the mass (`missed_mass`). Unlike k̂ it sees modes a fit never visits; read it "
-        "against the log-evidence errors.",
     ]
+    if missed:  # it compares fits with each other: one fit has none (NaN, the column left out)
+        paragraphs.append(
+            "**Missed mass.** An importance estimate of the evidence from q only counts the posterior "
+            "mass where q puts draws, so a fit whose estimate falls short of the best fit's by g misses "
+            "about 1 − e^(−g) of the mass (`missed_mass`). Unlike k̂ it sees modes a fit never visits; "
+            "read it against the log-evidence errors."
+        )
+    if "time_s" in table and table["time_s"].notna().any():
+        paragraphs.append(
+            "**Cost.** `grad_evals` counts evaluations of the model's log-density gradient, the start's "
+            "included; `time_s` is seconds: a fit's start, the compilation of its loop and the loop (an "
+            "automatic fit's: every attempt; an MCMC run's, where recorded: its run, compilation "
+            "included). A model's first fit in a process compiles programs that later fits reuse, so "
+            "compare the fits' costs by `grad_evals`."
+        )
     shown = table[table["w1"].notna()] if "w1" in table else table.iloc[:0]
     if candidates is not None:
         shown = shown[shown.index.isin(list(candidates))]
@@ -311,18 +338,19 @@ def write_report(
     auto_paths = [fit.auto for fit in exact.values() if fit.auto is not None]
     paragraphs = how_to_read(table, num_draws, candidates=list(trees), auto_paths=auto_paths)
     md_path, html_path = out / "report.md", out / "report.html"
-    md_path.write_text(_markdown(title, notes, markdown_table, paragraphs, figures, images), encoding="utf-8")
-    html_path.write_text(_html(title, notes, markdown_table, paragraphs, figures, images), encoding="utf-8")
+    shown = (figures, images, _captions(reference is not None))
+    md_path.write_text(_markdown(title, notes, markdown_table, paragraphs, *shown), encoding="utf-8")
+    html_path.write_text(_html(title, notes, markdown_table, paragraphs, *shown), encoding="utf-8")
     return ReportPaths(md_path, html_path, images)
 
 
-def _markdown(title, notes, markdown_table, paragraphs, figures, images) -> str:
+def _markdown(title, notes, markdown_table, paragraphs, figures, images, texts) -> str:
     lines = [f"# {title}", ""]
     lines += [f"- {note}" for note in notes] + ([""] if notes else [])
     lines += ["## Comparison", "", markdown_table, "", "## How to read this", ""]
     for paragraph in paragraphs:
         lines += [paragraph, ""]
-    for name, (heading, caption) in FIGURES.items():
+    for name, (heading, caption) in texts.items():
         lines += [f"## {heading}", ""]
         if name in images:
             lines += [line for path in images[name] for line in (f"![{heading}]({path.name})", "")]
@@ -376,7 +404,7 @@ _CSS = (
 )
 
 
-def _html(title, notes, markdown_table, paragraphs, figures, images) -> str:
+def _html(title, notes, markdown_table, paragraphs, figures, images, texts) -> str:
     parts = [
         f'<!DOCTYPE html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>',
         f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>",
@@ -385,7 +413,7 @@ def _html(title, notes, markdown_table, paragraphs, figures, images) -> str:
         parts.append("<ul>" + "".join(f"<li>{_inline(n)}</li>" for n in notes) + "</ul>")
     parts += ["<h2>Comparison</h2>", _table_html(markdown_table), "<h2>How to read this</h2>"]
     parts += [f"<p>{_inline(p)}</p>" for p in paragraphs]
-    for name, (heading, caption) in FIGURES.items():
+    for name, (heading, caption) in texts.items():
         parts.append(f"<h2>{html.escape(heading)}</h2>")
         if name in images:
             pictures = "".join(
