@@ -46,7 +46,7 @@ from vitools.arguments import (
     trace_once,
     try_hash,
 )
-from vitools.compiling import sized_jit
+from vitools.compiling import QUICK
 from vitools.subsample import (
     CheckedPlates,
     SubsampledModel,
@@ -374,7 +374,18 @@ def _initial_point(model: Callable, static: Any, seed: int, arrays: tuple) -> tu
 
 # Run once per model, so its compile is most of its cost: at LLVM's lowest level it compiled in
 # 0.82 s against 1.14 s (a second compile in one process; 1.8-2.0 s in a first fit at the default
-# level), measured by the first-fit profile (benchmarks/bench_first_fit.py --profile). Its run is
-# some 16 evaluations of the model, so the slower generated code matters only for large data: the
-# same size rule as the Laplace init's (vitools.compiling.sized_jit).
-initial_point_program = sized_jit(_initial_point, static_argnums=(0, 1, 2))  # ``program(arrays)``
+# level), measured by the first-fit profile (benchmarks/bench_first_fit.py --profile). Its run
+# reads the data only for the density and gradient at the point it finds (init_to_median's 15
+# prior draws do not; another try only where they are not finite), so the slower generated code
+# costs nothing even over large data: on the engine benchmark's logistic regressions (51
+# coefficients, float32, an idle 2-core machine) the model's set-up took 0.56-0.57 s against
+# 0.80-0.89 s at the default level at 10^5 rows, and 0.62-0.68 s against 0.89-0.94 s at 10^6
+# (measured). Hence -O0 whatever the data's size, unlike the Laplace init, whose run grows with
+# them (vitools.compiling.sized_jit).
+_initial_point_program = jax.jit(_initial_point, static_argnums=(0, 1, 2), compiler_options=QUICK)
+
+
+def initial_point_program(arrays: Any) -> Callable:
+    """The jitted :func:`_initial_point` that :func:`model_density` runs for these data arrays
+    (one program whatever their size)."""
+    return _initial_point_program
