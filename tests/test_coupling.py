@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import numpyro
 import numpyro.distributions as dist
 import optax
 import pytest
@@ -229,3 +230,21 @@ def test_bad_arguments(kwargs, match):
 def test_one_dimension_is_refused():
     with pytest.raises(ValueError, match="dimension 2 or more"):
         Coupling().init(KEY, None, jnp.zeros(1), jnp.eye(1))
+
+
+def test_a_float32_coupling_fit_is_diagnosed():
+    """vt.diagnose evaluates log p and log q in float64 (batched.densities) at a float32 fit's
+    draws: flowjax's scanned inverse in the coupling's log_prob, given float32 draws there, met
+    float64 constants and raised "scan body function carry input and carry output must have
+    equal types" (a user's trial, in a default float32 process: the suite runs in float64)."""
+
+    loc, cov = np.asarray(LOC[:2], np.float32), np.asarray(COV[:2, :2], np.float32)
+
+    def gaussian():
+        numpyro.sample("z", dist.MultivariateNormal(loc, cov))
+
+    with jax.enable_x64(False):
+        fit = vt.fit(gaussian, family=Coupling(num_layers=2), num_steps=50, seed=0, progress=False)
+        assert fit.params.loc.dtype == jnp.float32  # a float32 fit, as in a default process
+        result = vt.diagnose(fit, num_draws=200, seed=1, warn=False)
+    assert np.isfinite(result.khat) and np.isfinite(result.log_evidence)
