@@ -12,9 +12,14 @@ the full-data posterior at 10^6 rows, and the init on a subset of rows.
 3. ``init``: vt.fit's Laplace start (``vitools.start.starting_point``) on all 10^6 rows against the
    fixed random ``INIT_ROWS`` of :meth:`Target.subset`: seconds (compiled once before timing) and the
    start's distance to the full-data mode in posterior sds.
+4. ``average``: Polyak-Ruppert tail averaging (Ruppert 1988; Polyak & Juditsky 1992), issue 14: vt.fit's
+   run of ``recover`` replayed step by step (its keys, start, frame and rate), q's parameters kept
+   after every step, and q from the last iterate against q from the mean of the iterates over the
+   last quarter or half of the budget, at 500, 2000 and 8000 steps (reverse KL, seeds 0-9; IWAE with
+   its refusal lifted, 2000 steps, seeds 0-4). Not run by default (``average`` names it).
 
-Run: ``.venv/bin/python benchmarks/bench_subsample.py [steps] [recover] [init]`` (all three by
-default); writes ``benchmarks/results/subsample.md`` (a part run alone: ``subsample_<part>.md``).
+Run: ``.venv/bin/python benchmarks/bench_subsample.py [steps] [recover] [init] [average]`` (the first
+three by default); writes ``benchmarks/results/subsample.md`` (parts named: ``subsample_<parts>.md``).
 """
 
 from __future__ import annotations
@@ -33,11 +38,13 @@ import numpyro
 import numpyro.distributions as dist
 
 import vitools as vt
-from vitools.engine import default_optimizer, init_state, run_chunk
+from vitools.engine import default_optimizer, init_state, make_step, objective_state, run_chunk
 from vitools.families import get_family
+from vitools.fitting import default_rate
 from vitools.objectives.bounds import IWAE
 from vitools.objectives.reverse_kl import ReverseKL
-from vitools.start import starting_point
+from vitools.result import gaussian_moments
+from vitools.start import fit_keys, starting_point
 from vitools.targets import INIT_ROWS, Target
 
 jax.config.update("jax_enable_x64", True)
@@ -181,6 +188,96 @@ def init() -> list[str]:
     return lines + [""]
 
 
+def iterates(target, objective, seed, num_steps):
+    """vt.fit's run of a subsampling ``target`` (:func:`vitools.fitting.fit`: its keys, Laplace start on
+    ``INIT_ROWS`` rows, frame and learning rate; no race of starts under subsampling) as one scan that
+    keeps q's parameters after every step: ``(framed target, family, params stacked (num_steps, ...))``."""
+    family, optimizer = get_family("fullrank"), default_optimizer()
+    keys = fit_keys(jax.random.PRNGKey(seed))
+    start = target.subset(keys.init_rows, INIT_ROWS)
+    framed, loc, scale_tril, _, _ = starting_point(keys.init, start, family, objective, "laplace")
+    framed = framed.full_data()
+    params = family.init(keys.params, framed, loc, scale_tril)
+    carried = objective_state(objective, keys.objective, params, family, framed)
+    rate = default_rate(objective, family, framed.dim)
+    state = init_state(keys.run, params, optimizer, rate, framed.model_params, carried)
+    step = make_step(objective, family, framed, optimizer)
+    total = jnp.asarray(num_steps, jnp.int32)
+
+    def body(state, _):
+        state, _ = step(state, total)
+        return state, state.params
+
+    return framed, family, jax.jit(lambda s: jax.lax.scan(body, s, None, length=num_steps)[1])(state)
+
+
+def average() -> list[str]:
+    x, y = data(10**6)
+    mode, sds = reference(x, y)
+    target = Target.from_model(make_model(4096), x, y=y)
+    tails = (("last iterate", None), ("mean of last 1/4", 0.25), ("mean of last 1/2", 0.5))
+    lines = [
+        "## Tail averaging of q's parameters at N = 10^6, B = 4096 (issue 14; vt.fit's run replayed)",
+        "",
+        "q from the last iterate (what vt.fit returns) against q from the mean of the iterates of q's",
+        "parameters over the budget's last quarter or half, from one run each (z = (mean - mode) / sd,",
+        "r = q sd / Laplace sd).",
+        "",
+        "| objective | steps | seed | " + " | ".join(f"{name}: z / r" for name, _ in tails) + " |",
+        "|---|---|---|" + "---|" * len(tails),
+    ]
+    runs = [(ReverseKL(num_draws=4), steps, range(10)) for steps in (500, 2000, 8000)]
+    runs.append((MinibatchIWAE(num_draws=4), 2000, range(5)))
+    found, spread = {}, {}
+    for objective, num_steps, seeds in runs:
+        for seed in seeds:
+            framed, family, params = iterates(target, objective, seed, num_steps)
+
+            def moments(params, framed=framed, family=family):
+                """q's mean and covariance in the model's unconstrained space."""
+                mean, covariance = gaussian_moments(family.distribution(params))
+                return framed.frame.forward(mean), framed.frame.covariance_to_model(covariance)
+
+            cells = []
+            for name, fraction in tails:
+                first = num_steps - 1 if fraction is None else num_steps - round(fraction * num_steps)
+                mean, covariance = moments(
+                    jax.tree.map(lambda leaf, first=first: leaf[first:].mean(0), params)
+                )
+                z, ratio = (np.asarray(mean) - mode) / sds, np.sqrt(np.diag(np.asarray(covariance))) / sds
+                cells.append(f"{np.round(z, 2).tolist()} / {np.round(ratio, 2).tolist()}")
+                found.setdefault((objective.name, num_steps, name), []).append((z, ratio))
+            lines.append(f"| {objective.name} | {num_steps} | {seed} | " + " | ".join(cells) + " |")
+            print(lines[-1], flush=True)
+            # how far the iterates of the last half still move: the sd of their z over those steps
+            half = jax.tree.map(lambda leaf, n=num_steps: leaf[n - n // 2 :], params)
+            means = np.asarray(jax.vmap(lambda p: moments(p)[0])(half))
+            spread.setdefault((objective.name, num_steps), []).append(np.std(means / sds, axis=0))
+    lines += [
+        "",
+        "| objective | steps | q | largest \\|z\\| | rms z | sd ratios "
+        "| sd of z over the last half's iterates (rms) | sqrt(N / (B x steps)) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for (name, num_steps, tail), values in found.items():
+        z, ratio = np.concatenate([v[0] for v in values]), np.concatenate([v[1] for v in values])
+        moving = np.sqrt(np.mean(np.square(spread[name, num_steps])))
+        floor = np.sqrt(10**6 / (4096 * num_steps))
+        lines.append(
+            f"| {name} | {num_steps} | {tail} | {np.abs(z).max():.2f} | {np.sqrt(np.mean(z**2)):.2f} "
+            f"| {ratio.min():.2f}-{ratio.max():.2f} | {moving:.2f} | {floor:.2f} |"
+        )
+    return lines + [
+        "",
+        "rms: over seeds and coefficients. The sd of z over the last half's iterates says how far q's",
+        "mean still moves in the tail. The last column is the sd, in posterior sds, of the mean of as",
+        "many minibatch gradients as the fit drew about the full-data gradient (one minibatch's gradient",
+        "noise is N / B times the posterior precision): about the least error any weighting of the fit's",
+        "minibatches can leave; a mean over L steps' iterates is bound by sqrt(N / (B x L)).",
+        "",
+    ]
+
+
 def main(parts: list[str]) -> None:
     out = RESULTS if not parts else RESULTS.with_name(f"subsample_{'_'.join(parts)}.md")  # a part alone
     parts = parts or ["steps", "recover", "init"]
@@ -193,7 +290,7 @@ def main(parts: list[str]) -> None:
     ]
     body = []
     for part in parts:
-        body += {"steps": steps, "recover": recover, "init": init}[part]()
+        body += {"steps": steps, "recover": recover, "init": init, "average": average}[part]()
     out.parent.mkdir(exist_ok=True)
     out.write_text("\n".join(header + body))
     print(f"wrote {out}")

@@ -59,7 +59,9 @@ def fit(
     predictions on all rows. Reverse KL and forward KL from draws take minibatches; objectives that
     need the full joint (``forward_kl``, ``iwae``, ``renyi``, ``chi2``, ``hybrid``, ``msc``,
     ``batch_and_match``) are refused. The gradient noise grows like sqrt(N / B), so a subsampled
-    fit needs more steps or a larger B than a full-data one.
+    fit needs more steps or a larger B than a full-data one. q is the last iterate: a mean of the
+    last half's iterates was no nearer the posterior at 2000 or 8000 steps and lagged at 500
+    (10^6 rows, B = 4096; measured, ``benchmarks/results/subsample_average.md``).
 
     Args:
         model: a NumPyro model, or a Target (e.g. ``Target.from_log_density(fn, dim)``).
