@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import numpyro
 import numpyro.distributions as dist
+import optax
 import pytest
 import scipy.linalg
 from numpyro.distributions import constraints
@@ -391,6 +392,18 @@ def test_a_model_with_param_sites_is_refused():
 def test_bad_arguments_are_refused_by_name(kwargs, error, match):
     with pytest.raises(error, match=f"BatchAndMatch {match}"):
         BatchAndMatch(**kwargs)
+
+
+@pytest.mark.parametrize("fitter", [vt.fit, vt.fit_many])
+@pytest.mark.parametrize("option", [dict(learning_rate=0.5), dict(optimizer=optax.sgd(0.1))])
+def test_optimizer_options_are_refused_with_the_objectives_own(fitter, option):
+    """BaM follows no gradient: vt.fit's learning_rate and optimizer would be ignored (a user's
+    trial got the default fit back), so they are refused before anything is traced, naming
+    BatchAndMatch's own step-size option and its value."""
+    name = next(iter(option))
+    with pytest.raises(ValueError, match=rf"{name} is not used by objective 'batch_and_match'.*"
+                       r"BatchAndMatch\(learning_rate=\.\.\.\), now 2$"):  # fmt: skip
+        fitter(TARGET, objective=BatchAndMatch(learning_rate=2.0), progress=False, **option)
 
 
 @pytest.mark.parametrize(

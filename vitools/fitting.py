@@ -120,8 +120,9 @@ def fit(
         the fitted :class:`~vitools.result.Fit` (its ``params`` are in the frame's coordinates).
 
     Raises:
-        vitools.validate.ArgumentError (a TypeError or ValueError): an option is invalid; the
-            message names it.
+        vitools.validate.ArgumentError (a TypeError or ValueError): an option is invalid, or
+            would be ignored (``learning_rate`` or ``optimizer`` with an objective that updates q
+            in closed form: batch and match); the message names it.
         TypeError, ValueError: the model cannot be traced with its arguments (see
             :meth:`Target.from_model`), or the objective does not fit the target.
         NonFiniteLossError: the loss became NaN/inf and ``on_nonfinite="raise"``; it carries the
@@ -374,7 +375,7 @@ def checked_options(**options: Any) -> dict[str, Any]:
     ``vt.fit``; when its value cannot be the option's, the error says how to pass it to the model.
     """
     try:
-        return dict(
+        checked = dict(
             num_steps=validate.count(options["num_steps"], "num_steps"),
             chunk_size=validate.count(options["chunk_size"], "chunk_size"),
             seed=_maybe(validate.seed, options["seed"], "seed"),
@@ -400,6 +401,31 @@ def checked_options(**options: Any) -> dict[str, Any]:
             hint = f"if {name!r} is an argument of your model, pass it as model_kwargs={{{name!r}: ...}}"
             raise type(err)(f"{err} ({hint})", err.argument) from None
         raise
+    _no_optimizer_options(checked["objective"], checked["learning_rate"], checked["optimizer"])
+    return checked
+
+
+def _no_optimizer_options(objective: Objective, learning_rate: Any, optimizer: Any) -> None:
+    """An objective that moves q by its own update (``ObjectiveHooks.update``: batch and match)
+    follows no gradient: ``learning_rate`` and ``optimizer`` would be ignored, so they are refused
+    (a user's trial passed ``learning_rate=0.5`` with ``objective="batch_and_match"`` and got the
+    default fit). Raises :class:`vitools.validate.ArgumentValueError` naming the objective's own
+    step-size option where it has one."""
+    if objective_hooks(objective).update is None:
+        return
+    for name, value in (("learning_rate", learning_rate), ("optimizer", optimizer)):
+        if value is not None:
+            own = getattr(objective, "learning_rate", None)
+            hint = (
+                f"; its own step size is {type(objective).__name__}(learning_rate=...), now {own:g}"
+                if own is not None
+                else ""
+            )
+            raise validate.ArgumentValueError(
+                f"{name} is not used by objective {objective.name!r}, which updates q in closed form "
+                f"(no gradient, no optimizer){hint}",
+                name,
+            )
 
 
 def _data_like(value: Any) -> bool:

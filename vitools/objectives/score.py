@@ -153,7 +153,8 @@ class BatchAndMatch:
     moves q to the minimiser of the batch estimate of the score divergence
     :math:`\mathbb{E}_q\|\nabla\log q - \nabla\log p\|^2_{\Sigma}` plus a KL proximity term
     weighted by :math:`1/\lambda_t`. There is no gradient of a loss and no optimizer: ``vt.fit``'s
-    ``learning_rate`` and ``optimizer`` options are not used.
+    ``learning_rate`` and ``optimizer`` options are refused (the step size is this class's own
+    ``learning_rate``).
 
     Step size: the paper's schedule for non-Gaussian targets, :math:`\lambda_t =
     \texttt{learning\_rate}\cdot B d/(t+1)` (t = 0, 1, ... the updates applied; the paper's is
