@@ -1,5 +1,7 @@
 """The IAF flow family: exact identities, contracts, recovery of a funnel, end to end on a model."""
 
+import warnings
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -35,9 +37,9 @@ def forward_map(q, eps):
     return eps
 
 
-def perturbed_params(family, key, size=0.3):
+def perturbed_params(family, key, size=0.3, loc=LOC, chol=CHOL):
     """Initial params with every leaf moved, weight matrices in their stored units (x fan-in)."""
-    params = family.init(KEY, None, LOC, CHOL)
+    params = family.init(KEY, None, loc, chol)
     leaves, tree = jax.tree.flatten(params)
     keys = jax.random.split(key, len(leaves))
     moved = [
@@ -68,6 +70,24 @@ def test_init_is_exactly_the_initial_gaussian():
     # sqrt((COV_ii COV_jj + COV_ij²) / n) <= 0.02. Tolerances are 5 of those sds.
     np.testing.assert_allclose(draws.mean(0), LOC, atol=0.05)
     np.testing.assert_allclose(np.cov(draws, rowvar=False), COV, atol=0.1)
+
+
+def test_in_one_dimension_the_iaf_is_an_affine_map_and_warns_so():
+    """In 1-D each layer's shift and scale condition on nothing: z = T(ε) is affine in ε whatever the
+    weights (q is a Gaussian), and init warns; in 2-D the same moves bend it, and init is silent."""
+    family = vt.IAF()
+    with pytest.warns(UserWarning, match=r"IAF in one dimension is an affine map.*family='mixture'"):
+        moved = perturbed_params(family, jax.random.PRNGKey(7), loc=LOC[:1], chol=CHOL[:1, :1])
+    eps = jnp.linspace(-3.0, 3.0, 7)[:, None]
+    z = jax.vmap(lambda e: forward_map(family.distribution(moved), e))(eps)[:, 0]
+    # equally spaced ε: second differences of an affine map are 0 up to float64 rounding (|z| < 100)
+    np.testing.assert_allclose(jnp.diff(z, n=2), 0.0, atol=1e-10)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        moved = perturbed_params(family, jax.random.PRNGKey(7), loc=LOC[:2], chol=CHOL[:2, :2])
+    line = eps * jnp.ones((1, 2))
+    z = jax.vmap(lambda e: forward_map(family.distribution(moved), e))(line)
+    assert float(jnp.max(jnp.abs(jnp.diff(z, n=2, axis=0)))) > 1e-3  # bent: the check above can fail
 
 
 def test_gradient_reaches_the_zeroed_output_layers():

@@ -163,3 +163,79 @@ def test_past_fifty_parameters_no_forward_kl_flow_is_suggested():
     assert steps["r"].options == {"objective": "forward_kl"}
     table.attrs["num_params"] = 3
     assert next_steps(table)["r"].options == {"objective": "forward_kl", "family": "iaf"}
+
+
+def bimodal_1d_table() -> pd.DataFrame:
+    """The comparison of a user's 1-D bimodal report (0.3 N(-3, 0.7) + 0.7 N(2, 1)), its figures
+    rounded: a reverse-KL Gaussian on one mode, a chi2 Gaussian and a forward-KL IAF each one hump
+    over both modes (good by k̂), and 8-path Pathfinder, a mixture, closest to the reference."""
+    missed = "misses ~28% of the posterior mass that 'fwd_iaf' covers (log evidence -0.327 ± 0.018 against"
+    table = pd.DataFrame(
+        {
+            "objective": ["reverse_kl", "chi2", "forward_kl", "pathfinder"],
+            "family": ["fullrank", "fullrank", "iaf", "mixture"],
+            "steps": [700, 900, 800, 22],
+            "khat": [2.47, -1.73, -1.79, -np.inf],
+            "khat_se": [0.38, 0.0, 0.0, 0.0],
+            "verdict": ["bad", "good", "good", "good"],
+            "missed_mass": [0.279, 0.002, 0.0, 0.001],
+            "reasons": [f"k̂ 2.47 ± 0.38 > 0.70: q misses part of the posterior's mass; {missed}", "", "", ""],
+            "w1": [0.597, 0.314, 0.303, 0.0504],
+        },
+        index=["reverse", "chi2", "fwd_iaf", "pf8"],
+    )
+    table.attrs.update(num_draws=10_000, num_params=1)
+    return table
+
+
+def use_instead(step) -> str | None:
+    """The fit a "use X instead" step names (None for a step of options)."""
+    return step.why.split(" instead")[0].removeprefix("use ") if step.why.startswith("use ") else None
+
+
+def test_a_step_that_says_use_another_fit_names_the_fit_to_trust():
+    from vitools.advice import next_steps, which_to_trust
+
+    table = bimodal_1d_table()
+    # the report trusted pf8 and told the reverse-KL fit to use fwd_iaf, the configuration its rule
+    # suggested (forward KL + IAF): one hump over both modes, w1 0.30 against pf8's 0.050
+    assert which_to_trust(table).startswith("Trust pf8:")
+    step = next_steps(table)["reverse"]
+    assert step.options == {} and use_instead(step) == "pf8"
+    assert "closest of those to the reference (w1 0.0504)" in step.why and "a mixture" in step.why
+    # without a reference both rank by k̂: pf8's -inf again
+    unreferenced = table.drop(columns="w1")
+    assert which_to_trust(unreferenced).startswith("Trust pf8:")
+    assert use_instead(next_steps(unreferenced)["reverse"]) == "pf8"
+    # in two dimensions, where forward KL + IAF is the step, and the trusted fit is no mixture: the
+    # step's configuration reads good beside it, and the step names the trusted fit, not that row
+    two_d = table.drop(index="pf8").assign(w1=[0.597, 0.05, 0.303])
+    two_d.attrs.update(num_draws=10_000, num_params=2)
+    assert which_to_trust(two_d).startswith("Trust chi2:")
+    step = next_steps(two_d)["reverse"]
+    assert (
+        use_instead(step) == "chi2" and "fwd_iaf (forward_kl/iaf, what this step would suggest)" in step.why
+    )
+    # where the trusted fit is that configuration, the step names it as before
+    assert use_instead(next_steps(two_d.assign(w1=[0.597, 0.314, 0.05]))["reverse"]) == "fwd_iaf"
+
+
+def test_in_one_dimension_several_modes_or_a_bad_gaussian_get_a_mixture_not_an_iaf():
+    from vitools.advice import next_steps, which_to_trust
+
+    # none reads good but the Gaussians: nothing to use instead; forward KL + IAF would be one
+    # hump again (an IAF is affine in one dimension), a mixture by forward KL holds the modes
+    table = bimodal_1d_table().drop(index=["chi2", "fwd_iaf", "pf8"])
+    step = next_steps(table)["reverse"]
+    assert step.options == {"objective": "forward_kl", "family": "mixture"}
+    assert "an IAF is only an affine map" in step.why
+    assert which_to_trust(table).startswith("No fit reads good")
+    # rule 3: a Gaussian (or, in 1-D, an IAF) whose k̂ is above its threshold
+    khat_high = "k̂ 4.99 ± 0.84 > 0.70: q misses part of the posterior's mass"
+    for family in ("fullrank", "iaf"):
+        one = table.assign(family=family, reasons=khat_high)
+        assert next_steps(one)["reverse"].options == {"objective": "forward_kl", "family": "mixture"}
+    # the same rows in two dimensions keep the flow
+    table.attrs["num_params"] = 2
+    assert next_steps(table)["reverse"].options == {"objective": "forward_kl", "family": "iaf"}
+    assert next_steps(table.assign(reasons=khat_high))["reverse"].options == {"family": "iaf"}

@@ -4,15 +4,22 @@ The rules, in order (the first that applies), and what they were measured to do 
 (``benchmarks/bench_next_steps.py``, results in ``benchmarks/results/next_steps.md``):
 
 1. the optimisation used its whole budget while the loss still fell -> twice the steps;
-2. a mode-seeking fit misses mass another fit covers -> forward KL with a flow (bimodal, reverse
-   KL full-rank: w1 0.91 -> 0.05 with forward KL + IAF);
+2. a mode-seeking fit misses mass another fit covers (several modes) -> the fit
+   :func:`which_to_trust` names where it is a mixture (a multi-path Pathfinder or ``"mixture"``
+   fit); else forward KL with a flow (bimodal, reverse KL full-rank: w1 0.91 -> 0.05 with forward
+   KL + IAF), with a mixture in one dimension, where an IAF is only an affine map
+   (:data:`ONE_DIM_MIXTURE`);
 3. a Gaussian whose k̂ lies above threshold, or whose mean or sd PSIS moves -> a flow (banana,
    forward KL: k̂ 1.57 "bad" -> 0.21 "good", w1 0.157 -> 0.029 with IAF); past
    ``FLOW_FORWARD_MAX_DIM`` parameters only for a reverse-KL fit (a forward-KL Gaussian switched
    to a reverse-KL flow went from uncertain to bad on the 103-parameter stochastic-volatility
-   model), and rule 2 suggests forward KL without a flow;
+   model), and rule 2 suggests forward KL without a flow; in one dimension (where an IAF is a
+   Gaussian too) -> forward KL with a mixture (:data:`ONE_DIM_MIXTURE`);
 4. k̂ straddles its threshold -> four times the draws (they decide);
 5. a flow fitted by reverse KL -> forward KL; otherwise -> check against MCMC.
+
+A step whose configuration a fit of the table already has, reading good, becomes "use that fit
+instead", naming the fit :func:`which_to_trust` names (one ranking of the fits, not two).
 
 A fit of a model that subsamples data (``numpyro.plate(..., subsample_size=B)``; the comparison's
 ``table.attrs["subsampled"]``, :func:`subsampled`) gets other rules: its gradient's noise grows like
@@ -49,6 +56,18 @@ GAUSSIAN_FAMILIES = ("meanfield", "fullrank", "lowrank")
 # and layer, so past this size forward KL + IAF is suggested no more (the 103-parameter
 # stochastic-volatility model ran for over 15 minutes on 2 cores before it was stopped).
 FLOW_FORWARD_MAX_DIM = 50
+# Rules 2 and 3 in one dimension: an IAF there is an affine map of its Gaussian base (its network's
+# one output conditions on nothing), so it is a Gaussian: it can neither hold two modes nor bend; a
+# mixture by forward KL can. vt.fit's defaults, seeds 0/1/2, w1 to 20,000 exact draws (measured):
+# 0.3 N(-3, 0.7) + 0.7 N(2, 1): forward KL + IAF 0.303/0.308/0.303 (one hump over both modes, good by
+# k̂), + 2-component mixture 0.033/0.046/0.037 (~48,000 gradient evaluations against 51,368);
+# Gamma(1.5, 1) (skewed on the log scale): full rank by reverse KL 0.131/0.122/0.120 (bad), by forward
+# KL 0.229/0.214/0.218 (bad), the mixture by forward KL 0.051/0.054/0.072 (uncertain; reverse KL + IAF
+# at seed 0: 0.117); Student-t(2): 0.132/0.131/0.132, 0.210/0.228/0.242 (bad), the mixture
+# 0.064/0.067/0.062 (good; reverse KL + IAF at seed 0: 0.132, bad).
+ONE_DIM_MIXTURE = {"objective": "forward_kl", "family": "mixture"}
+ONE_DIM_IAF = "in one dimension an IAF is only an affine map, a Gaussian"
+
 # Under data subsampling a q that reads off is first given this times its steps (rule 3 above). The
 # largest PSIS mean move of reverse KL + full rank (measured; vt.fit's defaults but num_steps, seeds
 # 0/1/2): 5,000-row logistic regression (a user's CLI trial), B = 256: 0.44/0.64/0.19 sd (bad) at 1000
@@ -118,12 +137,14 @@ def next_steps(table: pd.DataFrame) -> dict[str, NextStep]:
     num_params = int(table.attrs.get("num_params", 0))
     small, size = num_params <= FLOW_FORWARD_MAX_DIM, f"{num_params} dimensions"
     minibatched = subsampled(table)
+    trusted = _trusted(table)  # which_to_trust's fit: a step that says "use X instead" names it
     steps: dict[str, NextStep] = {}
     for name, row in table.iterrows():
         if row.get("verdict") not in ("bad", "uncertain") or row.get("objective") == "mcmc":
             continue
         reasons = str(row.get("reasons", ""))
         family, objective = str(row.get("family")), str(row.get("objective"))
+        gaussian = family in GAUSSIAN_FAMILIES or (num_params == 1 and family == "iaf")
         khat_above = row.get("khat", float("nan")) - 2 * row.get("khat_se", 0.0) > threshold
         if str(name) in minibatched:
             step = _subsampled_step(row, minibatched[str(name)], khat_above, num_draws)
@@ -132,29 +153,22 @@ def next_steps(table: pd.DataFrame) -> dict[str, NextStep]:
                 {"num_steps": 2 * int(row["steps"])}, "the loss was still falling when the budget ran out"
             )
         elif "misses ~" in reasons and not objective.startswith("forward_kl"):
+            step = _several_modes(table, trusted, num_params, size)
+        elif gaussian and (khat_above or "PSIS moves" in reasons) and (small or objective == "reverse_kl"):
             step = (
                 NextStep(
-                    {"objective": "forward_kl", "family": "iaf"},
-                    "mass-covering, and a flow can hold several modes",
+                    dict(ONE_DIM_MIXTURE), f"a mixture can take a shape a Gaussian cannot ({ONE_DIM_IAF})"
                 )
-                if small
-                else NextStep(
-                    {"objective": "forward_kl"}, f"mass-covering (a flow by forward KL is slow in {size})"
-                )
+                if num_params == 1
+                else NextStep({"family": "iaf"}, "a flow can bend where a Gaussian cannot")
             )
-        elif (
-            family in GAUSSIAN_FAMILIES
-            and (khat_above or "PSIS moves" in reasons)
-            and (small or objective == "reverse_kl")
-        ):
-            step = NextStep({"family": "iaf"}, "a flow can bend where a Gaussian cannot")
         elif "straddles" in reasons:
             step = NextStep({"num_draws": 4 * num_draws}, "more draws decide whether q covers p's tails")
-        elif family not in GAUSSIAN_FAMILIES and objective == "reverse_kl":
+        elif not gaussian and objective == "reverse_kl":
             step = NextStep({"objective": "forward_kl"}, "mass-covering")
         else:
             step = NextStep({}, "check it against an MCMC run of this model")
-        steps[str(name)] = _already_there(table, objective, family, step)
+        steps[str(name)] = _already_there(table, objective, family, step, trusted)
     return steps
 
 
@@ -217,16 +231,76 @@ def _subsampled_step(
     return NextStep(more, noise + then)
 
 
-def _already_there(table: pd.DataFrame, objective: str, family: str, step: NextStep) -> NextStep:
+def _several_modes(
+    table: pd.DataFrame, trusted: tuple[Any, str] | None, num_params: int, size: str
+) -> NextStep:
+    """Rule 2's step, for a mode-seeking fit that misses mass another fit covers (several modes):
+    the fit :func:`which_to_trust` names where it is a mixture (a multi-path Pathfinder or a
+    ``"mixture"`` fit, one component per mode it found); else forward KL with a mixture in one
+    dimension, where an IAF is an affine map of its Gaussian base (:data:`ONE_DIM_MIXTURE`), with
+    a flow up to :data:`FLOW_FORWARD_MAX_DIM` parameters, alone past them."""
+    if trusted is not None and table.loc[trusted[0]].get("family") == "mixture":
+        best, why = trusted
+        return NextStep({}, f"use {best} instead, the fit to trust: {why}; a mixture, it can hold the modes")
+    if num_params == 1:
+        return NextStep(
+            dict(ONE_DIM_MIXTURE), f"mass-covering, and a mixture can hold several modes ({ONE_DIM_IAF})"
+        )
+    if num_params <= FLOW_FORWARD_MAX_DIM:
+        return NextStep(
+            {"objective": "forward_kl", "family": "iaf"}, "mass-covering, and a flow can hold several modes"
+        )
+    return NextStep({"objective": "forward_kl"}, f"mass-covering (a flow by forward KL is slow in {size})")
+
+
+def _already_there(
+    table: pd.DataFrame, objective: str, family: str, step: NextStep, trusted: tuple[Any, str] | None
+) -> NextStep:
     """The step, or "use that fit" when a row of the table already has the suggested objective
-    and family and reads good (the demo's Gaussian was told to try the flow beside it)."""
+    and family and reads good (the demo's Gaussian was told to try the flow beside it). The fit
+    named is the one :func:`which_to_trust` names (``trusted``: its name and why) unless that is
+    the row itself: it reads good too, and ranks at least as well by which_to_trust's rule (a
+    bimodal 1-D report trusted 8-path Pathfinder, w1 0.050, and told the reverse-KL fit to use
+    forward KL + IAF beside it, one hump over both modes, w1 0.30)."""
     if not step.options or not set(step.options) <= {"objective", "family"}:
         return step
     wanted = (step.options.get("objective", objective), step.options.get("family", family))
     for other, row in table.iterrows():
         if (row.get("objective"), row.get("family")) == wanted and row.get("verdict") == "good":
-            return NextStep({}, f"use {other} instead: it is that configuration and reads good")
+            if trusted is None or trusted[0] == other:
+                return NextStep({}, f"use {other} instead: it is that configuration and reads good")
+            best, why = trusted
+            return NextStep(
+                {},
+                f"use {best} instead, the fit to trust: {why}; {other} ({'/'.join(wanted)}, what "
+                "this step would suggest) reads good too",
+            )
     return step
+
+
+def _trusted(table: pd.DataFrame, candidates: list[str] | None = None) -> tuple[Any, str] | None:
+    """The fit :func:`which_to_trust` names and why (``"it reads good and ..."``); None where no
+    candidate reads good. The one ranking of the fits that read good: lowest ``w1`` to the
+    reference where there is one, else the lowest k̂, else the first."""
+    rows = _candidates(table, candidates)
+    good = rows[rows["verdict"] == "good"] if "verdict" in rows else rows.iloc[:0]
+    if good.empty:
+        return None
+    if "w1" in good and good["w1"].notna().any():
+        best = good["w1"].idxmin()
+        why = f"it reads good and is the closest of those to the reference (w1 {good.loc[best, 'w1']:.3g})"
+    elif "khat" in good and good["khat"].notna().any():
+        best = good["khat"].idxmin()
+        why = f"it reads good with the lowest k̂ ({good.loc[best, 'khat']:.2f})"
+    else:
+        best, why = good.index[0], "it reads good"
+    return best, why
+
+
+def _candidates(table: pd.DataFrame, candidates: list[str] | None) -> pd.DataFrame:
+    """The rows of ``candidates`` (default every row) but MCMC runs."""
+    rows = table if candidates is None else table[table.index.isin(candidates)]
+    return rows[rows["objective"] != "mcmc"] if "objective" in rows else rows
 
 
 def which_to_trust(table: pd.DataFrame, candidates: list[str] | None = None) -> str:
@@ -236,10 +310,11 @@ def which_to_trust(table: pd.DataFrame, candidates: list[str] | None = None) -> 
     candidates); among them the closest to the reference (lowest ``w1``) when there is one, else the
     lowest k̂. With none reading good, it says so and points to the next steps.
     """
-    rows = table if candidates is None else table[table.index.isin(candidates)]
-    rows = rows[rows["objective"] != "mcmc"] if "objective" in rows else rows
-    good = rows[rows["verdict"] == "good"] if "verdict" in rows else rows.iloc[:0]
-    if good.empty:  # q's own draws; a bias PSIS corrects (k̂ below threshold) leaves resampled ones usable
+    rows = _candidates(table, candidates)
+    trusted = _trusted(table, candidates)
+    # none reads good: not q's own draws; a bias PSIS corrects (k̂ below threshold) leaves resampled ones
+    # usable
+    if trusted is None:
         reasons = rows["reasons"] if "reasons" in rows else pd.Series(dtype=str)
         fixable = [str(name) for name, why in reasons.items() if CORRECTABLE in str(why)]
         resampled = (
@@ -248,14 +323,7 @@ def which_to_trust(table: pd.DataFrame, candidates: list[str] | None = None) -> 
             else ""
         )
         return f"No fit reads good: do not use their draws as posterior draws{resampled}; see the next steps."
-    if "w1" in good and good["w1"].notna().any():
-        best = good["w1"].idxmin()
-        why = f"it reads good and is the closest of those to the reference (w1 {good.loc[best, 'w1']:.3g})"
-    elif "khat" in good and good["khat"].notna().any():
-        best = good["khat"].idxmin()
-        why = f"it reads good with the lowest k̂ ({good.loc[best, 'khat']:.2f})"
-    else:
-        best, why = good.index[0], "it reads good"
+    best, why = trusted
     others = [str(name) for name in rows.index if name != best and rows.loc[name, "verdict"] != "good"]
     tail = f"; {', '.join(others)} {'does' if len(others) == 1 else 'do'} not read good" if others else ""
     return f"Trust {best}: {why}{tail}."
