@@ -459,3 +459,10 @@ def test_the_cli_advice_for_a_subsampled_fit_is_more_steps():
     table = subsampled_table(SUBSAMPLED_REASONS[:1], ["fullrank"])
     (line,) = next_steps(table)
     assert "try --num-steps 2000 (under data subsampling" in line and "--family" not in line
+
+
+def test_in_one_dimension_the_flow_is_the_mixture():
+    """An IAF in one dimension is an affine map (a Gaussian) and the coupling flow refuses it, so
+    the ladder's flow there is the mixture (vitools.advice.ONE_DIM_MIXTURE's measurements)."""
+    assert auto._flow(1) == "mixture"
+    assert auto._flow(2) == "iaf" and auto._flow(auto.FLOW_FORWARD_MAX_DIM + 1) == "coupling"

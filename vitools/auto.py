@@ -447,7 +447,10 @@ def _probe_affordable(dim, path, max_grad_evals, max_time, tic) -> bool:
 
 def _flow(dim: int) -> str:
     """The flow for a model of ``dim`` parameters: the IAF at small size, the coupling flow (cheap
-    in both directions) above it."""
+    in both directions) above it; in one dimension, where an IAF is an affine map (a Gaussian) and
+    the coupling flow refuses, the mixture (measured: :data:`vitools.advice.ONE_DIM_MIXTURE`)."""
+    if dim == 1:
+        return "mixture"
     return "iaf" if dim <= FLOW_FORWARD_MAX_DIM else "coupling"
 
 
