@@ -97,6 +97,14 @@ def test_compare_draws_from_each_fit_once_for_the_table_the_plots_and_the_report
     assert draws == [("sample_with_log_densities", name) for name in FIT_NAMES]
 
 
+def test_compare_measures_missed_mass_against_the_zoo_models_known_log_evidence(compare_run):
+    """The banana's log evidence is known (0): the command passes it to compare, so missed_mass is
+    measured against it, not against a fit's noisy estimate (a user's run anchored on 0.137 ± 0.135)."""
+    text = (compare_run[2] / "report.md").read_text(encoding="utf-8")
+    assert "true log evidence (known for this model): 0; missed_mass is measured against it" in text
+    assert "falls short of the model's true log evidence (0, given) by g" in text
+
+
 def test_fit_prints_the_fit_diagnostics_and_distances_from_one_set_of_draws(capsys, monkeypatch):
     draws = count_draws(monkeypatch)
     assert main(["fit", "bimodal", "--num-steps", "300", "--num-draws", "500", "--quiet"]) == 0
@@ -253,6 +261,20 @@ def test_how_to_read_names_the_closest_fit_but_not_the_reference_row():
     assert "Closest to the reference: **narrow** (w1 0.1, sd_ratio 0.5)" in text
     assert "furthest: **wide**" in text and "NUTS" not in text
     assert "**Read as bad:** narrow (reasons under the table)" in text
+
+
+def test_how_to_read_says_what_missed_mass_is_measured_against():
+    """The missed-mass paragraph names the anchor compare chose (table.attrs) and its estimate."""
+    table = pd.DataFrame(
+        {"verdict": ["good", "bad"], "missed_mass": [0.0, 0.5], "log_evidence": [0.001, -0.69]},
+        index=["good", "half"],
+    )
+    table.attrs["missed_mass_anchor"] = {"fit": "good", "log_evidence": 0.00129, "log_evidence_se": 0.0022}
+    text = " ".join(how_to_read(table, num_draws=1000))
+    assert "falls short of that of **good** (0.00129 ± 0.0022: of the fits whose k̂ is under" in text
+    table.attrs["missed_mass_anchor"] = {"fit": None, "log_evidence": -31.25, "log_evidence_se": 0.0}
+    text = " ".join(how_to_read(table, num_draws=1000))
+    assert "falls short of the model's true log evidence (-31.2, given) by g" in text
 
 
 def test_report_says_which_plot_could_not_be_drawn(tmp_path):

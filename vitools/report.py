@@ -108,7 +108,7 @@ def how_to_read(
         f"{threshold:.2f} = min(1 − 1/log10 S, 0.7) q is a usable proposal, above it q misses posterior "
         "mass that p has; when k̂ ± 2 sd straddles the threshold the fit reads *uncertain* (more draws "
         "decide). A fit whose PSIS-reweighted mean or sd moves more than 0.1 of q's sd from q's own is "
-        "biased and reads *bad* even with a low k̂; so does a fit that misses mass another fit covers"
+        "biased and reads *bad* even with a low k̂; so does a fit whose evidence estimate shows it misses mass"
         f"{' (below)' if missed else ''}, and one whose optimisation did not converge reads at best "
         "*uncertain*. k̂ only sees "
         "where q puts draws: a fit locked onto one of two separated modes can have a low k̂.",
@@ -120,12 +120,25 @@ def how_to_read(
         "Carlo error; `elbo` is the mean log weight. ELBO ≤ log p(x), and the gap between the two "
         "columns estimates KL(q‖p). Trust the log-evidence estimate only where k̂ is below threshold.",
     ]
-    if missed:  # it compares fits with each other: one fit has none (NaN, the column left out)
+    if missed:  # NaN (the column left out) where nothing anchors it: one fit, no true log evidence
+        anchor = table.attrs.get("missed_mass_anchor")
+        if anchor is None:  # a table made before compare recorded its anchor
+            against = "the anchor (the most trusted fit's estimate)"
+        elif anchor["fit"] is None:
+            against = f"the model's true log evidence ({anchor['log_evidence']:.3g}, given)"
+        else:
+            value, se = anchor["log_evidence"], anchor["log_evidence_se"]
+            against = (
+                f"that of **{anchor['fit']}** ({value:.3g} ± {se:.2g}: "
+                "of the fits whose k̂ is under threshold, those that read good first, the estimate whose "
+                "lower end, log evidence − 2 se, is highest)"
+            )
         paragraphs.append(
             "**Missed mass.** An importance estimate of the evidence from q only counts the posterior "
-            "mass where q puts draws, so a fit whose estimate falls short of the best fit's by g misses "
+            f"mass where q puts draws, so a fit whose estimate falls short of {against} by g misses "
             "about 1 − e^(−g) of the mass (`missed_mass`). Unlike k̂ it sees modes a fit never visits; "
-            "read it against the log-evidence errors."
+            "read it against the log-evidence errors: a `?` also marks a share whose gap is within twice "
+            "its Monte Carlo error (it may be 0)."
         )
     if "time_s" in table and table["time_s"].notna().any():
         paragraphs.append(
@@ -207,6 +220,7 @@ def report(
     num_draws: int = DIAGNOSTIC_DRAWS,
     seed: int = 0,
     var_names: Sequence[str] | None = None,
+    log_evidence: float | None = None,
 ) -> ReportPaths:
     """Compare fits of one model and write the report: the :func:`vitools.comparison.compare`
     table, how to read it, and the plots, as ``out/report.md`` (PNGs linked) and ``out/report.html``
@@ -227,6 +241,8 @@ def report(
         num_draws: draws from each Fit's q (at least 25 for PSIS).
         seed: the seed of those draws.
         var_names: the sites to plot (default: all, over as many marginal figures as they need).
+        log_evidence: the model's true log evidence in nats, where known: the anchor of
+            ``missed_mass`` (see :func:`vitools.comparison.compare`).
 
     Returns:
         ``markdown``, ``html``, the PNGs by plot name (``images[name]``, a list of
@@ -246,7 +262,7 @@ def report(
     """
     fits = {fits.name: fits} if isinstance(fits, Fit) else fits  # one fit: named by its name
     trees = to_datatrees(fits, num_draws=num_draws, seed=seed)
-    table = compare(trees, reference=reference, num_draws=num_draws, seed=seed)
+    table = compare(trees, reference=reference, num_draws=num_draws, seed=seed, log_evidence=log_evidence)
     paths = write_report(
         trees,
         table,
