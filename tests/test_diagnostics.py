@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import vitools as vt
-from vitools.diagnostics import Diagnostics, diagnose, verdict
+from vitools.diagnostics import SHIFT_TOL, Diagnostics, bias_reason, diagnose, verdict
 from vitools.importance import importance_ess, khat_threshold, log_evidence, psis_khat
 
 
@@ -104,6 +104,25 @@ def test_verdicts_read_the_khat_interval_against_the_threshold():
     assert verdict(0.9, 1000, 0.1)[0] == "bad" and "0.67" in verdict(0.9, 1000, 0.1)[1]
     assert verdict(0.9, 1000, 0.2)[0] == "uncertain"
     assert verdict(-math.inf, 1000)[0] == "good" and verdict(math.nan, 1000)[0] == "bad"
+
+
+@pytest.mark.parametrize(
+    "size, error, label, shown",
+    [
+        (0.1025, 0.02, "uncertain", "by 0.102 sd of q (± 0.02): more than 0.1 but within"),  # a user's banana
+        (0.10004, 0.01, "uncertain", "by 0.10004 sd of q (± 0.01)"),  # "0.100" and "0.1000" are not > 0.1
+        (0.1049, 0.0, "bad", "by 0.105 sd of q (± 0.00): q is biased"),
+        (0.4123, 0.03, "bad", "by 0.41 sd of q (± 0.03)"),  # two decimals where they exceed the cut
+    ],
+)  # fmt: skip
+def test_the_shift_sentence_prints_a_move_that_visibly_exceeds_the_cut(size, error, label, shown):
+    """A move of 0.1025 sd read "by 0.10 sd of q ...: more than 0.1": the printed number equalled
+    the cut it was said to exceed. It gets the decimals it takes to print above SHIFT_TOL."""
+    zero = np.zeros(1)
+    shift = {"mean": zero, "mean_se": zero, "sd": np.array([size]), "sd_se": np.array([error])}
+    found = bias_reason(["y"], shift)
+    assert found is not None and found[0] == label and shown in found[1]
+    assert float(found[1].split(" by ")[1].split(" ")[0]) > SHIFT_TOL
 
 
 def test_ess_is_num_draws_for_equal_weights_and_one_for_a_single_weight():

@@ -22,18 +22,21 @@ LABEL_WIDTH = 22  # row names wrap past this
 def format_table(df: pd.DataFrame, fmt: str = "text", width: int = TEXT_WIDTH) -> str:
     """Render a :func:`compare` table as ``"text"`` (terminal), ``"markdown"``, ``"csv"`` or ``"json"``.
 
-    Text and markdown join ``khat ± khat_se`` and ``log_evidence ± log_evidence_se`` into one column
-    each, round to 3 significant figures, mark with ``?`` the importance-weighted cells
-    (``WEIGHTED_COLUMNS``) of rows whose k̂ is above threshold (``cubo`` already from k̂ ≥ 0.5,
-    where :math:`E_q[w^2]` may be infinite), and list each fit's ``reasons``
-    under the table instead of in a column. They leave out columns that are empty in every row
-    (``rhat`` without an MCMC row) and ``objective``/``family`` where each fit's name already
+    Text and markdown join ``khat ± khat_se`` (k̂ alone where its sd is 0, i.e. not estimated: see
+    :func:`_khat`) and ``log_evidence ± log_evidence_se`` into one column each, round to 3
+    significant figures, mark with ``?`` the importance-weighted cells (``WEIGHTED_COLUMNS``) of
+    rows whose k̂ is above threshold (``cubo`` already from k̂ ≥ 0.5, where :math:`E_q[w^2]` may be
+    infinite; ``missed_mass`` also where its gap to the anchor is within twice its Monte Carlo
+    error, ``table.attrs["missed_mass_unresolved"]``), say why under the table, and list each
+    fit's ``reasons`` under the table instead of in a column. They leave out columns that are empty
+    in every row (``rhat`` without an MCMC row) and ``objective``/``family`` where each fit's name already
     says them (``"forward_kl/iaf"``, the default names). CSV and JSON (an object per row, NaN as null)
     keep every column at full precision.
 
     Text fits in ``width`` characters: column names break at their underscores onto two lines,
     long row names wrap, and columns that still do not fit go to a second block under the first
-    (each block repeats the row names); numbers are never cut. The reasons wrap at ``width`` too.
+    (each block repeats the row names); numbers are never cut. The notes and reasons under the
+    table wrap at ``width`` too.
 
     Args:
         df: a :func:`vitools.comparison.compare` table.
@@ -77,22 +80,39 @@ def format_table(df: pd.DataFrame, fmt: str = "text", width: int = TEXT_WIDTH) -
     infinite = [n for n in shown.index if n not in unreliable and "khat" in df and df.loc[n, "khat"] >= 0.5]
     if "cubo" in flagged:
         flagged["cubo"] += infinite
+    # a missed mass whose gap to the anchor is within twice its Monte Carlo error may be 0
+    unresolved = [
+        n for n in df.attrs.get("missed_mass_unresolved", []) if n in shown.index and n not in unreliable
+    ]
+    if "missed_mass" in flagged:
+        flagged["missed_mass"] += unresolved
     for column, names in flagged.items():
         shown.loc[names, column] = [f"{v} ?" if v else v for v in shown.loc[names, column]]
         if names and fmt == "text":  # so the marked and unmarked numbers stay aligned
             others = [name for name in shown.index if name not in names]
             shown.loc[others, column] = [f"{v}  " if v else v for v in shown.loc[others, column]]
     lines = [shown.to_markdown(tablefmt="github") if fmt == "markdown" else _text_blocks(shown, width)]
+    footnotes = []
     if unreliable and flagged:
-        lines.append(
-            f"\n? importance-weighted, unreliable: k̂ above its threshold ({', '.join(map(str, unreliable))})"
+        footnotes.append(
+            f"? importance-weighted, unreliable: k̂ above its threshold ({', '.join(map(str, unreliable))})"
         )
     if infinite and "cubo" in flagged:
-        gap = "" if unreliable else "\n"  # one blank line between the table and its notes
-        lines.append(
-            f"{gap}? cubo: k̂ ≥ 0.5, E_q[w²] may be infinite, so cubo need not bound log Z "
+        footnotes.append(
+            "? cubo: k̂ ≥ 0.5, E_q[w²] may be infinite, so cubo need not bound log Z "
             f"({', '.join(map(str, infinite))})"
         )
+    if unresolved and "missed_mass" in flagged:
+        footnotes.append(
+            f"? missed_mass: the gap to {_anchor(df.attrs['missed_mass_anchor'])} is within twice its Monte "
+            f"Carlo error, so the share may be 0 ({', '.join(map(str, unresolved))})"
+        )
+    if fmt == "text":  # in the width, as the table
+        footnotes = [
+            line for note in footnotes for line in textwrap.wrap(note, width, subsequent_indent="  ")
+        ]
+    if footnotes:  # one blank line between the table and its notes
+        lines.append("\n" + "\n".join(footnotes))
     notes = [(name, text) for name, text in reasons.items() if isinstance(text, str) and text]
     if notes and fmt == "markdown":
         lines.append("\n**Verdicts:**\n")
@@ -156,9 +176,25 @@ def _redundant(df: pd.DataFrame) -> list[str]:
 
 
 def _khat(khat: float, se: float) -> str:
+    """k̂ ± its sd to two decimals; k̂ alone where the sd is NaN or 0, as
+    :func:`vitools.diagnostics.verdict` writes it. An sd of 0 is not estimated, not exact:
+    :func:`vitools.importance.khat_se` returns 0 for k̂ = -inf and counts a resample's k̂ below -1
+    as -1, so where every resample is below -1 (bounded weights) the sd is 0: forward KL's Gaussian
+    over a 1-D two-component mixture, S = 10,000, read k̂ -1.556 with all 200 resamples in
+    [-1.81, -1.30] (their sd 0.080), shown "-1.56 ± 0.00" before (measured)."""
     if pd.isna(khat):
         return ""
-    return f"{khat:.2f}" if pd.isna(se) or not np.isfinite(khat) else f"{khat:.2f} ± {se:.2f}"
+    if pd.isna(se) or not se > 0 or not np.isfinite(khat):
+        return f"{khat:.2f}"
+    return f"{khat:.2f} ± {se:.2f}"
+
+
+def _anchor(anchor: dict[str, Any]) -> str:
+    """What a table's missed_mass is measured against (``table.attrs["missed_mass_anchor"]``), in words."""
+    if anchor["fit"] is None:
+        return f"the true log evidence {anchor['log_evidence']:.3g} (given)"
+    value, se = anchor["log_evidence"], anchor["log_evidence_se"]
+    return f"the log evidence of {anchor['fit']!r} ({value:.3g} ± {se:.2g})"
 
 
 def _json_value(value: Any) -> Any:
