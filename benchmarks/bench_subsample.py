@@ -18,8 +18,15 @@ the full-data posterior at 10^6 rows, and the init on a subset of rows.
    last quarter or half of the budget, at 500, 2000 and 8000 steps (reverse KL, seeds 0-9; IWAE with
    its refusal lifted, 2000 steps, seeds 0-4). Not run by default (``average`` names it).
 
-Run: ``.venv/bin/python benchmarks/bench_subsample.py [steps] [recover] [init] [average]`` (the first
-three by default); writes ``benchmarks/results/subsample.md`` (parts named: ``subsample_<parts>.md``).
+5. ``control``: the Taylor control variate (issue 14, :mod:`vitools.control_variate`): the controlled
+   minibatch estimate's bias and sd against the plain one's at N = 10^5 and 10^6; ``vt.fit``'s
+   recovery at N = 10^6, B = 4096 and 256 (seeds 0-9), plain against controlled (snapshot at the start,
+   or after quasi-Newton steps on all rows; q moved there or not); seconds per step; and a negative
+   binomial regression at N = 10^5 (a constrained global latent, the concentration). Not run by default.
+
+Run: ``.venv/bin/python benchmarks/bench_subsample.py [steps] [recover] [init] [average] [control]``
+(the first three by default); writes ``benchmarks/results/subsample.md`` (parts named:
+``subsample_<parts>.md``).
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ import numpyro
 import numpyro.distributions as dist
 
 import vitools as vt
+import vitools.fitting
 from vitools.engine import default_optimizer, init_state, make_step, objective_state, run_chunk
 from vitools.families import get_family
 from vitools.fitting import default_rate
@@ -278,6 +286,200 @@ def average() -> list[str]:
     ]
 
 
+def start_gaussian(target, seed=0):
+    """vt.fit's start of a subsampling target (Laplace on ``INIT_ROWS`` rows): ``(framed full-data
+    target, loc, scale_tril)`` in the frame."""
+    keys = fit_keys(jax.random.PRNGKey(seed))
+    start = target.subset(keys.init_rows, INIT_ROWS)
+    framed, loc, scale_tril, _, _ = starting_point(
+        keys.init, start, get_family("fullrank"), ReverseKL(), "laplace"
+    )
+    return framed.full_data(), loc, scale_tril
+
+
+def estimates(target, points, num_keys=2000, chunk=250):
+    """The minibatch log density at each point ``(P, dim)`` (the model's unconstrained space) under
+    ``num_keys`` minibatch keys: ``(num_keys, P)``."""
+    one = jax.jit(
+        jax.vmap(lambda key, t: jax.vmap(t.minibatch(key).density.log_density)(points), in_axes=(0, None))
+    )
+    keys = jax.random.split(jax.random.key(11), num_keys)
+    return np.concatenate([np.asarray(one(keys[i : i + chunk], target)) for i in range(0, num_keys, chunk)])
+
+
+def control_estimates() -> list[str]:
+    lines = [
+        "## The controlled minibatch estimate of log p(x, u) (B = 4096, 2000 minibatch keys)",
+        "",
+        "Snapshot at vt.fit's start (seed 0: Laplace on INIT_ROWS rows). u: 3 draws of the start's",
+        "Gaussian, and the full-data mode and mode + 2 sds in each coordinate (where q should end).",
+        "bias: mean over keys minus the full-data value, in standard errors (sd / sqrt(2000)).",
+        "",
+        "| N | u | (u - snapshot) / sd (max abs) | plain: bias / se, sd (nats) "
+        "| controlled: bias / se, sd (nats) | sd ratio |",
+        "|---|---|---|---|---|---|",
+    ]
+    for exponent in (5, 6):
+        x, y = data(10**exponent)
+        mode, sds = reference(x, y)
+        target = Target.from_model(make_model(4096), x, y=y)
+        framed, loc, scale_tril = start_gaussian(target)
+        u0 = framed.to_unconstrained(loc)
+        eps = jax.random.normal(jax.random.key(5), (3, target.dim))
+        draws = jax.vmap(lambda e, f=framed, m=loc, s=scale_tril: f.to_unconstrained(m + s @ e))(eps)
+        points = jnp.concatenate([draws, jnp.stack([jnp.asarray(mode), jnp.asarray(mode + 2 * sds)])])
+        names = ["start draw 1", "start draw 2", "start draw 3", "mode", "mode + 2 sd"]
+        controlled = target.with_snapshot(u0)
+        full = np.asarray(jax.vmap(target.density.log_density)(points))
+        plain_values, controlled_values = estimates(target, points), estimates(controlled, points)
+        for i, name in enumerate(names):
+            cells = []
+            for values in (plain_values[:, i], controlled_values[:, i]):
+                se = values.std() / np.sqrt(values.size)
+                cells.append(f"{(values.mean() - full[i]) / se:+.2f}, {values.std():.4g}")
+            distance = np.abs((np.asarray(points[i]) - np.asarray(u0)) / sds).max()
+            ratio = plain_values[:, i].std() / controlled_values[:, i].std()
+            lines.append(
+                f"| 10^{exponent} | {name} | {distance:.1f} | {cells[0]} | {cells[1]} | {ratio:.0f} |"
+            )
+            print(lines[-1], flush=True)
+    return lines + [""]
+
+
+CONTROL_VARIANTS = (  # (name, control variate, quasi-Newton steps of the snapshot, q starts there)
+    ("plain", False, 0, False),
+    ("controlled, snapshot at the start", True, 0, False),
+    ("controlled, snapshot after 2 Newton steps", True, 2, False),  # all rows, 2 passes
+    ("controlled, 2 Newton steps, q starts there", True, 2, True),
+)
+
+
+def control_recover(model, x, y, mode, sds, batches, seeds, title, variants=CONTROL_VARIANTS) -> list[str]:
+    lines = [
+        f"## {title}",
+        "",
+        "vt.fit defaults (ReverseKL(num_draws=4) as in recover, 2000 steps, convergence rule on); largest",
+        "|mean - mode| / sd over seeds and coordinates, rms of those, the range of q sd / Laplace sd, the",
+        "steps run (an early stop: fewer) and the fit's seconds (median; compile included, shared machine).",
+        "",
+        "| B | variant | largest \\|z\\| | rms z | sd ratios | steps (min-max) | seconds (median) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for batch in batches:
+        batch_model = model(batch)  # one closure a batch size: a fresh one a fit recompiles every program
+        for name, control, newton, moves in variants:
+            vitools.fitting.CONTROL_VARIATE = control
+            vitools.fitting.SNAPSHOT_NEWTON_STEPS = newton
+            vitools.fitting.SNAPSHOT_MOVES_START = moves
+            zs, ratios, steps_run, seconds = [], [], [], []
+            for seed in seeds:
+                tic = time.perf_counter()
+                fit = vt.fit(batch_model, x, y=y, objective=ReverseKL(num_draws=4), seed=seed, progress=False)
+                seconds.append(time.perf_counter() - tic)
+                mean, covariance = fit.mean_and_covariance()
+                zs.append((mean - mode) / sds)
+                ratios.append(np.sqrt(np.diag(covariance)) / sds)
+                steps_run.append(fit.num_steps)
+            z, ratio = np.concatenate(zs), np.concatenate(ratios)
+            lines.append(
+                f"| {batch} | {name} | {np.abs(z).max():.2f} | {np.sqrt(np.mean(z**2)):.2f} "
+                f"| {ratio.min():.2f}-{ratio.max():.2f} | {min(steps_run)}-{max(steps_run)} "
+                f"| {np.median(seconds):.1f} |"
+            )
+            print(lines[-1], flush=True)
+    vitools.fitting.CONTROL_VARIATE, vitools.fitting.SNAPSHOT_NEWTON_STEPS = True, 0
+    vitools.fitting.SNAPSHOT_MOVES_START = False
+    return lines + [""]
+
+
+def control_steps() -> list[str]:
+    lines = [
+        "## Seconds per step at N = 10^6, plain against controlled (reverse KL, full-rank q)",
+        "",
+        "| B | draws | plain | controlled | ratio |",
+        "|---|---|---|---|---|",
+    ]
+    x, y = data(10**6)
+    for batch in (256, 4096):
+        target = Target.from_model(make_model(batch), x, y=y)
+        controlled = target.with_snapshot(target.to_unconstrained(target.initial_point))
+        for draws in (4, 16):
+            plain_s = seconds_per_step_draws(target, draws)
+            controlled_s = seconds_per_step_draws(controlled, draws)
+            lines.append(
+                f"| {batch} | {draws} | {plain_s * 1e6:.0f} µs | {controlled_s * 1e6:.0f} µs "
+                f"| {controlled_s / plain_s:.2f} |"
+            )
+            print(lines[-1], flush=True)
+    return lines + [""]
+
+
+def seconds_per_step_draws(target, draws, num_steps=500, repeats=3):
+    family, objective, optimizer = get_family("fullrank"), ReverseKL(num_draws=draws), default_optimizer()
+    params = family.init(jax.random.key(1), target, target.initial_point, 0.1 * jnp.eye(target.dim))
+    state = init_state(jax.random.key(0), params, optimizer, 0.01, target.model_params)
+    run = jax.jit(run_chunk, static_argnums=(5, 6))
+    total = jnp.asarray(10**9, jnp.int32)
+    jax.block_until_ready(run(state, total, objective, family, target, optimizer, num_steps))
+    times = []
+    for _ in range(repeats):
+        tic = time.perf_counter()
+        state, _ = jax.block_until_ready(run(state, total, objective, family, target, optimizer, num_steps))
+        times.append((time.perf_counter() - tic) / num_steps)
+    return min(times)
+
+
+def make_negative_binomial(batch):
+    def negative_binomial(x, y=None):
+        w = numpyro.sample("w", dist.Normal(0.0, 1.0).expand([x.shape[1]]).to_event(1))
+        concentration = numpyro.sample("concentration", dist.HalfNormal(10.0))
+        with numpyro.plate("rows", x.shape[0], subsample_size=batch):
+            xb = numpyro.subsample(x, event_dim=1)
+            yb = numpyro.subsample(y, event_dim=0)
+            numpyro.sample("y", dist.NegativeBinomial2(jnp.exp(xb @ w), concentration), obs=yb)
+
+    return negative_binomial
+
+
+def negative_binomial_data(num_rows, seed=0):
+    """Counts with mean exp(0.5 + 0.3 x1 - 0.2 x2), concentration 2 (overdispersed)."""
+    rng = np.random.default_rng(seed)
+    x = np.column_stack([np.ones(num_rows), rng.normal(size=(num_rows, 2))]).astype(np.float32)
+    mean = np.exp(x @ np.array([0.5, 0.3, -0.2]))
+    y = rng.negative_binomial(2.0, 2.0 / (2.0 + mean)).astype(np.float32)
+    return x, y
+
+
+def unconstrained_mode(target, point):
+    """The full-data mode and Laplace sds of a target in the model's unconstrained space (Newton,
+    exact Hessians, 20 steps)."""
+    log_density = target.full_data().density.log_density
+    for _ in range(20):
+        hessian = jax.hessian(log_density)(point)
+        point = point - jnp.linalg.solve(hessian, jax.grad(log_density)(point))
+    return np.asarray(point), np.sqrt(np.diag(np.linalg.inv(-np.asarray(jax.hessian(log_density)(point)))))
+
+
+def control() -> list[str]:
+    lines = control_estimates()
+    x, y = data(10**6)
+    mode, sds = reference(x, y)
+    lines += control_recover(
+        make_model, x, y, mode, sds, (4096, 256), range(10), "Recovery at N = 10^6, plain against controlled"
+    )
+    lines += control_steps()
+    x, y = negative_binomial_data(10**5)
+    target = Target.from_model(make_negative_binomial(None), x, y=y)
+    mode, sds = unconstrained_mode(target, target.to_unconstrained(target.initial_point))
+    lines += [f"Negative binomial (3 coefficients, log concentration): mode {np.round(mode, 4).tolist()}, "
+              f"sds {np.round(sds, 5).tolist()}.", ""]  # fmt: skip
+    lines += control_recover(
+        make_negative_binomial, x, y, mode, sds, (1024, 128), range(10),
+        "Recovery, negative binomial regression at N = 10^5, plain against controlled",
+    )  # fmt: skip
+    return lines
+
+
 def main(parts: list[str]) -> None:
     out = RESULTS if not parts else RESULTS.with_name(f"subsample_{'_'.join(parts)}.md")  # a part alone
     parts = parts or ["steps", "recover", "init"]
@@ -290,7 +492,9 @@ def main(parts: list[str]) -> None:
     ]
     body = []
     for part in parts:
-        body += {"steps": steps, "recover": recover, "init": init, "average": average}[part]()
+        body += {"steps": steps, "recover": recover, "init": init, "average": average, "control": control}[
+            part
+        ]()
     out.parent.mkdir(exist_ok=True)
     out.write_text("\n".join(header + body))
     print(f"wrote {out}")

@@ -105,6 +105,8 @@ def make_step(
     Data subsampling: when the target's model subsamples (``target.subsamples``), each step
     draws one fresh minibatch (:meth:`Target.minibatch`) from its key, shared by all the
     objective's draws of q in the step, so a step costs what the minibatch costs whatever N.
+    A target with a :attr:`~vitools.targets.Target.snapshot` gives the minibatch with the Taylor
+    control variate (:mod:`vitools.control_variate`).
     Targets that do not subsample get the step's key as before (same draws, same results).
 
     Raises:
