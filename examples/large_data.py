@@ -17,10 +17,13 @@ N / B, an unbiased estimate of the full-data one, so a step costs what B rows co
 The Laplace start runs on a fixed random subset of rows, the diagnostics and draws afterwards on
 all rows. The same model with ``subsample_size=None`` reads every row every step: the reference fit.
 
-The price is gradient noise, which grows like sqrt(N / B): the subsampled q's mean wanders by a
-fraction of a posterior sd around the full-data one (measured, ``benchmarks/bench_subsample.py``)
-and needs more steps. The full-data posterior of a logistic regression with 10^5 rows is Gaussian
-to O(1/sqrt(N)), so Newton's mode and inverse Hessian (float64) are the yardstick for both fits.
+The price is gradient noise, which grows like sqrt(N / B). vt.fit cancels most of it with a
+control variate: the full data's log density and gradient at one point near the posterior
+(``vitools.control_variate``), which corrects each minibatch. On plain minibatches the subsampled
+q's mean wandered by a fraction of a posterior sd around the full-data one; controlled, it stays
+within a hundredth (measured, ``benchmarks/results/subsample_control.md``). The full-data
+posterior of a logistic regression with 10^5 rows is Gaussian to O(1/sqrt(N)), so Newton's mode
+and inverse Hessian (float64) are the yardstick for both fits.
 Each claim is printed as a ``CHECK`` line ending in ``ok`` or ``FAILED`` (the tests read them).
 """
 

@@ -32,7 +32,15 @@ from vitools import engine, start, validate
 from vitools.blas import one_blas_thread
 from vitools.families import Family
 from vitools.families.base import check_distribution
-from vitools.fitting import checked_options, default_rate, races_starts, stopping_rule, target_of
+from vitools.fitting import (
+    SNAPSHOT_EVALS,
+    checked_options,
+    default_rate,
+    races_starts,
+    stopping_rule,
+    target_of,
+    with_snapshot,
+)
 from vitools.frame import Frame
 from vitools.laplace import simple_gaussian
 from vitools.objectives import Objective, objective_hooks
@@ -249,10 +257,21 @@ def fit_many(
         lambda *xs: jnp.stack(xs),
         *[(s.target.frame, s.target.initial_point, s.loc, s.scale_tril) for s in starts],
     )
-    framed = Target(targets.density, stacked[0], stacked[1])
     loc, scale_tril = stacked[2], stacked[3]
     informed = np.array([s.informed for s in starts])
     init_evals = np.array([s.grad_evals for s in starts], np.int64)
+    # vt.fit's snapshot for a subsampling model's control variate (vitools.fitting.with_snapshot),
+    # fit by fit on its own full data; the fits' snapshots are mapped along their axis like the frames
+    snapshots = [with_snapshot(s.target.full_data(), s.loc, s.scale_tril, num_density_evals) for s in starts]
+    if any(t.snapshot is not None for t, _ in snapshots):  # counted as vt.fit counts it
+        init_evals = init_evals + SNAPSHOT_EVALS
+        num_density_evals += 1
+        stacked_snapshots = jax.tree.map(lambda *xs: jnp.stack(xs), *[t.snapshot for t, _ in snapshots])
+        loc = jnp.stack([moved for _, moved in snapshots])
+        framed = Target(targets.density, stacked[0], stacked[1], stacked_snapshots)
+        axes = Target(density_axis, 0, 0, 0)
+    else:
+        framed = Target(targets.density, stacked[0], stacked[1])
     init_time = time.perf_counter() - tic
 
     if learning_rate is None:
@@ -305,7 +324,8 @@ def fit_many(
     outcome = run(framed, loc, scale_tril, num_steps, progress)
     num_compiled = PROGRAMS.num_compiled - before
 
-    fitted = framed.with_model_params(outcome.state.model_params)
+    fitted = framed.with_model_params(outcome.state.model_params).with_snapshot(None)  # as vt.fit's
+    axes = Target(density_axis, 0, 0)
     totals = (init_time, outcome.elapsed + race_seconds, outcome.compile_time + race_compile)
     fits = _fits(
         outcome, fitted, density_axis, family, objective, rule, seeds, num_density_evals,

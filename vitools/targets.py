@@ -32,7 +32,9 @@ __all__ = ["INIT_ROWS", "Site", "Target"]
 # loaded 2-core CPU, benchmarks/results/subsample.md). The price: the subset's mode is off the
 # full-data one by about sqrt(N / 10^4) posterior sds (its N/M-scaled likelihood is that much
 # noisier; 7.1 and 12.8 sds there), which the fit moves across (its curvature, hence the frame's
-# scales, is about right): q's mean ended within 1.01 sds of the mode over seeds 0-9.
+# scales, is about right): q's mean ended within 1.01 sds of the mode over seeds 0-9 on plain
+# minibatches, within 0.01 with vt.fit's snapshot, taken after two full-data steps from this start
+# (vitools.fitting.with_snapshot; benchmarks/results/subsample_control.md).
 INIT_ROWS = 10_000
 
 
