@@ -299,3 +299,15 @@ def test_vt_fit_on_a_mesh_from_make_mesh_equals_the_one_device_fit(report):
     assert made["max_param_diff"] <= 200 * 0.1 * 8 * FLOAT32_EPS * max(1.0, report["param_scale"])
     # and q's draws split over a make_mesh((4,), ("draws",)): 16 draws of 5 dimensions, 4 a device
     assert made["q_draws"]["spec"] == ["draws"] and made["q_draws"]["shard_shape"] == [4, 5]
+
+
+def test_a_subsampled_fit_with_its_snapshot_splits_and_equals_the_unsplit_fit(report):
+    """The control variate's snapshot (vitools.control_variate) is placed with the target: a
+    subsampled fit over 4 devices runs the steps and gives the parameters of the one-device fit, to
+    float32 rounding: the bound of the full-data fits above (only sums over rows change order;
+    measured: 0.0, the same minibatches and snapshot to the bit)."""
+    sub = report["subsampled"]
+    assert "4 cpu devices" in sub["layout"], sub
+    assert sub["steps"][0] == sub["steps"][1] and sub["init_grad_evals"][0] == sub["init_grad_evals"][1]
+    bound = 200 * 0.05 * 8 * FLOAT32_EPS * max(1.0, report["param_scale"])
+    assert sub["max_param_diff"] <= bound, sub
