@@ -479,6 +479,24 @@ def test_a_snapshot_is_refused_for_a_model_with_param_sites_and_dropped_without_
     assert full_model_target(SMALL_X, SMALL_Y).with_snapshot(SNAPSHOT_POINT).snapshot is None
 
 
+def test_a_model_with_param_sites_is_told_it_fits_on_plain_minibatches():
+    """Its snapshot would go stale as the numpyro.param values move, so it fits without the
+    control variate; the warning says so, and what to do, at the caller's line."""
+
+    def with_param(x, y=None):
+        scale = numpyro.param("scale", 1.0, constraint=dist.constraints.positive)
+        w = numpyro.sample("w", dist.Normal(0.0, scale).expand([x.shape[1]]).to_event(1))
+        with numpyro.plate("rows", x.shape[0], subsample_size=100):
+            xb = numpyro.subsample(x, event_dim=1)
+            yb = numpyro.subsample(y, event_dim=0)
+            numpyro.sample("y", dist.Bernoulli(logits=xb @ w), obs=yb)
+
+    with pytest.warns(UserWarning, match=r"\['scale'\] are optimised with q.*plain minibatches") as caught:
+        fit = vt.fit(with_param, SMALL_X, y=SMALL_Y, num_steps=100, seed=0, progress=False)
+    assert any(w.filename == __file__ for w in caught)
+    assert fit.target.snapshot is None and fit.num_steps == 100
+
+
 def test_a_subsampled_fit_steps_on_controlled_minibatches_and_returns_a_plain_target(small, monkeypatch):
     import vitools.fitting
 

@@ -345,7 +345,18 @@ def with_snapshot(
     sites, fitted by an objective that evaluates the density) gets a snapshot for its minibatches'
     control variate (:meth:`Target.with_snapshot`, after :data:`SNAPSHOT_NEWTON_STEPS` steps from
     the start); else both as given. ``vt.fit_many`` takes each fit's the same way."""
-    if not (target.subsamples and CONTROL_VARIATE and num_density_evals > 0 and not target.param_sites):
+    if not (target.subsamples and CONTROL_VARIATE and num_density_evals > 0):
+        return target, loc
+    if target.param_sites:  # a user's trial read only "no fall shown" and "bad", and not why
+        names = [name for name, _ in target.param_sites]
+        warnings.warn(
+            f"numpyro.param site(s) {names} are optimised with q, so this subsampled fit takes plain "
+            "minibatches, without the control variate that cancels their noise (its snapshot of the full "
+            "data would go stale as they move): give it more steps or a larger subsample_size, or make "
+            "them latent sample sites",
+            UserWarning,
+            skip_file_prefixes=validate.VITOOLS_FILES,  # the line of the caller outside vitools
+        )
         return target, loc
     covariance = target.frame.covariance_to_model(scale_tril @ scale_tril.T)
     target = target.with_snapshot(target.to_unconstrained(loc), covariance, SNAPSHOT_NEWTON_STEPS)
