@@ -45,7 +45,7 @@ import numpyro
 import numpyro.distributions as dist
 
 import vitools as vt
-import vitools.fitting
+import vitools.control_variate
 from vitools.engine import default_optimizer, init_state, make_step, objective_state, run_chunk
 from vitools.families import get_family
 from vitools.fitting import default_rate
@@ -371,9 +371,9 @@ def control_recover(model, x, y, mode, sds, batches, seeds, title, variants=CONT
     for batch in batches:
         batch_model = model(batch)  # one closure a batch size: a fresh one a fit recompiles every program
         for name, control, newton, moves in variants:
-            vitools.fitting.CONTROL_VARIATE = control
-            vitools.fitting.SNAPSHOT_NEWTON_STEPS = newton
-            vitools.fitting.SNAPSHOT_MOVES_START = moves
+            vitools.control_variate.CONTROL_VARIATE = control
+            vitools.control_variate.SNAPSHOT_NEWTON_STEPS = newton
+            vitools.control_variate.SNAPSHOT_MOVES_START = moves
             zs, ratios, steps_run, seconds = [], [], [], []
             for seed in seeds:
                 tic = time.perf_counter()
@@ -390,8 +390,8 @@ def control_recover(model, x, y, mode, sds, batches, seeds, title, variants=CONT
                 f"| {np.median(seconds):.1f} |"
             )
             print(lines[-1], flush=True)
-    vitools.fitting.CONTROL_VARIATE, vitools.fitting.SNAPSHOT_NEWTON_STEPS = True, 0
-    vitools.fitting.SNAPSHOT_MOVES_START = False
+    vitools.control_variate.CONTROL_VARIATE, vitools.control_variate.SNAPSHOT_NEWTON_STEPS = True, 0
+    vitools.control_variate.SNAPSHOT_MOVES_START = False
     return lines + [""]
 
 

@@ -329,9 +329,9 @@ def minibatch_logistic(x, y=None):
 def plain_minibatches(monkeypatch):
     """Subsampled fits without the control variate, as a model with numpyro.param sites fits (with
     it, this logistic regression's first fit reads good and the ladder stops: nothing to test)."""
-    import vitools.fitting
+    import vitools.control_variate
 
-    monkeypatch.setattr(vitools.fitting, "CONTROL_VARIATE", False)
+    monkeypatch.setattr(vitools.control_variate, "CONTROL_VARIATE", False)
 
 
 def test_under_subsampling_auto_gives_more_steps_without_a_probe(monkeypatch):

@@ -434,6 +434,16 @@ def test_a_subsampled_fit_on_a_million_rows_recovers_the_full_data_posterior(big
 # ------------------------------------------------------------------------------------------------
 # the Taylor control variate (vitools.control_variate; issue 14)
 # 2 posterior sds from the small data's mode (1.07, -0.49, 0.20; sds 0.087, 0.077, 0.071), model's space
+def with_param(x, y=None):
+    """A subsampling logistic regression whose prior scale is a numpyro.param site."""
+    scale = numpyro.param("scale", 1.0, constraint=dist.constraints.positive)
+    w = numpyro.sample("w", dist.Normal(0.0, scale).expand([x.shape[1]]).to_event(1))
+    with numpyro.plate("rows", x.shape[0], subsample_size=100):
+        xb = numpyro.subsample(x, event_dim=1)
+        yb = numpyro.subsample(y, event_dim=0)
+        numpyro.sample("y", dist.Bernoulli(logits=xb @ w), obs=yb)
+
+
 SNAPSHOT_POINT = jnp.array([0.9, -0.45, 0.2])
 
 
@@ -466,14 +476,6 @@ def test_the_controlled_minibatch_log_density_is_unbiased_with_far_less_noise(sm
 
 
 def test_a_snapshot_is_refused_for_a_model_with_param_sites_and_dropped_without_subsampling():
-    def with_param(x, y=None):
-        scale = numpyro.param("scale", 1.0, constraint=dist.constraints.positive)
-        w = numpyro.sample("w", dist.Normal(0.0, scale).expand([x.shape[1]]).to_event(1))
-        with numpyro.plate("rows", x.shape[0], subsample_size=100):
-            xb = numpyro.subsample(x, event_dim=1)
-            yb = numpyro.subsample(y, event_dim=0)
-            numpyro.sample("y", dist.Bernoulli(logits=xb @ w), obs=yb)
-
     with pytest.raises(ValueError, match="numpyro.param sites"):
         Target.from_model(with_param, SMALL_X, y=SMALL_Y).with_snapshot(SNAPSHOT_POINT)
     assert full_model_target(SMALL_X, SMALL_Y).with_snapshot(SNAPSHOT_POINT).snapshot is None
@@ -483,14 +485,6 @@ def test_a_model_with_param_sites_is_told_it_fits_on_plain_minibatches():
     """Its snapshot would go stale as the numpyro.param values move, so it fits without the
     control variate; the warning says so, and what to do, at the caller's line."""
 
-    def with_param(x, y=None):
-        scale = numpyro.param("scale", 1.0, constraint=dist.constraints.positive)
-        w = numpyro.sample("w", dist.Normal(0.0, scale).expand([x.shape[1]]).to_event(1))
-        with numpyro.plate("rows", x.shape[0], subsample_size=100):
-            xb = numpyro.subsample(x, event_dim=1)
-            yb = numpyro.subsample(y, event_dim=0)
-            numpyro.sample("y", dist.Bernoulli(logits=xb @ w), obs=yb)
-
     with pytest.warns(UserWarning, match=r"\['scale'\] are optimised with q.*plain minibatches") as caught:
         fit = vt.fit(with_param, SMALL_X, y=SMALL_Y, num_steps=100, seed=0, progress=False)
     assert any(w.filename == __file__ for w in caught)
@@ -498,15 +492,17 @@ def test_a_model_with_param_sites_is_told_it_fits_on_plain_minibatches():
 
 
 def test_a_subsampled_fit_steps_on_controlled_minibatches_and_returns_a_plain_target(small, monkeypatch):
-    import vitools.fitting
+    import vitools.control_variate
 
     fits = {}
     for control in (False, True):
-        monkeypatch.setattr(vitools.fitting, "CONTROL_VARIATE", control)
+        monkeypatch.setattr(vitools.control_variate, "CONTROL_VARIATE", control)
         fits[control] = vt.fit(logistic, SMALL_X, y=SMALL_Y, num_steps=300, seed=0, progress=False)
     assert fits[True].target.snapshot is None and fits[True].target.density.indices is None
     # its cost: the snapshot's passes over all rows, and each step's minibatch at the snapshot's point
-    assert fits[True].init_grad_evals == fits[False].init_grad_evals + vitools.fitting.SNAPSHOT_EVALS
+    assert fits[True].init_grad_evals == fits[False].init_grad_evals + (
+        vitools.control_variate.SNAPSHOT_NEWTON_STEPS + 1
+    )
     per_step = {c: (f.num_grad_evals - f.init_grad_evals) / f.num_steps for c, f in fits.items()}
     assert per_step[True] == per_step[False] + 1, per_step
     # the controlled losses are the full-data -ELBO's up to q's own noise: the sd of their step-to-step

@@ -15,7 +15,7 @@ import jax
 import numpy as np
 import optax
 
-from vitools import alerts, sharding, start, validate
+from vitools import alerts, control_variate, sharding, start, validate
 from vitools.blas import one_blas_thread
 from vitools.convergence import ConvergenceRule, StoppingRule
 from vitools.engine import optimize, quick_compile
@@ -26,19 +26,6 @@ from vitools.objectives.base import check_subsampling
 from vitools.result import Fit, NonFiniteLossError
 from vitools.stepping import default_optimizer, init_state, objective_state
 from vitools.targets import INIT_ROWS, Target
-
-# With CONTROL_VARIATE, subsampled fits of objectives that evaluate the density take the Taylor
-# control variate of a snapshot (vitools.control_variate; issue 14), taken after
-# SNAPSHOT_NEWTON_STEPS quasi-Newton steps on all rows from the start (the start's covariance as the
-# inverse Hessian). Logistic regression, 3 coefficients, 10^6 rows, seeds 0-9
-# (benchmarks/results/subsample_control.md): B = 4096, q's mean ended up to 1.01 posterior sds off
-# the mode plain, 0.03 with the snapshot at the start, 0.00 after 2 steps (B = 256: 3.78, 0.08,
-# 0.01), and the convergence rule then stopped at 900-1400 of 2000 steps; each step costs 1.04-1.67x
-# (measured). vt.fit_many takes each fit's snapshot the same way (its fit i stays vt.fit's).
-CONTROL_VARIATE = True
-SNAPSHOT_NEWTON_STEPS = 2
-SNAPSHOT_EVALS = SNAPSHOT_NEWTON_STEPS + 1  # the snapshot's gradient evaluations on all rows
-SNAPSHOT_MOVES_START = False  # q then starts at the snapshot's point
 
 __all__ = ["default_learning_rate", "default_rate", "fit", "races_starts", "target_of"]
 
@@ -216,9 +203,9 @@ def fit(
     if announce:
         print(f"vitools: initialised in {init_time:.1f} s", file=sys.stderr, flush=True)
     tic = time.perf_counter()
-    target, loc = with_snapshot(target, loc, scale_tril, num_density_evals)
-    if target.snapshot is not None:  # its passes over all rows; each step's minibatch at its point
-        init_grad_evals, num_density_evals = init_grad_evals + SNAPSHOT_EVALS, num_density_evals + 1
+    target, loc, snapshot_evals = control_variate.take_snapshot(target, loc, scale_tril, num_density_evals)
+    if snapshot_evals:  # its passes over all rows; each step's minibatch at its point
+        init_grad_evals, num_density_evals = init_grad_evals + snapshot_evals, num_density_evals + 1
         init_time += time.perf_counter() - tic  # part of the start
     params = family.init(params_key, target, loc, scale_tril)
     alerts.warn_large_family(family, params, target.dim)
@@ -335,32 +322,6 @@ def _auto(
             )
     return auto_fit(model, *model_args, num_steps=num_steps, seed=seed, key=key, progress=progress,
                     model_kwargs=model_kwargs, **kwargs)  # fmt: skip
-
-
-def with_snapshot(
-    target: Target, loc: jax.Array, scale_tril: jax.Array, num_density_evals: int
-) -> tuple[Target, jax.Array]:
-    """``(target, loc)`` of a fit's loop, its start N(loc, scale_tril scale_trilᵀ) in the target's
-    frame: with :data:`CONTROL_VARIATE`, a subsampling target (of a model without ``numpyro.param``
-    sites, fitted by an objective that evaluates the density) gets a snapshot for its minibatches'
-    control variate (:meth:`Target.with_snapshot`, after :data:`SNAPSHOT_NEWTON_STEPS` steps from
-    the start); else both as given. ``vt.fit_many`` takes each fit's the same way."""
-    if not (target.subsamples and CONTROL_VARIATE and num_density_evals > 0):
-        return target, loc
-    if target.param_sites:  # a user's trial read only "no fall shown" and "bad", and not why
-        names = [name for name, _ in target.param_sites]
-        warnings.warn(
-            f"numpyro.param site(s) {names} are optimised with q, so this subsampled fit takes plain "
-            "minibatches, without the control variate that cancels their noise (its snapshot of the full "
-            "data would go stale as they move): give it more steps or a larger subsample_size, or make "
-            "them latent sample sites",
-            UserWarning,
-            skip_file_prefixes=validate.VITOOLS_FILES,  # the line of the caller outside vitools
-        )
-        return target, loc
-    covariance = target.frame.covariance_to_model(scale_tril @ scale_tril.T)
-    target = target.with_snapshot(target.to_unconstrained(loc), covariance, SNAPSHOT_NEWTON_STEPS)
-    return target, target.from_unconstrained(target.snapshot.point) if SNAPSHOT_MOVES_START else loc
 
 
 def target_of(

@@ -30,16 +30,15 @@ import optax
 
 from vitools import engine, start, validate
 from vitools.blas import one_blas_thread
+from vitools.control_variate import take_snapshot
 from vitools.families import Family
 from vitools.families.base import check_distribution
 from vitools.fitting import (
-    SNAPSHOT_EVALS,
     checked_options,
     default_rate,
     races_starts,
     stopping_rule,
     target_of,
-    with_snapshot,
 )
 from vitools.frame import Frame
 from vitools.laplace import simple_gaussian
@@ -260,14 +259,14 @@ def fit_many(
     loc, scale_tril = stacked[2], stacked[3]
     informed = np.array([s.informed for s in starts])
     init_evals = np.array([s.grad_evals for s in starts], np.int64)
-    # vt.fit's snapshot for a subsampling model's control variate (vitools.fitting.with_snapshot),
+    # vt.fit's snapshot for a subsampling model's control variate (vitools.control_variate.take_snapshot),
     # fit by fit on its own full data; the fits' snapshots are mapped along their axis like the frames
-    snapshots = [with_snapshot(s.target.full_data(), s.loc, s.scale_tril, num_density_evals) for s in starts]
-    if any(t.snapshot is not None for t, _ in snapshots):  # counted as vt.fit counts it
-        init_evals = init_evals + SNAPSHOT_EVALS
+    snapshots = [take_snapshot(s.target.full_data(), s.loc, s.scale_tril, num_density_evals) for s in starts]
+    if snapshots[0][2]:  # counted as vt.fit counts it (every fit takes one, or none does)
+        init_evals = init_evals + snapshots[0][2]
         num_density_evals += 1
-        stacked_snapshots = jax.tree.map(lambda *xs: jnp.stack(xs), *[t.snapshot for t, _ in snapshots])
-        loc = jnp.stack([moved for _, moved in snapshots])
+        stacked_snapshots = jax.tree.map(lambda *xs: jnp.stack(xs), *[t.snapshot for t, _, _ in snapshots])
+        loc = jnp.stack([moved for _, moved, _ in snapshots])
         framed = Target(targets.density, stacked[0], stacked[1], stacked_snapshots)
         axes = Target(density_axis, 0, 0, 0)
     else:
