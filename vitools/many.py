@@ -34,16 +34,15 @@ from vitools.control_variate import take_snapshot
 from vitools.families import Family
 from vitools.families.base import check_distribution
 from vitools.fitting import (
-    checked_options,
     default_rate,
     races_starts,
-    stopping_rule,
     target_of,
 )
 from vitools.frame import Frame
 from vitools.laplace import simple_gaussian
 from vitools.objectives import Objective, objective_hooks
 from vitools.objectives.base import check_subsampling
+from vitools.options import checked_options, stopping_rule
 from vitools.result import Fit
 from vitools.targets import INIT_ROWS, Target
 
