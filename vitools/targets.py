@@ -34,7 +34,7 @@ __all__ = ["INIT_ROWS", "Site", "Target"]
 # noisier; 7.1 and 12.8 sds there), which the fit moves across (its curvature, hence the frame's
 # scales, is about right): q's mean ended within 1.01 sds of the mode over seeds 0-9 on plain
 # minibatches, within 0.01 with vt.fit's snapshot, taken after two full-data steps from this start
-# (vitools.fitting.with_snapshot; benchmarks/results/subsample_control.md).
+# (vitools.control_variate.take_snapshot; benchmarks/results/subsample_control.md).
 INIT_ROWS = 10_000
 
 
